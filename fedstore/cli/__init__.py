@@ -1,0 +1,85 @@
+"""The ``fedstore`` command line.
+
+Each command group lives in its own module under :mod:`fedstore.cli` and
+exposes ``register(subparsers)``; this module only assembles them, sets up
+logging and turns fedstore's errors into a one-line message and exit code 1
+(2 for usage errors, as argparse does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from fedstore.errors import FedstoreError
+
+__all__ = ["main"]
+
+#: Command modules, in the order their commands appear in ``--help``.
+#: A module that is missing (e.g. a feature not built yet) is skipped.
+COMMAND_MODULES = [
+    "fedstore.cli.demo_cmd",
+    "fedstore.cli.node_cmd",
+    "fedstore.cli.checkpoint_cmd",
+    "fedstore.cli.catalog_cmd",
+    "fedstore.cli.db_cmd",
+    "fedstore.cli.backends_cmd",
+    "fedstore.cli.pins_cmd",
+    "fedstore.cli.cid_cmd",
+    "fedstore.cli.selftest_cmd",
+    "fedstore.cli.bench_cmd",
+]
+
+log = logging.getLogger("fedstore")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedstore",
+        description=(
+            "Checkpoint and model exchange for decentralised federated learning: "
+            "zstd-compressed safetensors checkpoints addressed by IPFS CIDs, stored "
+            "through pluggable backends and announced over libp2p gossipsub."
+        ),
+        epilog="Run 'fedstore COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default: WARNING)",
+    )
+    parser.add_argument(
+        "--log-json", action="store_true", help="log one JSON object per line on stderr"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for modname in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fedstore.logsetup import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, json_lines=args.log_json)
+    try:
+        rc = args.func(args)
+    except FedstoreError as exc:
+        print(f"fedstore: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedstore: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)

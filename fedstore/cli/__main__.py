@@ -1,0 +1,5 @@
+import sys
+
+from fedstore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,135 @@
+"""fedstore's exception tree.
+
+Every error fedstore raises on purpose derives from :class:`FedstoreError`.
+Third-party exceptions (httpx, SQLAlchemy, zstandard, libp2p, OS errors from
+plugins) are translated at the boundary into the most specific class below,
+chained with ``raise ... from exc`` so the cause stays visible in a traceback.
+Messages are written for the person running fedstore: they say what failed and
+what to do about it, and they never contain secrets (tokens, JWTs, keys).
+
+::
+
+    FedstoreError
+    ├── ConfigError                 bad or missing configuration
+    ├── FormatError                 checkpoint bytes are not a valid checkpoint
+    │   └── SizeLimitError          ...or would decode to more than allowed
+    ├── InvalidCIDError             a string is not a CID fedstore understands
+    ├── IntegrityError              bytes do not match the CID they were fetched by
+    ├── CatalogError                the SQLite catalog failed or is out of date
+    ├── CheckpointNotFoundError     no local checkpoint for that round
+    ├── ProtocolError               a peer sent something malformed
+    └── BackendError                a storage backend failed
+        ├── BackendLoadError        plugin unknown or failed to import
+        ├── NotConfiguredError      backend lacks the settings it needs
+        ├── NotFoundError           backend does not have that CID
+        ├── UnavailableError        backend unreachable, timed out or 5xx
+        │   └── RateLimitedError    backend said 429; ``retry_after`` seconds
+        ├── AuthError               credentials rejected (401/403)
+        ├── QuotaError              account is out of space or plan limits
+        └── CIDMismatchError        backend stored the data under another CID
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BackendError",
+    "BackendLoadError",
+    "CIDMismatchError",
+    "CatalogError",
+    "CheckpointNotFoundError",
+    "ConfigError",
+    "FedstoreError",
+    "FormatError",
+    "IntegrityError",
+    "InvalidCIDError",
+    "NotConfiguredError",
+    "NotFoundError",
+    "ProtocolError",
+    "QuotaError",
+    "RateLimitedError",
+    "SizeLimitError",
+    "UnavailableError",
+]
+
+
+class FedstoreError(Exception):
+    """Root of every error fedstore raises on purpose."""
+
+
+class ConfigError(FedstoreError):
+    """Configuration is missing or malformed."""
+
+
+class FormatError(FedstoreError):
+    """Bytes are not a valid fedstore checkpoint (bad magic, truncated, lying header...)."""
+
+
+class SizeLimitError(FormatError):
+    """Decoding would exceed a configured size cap; nothing was allocated for it."""
+
+
+class InvalidCIDError(FedstoreError, ValueError):
+    """A string is not a CID fedstore can parse or verify."""
+
+
+class IntegrityError(FedstoreError):
+    """Data does not hash to the CID it was requested by; it was discarded."""
+
+
+class CatalogError(FedstoreError):
+    """The SQLite catalog could not be opened, migrated or queried."""
+
+
+class CheckpointNotFoundError(FedstoreError, LookupError):
+    """No local checkpoint exists for the requested round."""
+
+
+class ProtocolError(FedstoreError):
+    """A peer sent a message that does not follow fedstore's wire format."""
+
+
+class BackendError(FedstoreError):
+    """A storage backend failed. ``backend`` names it when known."""
+
+    def __init__(self, message: str, *, backend: str | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+
+
+class BackendLoadError(BackendError):
+    """A backend name is unknown, or its plugin failed to import or construct."""
+
+
+class NotConfiguredError(BackendError):
+    """The backend is installed but lacks settings it needs (e.g. no PINATA_JWT)."""
+
+
+class NotFoundError(BackendError, LookupError):
+    """The backend does not hold the requested CID."""
+
+
+class UnavailableError(BackendError):
+    """The backend could not be reached, timed out, or answered 5xx."""
+
+
+class RateLimitedError(UnavailableError):
+    """The backend asked us to slow down (HTTP 429)."""
+
+    def __init__(
+        self, message: str, *, backend: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, backend=backend)
+        self.retry_after = retry_after
+
+
+class AuthError(BackendError):
+    """The backend rejected our credentials (HTTP 401/403). Not retried."""
+
+
+class QuotaError(BackendError):
+    """The backend account is out of storage or over its plan's limits."""
+
+
+class CIDMismatchError(BackendError):
+    """A backend reported a CID different from the one fedstore computed locally."""
