@@ -18,6 +18,7 @@ what to do about it, and they never contain secrets (tokens, JWTs, keys).
     ├── CatalogError                the SQLite catalog failed or is out of date
     ├── CheckpointNotFoundError     no local checkpoint for that round
     ├── ProtocolError               a peer sent something malformed
+    ├── NetworkError                a peer could not be reached, or the p2p layer failed
     └── BackendError                a storage backend failed
         ├── BackendLoadError        plugin unknown or failed to import
         ├── NotConfiguredError      backend lacks the settings it needs
@@ -43,6 +44,7 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "InvalidCIDError",
+    "NetworkError",
     "NotConfiguredError",
     "NotFoundError",
     "ProtocolError",
@@ -87,6 +89,10 @@ class CheckpointNotFoundError(FedstoreError, LookupError):
 
 class ProtocolError(FedstoreError):
     """A peer sent a message that does not follow fedstore's wire format."""
+
+
+class NetworkError(FedstoreError):
+    """A peer could not be reached or did not answer in time, or the p2p host failed."""
 
 
 class BackendError(FedstoreError):
