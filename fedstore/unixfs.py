@@ -130,10 +130,7 @@ def leaf_envelope(length: int) -> tuple[bytes, bytes]:
     """
     length_varint = encode_varint(length)
     inner = b"\x08\x02"  # Type = File
-    if length:
-        inner_data_hdr = b"\x12" + length_varint  # Data, omitted when empty
-    else:
-        inner_data_hdr = b""
+    inner_data_hdr = b"\x12" + length_varint if length else b""  # Data omitted when empty
     suffix = b"\x18" + length_varint  # filesize, always present
     unixfs_len = len(inner) + len(inner_data_hdr) + length + len(suffix)
     prefix = b"\x0a" + encode_varint(unixfs_len) + inner + inner_data_hdr
@@ -348,7 +345,7 @@ def decode_unixfs(buf: BytesLike) -> UnixFSData:
     data = b""
     filesize: int | None = None
     blocksizes: list[int] = []
-    for fnum, wtype, value in _fields(buf, "UnixFS data"):
+    for fnum, _wtype, value in _fields(buf, "UnixFS data"):
         if fnum == 1 and isinstance(value, int):
             utype = value
         elif fnum == 2 and isinstance(value, bytes):
