@@ -1,0 +1,606 @@
+"""The catalog: one SQLite file per node recording checkpoints, announcements, peers, pins.
+
+:class:`Catalog` is synchronous (SQLAlchemy's sync engine) and thread-safe:
+every method opens its own short session. Code running on the trio loop
+uses :class:`fedstore.catalog.aio.AsyncCatalog`, which runs each call in a
+worker thread. Everything returned is a plain frozen dataclass from
+:mod:`fedstore.catalog.records`; ORM objects never leave this module.
+
+Errors: SQLAlchemy/sqlite3 failures become :class:`~fedstore.errors.CatalogError`
+(lock timeouts say so); a second, different checkpoint for a round raises
+:class:`RoundConflictError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from fedstore.catalog import migrate
+from fedstore.catalog.engine import WRITE_OPTION, make_engine, translate_errors
+from fedstore.catalog.models import (
+    CHECKPOINT_STATUSES,
+    PIN_STATES,
+    Announcement,
+    Checkpoint,
+    Peer,
+    Pin,
+    utcnow,
+)
+from fedstore.catalog.readonly import read_only_query
+from fedstore.catalog.records import (
+    AnnouncementRecord,
+    CheckpointRecord,
+    LatestAnnounced,
+    PeerRecord,
+    PinRecord,
+    QueryResult,
+    RoundHistoryRow,
+)
+from fedstore.errors import CatalogError
+
+__all__ = ["CATALOG_FILENAME", "Catalog", "RoundConflictError", "resolve_db_path"]
+
+log = logging.getLogger(__name__)
+
+#: File name of the catalog inside a node's data directory.
+CATALOG_FILENAME = "catalog.sqlite"
+
+
+class RoundConflictError(CatalogError):
+    """The round already has a checkpoint with a different CID (and replace was not asked)."""
+
+
+def resolve_db_path(location: str | Path) -> Path:
+    """``<dir>/catalog.sqlite`` for a directory, the path itself for a ``*.sqlite``/``*.db`` file."""
+    p = Path(location).expanduser()
+    if p.suffix in {".sqlite", ".sqlite3", ".db"} and not p.is_dir():
+        return p
+    return p / CATALOG_FILENAME
+
+
+def _checkpoint_record(row: Checkpoint) -> CheckpointRecord:
+    return CheckpointRecord(
+        round=row.round,
+        cid=row.cid,
+        cid_version=row.cid_version,
+        codec=row.codec,
+        raw_size=row.raw_size,
+        stored_size=row.stored_size,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        path=row.path,
+        status=row.status,
+    )
+
+
+def _announcement_record(row: Announcement) -> AnnouncementRecord:
+    return AnnouncementRecord(
+        round=row.round,
+        cid=row.cid,
+        sender_peer=row.sender_peer,
+        topic=row.topic,
+        received_at=row.received_at,
+        last_received_at=row.last_received_at,
+        times_heard=row.times_heard,
+    )
+
+
+def _peer_record(row: Peer) -> PeerRecord:
+    try:
+        addrs = tuple(str(a) for a in json.loads(row.addrs))
+    except (ValueError, TypeError):
+        addrs = ()
+    return PeerRecord(
+        peer_id=row.peer_id,
+        addrs=addrs,
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        role=row.role,
+    )
+
+
+def _pin_record(row: Pin) -> PinRecord:
+    return PinRecord(
+        cid=row.cid,
+        backend=row.backend,
+        state=row.state,
+        backend_ref=row.backend_ref,
+        last_error=row.last_error,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _parse_ts(value: object) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+class Catalog:
+    """The node's SQLite catalog. Create it with :meth:`open`; close it with :meth:`close`.
+
+    Usable as a context manager. All methods are safe to call from several
+    threads; writes are serialised by SQLite (``BEGIN IMMEDIATE`` with a
+    busy timeout), readers never wait for the writer (WAL).
+    """
+
+    def __init__(self, db_path: Path, engine: Engine, opened: migrate.UpgradeResult) -> None:
+        """Internal; use :meth:`Catalog.open`."""
+        self._path = db_path
+        self._engine = engine
+        self._read: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
+        self._write: sessionmaker[Session] = sessionmaker(
+            engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
+        #: What opening did to the schema (created, unchanged, or upgraded with a backup).
+        self.opened = opened
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, location: str | Path, *, auto_upgrade: bool | None = None) -> Catalog:
+        """Open (creating if needed) the catalog in directory ``location`` or at that file.
+
+        A new catalog gets the head schema; an older one is backed up and
+        upgraded under an exclusive file lock (safe when several processes
+        open it at once) unless auto-upgrade is off, in which case
+        :class:`CatalogError` names the ``fedstore db upgrade`` command. A
+        catalog from a newer fedstore, or a foreign SQLite file, is refused.
+        """
+        db_path = resolve_db_path(location)
+        opened = migrate.ensure_schema(db_path, auto_upgrade=auto_upgrade)
+        if opened.changed:
+            how = "created" if opened.from_revision is None else "upgraded"
+            log.info("catalog %s %s at schema %s", db_path, how, opened.to_revision)
+        return cls(db_path, make_engine(db_path), opened)
+
+    @property
+    def path(self) -> Path:
+        """The catalog file."""
+        return self._path
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for benchmarks and tools; prefer the methods)."""
+        return self._engine
+
+    def close(self) -> None:
+        """Release every connection. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self._path)!r})"
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[Session]:
+        if self._closed:
+            raise CatalogError(f"cannot {action}: the catalog {self._path} is closed")
+        with translate_errors(action), self._read() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _writing(self, action: str) -> Iterator[Session]:
+        if self._closed:
+            raise CatalogError(f"cannot {action}: the catalog {self._path} is closed")
+        with translate_errors(action), self._write() as session, session.begin():
+            yield session
+
+    def revision(self) -> str | None:
+        """The schema revision stamped in the catalog."""
+        return migrate.current_revision(self._path)
+
+    # -- checkpoints -------------------------------------------------------
+
+    def add_checkpoint(
+        self,
+        round: int,
+        cid: str,
+        *,
+        cid_version: int,
+        codec: str,
+        raw_size: int,
+        stored_size: int,
+        path: str,
+        created_by: str | None = None,
+        created_at: datetime | None = None,
+        status: str = "ok",
+        replace: bool = False,
+    ) -> CheckpointRecord:
+        """Record the local checkpoint of ``round``.
+
+        One checkpoint per round: if the round already has a row with the same
+        CID, that row is updated (path, sizes, status) and returned, so
+        re-recording is idempotent. A different CID raises
+        :class:`RoundConflictError` unless ``replace`` is true, in which case
+        the row is replaced in the same transaction.
+        """
+        if round < 0:
+            raise ValueError(f"round must be >= 0, got {round}")
+        _check_status(status)
+        values: dict[str, Any] = {
+            "cid": cid,
+            "cid_version": cid_version,
+            "codec": codec,
+            "raw_size": raw_size,
+            "stored_size": stored_size,
+            "path": path,
+            "created_by": created_by,
+            "created_at": created_at or utcnow(),
+            "status": status,
+        }
+        with self._writing(f"record the checkpoint of round {round}") as s:
+            row = s.scalars(select(Checkpoint).where(Checkpoint.round == round)).one_or_none()
+            if row is None:
+                row = Checkpoint(round=round, **values)
+                s.add(row)
+            elif row.cid == cid or replace:
+                if row.cid == cid and created_at is None:
+                    values["created_at"] = row.created_at  # re-recording keeps the original time
+                for key, value in values.items():
+                    setattr(row, key, value)
+            else:
+                raise RoundConflictError(
+                    f"round {round} already has checkpoint {row.cid}; refusing to record "
+                    f"{cid} for the same round (delete round {round} first, or replace it)"
+                )
+            s.flush()
+            return _checkpoint_record(row)
+
+    def get_checkpoint(self, round: int) -> CheckpointRecord | None:
+        """The checkpoint row of ``round`` (any status), or None."""
+        with self._reading(f"read round {round}") as s:
+            row = s.scalars(select(Checkpoint).where(Checkpoint.round == round)).one_or_none()
+            return None if row is None else _checkpoint_record(row)
+
+    def latest_checkpoint(self) -> CheckpointRecord | None:
+        """The highest round whose checkpoint is ``ok`` (not missing or corrupt), or None."""
+        with self._reading("find the latest checkpoint") as s:
+            row = s.scalars(
+                select(Checkpoint)
+                .where(Checkpoint.status == "ok")
+                .order_by(Checkpoint.round.desc())
+                .limit(1)
+            ).one_or_none()
+            return None if row is None else _checkpoint_record(row)
+
+    def latest_round(self) -> int | None:
+        """The highest round with an ``ok`` checkpoint, or None (one index lookup)."""
+        with self._reading("find the latest round") as s:
+            value = s.scalar(
+                select(Checkpoint.round)
+                .where(Checkpoint.status == "ok")
+                .order_by(Checkpoint.round.desc())
+                .limit(1)
+            )
+            return None if value is None else int(value)
+
+    def list_checkpoints(
+        self, *, status: str | None = None, descending: bool = False, limit: int | None = None
+    ) -> list[CheckpointRecord]:
+        """Checkpoint rows ordered by round (optionally only one status, newest first, capped)."""
+        stmt = select(Checkpoint)
+        if status is not None:
+            _check_status(status)
+            stmt = stmt.where(Checkpoint.status == status)
+        stmt = stmt.order_by(Checkpoint.round.desc() if descending else Checkpoint.round)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._reading("list checkpoints") as s:
+            return [_checkpoint_record(r) for r in s.scalars(stmt)]
+
+    def list_rounds(self, *, status: str | None = None) -> list[int]:
+        """Rounds with a checkpoint row, ascending (optionally only one status)."""
+        stmt = select(Checkpoint.round)
+        if status is not None:
+            _check_status(status)
+            stmt = stmt.where(Checkpoint.status == status)
+        with self._reading("list rounds") as s:
+            return list(s.scalars(stmt.order_by(Checkpoint.round)))
+
+    def checkpoints_with_cid(self, cid: str) -> list[CheckpointRecord]:
+        """Every local round whose checkpoint has this CID."""
+        with self._reading(f"look up {cid}") as s:
+            rows = s.scalars(select(Checkpoint).where(Checkpoint.cid == cid).order_by("round"))
+            return [_checkpoint_record(r) for r in rows]
+
+    def delete_checkpoint(self, round: int, *, cid: str | None = None) -> CheckpointRecord | None:
+        """Delete the row of ``round`` (only if it still has ``cid``, when given); return it."""
+        with self._writing(f"delete round {round}") as s:
+            stmt = select(Checkpoint).where(Checkpoint.round == round)
+            if cid is not None:
+                stmt = stmt.where(Checkpoint.cid == cid)
+            row = s.scalars(stmt).one_or_none()
+            if row is None:
+                return None
+            rec = _checkpoint_record(row)
+            s.delete(row)
+            return rec
+
+    def mark_checkpoint_status(self, round: int, status: str, *, cid: str | None = None) -> bool:
+        """Set the status of round's row (only if it still has ``cid``, when given).
+
+        Returns whether a row was changed.
+        """
+        _check_status(status)
+        stmt = update(Checkpoint).where(Checkpoint.round == round).values(status=status)
+        if cid is not None:
+            stmt = stmt.where(Checkpoint.cid == cid)
+        with self._writing(f"mark round {round} {status}") as s:
+            return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+    # -- announcements -----------------------------------------------------
+
+    def record_announcement(
+        self,
+        round: int,
+        cid: str,
+        sender: str,
+        topic: str,
+        received_at: datetime | None = None,
+    ) -> AnnouncementRecord:
+        """Record that ``sender`` announced ``cid`` for ``round`` on ``topic``.
+
+        Repeats of the same (round, cid, sender, topic) bump ``times_heard``
+        and ``last_received_at``. The sender is added to ``peers`` (or its
+        ``last_seen`` refreshed).
+        """
+        if round < 0:
+            raise ValueError(f"round must be >= 0, got {round}")
+        when = received_at or utcnow()
+        with self._writing(f"record announcement of round {round}") as s:
+            self._touch_peer(s, sender, when)
+            ins = sqlite_insert(Announcement).values(
+                round=round,
+                cid=cid,
+                sender_peer=sender,
+                topic=topic,
+                received_at=when,
+                last_received_at=when,
+                times_heard=1,
+            )
+            s.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["round", "cid", "sender_peer", "topic"],
+                    set_={
+                        "times_heard": Announcement.times_heard + 1,
+                        "last_received_at": func.max(
+                            Announcement.last_received_at, ins.excluded.last_received_at
+                        ),
+                        "received_at": func.min(
+                            Announcement.received_at, ins.excluded.received_at
+                        ),
+                    },
+                )
+            )
+            row = s.scalars(
+                select(Announcement).where(
+                    Announcement.round == round,
+                    Announcement.cid == cid,
+                    Announcement.sender_peer == sender,
+                    Announcement.topic == topic,
+                )
+            ).one()
+            return _announcement_record(row)
+
+    def announcements(
+        self, *, round: int | None = None, cid: str | None = None, limit: int | None = None
+    ) -> list[AnnouncementRecord]:
+        """Announcements, newest round first (filtered by round and/or CID)."""
+        stmt = select(Announcement)
+        if round is not None:
+            stmt = stmt.where(Announcement.round == round)
+        if cid is not None:
+            stmt = stmt.where(Announcement.cid == cid)
+        stmt = stmt.order_by(Announcement.round.desc(), Announcement.received_at)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._reading("list announcements") as s:
+            return [_announcement_record(r) for r in s.scalars(stmt)]
+
+    def latest_announced(self) -> LatestAnnounced | None:
+        """The highest announced round, its CID and the first peer that announced it.
+
+        If peers announced different CIDs for that round, the CID announced by
+        the most distinct peers wins (ties: the one heard first).
+        """
+        with self._reading("find the latest announced round") as s:
+            top = s.scalar(select(func.max(Announcement.round)))
+            if top is None:
+                return None
+            best = s.execute(
+                select(Announcement.cid)
+                .where(Announcement.round == top)
+                .group_by(Announcement.cid)
+                .order_by(
+                    func.count(func.distinct(Announcement.sender_peer)).desc(),
+                    func.min(Announcement.received_at),
+                )
+                .limit(1)
+            ).scalar_one()
+            sender = s.execute(
+                select(Announcement.sender_peer)
+                .where(Announcement.round == top, Announcement.cid == best)
+                .order_by(Announcement.received_at, Announcement.id)
+                .limit(1)
+            ).scalar_one()
+            return LatestAnnounced(round=int(top), cid=str(best), sender_peer=str(sender))
+
+    # -- peers ---------------------------------------------------------------
+
+    @staticmethod
+    def _touch_peer(s: Session, peer_id: str, when: datetime) -> None:
+        ins = sqlite_insert(Peer).values(
+            peer_id=peer_id, addrs="[]", first_seen=when, last_seen=when
+        )
+        s.execute(
+            ins.on_conflict_do_update(
+                index_elements=["peer_id"],
+                set_={"last_seen": func.max(Peer.last_seen, ins.excluded.last_seen)},
+            )
+        )
+
+    def upsert_peer(
+        self,
+        peer_id: str,
+        addrs: Sequence[str] | None = None,
+        role: str | None = None,
+        *,
+        seen_at: datetime | None = None,
+    ) -> PeerRecord:
+        """Add or refresh a peer. ``addrs``/``role`` left as None keep what is stored."""
+        when = seen_at or utcnow()
+        with self._writing(f"record peer {peer_id}") as s:
+            self._touch_peer(s, peer_id, when)
+            changes: dict[str, Any] = {}
+            if addrs is not None:
+                changes["addrs"] = json.dumps(list(addrs))
+            if role is not None:
+                changes["role"] = role
+            if changes:
+                s.execute(update(Peer).where(Peer.peer_id == peer_id).values(**changes))
+            row = s.get_one(Peer, peer_id, populate_existing=True)
+            return _peer_record(row)
+
+    def get_peer(self, peer_id: str) -> PeerRecord | None:
+        """One peer, or None."""
+        with self._reading(f"read peer {peer_id}") as s:
+            row = s.get(Peer, peer_id)
+            return None if row is None else _peer_record(row)
+
+    def list_peers(self) -> list[PeerRecord]:
+        """All known peers, most recently seen first."""
+        with self._reading("list peers") as s:
+            rows = s.scalars(select(Peer).order_by(Peer.last_seen.desc(), Peer.peer_id))
+            return [_peer_record(r) for r in rows]
+
+    # -- pins ----------------------------------------------------------------
+
+    def set_pin(
+        self,
+        cid: str,
+        backend: str,
+        state: str,
+        backend_ref: str | None = None,
+        error: str | None = None,
+    ) -> PinRecord:
+        """Record the pin state of ``cid`` on ``backend``.
+
+        ``pending`` marks an attempt about to start; ``pinned`` and ``failed``
+        record its outcome and increment ``attempts``. ``backend_ref`` None
+        keeps the stored one. ``pinned`` clears ``last_error``; ``failed``
+        stores ``error``. Never pass secrets in ``error``.
+        """
+        if state not in PIN_STATES:
+            raise ValueError(f"pin state must be one of {', '.join(PIN_STATES)}, got {state!r}")
+        now = utcnow()
+        with self._writing(f"record pin of {cid} on {backend}") as s:
+            row = s.scalars(
+                select(Pin).where(Pin.cid == cid, Pin.backend == backend)
+            ).one_or_none()
+            if row is None:
+                row = Pin(cid=cid, backend=backend, state=state, attempts=0, created_at=now)
+                s.add(row)
+            row.state = state
+            row.updated_at = now
+            if backend_ref is not None:
+                row.backend_ref = backend_ref
+            if state == "pinned":
+                row.last_error = None
+            elif error is not None:
+                row.last_error = error
+            if state in ("pinned", "failed"):
+                row.attempts = (row.attempts or 0) + 1
+            s.flush()
+            return _pin_record(row)
+
+    def pins_for(self, cid: str) -> list[PinRecord]:
+        """Pin rows of one CID, by backend name."""
+        with self._reading(f"list pins of {cid}") as s:
+            rows = s.scalars(select(Pin).where(Pin.cid == cid).order_by(Pin.backend))
+            return [_pin_record(r) for r in rows]
+
+    def pins(self, state: str | None = None) -> list[PinRecord]:
+        """All pin rows (optionally in one state), most recently updated first."""
+        stmt = select(Pin)
+        if state is not None:
+            if state not in PIN_STATES:
+                raise ValueError(f"pin state must be one of {', '.join(PIN_STATES)}")
+            stmt = stmt.where(Pin.state == state)
+        with self._reading("list pins") as s:
+            rows = s.scalars(stmt.order_by(Pin.updated_at.desc(), Pin.cid, Pin.backend))
+            return [_pin_record(r) for r in rows]
+
+    def delete_pin(self, cid: str, backend: str) -> bool:
+        """Forget the pin row of ``cid`` on ``backend``; return whether one existed."""
+        with self._writing(f"delete pin of {cid} on {backend}") as s:
+            res = s.execute(delete(Pin).where(Pin.cid == cid, Pin.backend == backend))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # -- views and ad-hoc SQL ------------------------------------------------
+
+    def round_history(self, *, limit: int | None = None) -> list[RoundHistoryRow]:
+        """Rows of the ``round_history`` view, newest round first."""
+        sql = "SELECT * FROM round_history"
+        params: dict[str, Any] = {}
+        if limit is not None:
+            sql += " LIMIT :limit"
+            params["limit"] = limit
+        with self._reading("read the round history") as s:
+            result = s.execute(text(sql), params).mappings().all()
+        return [
+            RoundHistoryRow(
+                round=int(r["round"]),
+                cid=str(r["cid"]),
+                stored_locally=bool(r["stored_locally"]),
+                local_status=r["local_status"],
+                stored_size=r["stored_size"],
+                announced_by=int(r["announced_by"]),
+                first_heard=_parse_ts(r["first_heard"]),
+                pinned_on=int(r["pinned_on"]),
+                pin_states=r["pin_states"],
+            )
+            for r in result
+        ]
+
+    def read_only_query(
+        self,
+        sql: str,
+        params: tuple[object, ...] | dict[str, object] = (),
+        *,
+        max_rows: int | None = None,
+        timeout: float = 30.0,
+    ) -> QueryResult:
+        """Run one SELECT on a separate read-only connection (see :mod:`.readonly`).
+
+        Unpacks as ``columns, rows``. A statement that would write raises
+        :class:`~fedstore.catalog.readonly.ReadOnlyViolation` and changes nothing.
+        """
+        return read_only_query(self._path, sql, params, max_rows=max_rows, timeout=timeout)
+
+
+def _check_status(status: str) -> None:
+    if status not in CHECKPOINT_STATUSES:
+        raise ValueError(
+            f"checkpoint status must be one of {', '.join(CHECKPOINT_STATUSES)}, got {status!r}"
+        )

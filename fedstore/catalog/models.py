@@ -1,0 +1,185 @@
+"""SQLAlchemy 2 models of the fedstore catalog.
+
+These classes describe the schema at the *head* migration; the migrations in
+``migrations/versions`` (package ``fedstore_migrations``) are what actually
+create it. ``tests/test_migrations.py`` fails when the two drift apart.
+
+Every constraint and index has an explicit name through :data:`NAMING_CONVENTION`
+so Alembic batch migrations on SQLite (which recreate tables) can find them
+again. Timestamps are stored as naive UTC text by SQLite and always handed
+back as timezone-aware UTC :class:`~datetime.datetime` objects.
+
+The ORM classes stay inside :mod:`fedstore.catalog`; callers get the plain
+dataclasses of :mod:`fedstore.catalog.records`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "CHECKPOINT_STATUSES",
+    "NAMING_CONVENTION",
+    "PIN_STATES",
+    "Announcement",
+    "Base",
+    "Checkpoint",
+    "Peer",
+    "Pin",
+    "UTCDateTime",
+    "utcnow",
+]
+
+#: Names for every constraint and index (see Alembic #1834 on why this matters).
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: ``checkpoints.status``: ``ok`` (file present, last check matched the CID),
+#: ``missing`` (file gone), ``corrupt`` (bytes do not hash to the CID).
+CHECKPOINT_STATUSES = ("ok", "missing", "corrupt")
+#: ``pins.state``.
+PIN_STATES = ("pending", "pinned", "failed")
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A DateTime that only accepts aware datetimes and returns aware UTC ones."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("catalog timestamps must be timezone-aware (use datetime.now(UTC))")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Checkpoint(Base):
+    """A checkpoint file this node holds, one per round."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        # The unique index on round also serves "latest round" (ORDER BY round DESC LIMIT 1).
+        UniqueConstraint("round"),
+        CheckConstraint("round >= 0", name="round_nonnegative"),
+        CheckConstraint("status IN ('ok', 'missing', 'corrupt')", name="status_valid"),
+        Index(None, "cid"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, nullable=False)
+    cid: Mapped[str] = mapped_column(String(128), nullable=False)
+    cid_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    codec: Mapped[str] = mapped_column(String(64), nullable=False)
+    raw_size: Mapped[int] = mapped_column(Integer, nullable=False)
+    stored_size: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="ok", server_default=text("'ok'")
+    )
+
+
+class Peer(Base):
+    """A libp2p peer this node has heard of."""
+
+    __tablename__ = "peers"
+
+    peer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: JSON list of multiaddr strings.
+    addrs: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    role: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Announcement(Base):
+    """A ``CID:<round>:<cid>`` announcement heard on a gossipsub topic.
+
+    One row per (round, CID, sender, topic); repeats bump ``times_heard`` and
+    ``last_received_at`` and keep ``received_at`` as the first time heard.
+    """
+
+    __tablename__ = "announcements"
+    __table_args__ = (
+        UniqueConstraint("round", "cid", "sender_peer", "topic"),
+        CheckConstraint("round >= 0", name="round_nonnegative"),
+        Index(None, "cid"),
+        Index(None, "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, nullable=False)
+    cid: Mapped[str] = mapped_column(String(128), nullable=False)
+    sender_peer: Mapped[str] = mapped_column(
+        String(128), ForeignKey("peers.peer_id", ondelete="CASCADE"), nullable=False
+    )
+    topic: Mapped[str] = mapped_column(String(256), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow
+    )
+    times_heard: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+
+
+class Pin(Base):
+    """Where a CID is (to be) kept: one row per (CID, backend)."""
+
+    __tablename__ = "pins"
+    __table_args__ = (
+        UniqueConstraint("cid", "backend"),
+        CheckConstraint("state IN ('pending', 'pinned', 'failed')", name="state_valid"),
+        Index(None, "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cid: Mapped[str] = mapped_column(String(128), nullable=False)
+    backend: Mapped[str] = mapped_column(String(64), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    #: The backend's own handle for the object (Pinata file id, ...).
+    backend_ref: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)

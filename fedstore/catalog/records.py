@@ -1,0 +1,119 @@
+"""Plain, immutable records the catalog hands out (never ORM objects).
+
+They are safe to pass between threads, to keep after the catalog is closed
+and to compare in tests. Timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = [
+    "AnnouncementRecord",
+    "CheckpointRecord",
+    "LatestAnnounced",
+    "PeerRecord",
+    "PinRecord",
+    "QueryResult",
+    "RoundHistoryRow",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """One local checkpoint: a row of ``checkpoints``.
+
+    ``path`` is relative to the store's data directory (so the directory can
+    be moved). ``status`` is ``ok``, ``missing`` or ``corrupt``.
+    """
+
+    round: int
+    cid: str
+    cid_version: int
+    codec: str
+    raw_size: int
+    stored_size: int
+    created_at: datetime
+    created_by: str | None
+    path: str
+    status: str = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncementRecord:
+    """A CID announcement heard from a peer (first and last time heard)."""
+
+    round: int
+    cid: str
+    sender_peer: str
+    topic: str
+    received_at: datetime
+    last_received_at: datetime
+    times_heard: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatestAnnounced:
+    """The highest round announced on the network, its CID and who said so first."""
+
+    round: int
+    cid: str
+    sender_peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A peer the node knows, with its multiaddrs."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+    first_seen: datetime
+    last_seen: datetime
+    role: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PinRecord:
+    """The state of one CID on one storage backend."""
+
+    cid: str
+    backend: str
+    state: str
+    backend_ref: str | None
+    last_error: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RoundHistoryRow:
+    """One row of the ``round_history`` view (see docs/CATALOG.md)."""
+
+    round: int
+    cid: str
+    stored_locally: bool
+    local_status: str | None
+    stored_size: int | None
+    announced_by: int
+    first_heard: datetime | None
+    pinned_on: int
+    pin_states: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """Column names and rows of a read-only SQL query.
+
+    Unpacks as ``columns, rows = result``.
+    """
+
+    columns: tuple[str, ...]
+    rows: list[tuple[object, ...]]
+    #: True when ``max_rows`` cut the result short.
+    truncated: bool = False
+
+    def __iter__(self) -> Iterator[object]:
+        return iter((self.columns, self.rows))
