@@ -557,8 +557,7 @@ class CidVerifier:
                     return
                 computed.append(f"{cid_to_str(root)} ({b.params.describe()})")
         raise IntegrityError(
-            f"data does not match CID {self.cid}: {self._size} bytes hash to "
-            + ", ".join(computed)
+            f"data does not match CID {self.cid}: {self._size} bytes hash to " + ", ".join(computed)
         )
 
 
