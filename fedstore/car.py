@@ -69,6 +69,8 @@ MAX_BLOCK_SIZE = 4 * 1024 * 1024
 MAX_HEADER_SIZE = 64 * 1024
 #: Deepest DAG accepted (174-ary depth 8 is far beyond any file).
 MAX_DAG_DEPTH = 32
+#: Default file-size cap of read_car_verified (its result is one bytes object).
+DEFAULT_MAX_READ = 2 * 1024 * 1024 * 1024
 _SPOOL_IN_MEMORY = 64 * 1024 * 1024
 _MAX_CBOR_DEPTH = 8
 
@@ -387,7 +389,9 @@ def iter_car_verified(
     ``expected_root`` (the CID you asked for) must address the CAR's root block
     (v0 and v1 forms of one block are equal). ``max_size`` caps the file size
     and the bytes buffered while reading. Blocks that are not reachable from the
-    root are ignored (they still count toward the cap).
+    root are ignored (they still count toward the cap). Without ``max_size`` a
+    CAR whose blocks link the same subtree many times can describe a huge file
+    from few bytes; pass a cap for untrusted input.
     """
     stream: IO[bytes] = (
         io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
@@ -465,7 +469,10 @@ def read_car_verified(
     source: BytesLike | IO[bytes] | BinaryIO,
     *,
     expected_root: str | ParsedCid | None = None,
-    max_size: int | None = None,
+    max_size: int | None = DEFAULT_MAX_READ,
 ) -> bytes:
-    """The file stored in a CARv1, as bytes (see :func:`iter_car_verified`)."""
+    """The file stored in a CARv1, as bytes (see :func:`iter_car_verified`).
+
+    ``max_size`` defaults to 2 GiB since the result is held in memory.
+    """
     return b"".join(iter_car_verified(source, expected_root=expected_root, max_size=max_size))
