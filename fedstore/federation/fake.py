@@ -1,0 +1,156 @@
+"""An in-memory :class:`~fedstore.federation.transport.FederationPeer` for tests and development.
+
+:class:`FakeNetwork` is a tiny pub/sub over trio memory channels plus a
+shared content-addressed blob store standing in for the backend chain.
+Checkpoints are encoded with :func:`fedstore.format.encode` and addressed by
+:func:`fedstore.cid.cid_of_bytes`, exactly as over a real node, so CIDs
+computed here are the real ones. A ``drop`` hook can lose chosen messages,
+and peers can be created late (joining the network with no history).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from fedstore.errors import NotFoundError, SizeLimitError
+from fedstore.federation.transport import Arrays, SavedModel
+
+__all__ = ["FakeNetwork", "FakePeer"]
+
+log = logging.getLogger(__name__)
+
+#: drop(sender, receiver, data) -> True to lose that delivery
+DropRule = Callable[[str, str, bytes], bool]
+
+
+class _Inbox:
+    def __init__(self, receive: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
+        return self._receive.__aiter__()
+
+    async def receive(self) -> tuple[str, bytes]:
+        return await self._receive.receive()
+
+
+@dataclass
+class FakeNetwork:
+    """Shared state of an in-process federation: subscribers, blobs, announced heads."""
+
+    buffer: int = 256
+    drop: DropRule | None = None
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    announced: list[tuple[int, str]] = field(default_factory=list)
+    published: int = 0
+    _subscribers: dict[str, list[trio.MemorySendChannel[tuple[str, bytes]]]] = field(
+        default_factory=dict
+    )
+
+    def peer(self, peer_id: str) -> FakePeer:
+        return FakePeer(self, peer_id)
+
+    def deliver(self, sender: str, data: bytes) -> None:
+        self.published += 1
+        for receiver, chans in list(self._subscribers.items()):
+            if self.drop is not None and self.drop(sender, receiver, data):
+                continue
+            for chan in chans:
+                try:
+                    chan.send_nowait((sender, data))
+                except trio.WouldBlock:
+                    log.warning("fake network: %s's inbox is full, message lost", receiver)
+                except trio.BrokenResourceError:
+                    pass
+
+    def head(self) -> tuple[int, str] | None:
+        return max(self.announced) if self.announced else None
+
+
+@dataclass
+class FakePeer:
+    """One participant on a :class:`FakeNetwork`."""
+
+    network: FakeNetwork
+    _peer_id: str
+    local: dict[str, bytes] = field(default_factory=dict)
+    saved: list[SavedModel] = field(default_factory=list)
+
+    @property
+    def peer_id(self) -> str:
+        return self._peer_id
+
+    @asynccontextmanager
+    async def messages(self) -> AsyncIterator[_Inbox]:
+        send, receive = trio.open_memory_channel[tuple[str, bytes]](self.network.buffer)
+        chans = self.network._subscribers.setdefault(self._peer_id, [])
+        chans.append(send)
+        try:
+            async with receive:
+                yield _Inbox(receive)
+        finally:
+            chans.remove(send)
+            await send.aclose()
+
+    async def publish(self, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        self.network.deliver(self._peer_id, data)
+
+    async def save_global(
+        self, round: int, arrays: Mapping[str, npt.NDArray[np.generic]], metadata: Mapping[str, str]
+    ) -> SavedModel:
+        from fedstore.cid import cid_of_bytes
+        from fedstore.format import encode
+
+        data = await trio.to_thread.run_sync(encode, arrays, metadata)
+        cid = cid_of_bytes(data)
+        self.local[cid] = data
+        self.network.blobs[cid] = data
+        self.network.announced.append((round, cid))
+        rec = SavedModel(round, cid, len(data))
+        self.saved.append(rec)
+        return rec
+
+    async def load_global(self, round: int, cid: str) -> Arrays:
+        from fedstore.format import decode
+
+        data = self.local.get(cid)
+        if data is None:
+            data = await self.get_blob(cid, max_size=1 << 30)
+            self.local[cid] = data
+        return dict(decode(data).arrays)
+
+    async def head(self) -> tuple[int, str] | None:
+        await trio.lowlevel.checkpoint()
+        head = self.network.head()
+        if head is not None and head[1] not in self.local:
+            self.local[head[1]] = await self.get_blob(head[1], max_size=1 << 30)
+        return head
+
+    async def put_blob(self, data: bytes) -> str:
+        from fedstore.cid import cid_of_bytes
+
+        await trio.lowlevel.checkpoint()
+        cid = cid_of_bytes(data)
+        self.network.blobs[cid] = bytes(data)
+        return cid
+
+    async def get_blob(self, cid: str, *, max_size: int) -> bytes:
+        from fedstore.cid import verify_bytes
+
+        await trio.lowlevel.checkpoint()
+        try:
+            data = self.network.blobs[cid]
+        except KeyError:
+            raise NotFoundError(f"no object {cid} on the fake network", backend="fake") from None
+        if len(data) > max_size:
+            raise SizeLimitError(f"object {cid} is {len(data)} bytes, limit {max_size}")
+        verify_bytes(cid, data)
+        return data

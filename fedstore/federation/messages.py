@@ -1,0 +1,404 @@
+"""Messages of the federation protocol on the ``fed-learn`` topic. Pure, no I/O.
+
+Wire format (all integers big-endian)::
+
+    b"FSFL" | version (u8, = 1) | kind (u8) | header length (u16) | header | payload
+
+The header is canonical JSON (sorted keys, no whitespace, ASCII, no NaN) of
+at most :data:`MAX_HEADER_BYTES`; the payload is raw bytes whose meaning
+depends on the kind. Three kinds exist:
+
+``UPDATE`` (trainer -> aggregator)
+    ``round``, ``sender``, ``num_samples``, optional ``metrics`` (name ->
+    finite float) and ``base_cid`` (the global model it was trained from).
+    The tensors travel either *inline* as the payload (a checkpoint made by
+    :func:`fedstore.format.encode`), or, when that would not fit under the
+    pubsub limit, stored through the backend chain and referenced by ``cid``
+    and exact ``size`` with an empty payload.
+``ROUND`` (aggregator -> trainers)
+    round ``round`` is open, starting from global model ``base_round`` /
+    ``base_cid``; ``attempt`` counts re-openings after a failed round,
+    ``quorum`` is how many updates close it, ``deadline`` the seconds left,
+    and ``received`` lists the senders already accepted (a trainer missing
+    from it re-sends its update, so a lost message costs one announcement
+    interval, not the round).
+``DONE`` (aggregator -> trainers)
+    the federation ended at ``round`` with global model ``cid``;
+    ``status`` is ``complete`` or ``failed`` (then ``reason`` says why).
+
+Parsing is strict and bounded: sizes are checked before anything is
+decoded, duplicate or unknown JSON keys, wrong types, out-of-range numbers,
+malformed ids and CIDs are all rejected with
+:class:`fedstore.errors.ProtocolError` (``reason`` gives a short counter
+key). The tensors of an inline update are decoded separately, with a size
+cap, by :func:`decode_tensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedstore.errors import FormatError, InvalidCIDError, ProtocolError
+
+__all__ = [
+    "DEFAULT_INLINE_LIMIT",
+    "MAGIC",
+    "MAX_HEADER_BYTES",
+    "MAX_METRICS",
+    "MAX_MESSAGE_BYTES",
+    "MAX_ROUND",
+    "METRIC_NAME_RE",
+    "Done",
+    "MessageError",
+    "MessageKind",
+    "RoundOpen",
+    "UpdateMessage",
+    "decode_message",
+    "decode_tensors",
+    "encode_tensors",
+]
+
+MAGIC = b"FSFL"
+VERSION = 1
+#: py-libp2p silently drops pubsub messages over 1 MiB; keep room for the
+#: pubsub envelope (signature, key, seqno, topic) and the node's framing.
+MAX_MESSAGE_BYTES = (1 << 20) - 32 * 1024
+#: Default largest message sent inline; bigger updates go by CID.
+DEFAULT_INLINE_LIMIT = MAX_MESSAGE_BYTES
+MAX_HEADER_BYTES = 16 * 1024
+MAX_ROUND = 10**12
+MAX_SAMPLES = 10**12
+MAX_METRICS = 32
+MAX_RECEIVED = 1024
+MAX_REFERENCED_BYTES = 1 << 34
+_PREFIX = struct.Struct(">4sBBH")
+_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+METRIC_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_CID_RE = re.compile(r"[A-Za-z0-9]{1,200}")
+
+
+class MessageError(ProtocolError):
+    """A federation message is malformed. ``reason`` is a short counter key."""
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class MessageKind(IntEnum):
+    UPDATE = 1
+    ROUND = 2
+    DONE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateMessage:
+    """A trainer's update for one round: inline ``payload`` or ``cid``/``size``."""
+
+    round: int
+    sender: str
+    num_samples: int
+    payload: bytes = b""
+    cid: str | None = None
+    size: int = 0
+    base_cid: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def inline(self) -> bool:
+        return self.cid is None
+
+    def encode(self) -> bytes:
+        header: dict[str, Any] = {
+            "round": self.round,
+            "sender": self.sender,
+            "num_samples": self.num_samples,
+        }
+        if self.metrics:
+            header["metrics"] = {k: float(v) for k, v in self.metrics.items()}
+        if self.base_cid is not None:
+            header["base_cid"] = self.base_cid
+        if self.cid is not None:
+            if self.payload:
+                raise MessageError("an update by CID carries no inline payload")
+            header["cid"] = self.cid
+            header["size"] = self.size
+        elif not self.payload:
+            raise MessageError("an inline update needs a payload")
+        return _encode(MessageKind.UPDATE, header, self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundOpen:
+    """The aggregator's announcement that a round is open."""
+
+    round: int
+    base_round: int
+    base_cid: str
+    aggregator: str
+    quorum: int
+    deadline: float
+    attempt: int = 1
+    received: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        header = {
+            "round": self.round,
+            "base_round": self.base_round,
+            "base_cid": self.base_cid,
+            "aggregator": self.aggregator,
+            "quorum": self.quorum,
+            "deadline": round(float(self.deadline), 3),
+            "attempt": self.attempt,
+            "received": sorted(self.received),
+        }
+        return _encode(MessageKind.ROUND, header, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The aggregator's announcement that the federation ended."""
+
+    round: int
+    cid: str
+    aggregator: str
+    status: str = "complete"
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        header = {
+            "round": self.round,
+            "cid": self.cid,
+            "aggregator": self.aggregator,
+            "status": self.status,
+            "reason": self.reason,
+        }
+        return _encode(MessageKind.DONE, header, b"")
+
+
+Message = UpdateMessage | RoundOpen | Done
+
+
+def _encode(kind: MessageKind, header: Mapping[str, Any], payload: bytes) -> bytes:
+    # Validate what we send with the same rules we apply to what we receive.
+    raw = json.dumps(
+        header, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+    if len(raw) > MAX_HEADER_BYTES:
+        raise MessageError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    data = _PREFIX.pack(MAGIC, VERSION, int(kind), len(raw)) + raw + payload
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError(
+            f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}; send the update by CID",
+            reason="oversized",
+        )
+    decode_message(data)
+    return data
+
+
+# -- strict header readers ---------------------------------------------------
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise MessageError(f"duplicate header key {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise MessageError(f"non-finite number {name} in header")
+
+
+def _int(h: Mapping[str, Any], key: str, lo: int, hi: int) -> int:
+    v = h.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise MessageError(f"{key} must be an integer in [{lo}, {hi}], got {v!r:.40}")
+    return v
+
+
+def _float(h: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
+    v = h.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise MessageError(f"{key} must be a number, got {v!r:.40}")
+    f = float(v)
+    if not (math.isfinite(f) and lo <= f <= hi):
+        raise MessageError(f"{key} out of range: {f}")
+    return f
+
+
+def _peer_id(h: Mapping[str, Any], key: str) -> str:
+    v = h.get(key)
+    if not isinstance(v, str) or not _ID_RE.fullmatch(v):
+        raise MessageError(f"{key} is not a valid peer id: {v!r:.40}", reason="bad_sender")
+    return v
+
+
+def check_cid(value: object, key: str = "cid") -> str:
+    """Return ``value`` if it is a CID string fedstore can parse; MessageError otherwise."""
+    if not isinstance(value, str) or not _CID_RE.fullmatch(value):
+        raise MessageError(f"{key} is not a CID: {value!r:.60}", reason="bad_cid")
+    from fedstore.cid import parse_cid
+
+    try:
+        parse_cid(value)
+    except InvalidCIDError as exc:
+        raise MessageError(f"{key} is not a valid CID: {exc}", reason="bad_cid") from exc
+    return value
+
+
+def _keys(h: Mapping[str, Any], required: set[str], optional: set[str]) -> None:
+    missing = required - h.keys()
+    if missing:
+        raise MessageError(f"missing header keys: {', '.join(sorted(missing))}")
+    unknown = h.keys() - required - optional
+    if unknown:
+        raise MessageError(f"unknown header keys: {', '.join(sorted(unknown))[:120]}")
+
+
+def _metrics(v: object) -> dict[str, float]:
+    if not isinstance(v, dict) or len(v) > MAX_METRICS:
+        raise MessageError(f"metrics must be an object of at most {MAX_METRICS} entries")
+    out: dict[str, float] = {}
+    for k, val in v.items():
+        if not METRIC_NAME_RE.fullmatch(k):
+            raise MessageError(f"bad metric name {k!r:.70}")
+        out[k] = _float(v, k, -1e300, 1e300)
+    return out
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse one ``fed-learn`` message strictly; raise :class:`MessageError` otherwise."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError(f"message of {len(data)} bytes is too large", reason="oversized")
+    if len(data) < _PREFIX.size:
+        raise MessageError("message too short")
+    magic, version, kind_byte, hlen = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise MessageError("not a federation message (bad magic)")
+    if version != VERSION:
+        raise MessageError(f"unsupported message version {version}", reason="bad_version")
+    if hlen > MAX_HEADER_BYTES or _PREFIX.size + hlen > len(data):
+        raise MessageError("header length out of bounds")
+    raw = bytes(data[_PREFIX.size : _PREFIX.size + hlen])
+    payload = bytes(data[_PREFIX.size + hlen :])
+    try:
+        header = json.loads(
+            raw.decode("ascii"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except MessageError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MessageError(f"header is not ASCII JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise MessageError("header is not a JSON object")
+    try:
+        kind = MessageKind(kind_byte)
+    except ValueError:
+        raise MessageError(f"unknown message kind {kind_byte}") from None
+    if kind is MessageKind.UPDATE:
+        return _decode_update(header, payload)
+    if payload:
+        raise MessageError(f"{kind.name} messages carry no payload")
+    if kind is MessageKind.ROUND:
+        return _decode_round(header)
+    return _decode_done(header)
+
+
+def _decode_update(h: dict[str, Any], payload: bytes) -> UpdateMessage:
+    _keys(h, {"round", "sender", "num_samples"}, {"metrics", "base_cid", "cid", "size"})
+    rnd = _int(h, "round", 1, MAX_ROUND)
+    sender = _peer_id(h, "sender")
+    n = _int(h, "num_samples", 1, MAX_SAMPLES)
+    metrics = _metrics(h["metrics"]) if "metrics" in h else {}
+    base = check_cid(h["base_cid"], "base_cid") if "base_cid" in h else None
+    if ("cid" in h) != ("size" in h):
+        raise MessageError("cid and size go together")
+    if "cid" in h:
+        if payload:
+            raise MessageError("an update by CID must not carry an inline payload")
+        cid = check_cid(h["cid"])
+        size = _int(h, "size", 1, MAX_REFERENCED_BYTES)
+        return UpdateMessage(rnd, sender, n, b"", cid, size, base, metrics)
+    if not payload:
+        raise MessageError("inline update without payload")
+    return UpdateMessage(rnd, sender, n, payload, None, 0, base, metrics)
+
+
+def _decode_round(h: dict[str, Any]) -> RoundOpen:
+    _keys(
+        h,
+        {"round", "base_round", "base_cid", "aggregator", "quorum", "deadline", "attempt",
+         "received"},
+        set(),
+    )
+    rnd = _int(h, "round", 1, MAX_ROUND)
+    base_round = _int(h, "base_round", 0, rnd - 1)
+    received = h["received"]
+    if not isinstance(received, list) or len(received) > MAX_RECEIVED:
+        raise MessageError(f"received must be a list of at most {MAX_RECEIVED} peer ids")
+    ids = tuple(_peer_id({"id": r}, "id") for r in received)
+    return RoundOpen(
+        round=rnd,
+        base_round=base_round,
+        base_cid=check_cid(h["base_cid"], "base_cid"),
+        aggregator=_peer_id(h, "aggregator"),
+        quorum=_int(h, "quorum", 1, 1_000_000),
+        deadline=_float(h, "deadline", 0.0, 1e7),
+        attempt=_int(h, "attempt", 1, 1_000_000),
+        received=ids,
+    )
+
+
+def _decode_done(h: dict[str, Any]) -> Done:
+    _keys(h, {"round", "cid", "aggregator", "status", "reason"}, set())
+    status = h["status"]
+    if status not in ("complete", "failed"):
+        raise MessageError(f"unknown status {status!r:.40}")
+    reason = h["reason"]
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise MessageError("reason must be a string of at most 500 characters")
+    return Done(
+        round=_int(h, "round", 0, MAX_ROUND),
+        cid=check_cid(h["cid"]),
+        aggregator=_peer_id(h, "aggregator"),
+        status=status,
+        reason=reason,
+    )
+
+
+# -- tensors -----------------------------------------------------------------
+
+
+def encode_tensors(
+    arrays: Mapping[str, npt.NDArray[np.generic]], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """Encode tensors for an update (deterministic :func:`fedstore.format.encode`)."""
+    from fedstore.format import encode
+
+    return encode(arrays, metadata)
+
+
+def decode_tensors(data: bytes, *, max_decoded_size: int) -> dict[str, npt.NDArray[np.generic]]:
+    """Decode an update's tensors; a malformed or oversized payload is a ProtocolError."""
+    from fedstore.format import decode
+
+    try:
+        ckpt = decode(data, max_decoded_size=max_decoded_size)
+    except FormatError as exc:
+        raise MessageError(f"update tensors do not decode: {exc}", reason="bad_tensors") from exc
+    return dict(ckpt.arrays)

@@ -1,0 +1,81 @@
+"""What the federation roles need from the network and storage: :class:`FederationPeer`.
+
+The trainer and aggregator loops (:mod:`fedstore.federation.roles`) are
+written against this small protocol, not against the node directly, so the
+round protocol can be exercised in one process over an in-memory fake
+(:mod:`fedstore.federation.fake`) and run for real over a fedstore node
+(:class:`fedstore.federation.nodepeer.NodePeer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["FederationPeer", "Inbox", "SavedModel"]
+
+Arrays = dict[str, npt.NDArray[np.generic]]
+
+
+@dataclass(frozen=True, slots=True)
+class SavedModel:
+    """A global checkpoint as stored: round, CID and encoded size in bytes."""
+
+    round: int
+    cid: str
+    size: int
+
+
+class Inbox(Protocol):
+    """Messages of the training topic as ``(signing peer id, data)``."""
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]: ...
+
+    async def receive(self) -> tuple[str, bytes]:
+        """Next message; raises ``trio.EndOfChannel`` when the subscription ends."""
+        ...
+
+
+class FederationPeer(Protocol):
+    """One participant's view of the network and its storage.
+
+    Contracts:
+
+    * ``messages()`` subscribes to the training topic on entry (messages
+      published after entry are delivered, including the peer's own) and
+      unsubscribes on exit.
+    * ``save_global`` stores a global checkpoint (local store, catalog,
+      backend chain) and announces it; the CID is that of the encoded bytes.
+    * ``load_global`` returns the arrays of the checkpoint with that CID,
+      from the local store or fetched and verified through the backend chain,
+      and keeps it locally; raises a FedstoreError if it cannot.
+    * ``head`` returns the newest ``(round, cid)`` the peer knows of or can
+      learn from the network (syncing it locally), or None.
+    * ``put_blob``/``get_blob`` store and fetch opaque bytes by CID through
+      the backend chain (updates too large for a pubsub message);
+      ``get_blob`` verifies the bytes and refuses more than ``max_size``.
+    """
+
+    @property
+    def peer_id(self) -> str: ...
+
+    def messages(self) -> AbstractAsyncContextManager[Inbox]: ...
+
+    async def publish(self, data: bytes) -> None: ...
+
+    async def save_global(
+        self, round: int, arrays: Mapping[str, npt.NDArray[np.generic]], metadata: Mapping[str, str]
+    ) -> SavedModel: ...
+
+    async def load_global(self, round: int, cid: str) -> Arrays: ...
+
+    async def head(self) -> tuple[int, str] | None: ...
+
+    async def put_blob(self, data: bytes) -> str: ...
+
+    async def get_blob(self, cid: str, *, max_size: int) -> bytes: ...
