@@ -61,7 +61,7 @@ class RoundConflictError(CatalogError):
 
 
 def resolve_db_path(location: str | Path) -> Path:
-    """``<dir>/catalog.sqlite`` for a directory, the path itself for a ``*.sqlite``/``*.db`` file."""
+    """``<dir>/catalog.sqlite`` for a directory; a ``*.sqlite``/``*.db`` file path as is."""
     p = Path(location).expanduser()
     if p.suffix in {".sqlite", ".sqlite3", ".db"} and not p.is_dir():
         return p
@@ -387,9 +387,7 @@ class Catalog:
                         "last_received_at": func.max(
                             Announcement.last_received_at, ins.excluded.last_received_at
                         ),
-                        "received_at": func.min(
-                            Announcement.received_at, ins.excluded.received_at
-                        ),
+                        "received_at": func.min(Announcement.received_at, ins.excluded.received_at),
                     },
                 )
             )
@@ -515,9 +513,7 @@ class Catalog:
             raise ValueError(f"pin state must be one of {', '.join(PIN_STATES)}, got {state!r}")
         now = utcnow()
         with self._writing(f"record pin of {cid} on {backend}") as s:
-            row = s.scalars(
-                select(Pin).where(Pin.cid == cid, Pin.backend == backend)
-            ).one_or_none()
+            row = s.scalars(select(Pin).where(Pin.cid == cid, Pin.backend == backend)).one_or_none()
             if row is None:
                 row = Pin(cid=cid, backend=backend, state=state, attempts=0, created_at=now)
                 s.add(row)

@@ -1,0 +1,333 @@
+"""The local checkpoint store: atomic files plus catalog rows.
+
+Save path (crash-safe at every step)::
+
+    encode -> CID -> tmp/<name>.part, write, fsync -> rename into rounds/ ->
+    fsync rounds/ -> catalog row committed
+
+A process killed before the rename leaves only a temp file (removed by the
+next reconcile); killed after the rename but before the commit, an orphan
+file no row points at (reported by reconcile). Either way the catalog never
+points at a missing or torn file, and the previous latest checkpoint stays
+loadable. Deleting goes the other way round: row first, then the file.
+
+The latest round and its CID always come from the catalog, never from
+listing the directory.
+
+One checkpoint per round. Saving a round again with the same CID is a no-op
+(and repairs a missing or corrupt file). A different CID for a round that
+already has one raises :class:`~fedstore.catalog.RoundConflictError` unless
+``replace=True``; then the new file is written first, the row switched in one
+transaction, and the old file removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+import numpy as np
+
+from fedstore.catalog import Catalog, CheckpointRecord, RoundConflictError
+from fedstore.errors import CheckpointNotFoundError, IntegrityError
+from fedstore.store.paths import ROUNDS_DIR, TMP_DIR, checkpoint_filename
+from fedstore.store.reconcile import ReconcileReport, VerifyLevel, reconcile
+
+if TYPE_CHECKING:
+    from fedstore.format import Checkpoint
+
+__all__ = ["LocalStore"]
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "store.lock"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _describe(data: bytes) -> tuple[str, int]:
+    """``(codec, raw_size)`` of encoded checkpoint bytes, from fedstore.format.inspect."""
+    from fedstore import format as fmt
+
+    info = fmt.inspect(data)
+    return str(info.codec), int(info.raw_size)
+
+
+class LocalStore:
+    """Checkpoints of one node, in ``directory`` with its catalog.
+
+    ``catalog`` defaults to the catalog in ``directory`` (opened, and closed
+    by :meth:`close`). ``peer_id`` is recorded as ``created_by``;
+    ``cid_version`` (0 or 1) is the CID version of saved checkpoints.
+    ``verify_on_open`` runs :meth:`reconcile` at that level when the store
+    opens (None: skip); its report is kept in :attr:`last_reconcile`.
+
+    Thread-safe; several processes may share a directory (SQLite and file
+    locks arbitrate), though one writer per directory is the normal setup.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        catalog: Catalog | None = None,
+        *,
+        peer_id: str | None = None,
+        cid_version: int = 0,
+        verify_on_open: VerifyLevel | None = "latest",
+    ) -> None:
+        if cid_version not in (0, 1):
+            raise ValueError(f"cid_version must be 0 or 1, got {cid_version}")
+        self.dir = Path(directory).expanduser()
+        (self.dir / ROUNDS_DIR).mkdir(parents=True, exist_ok=True)
+        (self.dir / TMP_DIR).mkdir(exist_ok=True)
+        self._owns_catalog = catalog is None
+        self.catalog = catalog if catalog is not None else Catalog.open(self.dir)
+        self.peer_id = peer_id
+        self.cid_version = cid_version
+        self._mutex = threading.RLock()
+        self._lock_path = self.dir / LOCK_NAME
+        self.last_reconcile: ReconcileReport | None = None
+        if verify_on_open is not None:
+            self.last_reconcile = self.reconcile(verify=verify_on_open)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the catalog if this store opened it. Safe to call twice."""
+        if self._owns_catalog:
+            self.catalog.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.dir)!r})"
+
+    @contextmanager
+    def _saving(self) -> Iterator[None]:
+        """Shared store lock (many savers, excludes reconcile's temp cleanup) + thread mutex."""
+        with self._mutex:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                yield
+            finally:
+                os.close(fd)
+
+    # -- writing -------------------------------------------------------------
+
+    def save(
+        self,
+        round: int,
+        arrays: Mapping[str, np.ndarray],
+        metadata: Mapping[str, str] | None = None,
+        *,
+        replace: bool = False,
+    ) -> CheckpointRecord:
+        """Encode ``arrays`` (+ ``metadata``) and store them as ``round``'s checkpoint."""
+        from fedstore import format as fmt
+        from fedstore.cid import cid_of_bytes
+
+        data = fmt.encode(arrays, metadata)
+        cid = cid_of_bytes(data, cid_version=self.cid_version)
+        return self._store(round, data, cid, replace=replace)
+
+    def save_encoded(
+        self, round: int, data: bytes, cid: str, *, replace: bool = False
+    ) -> CheckpointRecord:
+        """Store checkpoint bytes received from elsewhere under ``round``.
+
+        The bytes are verified against ``cid`` first (IntegrityError, nothing
+        written, if they do not match) and must be a valid checkpoint
+        (FormatError otherwise).
+        """
+        from fedstore.cid import verify_bytes
+
+        verify_bytes(cid, data)
+        return self._store(round, data, cid, replace=replace)
+
+    def _store(self, round: int, data: bytes, cid: str, *, replace: bool) -> CheckpointRecord:
+        from fedstore.cid import parse_cid
+
+        if round < 0:
+            raise ValueError(f"round must be >= 0, got {round}")
+        codec, raw_size = _describe(data)  # also rejects bytes that are not a checkpoint
+        rel = f"{ROUNDS_DIR}/{checkpoint_filename(round, cid)}"
+        with self._saving():
+            existing = self.catalog.get_checkpoint(round)
+            if existing is not None and existing.cid != cid and not replace:
+                raise RoundConflictError(
+                    f"round {round} already has checkpoint {existing.cid} in {self.dir}; "
+                    f"refusing to overwrite it with {cid} (delete the round first, or save "
+                    "with replace=True / --replace)"
+                )
+            if (
+                existing is not None
+                and existing.cid == cid
+                and existing.status == "ok"
+                and self._file_size(existing.path) == existing.stored_size
+            ):
+                return existing  # idempotent: same bytes already stored
+            self._atomic_write(rel, data)
+            try:
+                rec = self.catalog.add_checkpoint(
+                    round,
+                    cid,
+                    cid_version=parse_cid(cid).version,
+                    codec=codec,
+                    raw_size=raw_size,
+                    stored_size=len(data),
+                    path=rel,
+                    created_by=self.peer_id,
+                    replace=replace,
+                )
+            except BaseException:
+                if existing is None or existing.path != rel:
+                    (self.dir / rel).unlink(missing_ok=True)
+                raise
+            if existing is not None and existing.path != rel:
+                (self.dir / existing.path).unlink(missing_ok=True)
+            log.info("stored round %d as %s (%d bytes)", round, cid, len(data))
+            return rec
+
+    def _file_size(self, rel: str) -> int | None:
+        try:
+            return (self.dir / rel).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def _atomic_write(self, rel: str, data: bytes) -> None:
+        final = self.dir / rel
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f"{final.stem}.", suffix=".part", dir=self.dir / TMP_DIR
+        )
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, final)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        _fsync_dir(final.parent)
+
+    def delete(self, round: int) -> CheckpointRecord:
+        """Forget ``round`` and remove its file (row first, then file)."""
+        with self._saving():
+            rec = self.catalog.delete_checkpoint(round)
+            if rec is None:
+                raise CheckpointNotFoundError(f"no checkpoint for round {round} in {self.dir}")
+            (self.dir / rec.path).unlink(missing_ok=True)
+            return rec
+
+    def prune(self, keep_last: int) -> list[CheckpointRecord]:
+        """Delete all but the ``keep_last`` highest rounds; return what was deleted."""
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        with self._saving():
+            rounds = self.catalog.list_rounds()
+            doomed = rounds[: max(0, len(rounds) - keep_last)]
+            deleted = []
+            for r in doomed:
+                rec = self.catalog.delete_checkpoint(r)
+                if rec is not None:
+                    (self.dir / rec.path).unlink(missing_ok=True)
+                    deleted.append(rec)
+            return deleted
+
+    # -- reading -------------------------------------------------------------
+
+    def latest(self) -> CheckpointRecord | None:
+        """The newest ``ok`` checkpoint row, from the catalog."""
+        return self.catalog.latest_checkpoint()
+
+    def get(self, round: int) -> CheckpointRecord:
+        """The row of ``round`` (CheckpointNotFoundError if none)."""
+        rec = self.catalog.get_checkpoint(round)
+        if rec is None:
+            raise CheckpointNotFoundError(f"no checkpoint for round {round} in {self.dir}")
+        return rec
+
+    def list_rounds(self) -> list[int]:
+        """Rounds with a checkpoint row (any status), ascending."""
+        return self.catalog.list_rounds()
+
+    def list_checkpoints(self) -> list[CheckpointRecord]:
+        """Every checkpoint row, ascending by round."""
+        return self.catalog.list_checkpoints()
+
+    def path_of(self, round: int) -> Path:
+        """Absolute path of ``round``'s file (it may be missing if the row is flagged)."""
+        return (self.dir / self.get(round).path).resolve()
+
+    def _resolve(self, round: int | None) -> CheckpointRecord:
+        if round is not None:
+            return self.get(round)
+        rec = self.catalog.latest_checkpoint()
+        if rec is None:
+            raise CheckpointNotFoundError(f"no checkpoints in {self.dir} yet")
+        return rec
+
+    def read_verified(self, round: int | None = None) -> tuple[CheckpointRecord, bytes]:
+        """The row and the raw file bytes of ``round`` (latest ``ok`` when None), verified.
+
+        A missing file flags the row ``missing`` and raises
+        CheckpointNotFoundError; bytes that do not hash to the CID flag it
+        ``corrupt`` and raise IntegrityError. A flagged row whose file is
+        intact again is set back to ``ok``.
+        """
+        from fedstore.cid import verify_bytes
+
+        rec = self._resolve(round)
+        try:
+            data = (self.dir / rec.path).read_bytes()
+        except FileNotFoundError:
+            self.catalog.mark_checkpoint_status(rec.round, "missing", cid=rec.cid)
+            raise CheckpointNotFoundError(
+                f"the file of round {rec.round} ({rec.path}) is missing from {self.dir}; "
+                "its catalog row is now flagged 'missing' (fetch CID "
+                f"{rec.cid} again, or delete the round)"
+            ) from None
+        try:
+            verify_bytes(rec.cid, data)
+        except IntegrityError as exc:
+            self.catalog.mark_checkpoint_status(rec.round, "corrupt", cid=rec.cid)
+            raise IntegrityError(
+                f"the file of round {rec.round} ({rec.path}) does not match its CID {rec.cid}; "
+                "its catalog row is now flagged 'corrupt' (fetch it again, or delete the round)"
+            ) from exc
+        if rec.status != "ok" and self.catalog.mark_checkpoint_status(rec.round, "ok", cid=rec.cid):
+            rec = self.get(rec.round)
+        return rec, data
+
+    def load(self, round: int | None = None, *, max_decoded_size: int | None = None) -> Checkpoint:
+        """Decode the checkpoint of ``round`` (latest when None) after verifying its CID."""
+        from fedstore import format as fmt
+
+        _rec, data = self.read_verified(round)
+        if max_decoded_size is None:
+            return fmt.decode(data)
+        return fmt.decode(data, max_decoded_size=max_decoded_size)
+
+    def reconcile(self, verify: VerifyLevel = "latest") -> ReconcileReport:
+        """Reconcile catalog and disk (see :mod:`fedstore.store.reconcile`)."""
+        report = reconcile(self.dir, self.catalog, self._lock_path, verify)
+        self.last_reconcile = report
+        return report
