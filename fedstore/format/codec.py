@@ -1,0 +1,266 @@
+"""encode / decode / inspect: the public checkpoint codec (see the package docstring)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedstore.errors import FormatError, SizeLimitError
+from fedstore.format.container import (
+    CODEC_NAMES,
+    FLAG_SHUFFLE,
+    FORMAT_VERSION,
+    ContainerHeader,
+    canonical_metadata,
+    pack_header,
+    parse_header,
+    resolve_max_decoded_size,
+)
+from fedstore.format.shuffle import read_unshuffled, shuffle_into
+from fedstore.format.tensor_index import MAX_INDEX_BYTES, TensorEntry, parse_index, plan
+from fedstore.format.zstd_frame import FrameReader, check_frame, compress
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """Named arrays plus string metadata (round, model name, creating peer, parent CID...)."""
+
+    arrays: dict[str, np.ndarray]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def parameter_count(self) -> int:
+        """Total number of elements over all arrays."""
+        return sum(int(a.size) for a in self.arrays.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes of array data."""
+        return sum(int(a.nbytes) for a in self.arrays.values())
+
+    def encode(self) -> bytes:
+        """Shorthand for ``encode(self.arrays, self.metadata)``."""
+        return encode(self.arrays, self.metadata)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, dtype (numpy name, e.g. ``float32``), shape and byte size of one tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`inspect` learns from a checkpoint without decoding its tensor data."""
+
+    format_version: int
+    codec: str
+    flags: int
+    stored_size: int
+    raw_size: int
+    tensors: tuple[TensorInfo, ...]
+    metadata: dict[str, str]
+
+    @property
+    def shuffled(self) -> bool:
+        return bool(self.flags & FLAG_SHUFFLE)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.size for t in self.tensors)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def ratio(self) -> float:
+        """Stored bytes divided by tensor bytes (lower is better)."""
+        return self.stored_size / self.tensor_bytes if self.tensor_bytes else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for ``--json`` CLI output)."""
+        return {
+            "format_version": self.format_version,
+            "codec": self.codec,
+            "flags": self.flags,
+            "shuffled": self.shuffled,
+            "stored_size": self.stored_size,
+            "raw_size": self.raw_size,
+            "tensor_bytes": self.tensor_bytes,
+            "parameter_count": self.parameter_count,
+            "metadata": dict(self.metadata),
+            "tensors": [
+                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "nbytes": t.nbytes}
+                for t in self.tensors
+            ],
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"fedstore checkpoint v{self.format_version}, {self.codec}"
+            + (" + byte-shuffle" if self.shuffled else ""),
+            f"stored {self.stored_size:,} bytes, raw {self.raw_size:,} bytes, "
+            f"ratio {self.ratio:.3f} of tensor bytes",
+            f"{len(self.tensors)} tensors, {self.parameter_count:,} parameters",
+        ]
+        lines += [f"  meta {key} = {value}" for key, value in sorted(self.metadata.items())]
+        lines += [f"  {t.name}  {t.dtype}{list(t.shape)}  {t.nbytes:,} bytes" for t in self.tensors]
+        return "\n".join(lines)
+
+
+def encode(
+    arrays: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    shuffle: bool = True,
+) -> bytes:
+    """Encode *arrays* and *metadata* into checkpoint bytes.
+
+    Deterministic: the same arrays (names, dtypes, shapes, values; byte order
+    and memory layout do not matter) and metadata give the same bytes in any
+    process. Tensors with itemsize > 1 are byte-shuffled unless *shuffle* is
+    False. Raises TypeError/ValueError for unsupported input (non-str metadata
+    values, object or complex arrays, empty, NUL-containing or overlong names).
+    """
+    metadata_json = canonical_metadata(metadata)
+    entries, sources, index = plan(arrays)
+    do_shuffle = shuffle and any(e.dtype.itemsize > 1 for e in entries)
+    data_start = len(index)
+    raw_size = data_start + (entries[-1].end if entries else 0)
+    payload = np.empty(raw_size, dtype=np.uint8)
+    payload[:data_start] = np.frombuffer(index, dtype=np.uint8)
+    for entry, source in zip(entries, sources, strict=True):
+        dst = payload[data_start + entry.begin : data_start + entry.end]
+        if do_shuffle and entry.dtype.itemsize > 1:
+            shuffle_into(dst, source)
+        else:
+            dst[:] = source.reshape(-1).view(np.uint8)
+    frame = compress(payload)
+    header = pack_header(
+        flags=FLAG_SHUFFLE if do_shuffle else 0,
+        raw_size=raw_size,
+        frame_size=len(frame),
+        metadata_json=metadata_json,
+    )
+    return b"".join((header, frame))
+
+
+def decode(
+    data: bytes | bytearray | memoryview, *, max_decoded_size: int | None = None
+) -> Checkpoint:
+    """Decode checkpoint bytes into a :class:`Checkpoint` of fresh, writable arrays.
+
+    *max_decoded_size* caps the decompressed size (default:
+    $FEDSTORE_MAX_CHECKPOINT_BYTES, else 8 GiB); a larger declared size raises
+    SizeLimitError before anything is decompressed. Any other problem (wrong
+    magic, unsupported version, unknown flags, truncation, sizes that do not
+    agree, corrupt zstd data, malformed safetensors index) raises FormatError.
+    Nothing is ever unpickled.
+    """
+    cap = resolve_max_decoded_size(max_decoded_size)
+    view = _byte_view(data)
+    header = parse_header(view)
+    if header.raw_size > cap:
+        raise SizeLimitError(
+            f"checkpoint would decode to {header.raw_size:,} bytes, above the limit of "
+            f"{cap:,} (raise it with max_decoded_size= or FEDSTORE_MAX_CHECKPOINT_BYTES)"
+        )
+    shuffled = bool(header.flags & FLAG_SHUFFLE)
+    arrays: dict[str, np.ndarray] = {}
+    reader, entries = _open_payload(view, header)
+    with reader:
+        for entry in entries:
+            out = np.empty(entry.shape, dtype=entry.dtype)
+            if shuffled and entry.dtype.itemsize > 1:
+                read_unshuffled(reader.readinto_exact, out)
+            else:
+                raw = out.reshape(-1).view(np.uint8)
+                reader.readinto_exact(raw)
+                if entry.dtype.kind == "b" and raw.size and int(raw.max()) > 1:
+                    raise FormatError(
+                        f"tensor {entry.name!r} is bool but holds bytes other than 0 and 1"
+                    )
+            arrays[entry.name] = out
+        reader.finish()
+    return Checkpoint(arrays=dict(sorted(arrays.items())), metadata=header.metadata)
+
+
+def inspect(data: bytes | bytearray | memoryview) -> CheckpointInfo:
+    """Describe checkpoint bytes without decompressing the tensor data.
+
+    Validates the header, the zstd frame layout and the tensor index, reading
+    only the index from the start of the zstd stream. Raises FormatError like
+    :func:`decode` (but does not apply the decode size cap).
+    """
+    view = _byte_view(data)
+    header = parse_header(view)
+    reader, entries = _open_payload(view, header)
+    reader.close()
+    tensors = tuple(
+        TensorInfo(name=e.name, dtype=str(e.dtype), shape=e.shape, nbytes=e.nbytes)
+        for e in sorted(entries, key=lambda e: e.name)
+    )
+    return CheckpointInfo(
+        format_version=header.version,
+        codec=CODEC_NAMES[header.codec],
+        flags=header.flags,
+        stored_size=len(view),
+        raw_size=header.raw_size,
+        tensors=tensors,
+        metadata=header.metadata,
+    )
+
+
+def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"checkpoint data must be bytes-like, not {type(data).__name__}")
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _open_payload(
+    view: memoryview, header: ContainerHeader
+) -> tuple[FrameReader, list[TensorEntry]]:
+    """Check the frame, then read and validate the safetensors index at its start."""
+    frame = view[header.frame_offset :]
+    check_frame(frame, header.raw_size)
+    reader = FrameReader(frame)
+    try:
+        index_len = int.from_bytes(reader.read_exact(8), "little")
+        if index_len > min(header.raw_size - 8, MAX_INDEX_BYTES):
+            raise FormatError(
+                f"safetensors header length {index_len} is beyond the data "
+                f"({header.raw_size - 8} bytes follow it; limit {MAX_INDEX_BYTES})"
+            )
+        index = reader.read_exact(index_len)
+        if not index.startswith(b"{"):
+            raise FormatError("safetensors header does not start with '{'")
+        entries = parse_index(index, header.raw_size - 8 - index_len)
+    except BaseException:
+        reader.close()
+        raise
+    return reader, entries
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointInfo",
+    "TensorInfo",
+    "decode",
+    "encode",
+    "inspect",
+]
