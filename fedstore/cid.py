@@ -82,7 +82,7 @@ MAX_CHUNK_SIZE = 2 * 1024 * 1024
 #: Longest CID string parse_cid looks at (a sha2-256 CIDv1 in base32 is 59 chars).
 MAX_CID_STR_LEN = 200
 #: Bytes read per call by cid_of_file (rounded to a whole number of chunks).
-READ_BLOCK = 4 * 1024 * 1024
+READ_BLOCK = 1024 * 1024  # measured a little faster than 4 MiB (stays in cache)
 
 #: Profile names accepted by DagParams.profile and the CLI.
 PROFILES = ("kubo", "unixfs-v0-2015", "unixfs-v1-2025")
@@ -469,7 +469,7 @@ def cid_of_file(
     params: DagParams | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> str:
-    """CID of the file at ``path``, read in 4 MiB blocks (memory stays bounded).
+    """CID of the file at ``path``, read in 1 MiB blocks (memory stays bounded).
 
     ``progress``, if given, is called after each block with the total number of
     bytes hashed so far. OS errors (missing file, permissions) propagate as
