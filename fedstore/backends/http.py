@@ -216,19 +216,21 @@ def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> fl
 
 async def read_error_body(response: httpx.Response, redact: Callable[[str], str]) -> str:
     """Read at most :data:`MAX_ERROR_BODY` bytes of a (possibly streamed) error body."""
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async for chunk in response.aiter_raw():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= MAX_ERROR_BODY:
-                break
-    except (httpx.HTTPError, httpx.StreamError):
-        pass
-    except RuntimeError:  # body was already read and closed
-        return redact(response.text[:MAX_ERROR_BODY])
-    text = b"".join(chunks)[:MAX_ERROR_BODY].decode("utf-8", "replace")
+        raw = response.content  # already read (e.g. built in memory by a transport)
+    except httpx.ResponseNotRead:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= MAX_ERROR_BODY:
+                    break
+        except (httpx.HTTPError, httpx.StreamError):
+            pass
+        raw = b"".join(chunks)
+    text = raw[:MAX_ERROR_BODY].decode("utf-8", "replace")
     return redact(text.strip())
 
 

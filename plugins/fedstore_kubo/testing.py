@@ -53,6 +53,8 @@ class FakeKubo(httpx.AsyncBaseTransport):
         self.cid_override: str | None = None
         self.corrupt = False
         self.truncate: int | None = None
+        #: Answers (or exceptions) to give to the next requests, before anything else.
+        self.fail_next: list[httpx.Response | Exception] = []
         self.version = "0.32.1"
         self.peer_id = "12D3KooWFakeKuboPeerIdForFedstoreTests000000000000"
 
@@ -69,6 +71,11 @@ class FakeKubo(httpx.AsyncBaseTransport):
         path = request.url.path
         params = dict(request.url.params)
         self.requests.append((path, params))
+        if self.fail_next:
+            failure = self.fail_next.pop(0)
+            if isinstance(failure, Exception):
+                raise failure
+            return failure
         if self.token is not None and request.headers.get("authorization") != (
             f"Bearer {self.token}"
         ):
@@ -113,7 +120,7 @@ class FakeKubo(httpx.AsyncBaseTransport):
         tmp = (
             self.blob_dir / f".upload-{os.urandom(6).hex()}" if self.blob_dir is not None else None
         )
-        fh = open(tmp, "wb") if tmp is not None else None  # noqa: SIM115 - closed below
+        fh = await trio.open_file(tmp, "wb") if tmp is not None else None
         size = 0
 
         async def on_field(_name: str, _value: str) -> None:
@@ -127,7 +134,7 @@ class FakeKubo(httpx.AsyncBaseTransport):
                 size += len(data)
                 await trio.to_thread.run_sync(builder.update, data)
                 if fh is not None:
-                    await trio.to_thread.run_sync(fh.write, data)
+                    await fh.write(data)
                 else:
                     parts.append(data)
 
@@ -140,7 +147,7 @@ class FakeKubo(httpx.AsyncBaseTransport):
             return _error(f"multipart: {exc}", code=1, status=400)
         finally:
             if fh is not None:
-                fh.close()
+                await fh.aclose()
         cid = self.cid_override or await trio.to_thread.run_sync(builder.finalize)
         if tmp is not None:
             os.replace(tmp, tmp.with_name(cid))
