@@ -560,7 +560,7 @@ async def run_trainer(
     trained: list[int] = []
     current: tuple[int, str] | None = None
     arrays: Arrays | None = None
-    last: tuple[int, bytes, float] | None = None  # round, message, sent at
+    last: tuple[int, bytes, float, int] | None = None  # round, message, sent at, attempt
     async with peer.messages() as inbox:
         head = await peer.head()
         if head is not None:
@@ -606,10 +606,12 @@ async def run_trainer(
                 )
             # RoundOpen
             if last is not None and msg.round == last[0]:
-                if me not in msg.received and trio.current_time() - last[2] > settings.resend_after:
+                if me not in msg.received and (
+                    msg.attempt != last[3] or trio.current_time() - last[2] > settings.resend_after
+                ):
                     log.info("round %d: update not acknowledged, re-sending", msg.round)
                     await peer.publish(last[1])
-                    last = (last[0], last[1], trio.current_time())
+                    last = (last[0], last[1], trio.current_time(), msg.attempt)
                 continue
             if last is not None and msg.round < last[0]:
                 continue
@@ -622,7 +624,7 @@ async def run_trainer(
             out = await _make_update(peer, msg, new, int(num_samples), metrics, settings)
             wire = out.encode()
             await peer.publish(wire)
-            last = (msg.round, wire, trio.current_time())
+            last = (msg.round, wire, trio.current_time(), msg.attempt)
             trained.append(msg.round)
             on_event(
                 TrainerUpdated(
