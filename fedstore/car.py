@@ -12,7 +12,7 @@ Reading (:class:`CarReader`, :func:`iter_car_verified`, :func:`read_car_verified
 trusts nothing: every length is capped, every block's sha2-256 must equal its
 CID, the DAG must be complete from the root and the UnixFS sizes consistent,
 before the first file byte is yielded. Blocks are kept in a spooled temporary
-file (memory up to 64 MiB, then disk). Malformed or truncated input raises
+file (memory up to 16 MiB, then disk). Malformed or truncated input raises
 :class:`~fedstore.errors.FormatError`; hash mismatches and missing blocks raise
 :class:`~fedstore.errors.IntegrityError`; size caps raise
 :class:`~fedstore.errors.SizeLimitError`.
@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from fedstore.cid import (
     BuiltDag,
@@ -71,7 +71,7 @@ MAX_HEADER_SIZE = 64 * 1024
 MAX_DAG_DEPTH = 32
 #: Default file-size cap of read_car_verified (its result is one bytes object).
 DEFAULT_MAX_READ = 2 * 1024 * 1024 * 1024
-_SPOOL_IN_MEMORY = 64 * 1024 * 1024
+_SPOOL_IN_MEMORY = 16 * 1024 * 1024
 _MAX_CBOR_DEPTH = 8
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview
@@ -378,7 +378,7 @@ def _key(cid: ParsedCid) -> tuple[int, bytes]:
 
 
 def iter_car_verified(
-    source: BytesLike | IO[bytes] | BinaryIO,
+    source: BytesLike | IO[bytes],
     *,
     expected_root: str | ParsedCid | None = None,
     max_size: int | None = None,
@@ -466,7 +466,7 @@ def _file_bytes(
 
 
 def read_car_verified(
-    source: BytesLike | IO[bytes] | BinaryIO,
+    source: BytesLike | IO[bytes],
     *,
     expected_root: str | ParsedCid | None = None,
     max_size: int | None = DEFAULT_MAX_READ,

@@ -232,7 +232,7 @@ def _shape(tree: TreeNode | int) -> object:
 def test_layout_matches_descriptive_model(n: int, max_links: int) -> None:
     params = DagParams(0, chunk_size=1, max_links=max_links)
     dag = CidBuilder(params)
-    dag.update(bytes(range(256))[:n] if n <= 256 else b"")
+    dag.update(bytes(range(n)))
     built = dag.build()
     assert len(built.leaves) == n
     assert _shape(built.tree) == _reference_layout(n, max_links)
@@ -547,3 +547,20 @@ def test_cli_missing_file_and_bad_combination_exit_1(
         main(["cid", str(tmp_path / "f"), "--profile", "unixfs-v1-2025", "--cid-version", "0"]) == 1
     )
     assert "CIDv1 only" in capsys.readouterr().err
+
+
+def test_cli_progress_bar_path_gives_the_same_cid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from fedstore.cli import cid_cmd
+
+    path = tmp_path / "big.bin"
+    data = pattern(3 * CHUNK + 5)
+    path.write_bytes(data)
+    monkeypatch.setattr(cid_cmd, "PROGRESS_THRESHOLD", CHUNK)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["cid", str(path)]) == 0
+    out, _ = capsys.readouterr()
+    assert out == cid_of_bytes(data) + "\n"  # the bar goes to stderr, stdout stays clean
