@@ -346,7 +346,7 @@ class RetryPolicy:
         """Seconds to wait before retry number *retry* (1-based)."""
         if retry_after is not None:
             return retry_after + self.rng.uniform(0, self.jitter * self.base_delay)
-        raw = min(self.max_delay, self.base_delay * (2 ** (retry - 1)))
+        raw = min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
         return raw * (1 - self.jitter * self.rng.random())
 
     @classmethod

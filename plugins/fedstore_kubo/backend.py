@@ -224,7 +224,7 @@ class KuboBackend(StorageBackend):
         timeout: float | None = None,
     ) -> httpx.Response:
         self._check_open()
-        request_timeout: httpx.Timeout | object = (
+        request_timeout: httpx.Timeout | httpx._client.UseClientDefault = (
             default_timeout(read=timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT
         )
 
@@ -382,7 +382,9 @@ class KuboBackend(StorageBackend):
             "pin/add", params, action=f"pin add {cid}", timeout=self.pin_timeout + 30
         )
         pins = _json(response).get("Pins") or []
-        if not any(isinstance(p, str) and same_cid(p, cid) for p in pins):
+        if not isinstance(pins, list) or not any(
+            isinstance(p, str) and same_cid(p, cid) for p in pins
+        ):
             raise BackendError(f"kubo: pin add {cid} answered without that pin: {pins!r}")
         return StoredObject(cid=cid, size=-1)
 

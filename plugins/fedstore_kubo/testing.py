@@ -148,7 +148,8 @@ class FakeKubo(httpx.AsyncBaseTransport):
         finally:
             if fh is not None:
                 await fh.aclose()
-        cid = self.cid_override or await trio.to_thread.run_sync(builder.finalize)
+        computed: str = await trio.to_thread.run_sync(builder.finalize)
+        cid = self.cid_override or computed
         if tmp is not None:
             os.replace(tmp, tmp.with_name(cid))
         else:

@@ -221,9 +221,10 @@ class FakePinata(httpx.AsyncBaseTransport):
             return _err(400, "INVALID_REQUEST", str(exc))
         if state["builder"] is None:
             return _err(400, "INVALID_REQUEST", "file is required")
-        cid = self.cid_override or await trio.to_thread.run_sync(state["builder"].finalize)
+        computed: str = await trio.to_thread.run_sync(state["builder"].finalize)
+        cid = self.cid_override or computed
         await self._finish(parts, fh, path, cid)
-        return fields, cid, state["size"], state["filename"]
+        return fields, cid, int(state["size"]), str(state["filename"])
 
     async def _upload_v3(self, request: httpx.Request) -> httpx.Response:
         def version(fields: dict[str, str]) -> int:
@@ -309,7 +310,8 @@ class FakePinata(httpx.AsyncBaseTransport):
                 await fh.aclose()
         headers["Upload-Offset"] = str(up.offset)
         if up.offset == up.length:
-            cid = self.cid_override or await trio.to_thread.run_sync(up.builder.finalize)
+            computed: str = await trio.to_thread.run_sync(up.builder.finalize)
+            cid = self.cid_override or computed
             if up.path is not None:
                 os.replace(up.path, up.path.with_name(cid))
             else:
