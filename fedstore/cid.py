@@ -67,6 +67,7 @@ __all__ = [
     "CidVerifier",
     "DagParams",
     "ParsedCid",
+    "build_file_dag",
     "cid_from_bytes",
     "cid_of_bytes",
     "cid_of_file",
