@@ -1,0 +1,152 @@
+"""``fedstore pins ls`` and ``fedstore pins retry``: where each checkpoint is kept."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import trio
+
+from fedstore.errors import CatalogError
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "pins",
+        help="show and repair where each CID is pinned, per storage backend",
+        description=(
+            "Each save records one pin row per backend it tried (pinned, failed with the "
+            "error, or pending). 'ls' shows them; 'retry' stores the failed ones again."
+        ),
+    )
+    pins_sub = p.add_subparsers(dest="pins_command", metavar="SUBCOMMAND")
+    pins_sub.required = True
+
+    ls = pins_sub.add_parser(
+        "ls",
+        help="every CID's state per backend",
+        description="Show every CID in the catalog and its pin state on each backend.",
+    )
+    _dir_arg(ls)
+    ls.add_argument(
+        "--state", choices=["pinned", "failed", "pending"], help="only rows in this state"
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON object per pin row")
+    ls.set_defaults(func=cmd_ls)
+
+    retry = pins_sub.add_parser(
+        "retry",
+        help="store failed pins again once their backend is back",
+        description=(
+            "For every pin row in state 'failed', store the CID again on that backend: "
+            "from the local checkpoint file, else fetched (verified) from another backend. "
+            "Exit status 1 if some remain failed."
+        ),
+    )
+    _dir_arg(retry)
+    retry.add_argument(
+        "--backends",
+        metavar="LIST",
+        help="comma-separated backends whose failed pins to retry (default: all configured)",
+    )
+    retry.set_defaults(func=cmd_retry)
+
+
+def _dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="node data directory holding catalog.sqlite (default: $CHECKPOINT_DIR, "
+        "else ./checkpoints_node)",
+    )
+
+
+def _catalog_path(args: argparse.Namespace, settings: dict[str, str]) -> Path:
+    from fedstore.catalog import resolve_db_path
+    from fedstore.store.paths import default_checkpoint_dir
+
+    location = Path(args.dir) if args.dir else default_checkpoint_dir("node", settings)
+    db = resolve_db_path(location)
+    if not db.is_file():
+        raise CatalogError(f"no catalog at {db}: pass --dir with a node's data directory")
+    return db
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedstore.catalog import Catalog
+    from fedstore.config import load_settings
+
+    settings = load_settings()
+    with Catalog.open(_catalog_path(args, settings)) as catalog:
+        rows = catalog.pins(args.state)
+    if args.json:
+        for r in rows:
+            print(
+                json.dumps(
+                    {
+                        "cid": r.cid,
+                        "backend": r.backend,
+                        "state": r.state,
+                        "backend_ref": r.backend_ref,
+                        "error": r.last_error,
+                        "attempts": r.attempts,
+                        "updated_at": r.updated_at.isoformat(),
+                    }
+                )
+            )
+        return 0
+    if not rows:
+        print("no pin rows" + (f" in state {args.state}" if args.state else ""), file=sys.stderr)
+        return 0
+    backends = sorted({r.backend for r in rows})
+    by_cid: dict[str, dict[str, str]] = {}
+    for r in sorted(rows, key=lambda r: r.updated_at):
+        cell = r.state
+        if r.state == "failed" and r.last_error:
+            err = r.last_error if len(r.last_error) <= 60 else r.last_error[:57] + "..."
+            cell = f"[red]failed[/red] ({err})"
+        elif r.state == "pinned":
+            cell = "[green]pinned[/green]"
+        by_cid.setdefault(r.cid, {})[r.backend] = cell
+    table = Table(title="pins per backend")
+    table.add_column("CID", no_wrap=True)
+    for name in backends:
+        table.add_column(name)
+    for cid, cells in by_cid.items():
+        table.add_row(cid, *(cells.get(name, "-") for name in backends))
+    Console().print(table)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from fedstore.backends import build_chain, default_backend_names, parse_backend_list
+    from fedstore.catalog import AsyncCatalog, Catalog
+    from fedstore.config import load_settings
+    from fedstore.replication import PinOutcome, retry_failed_pins
+
+    settings = load_settings()
+    wanted = parse_backend_list(args.backends) if args.backends else None
+    names = default_backend_names(settings)
+    names += [n for n in wanted or [] if n not in names]
+    db = _catalog_path(args, settings)
+
+    async def run() -> list[PinOutcome]:
+        catalog = AsyncCatalog(await trio.to_thread.run_sync(Catalog.open, db))
+        async with catalog, build_chain(names, settings) as chain:
+            return await retry_failed_pins(chain, catalog, backends=wanted)
+
+    outcomes = trio.run(run)
+    if not outcomes:
+        print("nothing to retry: no failed pins", file=sys.stderr)
+        return 0
+    for o in outcomes:
+        detail = o.backend_ref or "" if o.state == "pinned" else o.error or ""
+        print(f"{o.cid}  {o.backend:<12} {o.state:<8} {detail}".rstrip())
+    return 1 if any(o.state == "failed" for o in outcomes) else 0
