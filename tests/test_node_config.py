@@ -78,7 +78,9 @@ def test_cloud_address_and_bootstrap_list(tmp_path: Path) -> None:
         ("FEDSTORE_AUTO_SYNC", "maybe", "not a boolean"),
     ],
 )
-def test_invalid_values_are_config_errors(tmp_path: Path, name: str, value: str, match: str) -> None:
+def test_invalid_values_are_config_errors(
+    tmp_path: Path, name: str, value: str, match: str
+) -> None:
     with pytest.raises(ConfigError, match=match):
         load_node_config(environ={name: value}, cwd=tmp_path)
 

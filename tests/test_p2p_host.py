@@ -126,6 +126,7 @@ async def test_head_protocol_roundtrip_and_none(tmp_path: Path) -> None:
 
 async def test_head_protocol_rejects_bad_answers_and_times_out(tmp_path: Path) -> None:
     async with hosts(tmp_path, 2) as (a, b):
+
         async def babble(stream, peer):  # type: ignore[no-untyped-def]
             await read_bounded(stream, 64)
             await stream.write(b"x" * 10_000)

@@ -111,8 +111,13 @@ class DropCounters:
         self._windows.move_to_end(key)
         if len(self._windows) > 4096:
             self._windows.popitem(last=False)
-        log.warning("dropped message on %s from %s: %s%s", topic, peer, reason,
-                    f" ({detail})" if detail else "")
+        log.warning(
+            "dropped message on %s from %s: %s%s",
+            topic,
+            peer,
+            reason,
+            f" ({detail})" if detail else "",
+        )
         return True
 
     def count(self, topic: str | None = None, reason: str | None = None) -> int:

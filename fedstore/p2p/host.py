@@ -32,8 +32,8 @@ import trio
 from libp2p import new_host
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
-from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
@@ -82,11 +82,12 @@ class _NetStream:
     """Adapts a libp2p ``INetStream`` to :class:`Stream` (EOF as b"", errors translated)."""
 
     def __init__(self, stream: INetStream) -> None:
-        self._stream = stream
+        self._stream: Any = stream  # NetStream; INetStream lacks close_write
 
     async def read(self, n: int) -> bytes:
         try:
-            return await self._stream.read(n)
+            data: bytes = await self._stream.read(n)
+            return data
         except StreamEOF:
             return b""
         except Exception as exc:  # StreamReset, StreamError, muxer errors
@@ -381,7 +382,8 @@ def _announce_factory(
         for addr in candidates:
             try:
                 port = addr.value_for_protocol("tcp")
-            except Exception:
+            except Exception:  # not a TCP address (e.g. QUIC): nothing to rewrite
+                log.debug("not advertising %s: no tcp port", addr)
                 continue
             text = f"/{proto}/{announce_ip}/tcp/{port}"
             if text not in seen:

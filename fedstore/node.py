@@ -1,0 +1,519 @@
+"""A fedstore node: a libp2p peer with a local checkpoint store, a catalog and a backend chain.
+
+:class:`Node` composes the pieces and keeps the orchestration short:
+
+* :mod:`fedstore.p2p.host` (libp2p host, gossipsub), :mod:`fedstore.p2p.topics`
+  (validation, fan-out, payloads sent by CID), :mod:`fedstore.p2p.headproto`
+  (asking peers for their head), :mod:`fedstore.p2p.sync` (late-joiner sync);
+* :class:`~fedstore.store.AsyncLocalStore` and its catalog;
+* a :class:`~fedstore.backends.BackendChain`.
+
+Start one with ``async with open_node(config) as node:`` or
+``node = await nursery.start(serve_node, config)``. While it runs, the node
+
+* resumes from the catalog's latest local checkpoint (event ``RESUMED``);
+* connects to the configured bootstrap peers, retrying for a while;
+* asks every newly connected peer for its head (event ``HEAD``) and records
+  the answer in the catalog, so ``sync`` knows it even if the announcement
+  was missed;
+* records every valid announcement heard on ``model-cids`` (event ``HEARD``);
+* re-announces its own head every ``reannounce_interval`` seconds.
+
+Events are reported to an optional ``on_event(key, value)`` callback; the
+runner prints them as ``KEY=value`` status lines (docs/NODE.md lists them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+
+from fedstore.config import NodeConfig
+from fedstore.errors import FedstoreError, NetworkError, ProtocolError
+from fedstore.p2p.guard import DropCounters, PeerGuard
+from fedstore.p2p.headproto import HEAD_PROTOCOL, HeadServer, PeerHead, request_head
+from fedstore.p2p.host import GossipSettings, P2PHost, open_host
+from fedstore.p2p.identity import load_or_create_identity
+from fedstore.p2p.messages import (
+    ANNOUNCE_TOPIC,
+    Announcement,
+    encode_inline,
+    encode_reference,
+    format_announcement,
+)
+from fedstore.p2p.sync import Claim, Head, Syncer, SyncOutcome
+from fedstore.p2p.topics import Subscription, TopicHub
+
+if TYPE_CHECKING:
+    from fedstore.backends import BackendChain
+    from fedstore.catalog import CheckpointRecord
+    from fedstore.format import Checkpoint
+    from fedstore.store import AsyncLocalStore
+
+__all__ = ["Head", "Node", "PublishResult", "open_node", "serve_node"]
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[str, str], None]
+#: Bootstrap dialling: first retry after this many seconds, doubling, for this long in total.
+_BOOTSTRAP_FIRST_RETRY = 0.25
+_BOOTSTRAP_GIVE_UP = 60.0
+
+
+def payload_digest(data: bytes) -> str:
+    """The 16-hex-digit SHA-256 prefix status lines use to identify a payload."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What :meth:`Node.publish` sent: *size* bytes, inline or (if *cid*) by reference."""
+
+    topic: str
+    size: int
+    digest: str
+    cid: str | None = None
+
+
+class Node:
+    """A running node. Create with :func:`open_node`; the constructor does no I/O."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        host: P2PHost,
+        store: AsyncLocalStore,
+        chain: BackendChain,
+        nursery: trio.Nursery,
+        *,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.config = config
+        self.host = host
+        self.store = store
+        self.catalog = store.catalog
+        self.chain = chain
+        self._nursery = nursery
+        self._on_event = on_event
+        self.counters = DropCounters()
+        self.topics = TopicHub(
+            host,
+            nursery,
+            guard=PeerGuard(config.peer_rate, config.peer_burst),
+            counters=self.counters,
+            inline_limit=config.inline_limit,
+            max_fetch_size=config.max_fetch_size,
+            fetch=self._fetch_sized,
+            on_announcement=self._heard,
+            on_message=self._received,
+            on_drop=lambda topic, reason, peer: self._emit("DROPPED", f"{topic}:{reason}:{peer}"),
+            on_membership=lambda topic, joined: self._emit("JOINED" if joined else "LEFT", topic),
+        )
+        self.head_server = HeadServer(
+            self.head,
+            guard=PeerGuard(rate=2.0, burst=10),
+            counters=self.counters,
+            timeout=config.head_timeout,
+        )
+        self.syncer = Syncer(
+            local_head=self.head,
+            ask_peers=self._ask_peers,
+            known_claims=self._known_claims,
+            fetch=lambda cid: self.chain.fetch_bytes(cid, max_size=config.max_fetch_size),
+            store=self._store_fetched,
+        )
+        self._connected: set[str] = set()
+        self._peers_changed = trio.Event()
+        self._auto_sync_wanted = trio.Event()
+
+    # -- identity and status -------------------------------------------------------------
+    @property
+    def peer_id(self) -> str:
+        return self.host.peer_id
+
+    @property
+    def role(self) -> str:
+        return self.config.role
+
+    def addrs(self) -> list[str]:
+        """Full multiaddrs other peers can dial (``/ip4/../tcp/../p2p/<id>``)."""
+        return self.host.addrs()
+
+    def peers(self) -> list[str]:
+        return self.host.connected_peers()
+
+    def joined_topics(self) -> list[str]:
+        return self.topics.joined()
+
+    def _emit(self, key: str, value: object) -> None:
+        if self._on_event is not None:
+            self._on_event(key, str(value))
+
+    async def head(self) -> Head | None:
+        """This node's latest local checkpoint, from the catalog."""
+        rec = await self.store.latest()
+        return None if rec is None else Head(rec.round, rec.cid)
+
+    # -- peers -------------------------------------------------------------------------
+    async def connect(self, addr: str) -> str:
+        """Dial a peer by full multiaddr; return its peer id (NetworkError/ConfigError)."""
+        return await self.host.connect(addr, timeout=self.config.connect_timeout)
+
+    async def wait_for_peers(
+        self, count: int, *, topic: str | None = None, timeout: float = 10.0
+    ) -> list[str]:
+        """Wait until *count* peers are connected (with *topic*: in our mesh for it).
+
+        Event-driven: wakes on connections and on libp2p's mesh events, no
+        polling. Raises :class:`NetworkError` after *timeout* seconds.
+        """
+        try:
+            with trio.fail_after(timeout):
+                while True:
+                    peers = self.host.mesh_peers(topic) if topic else self.host.connected_peers()
+                    if len(peers) >= count:
+                        return peers
+                    await self._wait_for_change(topic, set(peers))
+        except trio.TooSlowError:
+            what = f"in the {topic} mesh" if topic else "connected"
+            raise NetworkError(f"fewer than {count} peer(s) {what} after {timeout:g} s") from None
+
+    async def _wait_for_change(self, topic: str | None, have: set[str]) -> None:
+        """Return when a peer connects or (with *topic*) a connected peer enters the mesh."""
+        changed = self._peers_changed
+
+        async with trio.open_nursery() as nursery:
+
+            async def on_connect() -> None:
+                await changed.wait()
+                nursery.cancel_scope.cancel()
+
+            async def on_mesh(peer: str) -> None:
+                try:
+                    await self.host.wait_for_mesh(peer, topic or "", timeout=3600)
+                except NetworkError:
+                    return
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_connect)
+            if topic:
+                for peer in set(self.host.connected_peers()) - have:
+                    nursery.start_soon(on_mesh, peer)
+
+    async def peer_heads(self) -> list[PeerHead]:
+        """Ask every connected peer for its head now (peers that fail are skipped)."""
+        heads: list[PeerHead] = []
+
+        async def ask(peer: str) -> None:
+            head = await self._ask_head(peer)
+            if head is not None:
+                heads.append(head)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.host.connected_peers():
+                nursery.start_soon(ask, peer)
+        return sorted(heads, key=lambda h: (-h.round, h.peer_id))
+
+    async def _ask_head(self, peer: str) -> PeerHead | None:
+        try:
+            head = await request_head(self.host.open_stream, peer, timeout=self.config.head_timeout)
+        except (NetworkError, ProtocolError) as exc:
+            log.info("no head from %s: %s", peer, exc)
+            return None
+        if head is not None:
+            await self.catalog.record_announcement(head.round, head.cid, peer, HEAD_PROTOCOL)
+            self._emit("HEAD", f"{head.round}:{head.cid}:{peer}")
+        return head
+
+    # -- topics ------------------------------------------------------------------------
+    async def join(self, topic: str) -> bool:
+        """Join *topic* (event ``JOINED``); False if already joined."""
+        return await self.topics.join(topic)
+
+    async def leave(self, topic: str) -> bool:
+        """Leave *topic* (event ``LEFT``); its subscriptions end. False if not joined."""
+        return await self.topics.leave(topic)
+
+    def subscribe(self, topic: str) -> Subscription:
+        """Validated messages of *topic* as ``(sender, data)``; joins the topic on entry.
+
+        ``async with node.subscribe("fed-learn") as sub: async for sender, data in sub: ...``
+        Payloads sent by reference arrive already fetched and verified.
+        """
+        return self.topics.subscribe(topic)
+
+    async def publish(self, topic: str, data: bytes) -> PublishResult:
+        """Publish *data* on *topic*; above the inline limit it travels as a CID.
+
+        On ``model-cids`` the bytes are sent verbatim (the compatibility
+        format; use :meth:`announce` to send a validated announcement).
+        """
+        digest = payload_digest(data)
+        cid = None
+        if topic == ANNOUNCE_TOPIC:
+            wire = data
+        elif len(data) <= self.config.inline_limit:
+            wire = encode_inline(data, limit=self.config.inline_limit)
+        else:
+            added = await self.chain.add(
+                data,
+                cid_version=1,
+                name=f"{topic}-{digest}",
+                labels={"topic": topic, "peer": self.peer_id},
+            )
+            cid = added.cid
+            wire = encode_reference(cid, len(data))
+        await self.host.publish(topic, wire)
+        self._emit("PUBLISHED", f"{topic}:{len(data)}:{digest}" + (f":{cid}" if cid else ""))
+        return PublishResult(topic, len(data), digest, cid)
+
+    async def announce(self, round: int, cid: str) -> None:
+        """Announce ``CID:<round>:<cid>`` on ``model-cids``."""
+        await self.host.publish(ANNOUNCE_TOPIC, format_announcement(round, cid))
+        self._emit("ANNOUNCED", f"{round}:{cid}")
+
+    async def advertize(self) -> Head | None:
+        """Re-announce this node's head now (the original ``advertize`` command)."""
+        head = await self.head()
+        if head is not None:
+            await self.announce(head.round, head.cid)
+        return head
+
+    def _received(self, topic: str, sender: str, data: bytes) -> None:
+        self._emit("RECEIVED", f"{topic}:{sender}:{len(data)}:{payload_digest(data)}")
+
+    async def _heard(self, sender: str, ann: Announcement) -> None:
+        rec = await self.catalog.record_announcement(ann.round, ann.cid, sender, ANNOUNCE_TOPIC)
+        if rec.times_heard == 1:
+            self._emit("HEARD", f"{ann.round}:{ann.cid}:{sender}")
+        if self.config.auto_sync:
+            self._auto_sync_wanted.set()
+
+    async def _fetch_sized(self, cid: str, size: int) -> bytes:
+        return await self.chain.fetch_bytes(cid, max_size=size)
+
+    # -- checkpoints -------------------------------------------------------------------
+    async def save_checkpoint(
+        self,
+        round: int,
+        arrays: Mapping[str, np.ndarray],
+        metadata: Mapping[str, str] | None = None,
+    ) -> CheckpointRecord:
+        """Save locally, store through the backend chain (pins recorded), then announce.
+
+        If no backend accepts the checkpoint it stays saved locally, the
+        failure is recorded per backend, and the error is raised: nothing is
+        announced that peers could not fetch.
+        """
+        rec = await self.store.save(round, arrays, metadata)
+        self._emit("SAVED", f"{rec.round}:{rec.cid}")
+        await self.replicate(rec)
+        await self.announce(rec.round, rec.cid)
+        return rec
+
+    async def replicate(self, rec: CheckpointRecord) -> None:
+        """Store a local checkpoint through the chain and record pin states per backend."""
+        path = self.store.dir / rec.path
+        for name in self.chain.names:
+            await self.catalog.set_pin(rec.cid, name, "pending")
+        try:
+            result = await self.chain.add(
+                path,
+                cid_version=rec.cid_version,
+                name=f"round-{rec.round}",
+                labels={"round": str(rec.round), "peer": self.peer_id},
+                expected_cid=rec.cid,
+            )
+        except FedstoreError as exc:
+            for name in self.chain.names:
+                await self.catalog.set_pin(rec.cid, name, "failed", error=str(exc)[:500])
+            raise
+        tried = {a.backend for a in result.attempts}
+        for attempt in result.attempts:
+            state = "pinned" if attempt.ok else "failed"
+            await self.catalog.set_pin(
+                rec.cid,
+                attempt.backend,
+                state,
+                backend_ref=attempt.backend_ref,
+                error=attempt.error,
+            )
+        for name in self.chain.names:  # later backends were not needed
+            if name not in tried:
+                await self.catalog.set_pin(rec.cid, name, "failed", error="not attempted")
+
+    async def load_checkpoint(self, round: int | None = None) -> Checkpoint:
+        """Load (and CID-verify) a local checkpoint; the latest without *round*."""
+        return await self.store.load(round, max_decoded_size=None)
+
+    async def fetch(self, cid: str) -> bytes:
+        """Fetch *cid* through the backend chain, verified (at most ``max_fetch_size``)."""
+        return await self.chain.fetch_bytes(cid, max_size=self.config.max_fetch_size)
+
+    async def _store_fetched(self, round: int, data: bytes, cid: str) -> Head:
+        rec = await self.store.save_encoded(round, data, cid)
+        return Head(rec.round, rec.cid)
+
+    async def _ask_peers(self) -> list[Claim]:
+        return [(h.round, h.cid, h.peer_id) for h in await self.peer_heads()]
+
+    async def _known_claims(self) -> list[Claim]:
+        local = await self.head()
+        anns = await self.catalog.announcements(limit=200)
+        return [
+            (a.round, a.cid, a.sender_peer) for a in anns if local is None or a.round > local.round
+        ]
+
+    async def sync(self) -> Head | None:
+        """Fetch the network's latest checkpoint if newer than ours; return our head after.
+
+        Emits ``SYNCED=<round>:<cid>`` when the node holds the latest known
+        round, ``ERROR=`` if newer rounds exist but none could be fetched.
+        """
+        outcome: SyncOutcome = await self.syncer.sync()
+        if outcome.failures and not outcome.fetched:
+            self._emit(
+                "ERROR", f"sync: {len(outcome.failures)} candidate(s) failed: {outcome.failures[0]}"
+            )
+        elif outcome.head is not None:
+            self._emit("SYNCED", f"{outcome.head.round}:{outcome.head.cid}")
+        return outcome.head
+
+    # -- background tasks ---------------------------------------------------------------
+    async def _watch_connections(self) -> None:
+        async for event in self.host.connection_events():
+            peer = event.peer_id
+            if event.kind == "connected" and peer not in self._connected:
+                self._connected.add(peer)
+                self._emit("CONNECTED", peer)
+                self._nursery.start_soon(self._greet, peer)
+                self._peers_changed.set()
+                self._peers_changed = trio.Event()
+            elif (
+                event.kind == "disconnected"
+                and peer in self._connected
+                and peer not in self.host.connected_peers()
+            ):
+                self._connected.discard(peer)
+                self._emit("DISCONNECTED", peer)
+
+    async def _greet(self, peer: str) -> None:
+        try:
+            await self.catalog.upsert_peer(peer, self.host.peer_addrs(peer) or None)
+            head = await self._ask_head(peer)
+        except FedstoreError as exc:
+            log.warning("could not record peer %s: %s", peer, exc)
+            return
+        if head is not None and self.config.auto_sync:
+            self._auto_sync_wanted.set()
+
+    async def _reannounce(self) -> None:
+        interval = self.config.reannounce_interval
+        if interval <= 0:
+            return
+        while True:
+            await trio.sleep(interval)
+            head = await self.head()
+            if head is not None and self.host.topic_peers(ANNOUNCE_TOPIC):
+                await self.host.publish(ANNOUNCE_TOPIC, format_announcement(*head))
+                log.debug("re-announced round %d", head.round)
+
+    async def _auto_sync(self) -> None:
+        while True:
+            await self._auto_sync_wanted.wait()
+            self._auto_sync_wanted = trio.Event()
+            try:
+                await self.sync()
+            except FedstoreError as exc:
+                self._emit("ERROR", f"auto-sync: {exc}")
+
+    async def _dial_bootstrap(self, addr: str) -> None:
+        delay, waited = _BOOTSTRAP_FIRST_RETRY, 0.0
+        while True:
+            try:
+                await self.connect(addr)
+                return
+            except NetworkError as exc:
+                if waited >= _BOOTSTRAP_GIVE_UP:
+                    self._emit("ERROR", f"bootstrap {addr}: {exc}")
+                    return
+                log.info("bootstrap %s not reachable yet (%s); retrying", addr, exc)
+            except FedstoreError as exc:
+                self._emit("ERROR", f"bootstrap {addr}: {exc}")
+                return
+            await trio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+
+    async def _start(self) -> None:
+        self.host.set_stream_handler(HEAD_PROTOCOL, self.head_server.handle)
+        self._emit("PEER_ID", self.peer_id)
+        for addr in self.addrs():
+            self._emit("LISTENING", addr)
+        await self.join(ANNOUNCE_TOPIC)
+        self._nursery.start_soon(self._watch_connections)
+        self._nursery.start_soon(self._reannounce)
+        if self.config.auto_sync:
+            self._nursery.start_soon(self._auto_sync)
+        head = await self.head()
+        if head is not None:
+            log.info("Resumed from local checkpoint round %d", head.round)
+            self._emit("RESUMED", head.round)
+        for addr in self.config.bootstrap:
+            self._nursery.start_soon(self._dial_bootstrap, addr)
+
+
+@asynccontextmanager
+async def open_node(
+    config: NodeConfig,
+    *,
+    on_event: EventSink | None = None,
+    chain: BackendChain | None = None,
+) -> AsyncIterator[Node]:
+    """Start a node and yield it once it listens, has resumed and joined ``model-cids``.
+
+    *chain* replaces the configured backend chain (tests, embedding); it is
+    not closed on exit. Leaving the block stops every background task, the
+    host, the store and the catalog.
+    """
+    from fedstore.backends import build_chain
+    from fedstore.store import AsyncLocalStore
+
+    identity = await trio.to_thread.run_sync(load_or_create_identity, config.data_dir)
+    async with AsyncExitStack() as stack:
+        if chain is None:
+            names = list(config.backends) if config.backends else None
+            chain = await trio.to_thread.run_sync(build_chain, names, dict(config.settings))
+            stack.push_async_callback(chain.aclose)
+        store = await AsyncLocalStore.open(config.data_dir, peer_id=identity.peer_id)
+        stack.push_async_callback(store.aclose)
+        settings = GossipSettings(heartbeat_interval=config.heartbeat_interval)
+        host = await stack.enter_async_context(
+            open_host(identity, config.listen, announce_ip=config.announce_ip, settings=settings)
+        )
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        node = Node(config, host, store, chain, nursery, on_event=on_event)
+        await node._start()
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def serve_node(
+    config: NodeConfig,
+    *,
+    on_event: EventSink | None = None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a node until cancelled; ``node = await nursery.start(serve_node, config)``."""
+    async with open_node(config, on_event=on_event) as node:
+        task_status.started(node)
+        await trio.sleep_forever()

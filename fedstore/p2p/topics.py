@@ -1,0 +1,273 @@
+"""Joined topics: validation, fan-out to subscribers, and payloads sent by CID.
+
+:class:`TopicHub` owns every gossipsub topic the node has joined. For each
+one it installs a validator that runs inside libp2p *before* a message is
+delivered or forwarded, so bad input never reaches fedstore's code and is
+never relayed to other peers:
+
+* a peer over its rate (:class:`~fedstore.p2p.guard.PeerGuard`) is dropped
+  with reason ``rate_limited``;
+* ``model-cids`` messages must parse as ``CID:<round>:<cid>``;
+* every other topic carries update envelopes (:mod:`fedstore.p2p.messages`).
+
+Every drop is counted, logged (one line, floods summarised) and reported to
+``on_drop``. A pump task per topic drains libp2p's small subscription queue
+at once; references (payloads sent as a CID) are fetched concurrently through
+the backend chain, verified, checked for their announced size, then delivered
+like inline payloads. Subscribers each get a bounded queue; a subscriber that
+falls behind loses messages, counted as ``subscriber_overflow``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NamedTuple, Self
+
+import trio
+
+from fedstore.errors import FedstoreError
+from fedstore.p2p.guard import DropCounters, PeerGuard
+from fedstore.p2p.host import P2PHost, RawMessage
+from fedstore.p2p.messages import (
+    ANNOUNCE_TOPIC,
+    Announcement,
+    EnvelopeKind,
+    WireFormatError,
+    decode_envelope,
+    parse_announcement,
+)
+
+__all__ = ["Subscription", "TopicHub", "TopicMessage"]
+
+log = logging.getLogger(__name__)
+
+#: Messages queued per subscriber before new ones are dropped.
+SUBSCRIBER_QUEUE = 256
+#: Concurrent fetches of payloads sent by reference, per node.
+MAX_CONCURRENT_FETCHES = 4
+
+FetchFn = Callable[[str, int], Awaitable[bytes]]
+AnnouncementFn = Callable[[str, Announcement], Awaitable[None]]
+MessageFn = Callable[[str, str, bytes], None]
+DropFn = Callable[[str, str, str], None]
+
+
+class TopicMessage(NamedTuple):
+    """A validated message: its verified *sender* (peer id) and the payload *data*."""
+
+    sender: str
+    data: bytes
+
+
+class Subscription:
+    """Messages of one topic for one consumer. Use ``async with`` and ``async for``.
+
+    Entering joins the topic if needed. Iteration ends when the topic is left
+    or the node stops. Without ``async with``, the first iteration registers.
+    """
+
+    def __init__(self, hub: TopicHub, topic: str) -> None:
+        self._hub = hub
+        self.topic = topic
+        self._receive: trio.MemoryReceiveChannel[TopicMessage] | None = None
+        self._send: trio.MemorySendChannel[TopicMessage] | None = None
+
+    async def _register(self) -> None:
+        if self._receive is None:
+            self._send, self._receive = trio.open_memory_channel[TopicMessage](SUBSCRIBER_QUEUE)
+            await self._hub._add_subscriber(self.topic, self._send)
+
+    async def __aenter__(self) -> Self:
+        await self._register()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._send is not None:
+            self._hub._remove_subscriber(self.topic, self._send)
+            self._send.close()
+        if self._receive is not None:
+            self._receive.close()
+
+    def __aiter__(self) -> AsyncIterator[TopicMessage]:
+        return self
+
+    async def __anext__(self) -> TopicMessage:
+        await self._register()
+        assert self._receive is not None
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+
+class TopicHub:
+    """Topics joined by one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        nursery: trio.Nursery,
+        *,
+        guard: PeerGuard,
+        counters: DropCounters,
+        inline_limit: int,
+        max_fetch_size: int,
+        fetch: FetchFn,
+        on_announcement: AnnouncementFn,
+        on_message: MessageFn | None = None,
+        on_drop: DropFn | None = None,
+        on_membership: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self._host = host
+        self._nursery = nursery
+        self._guard = guard
+        self.counters = counters
+        self._inline_limit = inline_limit
+        self._max_fetch_size = max_fetch_size
+        self._fetch = fetch
+        self._on_announcement = on_announcement
+        self._on_message = on_message
+        self._on_drop = on_drop
+        self._on_membership = on_membership
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._subscribers: dict[str, list[trio.MemorySendChannel[TopicMessage]]] = {}
+        self._fetch_limiter = trio.CapacityLimiter(MAX_CONCURRENT_FETCHES)
+
+    # -- joining -----------------------------------------------------------------------
+    def joined(self) -> list[str]:
+        return sorted(self._scopes)
+
+    async def join(self, topic: str) -> bool:
+        """Join *topic*; False if already joined."""
+        _check_topic(topic)
+        if topic in self._scopes:
+            return False
+        self._host.set_validator(topic, self._validator(topic))
+        raw = await self._host.subscribe(topic)
+        scope = trio.CancelScope()
+        self._scopes[topic] = scope
+        self._nursery.start_soon(self._pump, topic, raw, scope)
+        if self._on_membership is not None:
+            self._on_membership(topic, True)
+        return True
+
+    async def leave(self, topic: str) -> bool:
+        """Leave *topic*; its subscribers' iterations end. False if not joined."""
+        scope = self._scopes.pop(topic, None)
+        if scope is None:
+            return False
+        scope.cancel()
+        await self._host.unsubscribe(topic)
+        for send in self._subscribers.pop(topic, []):
+            send.close()
+        if self._on_membership is not None:
+            self._on_membership(topic, False)
+        return True
+
+    def subscribe(self, topic: str) -> Subscription:
+        _check_topic(topic)
+        return Subscription(self, topic)
+
+    async def _add_subscriber(self, topic: str, send: trio.MemorySendChannel[TopicMessage]) -> None:
+        await self.join(topic)
+        self._subscribers.setdefault(topic, []).append(send)
+
+    def _remove_subscriber(self, topic: str, send: trio.MemorySendChannel[TopicMessage]) -> None:
+        subs = self._subscribers.get(topic, [])
+        if send in subs:
+            subs.remove(send)
+
+    # -- validation (runs inside libp2p, must not raise or block) ---------------------
+    def _drop(self, topic: str, reason: str, peer: str, detail: str = "") -> None:
+        self.counters.drop(topic, reason, peer, detail)
+        if self._on_drop is not None:
+            self._on_drop(topic, reason, peer)
+
+    def _validator(self, topic: str) -> Callable[[str, str, bytes], bool]:
+        def validate(sender: str, forwarder: str, data: bytes) -> bool:
+            if not self._guard.allow(sender):
+                self._drop(topic, "rate_limited", sender)
+                return False
+            try:
+                if topic == ANNOUNCE_TOPIC:
+                    parse_announcement(data)
+                else:
+                    decode_envelope(
+                        data,
+                        inline_limit=self._inline_limit,
+                        max_reference_size=self._max_fetch_size,
+                    )
+            except WireFormatError as exc:
+                self._drop(topic, exc.reason, sender, str(exc))
+                return False
+            return True
+
+        return validate
+
+    # -- delivery ------------------------------------------------------------------------
+    async def _pump(
+        self, topic: str, raw: AsyncIterator[RawMessage], scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            async for msg in raw:
+                if msg.sender == self._host.peer_id:
+                    continue  # our own publish, echoed by pubsub
+                try:
+                    await self._dispatch(topic, msg)
+                except WireFormatError as exc:  # validators ran already; belt and braces
+                    self._drop(topic, exc.reason, msg.sender, str(exc))
+
+    async def _dispatch(self, topic: str, msg: RawMessage) -> None:
+        if topic == ANNOUNCE_TOPIC:
+            ann = parse_announcement(msg.data)
+            self._deliver(topic, TopicMessage(msg.sender, msg.data))
+            self._nursery.start_soon(self._announce_safely, msg.sender, ann)
+            return
+        env = decode_envelope(
+            msg.data, inline_limit=self._inline_limit, max_reference_size=self._max_fetch_size
+        )
+        if env.kind is EnvelopeKind.INLINE:
+            self._deliver(topic, TopicMessage(msg.sender, env.data))
+        else:
+            assert env.cid is not None
+            self._nursery.start_soon(self._resolve, topic, msg.sender, env.cid, env.size)
+
+    async def _announce_safely(self, sender: str, ann: Announcement) -> None:
+        try:
+            await self._on_announcement(sender, ann)
+        except FedstoreError as exc:
+            log.warning(
+                "could not record announcement of round %d from %s: %s", ann.round, sender, exc
+            )
+
+    async def _resolve(self, topic: str, sender: str, cid: str, size: int) -> None:
+        async with self._fetch_limiter:
+            try:
+                data = await self._fetch(cid, size)
+            except FedstoreError as exc:
+                self._drop(topic, "fetch_failed", sender, f"{cid}: {exc}")
+                return
+        if len(data) != size:
+            self._drop(topic, "size_mismatch", sender, f"{cid}: {len(data)} != {size}")
+            return
+        self._deliver(topic, TopicMessage(sender, data))
+
+    def _deliver(self, topic: str, message: TopicMessage) -> None:
+        if self._on_message is not None:
+            self._on_message(topic, message.sender, message.data)
+        for send in list(self._subscribers.get(topic, [])):
+            try:
+                send.send_nowait(message)
+            except trio.WouldBlock:
+                self._drop(topic, "subscriber_overflow", message.sender)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._remove_subscriber(topic, send)
+
+
+def _check_topic(topic: str) -> None:
+    if not topic or len(topic) > 128 or any(c.isspace() for c in topic) or not topic.isprintable():
+        raise ValueError(f"invalid topic name {topic[:40]!r}: 1-128 printable, no spaces")
