@@ -59,11 +59,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _describe(data: bytes) -> tuple[str, int]:
-    """``(codec, raw_size)`` of encoded checkpoint bytes, from fedstore.format.inspect."""
+    """``(codec, raw_size)`` of checkpoint bytes, e.g. ``("fsck1+zstd+shuffle", 8448)``.
+
+    Raises FormatError if ``data`` is not a fedstore checkpoint.
+    """
     from fedstore import format as fmt
 
     info = fmt.inspect(data)
-    return str(info.codec), int(info.raw_size)
+    codec = f"fsck{info.format_version}+{info.codec}" + ("+shuffle" if info.shuffled else "")
+    return codec, int(info.raw_size)
 
 
 class LocalStore:

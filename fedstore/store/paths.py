@@ -3,7 +3,7 @@
 Layout of a data directory::
 
     <dir>/catalog.sqlite            the catalog (state lives here, not in file names)
-    <dir>/rounds/round_000005_<CID>.fsc
+    <dir>/rounds/round_000005_<CID>.fsck
     <dir>/tmp/                      partial writes (removed by reconcile)
     <dir>/store.lock                advisory lock between savers and reconcile
 
@@ -31,7 +31,7 @@ __all__ = [
 #: Environment variable overriding the data directory.
 CHECKPOINT_DIR_ENV = "CHECKPOINT_DIR"
 #: Suffix of checkpoint files (zstd-compressed safetensors, see fedstore.format).
-CHECKPOINT_SUFFIX = ".fsc"
+CHECKPOINT_SUFFIX = ".fsck"
 ROUNDS_DIR = "rounds"
 TMP_DIR = "tmp"
 
@@ -46,7 +46,7 @@ def default_checkpoint_dir(role: str = "node", env: Mapping[str, str] | None = N
 
 
 def checkpoint_filename(round: int, cid: str) -> str:
-    """``round_000005_<cid>.fsc``: sorts by round, unique per (round, CID)."""
+    """``round_000005_<cid>.fsck``: sorts by round, unique per (round, CID)."""
     if round < 0:
         raise ValueError(f"round must be >= 0, got {round}")
     if not cid.isalnum():
