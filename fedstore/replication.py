@@ -110,7 +110,8 @@ class _Pins:
             return None
 
         try:
-            return await trio.to_thread.run_sync(find)
+            found: Path | None = await trio.to_thread.run_sync(find)
+            return found
         except (FedstoreError, OSError, AttributeError) as exc:
             log.debug("no local file for %s: %s", cid, exc)
             return None
