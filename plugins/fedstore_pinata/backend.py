@@ -105,14 +105,15 @@ class PinataBackend(StorageBackend):
         timeout: httpx.Timeout | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.config = config
         self.retry = retry or RetryPolicy()
         self._chunk_size = chunk_size
         self._redact = Redactor(config.secrets())
-        self._limiter = (
-            RateLimiter(config.rate_limit, sleep=self.retry.sleep) if config.rate_limit else None
-        )
+        if limiter is None and config.rate_limit:
+            limiter = RateLimiter(config.rate_limit, sleep=self.retry.sleep)
+        self._limiter = limiter
         self._gateway_auth = HeaderAuth(
             {"x-pinata-gateway-token": config.gateway_token} if config.gateway_token else {}
         )
@@ -471,6 +472,7 @@ class PinataBackend(StorageBackend):
             policy=self.retry,
             classify=pinata_classifier(self.config, action, gateway=True),
             auth=self._gateway_auth,
+            expected_length=_content_length,
             ranged=True,
         ):
             yield chunk
@@ -637,3 +639,11 @@ class PinataBackend(StorageBackend):
         if not self._closed:
             self._closed = True
             await self._client.aclose()
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    raw = response.headers.get("content-length")
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
