@@ -1,0 +1,168 @@
+"""``fedstore catalog sql|rounds``: query the node's catalog (read-only)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from typing import Any
+
+from fedstore.cli.checkpoint_cmd import add_dir_argument, data_dir, existing_catalog
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "catalog",
+        help="query the catalog: read-only SQL and the round history",
+        description=(
+            "The catalog (catalog.sqlite in the data directory) records local checkpoints, "
+            "CID announcements heard from peers, peers and pins. Tables and views are "
+            "described in docs/CATALOG.md."
+        ),
+    )
+    cmds = p.add_subparsers(dest="catalog_command", metavar="SUBCOMMAND")
+    cmds.required = True
+
+    sql = cmds.add_parser(
+        "sql",
+        help="run a read-only SQL query and print the result",
+        description=(
+            "Run one SELECT statement (or a schema PRAGMA) on a read-only connection. "
+            "Statements that would write (INSERT, UPDATE, DELETE, DROP, ATTACH, PRAGMA "
+            "assignments...) are refused and the catalog is left untouched. Useful views: "
+            "round_history, latest_checkpoint, pin_status."
+        ),
+    )
+    sql.add_argument("query", metavar="SQL", help='e.g. "SELECT * FROM round_history"')
+    fmt = sql.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print a JSON array of row objects")
+    fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
+    sql.add_argument("--max-rows", type=int, default=None, metavar="N", help="stop after N rows")
+    sql.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="abort after S seconds"
+    )
+    add_dir_argument(sql)
+    sql.set_defaults(func=cmd_sql)
+
+    rounds = cmds.add_parser(
+        "rounds",
+        help="the round history: local checkpoints, announcements and pins per round",
+        description="Print the round_history view, newest round first.",
+    )
+    rounds.add_argument("--limit", type=int, default=None, metavar="N", help="at most N rows")
+    rounds.add_argument("--json", action="store_true", help="one JSON object per row")
+    add_dir_argument(rounds)
+    rounds.set_defaults(func=cmd_rounds)
+
+
+def _warn_if_old(db: Any) -> None:
+    from fedstore.catalog import migrate
+
+    state = migrate.schema_state(db)
+    if state.status == "behind":
+        print(
+            f"fedstore: warning: catalog schema is at {state.current}, head is {state.head}; "
+            f"some views may be missing (run: fedstore db upgrade --dir {db.parent})",
+            file=sys.stderr,
+        )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)
+
+
+def _jsonable(value: object) -> object:
+    return "0x" + value.hex() if isinstance(value, bytes) else value
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from fedstore.catalog import read_only_query
+
+    db = existing_catalog(data_dir(args))
+    _warn_if_old(db)
+    result = read_only_query(db, args.query, max_rows=args.max_rows, timeout=args.timeout)
+    if args.json:
+        rows = [
+            {c: _jsonable(v) for c, v in zip(result.columns, row, strict=True)}
+            for row in result.rows
+        ]
+        print(json.dumps(rows, indent=2))
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows([_jsonable(v) for v in row] for row in result.rows)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table()
+        for col in result.columns:
+            table.add_column(col, overflow="fold")
+        for row in result.rows:
+            table.add_row(*(_cell(v) for v in row))
+        console = Console(highlight=False)
+        console.print(table)
+        console.print(f"{len(result.rows)} row(s)")
+    if result.truncated:
+        print(f"fedstore: stopped after {args.max_rows} rows (--max-rows)", file=sys.stderr)
+    return 0
+
+
+def cmd_rounds(args: argparse.Namespace) -> int:
+    from fedstore.catalog import Catalog
+
+    db = existing_catalog(data_dir(args))
+    with Catalog.open(db) as cat:
+        rows = cat.round_history(limit=args.limit)
+    if args.json:
+        for r in rows:
+            print(
+                json.dumps(
+                    {
+                        "round": r.round,
+                        "cid": r.cid,
+                        "stored_locally": r.stored_locally,
+                        "local_status": r.local_status,
+                        "stored_size": r.stored_size,
+                        "announced_by": r.announced_by,
+                        "first_heard": r.first_heard.isoformat() if r.first_heard else None,
+                        "pinned_on": r.pinned_on,
+                        "pin_states": r.pin_states,
+                    }
+                )
+            )
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    if not rows:
+        console.print(f"no rounds recorded in {db}")
+        return 0
+    table = Table(title="round history")
+    for col in ("round", "CID", "local", "announced by", "first heard (UTC)", "pins"):
+        table.add_column(col, no_wrap=col in ("round", "CID"))
+    for r in rows:
+        if r.stored_locally:
+            local = (
+                "[green]ok[/green]" if r.local_status == "ok" else f"[red]{r.local_status}[/red]"
+            )
+        else:
+            local = "-"
+        table.add_row(
+            str(r.round),
+            r.cid,
+            local,
+            f"{r.announced_by} peer(s)" if r.announced_by else "-",
+            r.first_heard.strftime("%Y-%m-%d %H:%M:%S") if r.first_heard else "-",
+            r.pin_states or "-",
+        )
+    console.print(table)
+    return 0
