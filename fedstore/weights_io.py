@@ -205,9 +205,15 @@ def _check_npz_members(path: Path, cap: int) -> None:
 
 
 def _load_safetensors(path: Path, cap: int) -> dict[str, np.ndarray]:
+    # Tensor bytes are the file minus its 8-byte length prefix and JSON header
+    # (the library checks that the tensors cover exactly that range).
     size = path.stat().st_size
-    if size > cap + _STORED_SLACK:
-        raise SizeLimitError(f"{path}: {size:,}-byte file is larger than the {cap:,} byte cap")
+    with path.open("rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+    if 8 + header_len <= size and size - 8 - header_len > cap:
+        raise SizeLimitError(
+            f"{path}: {size - 8 - header_len:,} bytes of tensors, above the {cap:,} byte cap"
+        )
     try:
         loaded = safetensors.numpy.load_file(path)
     except safetensors.SafetensorError as exc:

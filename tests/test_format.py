@@ -53,7 +53,7 @@ def random_array(rng: np.random.Generator, dtype: type, shape: tuple[int, ...]) 
     if dt.kind == "b":
         return rng.integers(0, 2, size=shape).astype(np.bool_)
     if dt.kind in "iu":
-        info = np.iinfo(dt)
+        info = np.iinfo(dt)  # type: ignore[type-var]
         return rng.integers(info.min, info.max, size=shape, dtype=dt, endpoint=True)
     return (rng.standard_normal(size=shape) * 100).astype(dt)
 
@@ -78,14 +78,17 @@ def frame_payload(blob: bytes) -> bytes:
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_round_trip_every_dtype_and_shape(dtype: type, shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(7)
-    arrays = {"t": random_array(rng, dtype, shape), "other": random_array(rng, dtype, (3,))}
+    arrays: dict[str, np.ndarray] = {
+        "t": random_array(rng, dtype, shape),
+        "other": random_array(rng, dtype, (3,)),
+    }
     ckpt = decode(encode(arrays))
     assert_same_arrays(arrays, ckpt.arrays)
     assert ckpt.metadata == {}
 
 
 def test_float_specials_round_trip_bit_exact() -> None:
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     for dt in (np.float16, np.float32, np.float64):
         info = np.finfo(dt)
         values = [np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, info.smallest_subnormal, info.max]
@@ -94,7 +97,10 @@ def test_float_specials_round_trip_bit_exact() -> None:
 
 
 def test_decoded_arrays_are_fresh_writable_and_contiguous() -> None:
-    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "m": np.ones(3, np.uint8)}
+    arrays: dict[str, np.ndarray] = {
+        "w": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "m": np.ones(3, np.uint8),
+    }
     for out in decode(encode(arrays)).arrays.values():
         assert out.flags.writeable and out.flags.c_contiguous
         out[...] = 0  # does not raise
@@ -123,7 +129,7 @@ def test_many_tensors_and_metadata_round_trip() -> None:
 
 def test_encoding_ignores_insertion_order_byte_order_and_layout() -> None:
     rng = np.random.default_rng(2)
-    base = {
+    base: dict[str, np.ndarray] = {
         "b": rng.standard_normal((6, 4)).astype(np.float32),
         "a": rng.integers(0, 1000, 10).astype(np.int64),
         "c": rng.integers(0, 2, 5).astype(np.bool_),
@@ -131,7 +137,7 @@ def test_encoding_ignores_insertion_order_byte_order_and_layout() -> None:
     blob = encode(base, {"x": "1", "y": "2"})
     shuffled_order = {k: base[k] for k in ("c", "a", "b")}
     assert encode(shuffled_order, {"y": "2", "x": "1"}) == blob
-    big_endian = {
+    big_endian: dict[str, np.ndarray] = {
         "b": base["b"].astype(">f4"),
         "a": base["a"].astype(">i8"),
         "c": base["c"],
@@ -209,7 +215,7 @@ def test_float_weights_compress_below_target_ratio() -> None:
 
 def test_payload_is_a_genuine_safetensors_file() -> None:
     rng = np.random.default_rng(3)
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "w": rng.standard_normal((5, 3)).astype(np.float32),
         "ids": np.arange(9, dtype=np.int64),
         "mask": np.array([True, False, True]),
@@ -246,7 +252,7 @@ def test_shuffle_helpers_are_inverse() -> None:
 
 
 def test_inspect_reports_header_tensors_and_metadata() -> None:
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "dense.w": np.zeros((64, 32), np.float32),
         "dense.b": np.zeros(32, np.float32),
         "step": np.array(5, np.int64),
@@ -337,7 +343,7 @@ def test_blob_starts_with_magic() -> None:
 # ---------------------------------------------------------------- properties
 
 _names = st.text(
-    alphabet=st.characters(min_codepoint=0x20, exclude_categories=("Cs",)),
+    alphabet=st.characters(min_codepoint=0x20, exclude_categories=["Cs"]),
     min_size=1,
     max_size=12,
 ).filter(lambda s: s != "__metadata__")

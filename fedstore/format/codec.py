@@ -122,7 +122,7 @@ class CheckpointInfo:
 
 
 def encode(
-    arrays: Mapping[str, np.ndarray],
+    arrays: Mapping[str, np.ndarray | np.generic],
     metadata: Mapping[str, str] | None = None,
     *,
     shuffle: bool = True,

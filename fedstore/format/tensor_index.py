@@ -120,7 +120,9 @@ def canonical_array(name: str, value: object) -> np.ndarray:
     return arr
 
 
-def plan(arrays: Mapping[str, np.ndarray]) -> tuple[list[TensorEntry], list[np.ndarray], bytes]:
+def plan(
+    arrays: Mapping[str, np.ndarray | np.generic],
+) -> tuple[list[TensorEntry], list[np.ndarray], bytes]:
     """Validate *arrays* and lay them out canonically.
 
     Returns (entries, canonical arrays in the same order, index bytes including
