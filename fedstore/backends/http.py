@@ -636,7 +636,7 @@ async def stream_download(
                 start = offset
                 seen = 0  # body bytes of this response, skipped ones included
                 try:
-                    async for chunk in response.aiter_bytes(DEFAULT_CHUNK_SIZE):
+                    async for chunk in response.aiter_bytes():
                         seen += len(chunk)
                         if skip:
                             drop = min(skip, len(chunk))
