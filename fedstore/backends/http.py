@@ -42,7 +42,15 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -353,6 +361,30 @@ class RetryPolicy:
     def none(cls) -> RetryPolicy:
         """Single attempt (health checks, probes)."""
         return cls(attempts=1)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RetryPolicy:
+        """``FEDSTORE_HTTP_ATTEMPTS`` (tries per request, default 4) and
+        ``FEDSTORE_HTTP_BACKOFF`` (first delay in seconds, default 0.5).
+
+        Lower values make a chain fall over to the next backend sooner.
+        """
+        from fedstore.errors import ConfigError
+
+        def number(key: str, default: float, minimum: float) -> float:
+            raw = env.get(key, "").strip()
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                raise ConfigError(f"{key}={raw!r} is not a number") from None
+            if value < minimum:
+                raise ConfigError(f"{key} must be at least {minimum:g}")
+            return value
+
+        return cls(
+            attempts=int(number("FEDSTORE_HTTP_ATTEMPTS", 4, 1)),
+            base_delay=number("FEDSTORE_HTTP_BACKOFF", 0.5, 0),
+        )
 
 
 async def with_retries(

@@ -116,12 +116,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
             cell = "[green]pinned[/green]"
         by_cid.setdefault(r.cid, {})[r.backend] = cell
     table = Table(title="pins per backend")
-    table.add_column("CID", no_wrap=True)
+    table.add_column("CID", no_wrap=True, min_width=max(len(c) for c in by_cid))
     for name in backends:
-        table.add_column(name)
+        table.add_column(name, overflow="ellipsis", min_width=len(name))
     for cid, cells in by_cid.items():
         table.add_row(cid, *(cells.get(name, "-") for name in backends))
-    Console().print(table)
+    Console(width=max(120, len(max(by_cid, key=len)) + 24 * len(backends))).print(table)
     return 0
 
 

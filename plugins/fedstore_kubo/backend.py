@@ -197,8 +197,13 @@ class KuboBackend(StorageBackend):
             url, _origin = api_url_from_env(env)
         except ConfigError as exc:
             raise NotConfiguredError(f"kubo: {exc}", backend="kubo") from exc
+        try:
+            retry = RetryPolicy.from_env(env)
+        except ConfigError as exc:
+            raise NotConfiguredError(f"kubo: {exc}", backend="kubo") from exc
         return cls(
             url,
+            retry=retry,
             token=env.get("FEDSTORE_KUBO_TOKEN") or None,
             fetch_timeout=_seconds(env, "FEDSTORE_KUBO_FETCH_TIMEOUT", 0.0),
             pin_timeout=_seconds(env, "FEDSTORE_KUBO_PIN_TIMEOUT", 60.0),

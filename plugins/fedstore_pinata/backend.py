@@ -129,7 +129,12 @@ class PinataBackend(StorageBackend):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:
-        return cls(PinataConfig.from_env(env))
+        config = PinataConfig.from_env(env)
+        try:
+            retry = RetryPolicy.from_env(env)
+        except ConfigError as exc:
+            raise NotConfiguredError(f"pinata: {exc}", backend="pinata") from exc
+        return cls(config, retry=retry)
 
     def __repr__(self) -> str:
         c = self.config
