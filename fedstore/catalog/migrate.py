@@ -338,9 +338,46 @@ def dump_schema(db_path: Path) -> str:
     finally:
         con.close()
     lines = []
-    for _type, _name, sql in rows:
+    for type_, _name, sql in rows:
         norm = _WS.sub(" ", str(sql)).strip()
         norm = re.sub(r"\(\s+", "(", norm)
         norm = re.sub(r"\s+\)", ")", norm)
+        if type_ == "table":
+            norm = _sort_table_constraints(norm)
         lines.append(norm + ";")
     return "\n".join(lines) + "\n"
+
+
+_CONSTRAINT_START = ("CONSTRAINT ", "PRIMARY KEY", "UNIQUE", "CHECK", "FOREIGN KEY")
+
+
+def _split_top_level(body: str) -> list[str]:
+    """Split ``a, b (c, d), 'e,f'`` at the commas outside parentheses and quotes."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(body):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"`[":
+            quote = "]" if ch == "[" else ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(body[start:i].strip())
+            start = i + 1
+    parts.append(body[start:].strip())
+    return parts
+
+
+def _sort_table_constraints(sql: str) -> str:
+    """Columns keep their order; table constraints are sorted (batch rebuilds shuffle them)."""
+    open_at, close_at = sql.find("("), sql.rfind(")")
+    if open_at < 0 or close_at < open_at:
+        return sql
+    items = _split_top_level(sql[open_at + 1 : close_at])
+    columns = [i for i in items if not i.upper().startswith(_CONSTRAINT_START)]
+    constraints = sorted(i for i in items if i.upper().startswith(_CONSTRAINT_START))
+    body = ", ".join(columns + constraints)
+    return f"{sql[: open_at + 1]}{body}{sql[close_at:]}"

@@ -138,10 +138,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.set_defaults(func=cmd_verify)
 
 
-def _print_report(report: ReconcileReport | None) -> None:
-    if report is not None:
-        for line in report.lines():
-            print(f"fedstore: reconcile: {line}", file=sys.stderr)
+def _print_report(report: ReconcileReport) -> None:
+    for line in report.lines():
+        print(f"fedstore: reconcile: {line}", file=sys.stderr)
 
 
 def _open_store(args: argparse.Namespace, *, create: bool = False, **kw: object) -> LocalStore:
@@ -150,9 +149,7 @@ def _open_store(args: argparse.Namespace, *, create: bool = False, **kw: object)
     directory = data_dir(args)
     if not create:
         existing_catalog(directory)
-    store = LocalStore(directory, **kw)  # type: ignore[arg-type]
-    _print_report(store.last_reconcile)
-    return store
+    return LocalStore(directory, **kw)  # type: ignore[arg-type]  # reconcile problems are logged
 
 
 def _console() -> Console:

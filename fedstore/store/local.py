@@ -105,7 +105,11 @@ class LocalStore:
         self._lock_path = self.dir / LOCK_NAME
         self.last_reconcile: ReconcileReport | None = None
         if verify_on_open is not None:
-            self.last_reconcile = self.reconcile(verify=verify_on_open)
+            report = self.reconcile(verify=verify_on_open)
+            # Problems with checkpoints are warnings; housekeeping is info.
+            level = logging.WARNING if report.missing or report.corrupt else logging.INFO
+            for line in report.lines():
+                log.log(level, "checkpoint store %s: %s", self.dir, line)
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -19,7 +19,6 @@ its CID; ``full`` hashes every file. Loading a checkpoint always hashes it.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,6 @@ from fedstore.errors import IntegrityError
 from fedstore.store.paths import CHECKPOINT_SUFFIX, ROUNDS_DIR, TMP_DIR
 
 __all__ = ["ReconcileReport", "VerifyLevel", "reconcile"]
-
-log = logging.getLogger(__name__)
 
 VerifyLevel = Literal["size", "latest", "full"]
 
@@ -180,6 +177,4 @@ def reconcile(
             # A save may have committed its row after we listed the rows: look again.
             now = {Path(r.path).name for r in catalog.list_checkpoints()}
             report.orphans = sorted(o for o in report.orphans if Path(o).name not in now)
-    for line in report.lines():
-        log.warning("reconcile %s: %s", data_dir, line)
     return report
