@@ -1,0 +1,567 @@
+"""Federated learning on loopback: an aggregator and trainers as separate processes.
+
+``fedstore demo`` starts, on 127.0.0.1, one aggregator and ``--trainers``
+trainer processes (``python -m fedstore.federation.worker``), each a full
+fedstore node with its own data directory and catalog, all storing through
+the filesystem backend in a shared temporary root (or the ``--backends``
+you name). They train the built-in digits task for ``--rounds`` rounds.
+Trainer ``--late-trainer`` stays offline until the round before
+``--late-round``; then it starts, asks its peers for the head, fetches it by
+CID, and takes part from ``--late-round`` on.
+
+A live view shows each round (participants, test accuracy, CID, bytes
+stored) and each process. At the end a report directory (``--out``) holds
+``accuracy.png`` (with centralised training on the same data as reference),
+a copy of the aggregator's catalog, ``summary.json`` and ``summary.md``.
+Exit status 0 means the federation completed and every peer ended on the
+aggregator's final CID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fedstore.errors import ConfigError
+
+__all__ = ["add_arguments", "run"]
+
+MAX_LINE = 1 << 20
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("federation demo")
+    g.add_argument("--rounds", type=int, default=10, help="rounds to train (default 10)")
+    g.add_argument("--trainers", type=int, default=3, help="trainer processes (default 3)")
+    g.add_argument(
+        "--aggregator",
+        default="fedavg",
+        choices=["fedavg", "median", "trimmed-mean"],
+        help="aggregation strategy (default fedavg)",
+    )
+    g.add_argument(
+        "--backends",
+        default="filesystem",
+        help="storage backend chain, comma-separated (default: filesystem in a temp dir; "
+        "kubo/pinata are used when configured in the environment)",
+    )
+    g.add_argument(
+        "--late-trainer",
+        type=int,
+        default=3,
+        metavar="N",
+        help="trainer that starts late (default 3; 0: everyone from the start)",
+    )
+    g.add_argument(
+        "--late-round", type=int, default=5, metavar="R",
+        help="first round the late trainer takes part in (default 5)",
+    )
+    g.add_argument(
+        "--out", type=Path, default=Path("fedstore-demo-report"),
+        help="report directory (default ./fedstore-demo-report)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the data split and model")
+    g.add_argument(
+        "--round-timeout", type=float, default=30.0,
+        help="seconds a round waits for its quorum (default 30)",
+    )
+    g.add_argument(
+        "--timeout", type=float, default=300.0, help="give up after this many seconds"
+    )
+    g.add_argument("--keep", action="store_true", help="keep the temporary node directories")
+    g.add_argument("--plain", action="store_true", help="plain line output instead of a live view")
+
+
+# -- process bookkeeping --------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    role: str
+    index: int = 0
+    state: str = "offline"
+    peer_id: str = ""
+    addr: str = ""
+    detail: str = ""
+    final_cid: str = ""
+    done: dict[str, Any] | None = None
+    returncode: int | None = None
+    log_path: Path | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+    exited: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class RoundInfo:
+    round: int
+    participants: list[str]
+    accuracy: float
+    loss: float
+    cid: str
+    size: int
+    bytes_stored: int
+    seconds: float
+    partial: bool
+
+
+@dataclass
+class DemoState:
+    args: argparse.Namespace
+    procs: dict[str, Proc]
+    started: float
+    rounds: list[RoundInfo] = field(default_factory=list)
+    open_round: int = 0
+    open_updates: int = 0
+    open_quorum: int = 0
+    failures: list[str] = field(default_factory=list)
+    centralised: list[float] = field(default_factory=list)
+
+    def name_of(self, peer_id: str) -> str:
+        for p in self.procs.values():
+            if p.peer_id == peer_id:
+                return p.name
+        return peer_id[:10]
+
+
+async def _lines(stream: trio.abc.ReceiveStream) -> Any:
+    buf = b""
+    while True:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            if buf:
+                yield buf.decode("utf-8", "replace")
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line.decode("utf-8", "replace")
+        if len(buf) > MAX_LINE:
+            buf = b""
+
+
+def _worker_argv(
+    args: argparse.Namespace, proc: Proc, tmp: Path, quorum: str, bootstrap: str
+) -> list[str]:
+    argv = [
+        sys.executable, "-m", "fedstore.federation.worker", proc.role,
+        "--data-dir", str(tmp / proc.name),
+        "--fs-root", str(tmp / "objects"),
+        "--backends", args.backends,
+        "--trainers", str(args.trainers),
+        "--seed", str(args.seed),
+        "--log-level", "WARNING",
+    ]
+    if proc.role == "aggregator":
+        argv += [
+            "--rounds", str(args.rounds),
+            "--aggregator", args.aggregator,
+            "--quorum", quorum,
+            "--min-updates", "1",
+            "--round-timeout", str(args.round_timeout),
+        ]
+    else:
+        argv += ["--index", str(proc.index), "--idle-timeout", "60", "--bootstrap", bootstrap]
+    return argv
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # one BLAS thread per process: four processes share two cores
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# -- rendering ------------------------------------------------------------------------
+
+
+def _short(cid: str) -> str:
+    return cid if len(cid) <= 20 else f"{cid[:8]}…{cid[-8:]}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _render(state: DemoState) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    a = state.args
+    elapsed = time.monotonic() - state.started
+    title = (
+        f"fedstore demo · digits · {a.aggregator} · {a.trainers} trainers · "
+        f"{a.rounds} rounds · {elapsed:4.1f}s"
+    )
+    rounds = Table(title=title, title_justify="left", expand=False)
+    for col, just in (("round", "right"), ("participants", "left"), ("test acc", "right"),
+                      ("centralised", "right"), ("CID", "left"), ("stored", "right"),
+                      ("time", "right")):
+        rounds.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in state.rounds:
+        cen = state.centralised[r.round - 1] if len(state.centralised) >= r.round else None
+        rounds.add_row(
+            str(r.round),
+            " ".join(r.participants) + (" (partial)" if r.partial else ""),
+            f"{r.accuracy:.3f}",
+            f"{cen:.3f}" if cen is not None else "…",
+            _short(r.cid),
+            _size(r.bytes_stored),
+            f"{r.seconds:.2f}s",
+        )
+    if state.open_round and (not state.rounds or state.rounds[-1].round < state.open_round):
+        rounds.add_row(
+            str(state.open_round),
+            Text(f"{state.open_updates}/{state.open_quorum} updates…", style="dim"),
+            "", "", "", "", "",
+        )
+    peers = Table(show_header=True, expand=False, box=None)
+    peers.add_column("process")
+    peers.add_column("peer id")
+    peers.add_column("state")
+    for p in state.procs.values():
+        style = {"done": "green", "failed": "red", "offline": "dim"}.get(p.state, "")
+        peers.add_row(p.name, p.peer_id[-12:] if p.peer_id else "-",
+                      Text(f"{p.state} {p.detail}".strip(), style=style))
+    return Group(rounds, peers)
+
+
+# -- event handling -----------------------------------------------------------------------
+
+
+def _on_event(state: DemoState, proc: Proc, ev: dict[str, Any], plain: Callable[[str], None]) -> None:
+    kind = ev.get("event")
+    if kind == "ready":
+        proc.peer_id = str(ev.get("peer_id", ""))
+        proc.addr = str(ev.get("addr", ""))
+        proc.state = "ready"
+        proc.ready.set()
+    elif kind == "round_opened":
+        state.open_round = int(ev["round"])
+        state.open_quorum = int(ev["quorum"])
+        state.open_updates = 0
+        proc.state, proc.detail = "collecting", f"round {ev['round']}"
+    elif kind == "update_accepted":
+        state.open_updates += 1
+    elif kind == "round_closed":
+        info = RoundInfo(
+            round=int(ev["round"]),
+            participants=sorted(state.name_of(p) for p in ev["participants"]),
+            accuracy=float(ev["metrics"].get("accuracy", 0.0)),
+            loss=float(ev["metrics"].get("loss", 0.0)),
+            cid=str(ev["cid"]),
+            size=int(ev["size"]),
+            bytes_stored=int(ev["bytes_stored"]),
+            seconds=float(ev["seconds"]),
+            partial=bool(ev["partial"]),
+        )
+        state.rounds.append(info)
+        plain(
+            f"round {info.round:>2}: {len(info.participants)} participants "
+            f"({' '.join(info.participants)}), test accuracy {info.accuracy:.3f}, "
+            f"CID {info.cid}, {info.bytes_stored} bytes stored"
+        )
+    elif kind == "round_failed":
+        msg = f"round {ev['round']} attempt {ev['attempt']} failed: {ev['reason']}"
+        state.failures.append(msg)
+        plain(msg)
+    elif kind == "trainer_synced":
+        proc.state, proc.detail = "synced", f"round {ev['round']} {_short(str(ev['cid']))}"
+    elif kind == "trainer_updated":
+        proc.state, proc.detail = "sent update", f"round {ev['round']}"
+    elif kind == "done":
+        proc.done = ev
+        proc.final_cid = str(ev.get("final_cid", ""))
+        proc.state = "done" if ev.get("status") == "complete" else "failed"
+        proc.detail = f"round {ev.get('final_round')} {_short(proc.final_cid)}"
+    elif kind == "error":
+        proc.state, proc.detail = "failed", str(ev.get("message", ""))[:80]
+
+
+async def _run_proc(
+    state: DemoState,
+    proc: Proc,
+    argv: list[str],
+    on_line: Callable[[Proc, dict[str, Any]], None],
+) -> None:
+    assert proc.log_path is not None
+    proc.state = "starting"
+    with open(proc.log_path, "wb") as log:
+        async with trio.open_nursery() as nursery:
+            p = await nursery.start(
+                partial(
+                    trio.run_process, argv, stdout=subprocess.PIPE, stderr=log,
+                    env=_child_env(), check=False,
+                )
+            )
+            async for line in _lines(p.stdout):
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(ev, dict):
+                    on_line(proc, ev)
+            proc.returncode = await p.wait()
+    if proc.returncode != 0 and proc.state != "failed":
+        proc.state, proc.detail = "failed", f"exit code {proc.returncode}"
+    proc.exited.set()
+
+
+async def _federate(state: DemoState, tmp: Path, plain: Callable[[str], None],
+                    refresh: Callable[[], None]) -> None:
+    args = state.args
+    n = args.trainers
+    late = args.late_trainer if 1 <= args.late_trainer <= n and args.late_round > 1 else 0
+    quorum = f"{n - 1},{args.late_round}:{n}" if late else str(n)
+    agg = state.procs["aggregator"]
+
+    def on_line(proc: Proc, ev: dict[str, Any]) -> None:
+        _on_event(state, proc, ev, plain)
+        if (
+            late
+            and proc is agg
+            and ev.get("event") == "round_closed"
+            and int(ev["round"]) == args.late_round - 1
+        ):
+            plain(f"trainer {late} comes online (will take part from round {args.late_round})")
+            start(state.procs[f"trainer-{late}"])
+        refresh()
+
+    async with trio.open_nursery() as nursery:
+
+        def start(proc: Proc) -> None:
+            argv = _worker_argv(args, proc, tmp, quorum, agg.addr)
+            nursery.start_soon(_run_proc, state, proc, argv, on_line)
+
+        async def central() -> None:
+            from fedstore.federation.task_digits import DigitsConfig, DigitsTask
+
+            def compute() -> list[float]:
+                task = DigitsTask(n, DigitsConfig(seed=args.seed))
+                return [m["accuracy"] for m in task.centralised(args.rounds)]
+
+            state.centralised = await trio.to_thread.run_sync(compute)
+            central_done.set()
+            refresh()
+
+        central_done = trio.Event()
+
+        start(agg)
+        with trio.fail_after(90):
+            async with trio.open_nursery() as wait:
+                wait.start_soon(agg.ready.wait)
+
+                async def died() -> None:
+                    await agg.exited.wait()
+                    raise ConfigError(
+                        f"the aggregator exited before it was ready; see {agg.log_path}"
+                    )
+
+                wait.start_soon(died)
+                await agg.ready.wait()
+                wait.cancel_scope.cancel()
+        plain(f"aggregator listening on {agg.addr}")
+        for i in range(1, n + 1):
+            if i != late:
+                start(state.procs[f"trainer-{i}"])
+        nursery.start_soon(central)
+
+        async def trainers_gone() -> None:
+            # every trainer exited (crashed?) while the aggregator still waits: stop it
+            for p in state.procs.values():
+                if p is not agg and p.state != "offline":
+                    await p.exited.wait()
+            if not late or state.procs[f"trainer-{late}"].state != "offline":
+                with trio.move_on_after(10):
+                    await agg.exited.wait()
+                if not agg.exited.is_set():
+                    state.failures.append("every trainer exited before the aggregator finished")
+                    agg_scope.cancel()
+
+        with trio.CancelScope() as agg_scope:
+            nursery.start_soon(trainers_gone)
+            # once the aggregator is gone, trainers get a short grace period to finish
+            await agg.exited.wait()
+        with trio.move_on_after(15):
+            for p in state.procs.values():
+                if p.state not in ("offline",):
+                    await p.exited.wait()
+        await central_done.wait()
+        nursery.cancel_scope.cancel()
+
+
+def _dir_size(root: Path) -> int:
+    total = 0
+    if root.is_dir():
+        for p in root.rglob("*"):
+            if p.is_file():
+                total += p.stat().st_size
+    return total
+
+
+def _summary(state: DemoState, tmp: Path, wall: float) -> Any:
+    from fedstore.federation.report import RoundRow, RunSummary
+
+    args = state.args
+    agg = state.procs["aggregator"]
+    rows = [
+        RoundRow(
+            round=r.round,
+            participants=len(r.participants),
+            accuracy=r.accuracy,
+            loss=r.loss,
+            centralised_accuracy=(
+                state.centralised[r.round - 1] if len(state.centralised) >= r.round else None
+            ),
+            cid=r.cid,
+            size=r.size,
+            bytes_stored=r.bytes_stored,
+            seconds=r.seconds,
+            partial=r.partial,
+        )
+        for r in state.rounds
+    ]
+    done = agg.done or {}
+    late = args.late_trainer if 1 <= args.late_trainer <= args.trainers else None
+    return RunSummary(
+        rounds=rows,
+        strategy=args.aggregator,
+        num_trainers=args.trainers,
+        late_trainer=late,
+        late_round=args.late_round if late else None,
+        final_cid=str(done.get("final_cid", "")),
+        peer_final_cids={
+            p.name: p.final_cid for p in state.procs.values() if p.final_cid
+        },
+        centralised_final=state.centralised[-1] if state.centralised else 0.0,
+        wall_seconds=wall,
+        status=str(done.get("status", "failed")),
+        backends=[b for b in args.backends.split(",") if b],
+        rejections=dict(done.get("rejections", {})),
+        reason=str(done.get("reason", "")) or "; ".join(state.failures),
+        config={
+            "rounds": args.rounds,
+            "seed": args.seed,
+            "round_timeout": args.round_timeout,
+            "objects_bytes": _dir_size(tmp / "objects"),
+            "task": "digits",
+        },
+    )
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    if args.rounds < 1 or args.trainers < 1:
+        raise ConfigError("--rounds and --trainers must be at least 1")
+    if args.late_trainer and args.late_round > args.rounds:
+        raise ConfigError(f"--late-round {args.late_round} is after the last round {args.rounds}")
+    console = Console()
+    live_view = console.is_terminal and not args.plain
+    tmp = Path(tempfile.mkdtemp(prefix="fedstore-demo-"))
+    (tmp / "logs").mkdir()
+    procs = {"aggregator": Proc("aggregator", "aggregator", log_path=tmp / "logs/aggregator.log")}
+    for i in range(1, args.trainers + 1):
+        procs[f"trainer-{i}"] = Proc(f"trainer-{i}", "trainer", i,
+                                     log_path=tmp / f"logs/trainer-{i}.log")
+    state = DemoState(args, procs, time.monotonic())
+
+    def plain(msg: str) -> None:
+        if not live_view:
+            console.print(msg, highlight=False, soft_wrap=True)
+
+    console.print(
+        f"fedstore demo: {args.trainers} trainers + 1 aggregator on 127.0.0.1, "
+        f"{args.rounds} rounds, backends {args.backends}, work dir {tmp}",
+        highlight=False,
+    )
+    try:
+        with trio.fail_after(args.timeout):
+            if live_view:
+                with Live(_render(state), console=console, refresh_per_second=8) as live:
+
+                    def refresh() -> None:
+                        live.update(_render(state))
+
+                    async def ticker() -> None:
+                        while True:
+                            await trio.sleep(0.25)
+                            refresh()
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(ticker)
+                        await _federate(state, tmp, plain, refresh)
+                        nursery.cancel_scope.cancel()
+                    refresh()
+            else:
+                await _federate(state, tmp, plain, lambda: None)
+        wall = time.monotonic() - state.started
+        return _finish(state, tmp, wall, console)
+    except trio.TooSlowError:
+        console.print(f"[red]fedstore demo: gave up after {args.timeout:g} s[/red]; logs in {tmp}")
+        args.keep = True
+        return 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _finish(state: DemoState, tmp: Path, wall: float, console: Any) -> int:
+    from fedstore.catalog import resolve_db_path
+    from fedstore.federation.report import write_report
+
+    args = state.args
+    summary = _summary(state, tmp, wall)
+    paths = write_report(
+        args.out,
+        summary,
+        centralised_curve=state.centralised,
+        catalog=resolve_db_path(tmp / "aggregator"),
+    )
+    doc = summary.to_json()
+    ok = summary.status == "complete" and doc["targets"]["all_peers_same_final_cid"]
+    for p in state.procs.values():
+        if p.state == "failed" or (p.returncode not in (0, None)):
+            ok = False
+            console.print(f"[red]{p.name} failed[/red] ({p.detail}); log: {p.log_path}")
+            args.keep = True
+    console.print(
+        f"final test accuracy {summary.final_accuracy:.4f}, centralised "
+        f"{summary.centralised_final:.4f} (gap {doc['gap_to_centralised']:+.4f}); "
+        f"{wall:.1f} s",
+        highlight=False,
+    )
+    agree = sorted(n for n, c in summary.peer_final_cids.items() if c == summary.final_cid)
+    console.print(f"final CID {summary.final_cid}: same on {', '.join(agree)}", highlight=False)
+    missed = [k for k, v in doc["targets"].items() if not v]
+    if missed:
+        console.print(f"[yellow]targets not met:[/yellow] {', '.join(missed)}")
+    console.print(f"report: {args.out.resolve()} ({', '.join(p.name for p in paths.values())})",
+                  highlight=False)
+    return 0 if ok else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``fedstore demo`` (see the module docstring)."""
+    return trio.run(_main, args)

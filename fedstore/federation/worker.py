@@ -1,0 +1,178 @@
+"""One federation process of the built-in digits task: ``python -m fedstore.federation.worker``.
+
+The demo (:mod:`fedstore.demos.federation`) starts one aggregator and N
+trainers with this entry point. Each process runs a fedstore node and
+prints one JSON object per line on stdout (machine-readable progress; logs
+go to stderr):
+
+* ``{"event": "ready", "role": ..., "peer_id": ..., "addr": ...}`` once the node listens;
+* the round events of :mod:`fedstore.federation.roles` (``"event"`` is their ``kind``);
+* ``{"event": "done", "status": ..., "final_round": ..., "final_cid": ..., ...}`` at the end;
+* ``{"event": "error", "message": ...}`` if it fails (exit code 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from fedstore.errors import FedstoreError
+
+__all__ = ["build_parser", "main"]
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _event_sink(ev: Any) -> None:
+    from fedstore.federation.roles import event_dict
+
+    d = event_dict(ev)
+    d["event"] = d.pop("kind")
+    _emit(d)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fedstore.federation.worker")
+    p.add_argument("role", choices=["aggregator", "trainer"])
+    p.add_argument("--data-dir", required=True, help="this node's data directory")
+    p.add_argument("--fs-root", help="shared root of the filesystem backend")
+    p.add_argument("--backends", default="filesystem", help="comma-separated backend chain")
+    p.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
+    p.add_argument("--bootstrap", action="append", default=[], help="peer multiaddr (trainer)")
+    p.add_argument("--trainers", type=int, default=3, help="size of the data split")
+    p.add_argument("--index", type=int, default=1, help="this trainer's data part (1-based)")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--aggregator", default="fedavg", dest="strategy")
+    p.add_argument("--quorum", default="3", help="N or N,ROUND:M")
+    p.add_argument("--min-updates", type=int, default=1)
+    p.add_argument("--round-timeout", type=float, default=30.0)
+    p.add_argument("--idle-timeout", type=float, default=60.0)
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def _task(args: argparse.Namespace) -> Any:
+    from fedstore.federation.task_digits import DigitsConfig, DigitsTask
+
+    overrides = {
+        k: getattr(args, k)
+        for k in ("hidden", "epochs", "lr", "alpha", "seed")
+        if getattr(args, k) is not None
+    }
+    return DigitsTask(args.trainers, DigitsConfig(**overrides))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from fedstore.federation import api
+    from fedstore.federation.nodepeer import NodePeer
+    from fedstore.federation.roles import (
+        AggregatorSettings,
+        QuorumSchedule,
+        TrainerSettings,
+        run_aggregator,
+        run_trainer,
+    )
+    from fedstore.node import open_node
+
+    task = await trio.to_thread.run_sync(_task, args)
+    settings = {"FEDSTORE_FS_ROOT": args.fs_root} if args.fs_root else {}
+    cfg = api.make_node_config(
+        role="bootstrap" if args.role == "aggregator" else "trainer",
+        data_dir=args.data_dir,
+        bootstrap=args.bootstrap,
+        listen=args.listen,
+        backends=[b for b in args.backends.split(",") if b],
+        settings=settings,
+    )
+    async with open_node(cfg) as node:
+        _emit({"event": "ready", "role": args.role, "peer_id": node.peer_id,
+               "addr": node.addrs()[0] if node.addrs() else ""})
+        peer = NodePeer(node)
+        if args.role == "aggregator":
+            meta = {
+                "fedstore.task": f"digits-{task.cfg.model_name}",
+                "fedstore.task_seed": str(task.cfg.seed),
+            }
+            result = await run_aggregator(
+                peer,
+                task.initial_arrays(),
+                AggregatorSettings(
+                    rounds=args.rounds,
+                    strategy=args.strategy,
+                    quorum=QuorumSchedule.parse(args.quorum),
+                    min_updates=args.min_updates,
+                    round_timeout=args.round_timeout,
+                    metadata=meta,
+                ),
+                evaluate=task.evaluate,
+                on_event=_event_sink,
+            )
+            _emit({"event": "done", "status": result.status, "final_round": result.final_round,
+                   "final_cid": result.final_cid, "rejections": dict(result.rejections),
+                   "reason": result.reason})
+            return 0 if result.status == "complete" else 1
+        await node.wait_for_peers(1, timeout=30.0)
+        tres = await run_trainer(
+            peer,
+            task.trainer(args.index),
+            TrainerSettings(idle_timeout=args.idle_timeout,
+                            inline_limit=min(peer.inline_limit, 1 << 20)),
+            on_event=_event_sink,
+        )
+        head = await node.head()
+        _emit({"event": "done", "status": tres.status, "final_round": tres.final_round,
+               "final_cid": tres.final_cid, "rounds_trained": list(tres.rounds_trained),
+               "local_head": list(head) if head else None, "reason": tres.reason,
+               "class_counts": task.class_counts(args.index)})
+        return 0 if tres.status == "complete" else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fedstore.logsetup import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    logging.getLogger("libp2p").setLevel(logging.ERROR)
+    try:
+        return trio.run(_run, args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        err = _fedstore_error(exc)
+        if err is None:
+            raise
+        _emit({"event": "error", "message": str(err)})
+        print(f"fedstore worker: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _fedstore_error(exc: BaseException) -> FedstoreError | None:
+    """The FedstoreError inside ``exc`` (possibly nested in exception groups), if any."""
+    if isinstance(exc, FedstoreError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _fedstore_error(sub)
+            if found is not None:
+                return found
+    return None
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    sys.exit(main())
