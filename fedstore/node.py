@@ -62,6 +62,8 @@ __all__ = ["Head", "Node", "PublishResult", "open_node", "serve_node"]
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, str], None]
+#: Called with (topic, sender, payload) for every validated message from another peer.
+MessageSink = Callable[[str, str, bytes], None]
 #: Bootstrap dialling: first retry after this many seconds, doubling, for this long in total.
 _BOOTSTRAP_FIRST_RETRY = 0.25
 _BOOTSTRAP_GIVE_UP = 60.0
@@ -94,6 +96,7 @@ class Node:
         nursery: trio.Nursery,
         *,
         on_event: EventSink | None = None,
+        on_message: MessageSink | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -102,6 +105,7 @@ class Node:
         self.chain = chain
         self._nursery = nursery
         self._on_event = on_event
+        self._on_message = on_message
         self.counters = DropCounters()
         self.topics = TopicHub(
             host,
@@ -288,6 +292,8 @@ class Node:
 
     def _received(self, topic: str, sender: str, data: bytes) -> None:
         self._emit("RECEIVED", f"{topic}:{sender}:{len(data)}:{payload_digest(data)}")
+        if self._on_message is not None:
+            self._on_message(topic, sender, data)
 
     async def _heard(self, sender: str, ann: Announcement) -> None:
         rec = await self.catalog.record_announcement(ann.round, ann.cid, sender, ANNOUNCE_TOPIC)
@@ -319,35 +325,21 @@ class Node:
         return rec
 
     async def replicate(self, rec: CheckpointRecord) -> None:
-        """Store a local checkpoint through the chain and record pin states per backend."""
-        path = self.store.dir / rec.path
-        for name in self.chain.names:
-            await self.catalog.set_pin(rec.cid, name, "pending")
-        try:
-            result = await self.chain.add(
-                path,
-                cid_version=rec.cid_version,
-                name=f"round-{rec.round}",
-                labels={"round": str(rec.round), "peer": self.peer_id},
-                expected_cid=rec.cid,
-            )
-        except FedstoreError as exc:
-            for name in self.chain.names:
-                await self.catalog.set_pin(rec.cid, name, "failed", error=str(exc)[:500])
-            raise
-        tried = {a.backend for a in result.attempts}
-        for attempt in result.attempts:
-            state = "pinned" if attempt.ok else "failed"
-            await self.catalog.set_pin(
-                rec.cid,
-                attempt.backend,
-                state,
-                backend_ref=attempt.backend_ref,
-                error=attempt.error,
-            )
-        for name in self.chain.names:  # later backends were not needed
-            if name not in tried:
-                await self.catalog.set_pin(rec.cid, name, "failed", error="not attempted")
+        """Store a local checkpoint through the chain, recording a pin row per backend tried.
+
+        Delegates to :func:`fedstore.replication.replicate`; raises
+        :class:`~fedstore.errors.UnavailableError` if no backend accepted it.
+        """
+        from fedstore.replication import replicate
+
+        await replicate(
+            self.store.dir / rec.path,
+            rec.cid,
+            self.chain,
+            self.catalog,
+            {"round": str(rec.round), "peer": self.peer_id},
+            name=f"round-{rec.round}",
+        )
 
     async def load_checkpoint(self, round: int | None = None) -> Checkpoint:
         """Load (and CID-verify) a local checkpoint; the latest without *round*."""
@@ -475,6 +467,7 @@ async def open_node(
     config: NodeConfig,
     *,
     on_event: EventSink | None = None,
+    on_message: MessageSink | None = None,
     chain: BackendChain | None = None,
 ) -> AsyncIterator[Node]:
     """Start a node and yield it once it listens, has resumed and joined ``model-cids``.
@@ -499,7 +492,7 @@ async def open_node(
             open_host(identity, config.listen, announce_ip=config.announce_ip, settings=settings)
         )
         nursery = await stack.enter_async_context(trio.open_nursery())
-        node = Node(config, host, store, chain, nursery, on_event=on_event)
+        node = Node(config, host, store, chain, nursery, on_event=on_event, on_message=on_message)
         await node._start()
         try:
             yield node
