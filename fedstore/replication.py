@@ -104,7 +104,7 @@ class _Pins:
 
         def find() -> Path | None:
             for record in sync.checkpoints_with_cid(cid):
-                path = base / record.path
+                path: Path = base / record.path
                 if record.status == "ok" and path.is_file():
                     return path
             return None

@@ -162,8 +162,10 @@ class KuboBackend(StorageBackend):
         timeout: httpx.Timeout | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        origin: str = "arguments",
     ) -> None:
         self.api_url = api_url_from_text(api_url)
+        self._origin = origin
         self.fetch_timeout = fetch_timeout if fetch_timeout else None
         self.pin_timeout = pin_timeout
         self.retry = retry or RetryPolicy()
@@ -194,7 +196,7 @@ class KuboBackend(StorageBackend):
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:
         try:
-            url, _origin = api_url_from_env(env)
+            url, origin = api_url_from_env(env)
         except ConfigError as exc:
             raise NotConfiguredError(f"kubo: {exc}", backend="kubo") from exc
         try:
@@ -203,6 +205,7 @@ class KuboBackend(StorageBackend):
             raise NotConfiguredError(f"kubo: {exc}", backend="kubo") from exc
         return cls(
             url,
+            origin=origin,
             retry=retry,
             token=env.get("FEDSTORE_KUBO_TOKEN") or None,
             fetch_timeout=_seconds(env, "FEDSTORE_KUBO_FETCH_TIMEOUT", 0.0),
@@ -415,7 +418,12 @@ class KuboBackend(StorageBackend):
             ident = _json(await self._post("id", {}, action="id", policy=once))
         except AuthError as exc:
             return Health(reachable=True, authenticated=False, detail=str(exc))
-        except BackendError as exc:
+        except UnavailableError as exc:
+            return Health(
+                reachable=False,
+                detail=f"{exc} (is the daemon running? address from {self._origin})",
+            )
+        except BackendError as exc:  # answered, but not as a usable Kubo API
             return Health(reachable=False, detail=str(exc))
         peer = str(ident.get("ID", ""))
         return Health(
