@@ -476,21 +476,18 @@ async def open_node(
     not closed on exit. Leaving the block stops every background task, the
     host, the store and the catalog.
     """
-    from fedstore.backends import build_chain
     from fedstore.store import AsyncLocalStore
 
     identity = await trio.to_thread.run_sync(load_or_create_identity, config.data_dir)
     async with AsyncExitStack() as stack:
-        if chain is None:
-            names = list(config.backends) if config.backends else None
-            chain = await trio.to_thread.run_sync(build_chain, names, dict(config.settings))
-            stack.push_async_callback(chain.aclose)
         store = await AsyncLocalStore.open(config.data_dir, peer_id=identity.peer_id)
         stack.push_async_callback(store.aclose)
         settings = GossipSettings(heartbeat_interval=config.heartbeat_interval)
         host = await stack.enter_async_context(
             open_host(identity, config.listen, announce_ip=config.announce_ip, settings=settings)
         )
+        if chain is None:
+            chain = await _open_chain(config, host, stack)
         nursery = await stack.enter_async_context(trio.open_nursery())
         node = Node(config, host, store, chain, nursery, on_event=on_event, on_message=on_message)
         await node._start()
@@ -498,6 +495,29 @@ async def open_node(
             yield node
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def _open_chain(config: NodeConfig, host: P2PHost, stack: AsyncExitStack) -> BackendChain:
+    """Build the configured chain; host-bound backends (bitswap) are attached to *host* first.
+
+    A backend class with an ``attach(host, data_dir, peers=...)`` async context
+    manager needs a running host; the node enters it for the node's lifetime
+    before the chain constructs the backend.
+    """
+    from fedstore.backends import build_chain, default_backend_names, load_backend_class
+
+    env = {**config.settings, "CHECKPOINT_DIR": str(config.data_dir)}
+    names = list(config.backends) if config.backends else default_backend_names(env)
+    for name in names:
+        cls = await trio.to_thread.run_sync(load_backend_class, name)
+        attach = getattr(cls, "attach", None)
+        if attach is not None:
+            await stack.enter_async_context(
+                attach(host, config.data_dir, peers=host.connected_peers)
+            )
+    chain = await trio.to_thread.run_sync(build_chain, names, env)
+    stack.push_async_callback(chain.aclose)
+    return chain
 
 
 async def serve_node(
