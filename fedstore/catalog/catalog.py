@@ -311,12 +311,17 @@ class Catalog:
 
     def list_rounds(self, *, status: str | None = None) -> list[int]:
         """Rounds with a checkpoint row, ascending (optionally only one status)."""
-        stmt = select(Checkpoint.round)
+        # Plain driver SQL: this can return 100k+ ints, and ORM/Core row processing
+        # would dominate the time (see benchmarks/bench_catalog.py).
+        sql = "SELECT round FROM checkpoints"
+        params: tuple[str, ...] = ()
         if status is not None:
             _check_status(status)
-            stmt = stmt.where(Checkpoint.status == status)
+            sql += " WHERE status = ?"
+            params = (status,)
         with self._reading("list rounds") as s:
-            return list(s.scalars(stmt.order_by(Checkpoint.round)))
+            rows = s.connection().exec_driver_sql(sql + " ORDER BY round", params)
+            return [r for (r,) in rows]
 
     def checkpoints_with_cid(self, cid: str) -> list[CheckpointRecord]:
         """Every local round whose checkpoint has this CID."""
