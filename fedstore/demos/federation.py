@@ -101,6 +101,10 @@ class Proc:
     done: dict[str, Any] | None = None
     returncode: int | None = None
     log_path: Path | None = None
+    #: the trainer was told to go online
+    went: bool = False
+    process: Any = None
+    spawned: trio.Event = field(default_factory=trio.Event)
     ready: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
 
@@ -153,9 +157,7 @@ async def _lines(stream: trio.abc.ReceiveStream) -> Any:
             buf = b""
 
 
-def _worker_argv(
-    args: argparse.Namespace, proc: Proc, tmp: Path, quorum: str, bootstrap: str
-) -> list[str]:
+def _worker_argv(args: argparse.Namespace, proc: Proc, tmp: Path, quorum: str) -> list[str]:
     argv = [
         sys.executable, "-m", "fedstore.federation.worker", proc.role,
         "--data-dir", str(tmp / proc.name),
@@ -174,7 +176,7 @@ def _worker_argv(
             "--round-timeout", str(args.round_timeout),
         ]
     else:
-        argv += ["--index", str(proc.index), "--idle-timeout", "60", "--bootstrap", bootstrap]
+        argv += ["--index", str(proc.index), "--idle-timeout", "60", "--go-from-stdin"]
     return argv
 
 
@@ -251,7 +253,9 @@ def _render(state: DemoState) -> Any:
 
 def _on_event(state: DemoState, proc: Proc, ev: dict[str, Any], plain: Callable[[str], None]) -> None:
     kind = ev.get("event")
-    if kind == "ready":
+    if kind == "waiting":
+        proc.state, proc.detail = "offline", "(process up, no node yet)"
+    elif kind == "ready":
         proc.peer_id = str(ev.get("peer_id", ""))
         proc.addr = str(ev.get("addr", ""))
         proc.state = "ready"
@@ -310,10 +314,12 @@ async def _run_proc(
         async with trio.open_nursery() as nursery:
             p = await nursery.start(
                 partial(
-                    trio.run_process, argv, stdout=subprocess.PIPE, stderr=log,
-                    env=_child_env(), check=False,
+                    trio.run_process, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=log, env=_child_env(), check=False,
                 )
             )
+            proc.process = p
+            proc.spawned.set()
             async for line in _lines(p.stdout):
                 try:
                     ev = json.loads(line)
@@ -327,31 +333,44 @@ async def _run_proc(
     proc.exited.set()
 
 
-async def _federate(state: DemoState, tmp: Path, plain: Callable[[str], None],
-                    refresh: Callable[[], None]) -> None:
+async def _go(proc: Proc, addr: str) -> None:
+    """Let a waiting trainer start its node, bootstrapping from ``addr``."""
+    await proc.spawned.wait()
+    proc.went = True
+    assert proc.process is not None and proc.process.stdin is not None
+    await proc.process.stdin.send_all(f"GO {addr}\n".encode())
+
+
+async def _federate(
+    state: DemoState, tmp: Path, plain: Callable[[str], None], refresh: Callable[[], None]
+) -> None:
+    """Run the processes until the aggregator and every trainer that went online are done.
+
+    Every process starts at once (imports and data loading overlap); trainers
+    wait offline, without a node, for ``GO <aggregator address>`` on stdin.
+    The late trainer gets it when the round before its first round closes.
+    """
     args = state.args
     n = args.trainers
     late = args.late_trainer if 1 <= args.late_trainer <= n and args.late_round > 1 else 0
     quorum = f"{n - 1},{args.late_round}:{n}" if late else str(n)
     agg = state.procs["aggregator"]
-
-    def on_line(proc: Proc, ev: dict[str, Any]) -> None:
-        _on_event(state, proc, ev, plain)
-        if (
-            late
-            and proc is agg
-            and ev.get("event") == "round_closed"
-            and int(ev["round"]) == args.late_round - 1
-        ):
-            plain(f"trainer {late} comes online (will take part from round {args.late_round})")
-            start(state.procs[f"trainer-{late}"])
-        refresh()
+    trainers = [p for p in state.procs.values() if p is not agg]
+    central_done = trio.Event()
 
     async with trio.open_nursery() as nursery:
 
-        def start(proc: Proc) -> None:
-            argv = _worker_argv(args, proc, tmp, quorum, agg.addr)
-            nursery.start_soon(_run_proc, state, proc, argv, on_line)
+        def on_line(proc: Proc, ev: dict[str, Any]) -> None:
+            _on_event(state, proc, ev, plain)
+            if (
+                late
+                and proc is agg
+                and ev.get("event") == "round_closed"
+                and int(ev["round"]) == args.late_round - 1
+            ):
+                plain(f"trainer {late} comes online (takes part from round {args.late_round})")
+                nursery.start_soon(_go, state.procs[f"trainer-{late}"], agg.addr)
+            refresh()
 
         async def central() -> None:
             from fedstore.federation.task_digits import DigitsConfig, DigitsTask
@@ -364,12 +383,11 @@ async def _federate(state: DemoState, tmp: Path, plain: Callable[[str], None],
             central_done.set()
             refresh()
 
-        central_done = trio.Event()
-
-        start(agg)
-        with trio.fail_after(90):
+        for proc in (agg, *trainers):
+            argv = _worker_argv(args, proc, tmp, quorum)
+            nursery.start_soon(_run_proc, state, proc, argv, on_line)
+        with trio.fail_after(120):
             async with trio.open_nursery() as wait:
-                wait.start_soon(agg.ready.wait)
 
                 async def died() -> None:
                     await agg.exited.wait()
@@ -381,32 +399,35 @@ async def _federate(state: DemoState, tmp: Path, plain: Callable[[str], None],
                 await agg.ready.wait()
                 wait.cancel_scope.cancel()
         plain(f"aggregator listening on {agg.addr}")
-        for i in range(1, n + 1):
-            if i != late:
-                start(state.procs[f"trainer-{i}"])
+        for p in trainers:
+            if p.index != late:
+                nursery.start_soon(_go, p, agg.addr)
         nursery.start_soon(central)
 
         async def trainers_gone() -> None:
-            # every trainer exited (crashed?) while the aggregator still waits: stop it
-            for p in state.procs.values():
-                if p is not agg and p.state != "offline":
+            # every online trainer exited (crashed?) while the aggregator still runs: stop it
+            while True:
+                online = [p for p in trainers if p.went]
+                for p in online:
                     await p.exited.wait()
-            if not late or state.procs[f"trainer-{late}"].state != "offline":
-                with trio.move_on_after(10):
-                    await agg.exited.wait()
-                if not agg.exited.is_set():
-                    state.failures.append("every trainer exited before the aggregator finished")
-                    agg_scope.cancel()
+                if len([p for p in trainers if p.went]) == len(online):
+                    break
+            with trio.move_on_after(10):
+                await agg.exited.wait()
+            if not agg.exited.is_set():
+                state.failures.append("every trainer exited before the aggregator finished")
+                agg_scope.cancel()
 
         with trio.CancelScope() as agg_scope:
             nursery.start_soon(trainers_gone)
-            # once the aggregator is gone, trainers get a short grace period to finish
             await agg.exited.wait()
+        # trainers that went online get a short grace period to finish
         with trio.move_on_after(15):
-            for p in state.procs.values():
-                if p.state not in ("offline",):
+            for p in trainers:
+                if p.went:
                     await p.exited.wait()
-        await central_done.wait()
+        with trio.move_on_after(60):
+            await central_done.wait()
         nursery.cancel_scope.cancel()
 
 

@@ -5,6 +5,8 @@ trainers with this entry point. Each process runs a fedstore node and
 prints one JSON object per line on stdout (machine-readable progress; logs
 go to stderr):
 
+* ``{"event": "waiting"}`` with ``--go-from-stdin``: data loaded, node not started yet
+  (the process is offline until ``GO <bootstrap multiaddr>`` arrives on stdin);
 * ``{"event": "ready", "role": ..., "peer_id": ..., "addr": ...}`` once the node listens;
 * the round events of :mod:`fedstore.federation.roles` (``"event"`` is their ``kind``);
 * ``{"event": "done", "status": ..., "final_round": ..., "final_cid": ..., ...}`` at the end;
@@ -49,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="filesystem", help="comma-separated backend chain")
     p.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
     p.add_argument("--bootstrap", action="append", default=[], help="peer multiaddr (trainer)")
+    p.add_argument(
+        "--go-from-stdin",
+        action="store_true",
+        help="stay offline (no node) until a line 'GO <bootstrap multiaddr>' arrives on stdin",
+    )
     p.add_argument("--trainers", type=int, default=3, help="size of the data split")
     p.add_argument("--index", type=int, default=1, help="this trainer's data part (1-based)")
     p.add_argument("--rounds", type=int, default=10)
@@ -90,6 +97,15 @@ async def _run(args: argparse.Namespace) -> int:
     from fedstore.node import open_node
 
     task = await trio.to_thread.run_sync(_task, args)
+    if args.go_from_stdin:
+        _emit({"event": "waiting", "role": args.role})
+        line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        word, _, addr = line.strip().partition(" ")
+        if word != "GO":
+            _emit({"event": "error", "message": "stdin closed before GO"})
+            return 1
+        if addr:
+            args.bootstrap.append(addr)
     settings = {"FEDSTORE_FS_ROOT": args.fs_root} if args.fs_root else {}
     cfg = api.make_node_config(
         role="bootstrap" if args.role == "aggregator" else "trainer",
