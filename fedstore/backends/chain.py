@@ -123,7 +123,7 @@ class BackendChain:
         *expected_cid* is the CID fedstore computed locally; when omitted it is
         computed here (in a worker thread). Raises
         :class:`~fedstore.errors.UnavailableError` listing every backend's
-        failure when none accepts.
+        failure when none accepts; its ``attempts`` attribute holds them.
         """
         from fedstore.cid import cid_of_bytes, cid_of_file
 
@@ -161,7 +161,9 @@ class BackendChain:
                 attempts=attempts,
             )
         summary = "; ".join(f"{a.backend}: {a.error}" for a in attempts)
-        raise UnavailableError(f"no backend accepted {expected_cid} ({summary})")
+        err = UnavailableError(f"no backend accepted {expected_cid} ({summary})")
+        err.attempts = attempts  # type: ignore[attr-defined]
+        raise err
 
     async def add_to(
         self,
