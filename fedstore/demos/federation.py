@@ -295,7 +295,11 @@ def _on_event(state: DemoState, proc: Proc, ev: dict[str, Any], plain: Callable[
         proc.state, proc.detail = "sent update", f"round {ev['round']}"
     elif kind == "done":
         proc.done = ev
-        proc.final_cid = str(ev.get("final_cid", ""))
+        # the CID the peer's own catalog names as its head, not just what it was told
+        head = ev.get("local_head")
+        proc.final_cid = str(head[1]) if isinstance(head, list) and len(head) == 2 else ""
+        if proc.final_cid != ev.get("final_cid"):
+            state.failures.append(f"{proc.name}: local head {head} is not the final CID")
         proc.state = "done" if ev.get("status") == "complete" else "failed"
         proc.detail = f"round {ev.get('final_round')} {_short(proc.final_cid)}"
     elif kind == "error":

@@ -138,9 +138,10 @@ async def _run(args: argparse.Namespace) -> int:
                 evaluate=task.evaluate,
                 on_event=_event_sink,
             )
+            head = await node.head()
             _emit({"event": "done", "status": result.status, "final_round": result.final_round,
                    "final_cid": result.final_cid, "rejections": dict(result.rejections),
-                   "reason": result.reason})
+                   "local_head": list(head) if head else None, "reason": result.reason})
             return 0 if result.status == "complete" else 1
         await node.wait_for_peers(1, timeout=30.0)
         tres = await run_trainer(
