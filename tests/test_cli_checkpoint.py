@@ -238,3 +238,13 @@ def test_demo_weights_refuses_foreign_directory(
     rc, _, err = run(capsys, "demo", "weights", "--dir", str(d))
     assert rc == 1 and "refusing to wipe" in err
     assert (d / "thesis.tex").read_text() == "do not delete"
+
+
+def test_demo_weights_exits_nonzero_on_a_failed_check(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedstore.demos.weights as demo
+
+    monkeypatch.setattr(demo, "_same", lambda a, b: False)  # reloads "do not match"
+    rc, out, _ = run(capsys, "demo", "weights", "--dir", str(tmp_path / "demo"))
+    assert rc == 1 and "✗" in out and "check(s) failed" in out

@@ -68,60 +68,6 @@ def resolve_db_path(location: str | Path) -> Path:
     return p / CATALOG_FILENAME
 
 
-def _checkpoint_record(row: Checkpoint) -> CheckpointRecord:
-    return CheckpointRecord(
-        round=row.round,
-        cid=row.cid,
-        cid_version=row.cid_version,
-        codec=row.codec,
-        raw_size=row.raw_size,
-        stored_size=row.stored_size,
-        created_at=row.created_at,
-        created_by=row.created_by,
-        path=row.path,
-        status=row.status,
-    )
-
-
-def _announcement_record(row: Announcement) -> AnnouncementRecord:
-    return AnnouncementRecord(
-        round=row.round,
-        cid=row.cid,
-        sender_peer=row.sender_peer,
-        topic=row.topic,
-        received_at=row.received_at,
-        last_received_at=row.last_received_at,
-        times_heard=row.times_heard,
-    )
-
-
-def _peer_record(row: Peer) -> PeerRecord:
-    try:
-        addrs = tuple(str(a) for a in json.loads(row.addrs))
-    except (ValueError, TypeError):
-        addrs = ()
-    return PeerRecord(
-        peer_id=row.peer_id,
-        addrs=addrs,
-        first_seen=row.first_seen,
-        last_seen=row.last_seen,
-        role=row.role,
-    )
-
-
-def _pin_record(row: Pin) -> PinRecord:
-    return PinRecord(
-        cid=row.cid,
-        backend=row.backend,
-        state=row.state,
-        backend_ref=row.backend_ref,
-        last_error=row.last_error,
-        attempts=row.attempts,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
 def _parse_ts(value: object) -> datetime | None:
     if value is None:
         return None
@@ -265,13 +211,13 @@ class Catalog:
                     f"{cid} for the same round (delete round {round} first, or replace it)"
                 )
             s.flush()
-            return _checkpoint_record(row)
+            return row.to_record()
 
     def get_checkpoint(self, round: int) -> CheckpointRecord | None:
         """The checkpoint row of ``round`` (any status), or None."""
         with self._reading(f"read round {round}") as s:
             row = s.scalars(select(Checkpoint).where(Checkpoint.round == round)).one_or_none()
-            return None if row is None else _checkpoint_record(row)
+            return None if row is None else row.to_record()
 
     def latest_checkpoint(self) -> CheckpointRecord | None:
         """The highest round whose checkpoint is ``ok`` (not missing or corrupt), or None."""
@@ -282,7 +228,7 @@ class Catalog:
                 .order_by(Checkpoint.round.desc())
                 .limit(1)
             ).one_or_none()
-            return None if row is None else _checkpoint_record(row)
+            return None if row is None else row.to_record()
 
     def latest_round(self) -> int | None:
         """The highest round with an ``ok`` checkpoint, or None (one index lookup)."""
@@ -307,7 +253,7 @@ class Catalog:
         if limit is not None:
             stmt = stmt.limit(limit)
         with self._reading("list checkpoints") as s:
-            return [_checkpoint_record(r) for r in s.scalars(stmt)]
+            return [r.to_record() for r in s.scalars(stmt)]
 
     def list_rounds(self, *, status: str | None = None) -> list[int]:
         """Rounds with a checkpoint row, ascending (optionally only one status)."""
@@ -327,7 +273,7 @@ class Catalog:
         """Every local round whose checkpoint has this CID."""
         with self._reading(f"look up {cid}") as s:
             rows = s.scalars(select(Checkpoint).where(Checkpoint.cid == cid).order_by("round"))
-            return [_checkpoint_record(r) for r in rows]
+            return [r.to_record() for r in rows]
 
     def delete_checkpoint(self, round: int, *, cid: str | None = None) -> CheckpointRecord | None:
         """Delete the row of ``round`` (only if it still has ``cid``, when given); return it."""
@@ -338,7 +284,7 @@ class Catalog:
             row = s.scalars(stmt).one_or_none()
             if row is None:
                 return None
-            rec = _checkpoint_record(row)
+            rec = row.to_record()
             s.delete(row)
             return rec
 
@@ -404,7 +350,7 @@ class Catalog:
                     Announcement.topic == topic,
                 )
             ).one()
-            return _announcement_record(row)
+            return row.to_record()
 
     def announcements(
         self, *, round: int | None = None, cid: str | None = None, limit: int | None = None
@@ -419,7 +365,7 @@ class Catalog:
         if limit is not None:
             stmt = stmt.limit(limit)
         with self._reading("list announcements") as s:
-            return [_announcement_record(r) for r in s.scalars(stmt)]
+            return [r.to_record() for r in s.scalars(stmt)]
 
     def latest_announced(self) -> LatestAnnounced | None:
         """The highest announced round, its CID and the first peer that announced it.
@@ -483,19 +429,19 @@ class Catalog:
             if changes:
                 s.execute(update(Peer).where(Peer.peer_id == peer_id).values(**changes))
             row = s.get_one(Peer, peer_id, populate_existing=True)
-            return _peer_record(row)
+            return row.to_record()
 
     def get_peer(self, peer_id: str) -> PeerRecord | None:
         """One peer, or None."""
         with self._reading(f"read peer {peer_id}") as s:
             row = s.get(Peer, peer_id)
-            return None if row is None else _peer_record(row)
+            return None if row is None else row.to_record()
 
     def list_peers(self) -> list[PeerRecord]:
         """All known peers, most recently seen first."""
         with self._reading("list peers") as s:
             rows = s.scalars(select(Peer).order_by(Peer.last_seen.desc(), Peer.peer_id))
-            return [_peer_record(r) for r in rows]
+            return [r.to_record() for r in rows]
 
     # -- pins ----------------------------------------------------------------
 
@@ -533,13 +479,13 @@ class Catalog:
             if state in ("pinned", "failed"):
                 row.attempts = (row.attempts or 0) + 1
             s.flush()
-            return _pin_record(row)
+            return row.to_record()
 
     def pins_for(self, cid: str) -> list[PinRecord]:
         """Pin rows of one CID, by backend name."""
         with self._reading(f"list pins of {cid}") as s:
             rows = s.scalars(select(Pin).where(Pin.cid == cid).order_by(Pin.backend))
-            return [_pin_record(r) for r in rows]
+            return [r.to_record() for r in rows]
 
     def pins(self, state: str | None = None) -> list[PinRecord]:
         """All pin rows (optionally in one state), most recently updated first."""
@@ -550,7 +496,7 @@ class Catalog:
             stmt = stmt.where(Pin.state == state)
         with self._reading("list pins") as s:
             rows = s.scalars(stmt.order_by(Pin.updated_at.desc(), Pin.cid, Pin.backend))
-            return [_pin_record(r) for r in rows]
+            return [r.to_record() for r in rows]
 
     def delete_pin(self, cid: str, backend: str) -> bool:
         """Forget the pin row of ``cid`` on ``backend``; return whether one existed."""

@@ -10,11 +10,12 @@ again. Timestamps are stored as naive UTC text by SQLite and always handed
 back as timezone-aware UTC :class:`~datetime.datetime` objects.
 
 The ORM classes stay inside :mod:`fedstore.catalog`; callers get the plain
-dataclasses of :mod:`fedstore.catalog.records`.
+dataclasses of :mod:`fedstore.catalog.records` (``row.to_record()``).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from fedstore.catalog.records import AnnouncementRecord, CheckpointRecord, PeerRecord, PinRecord
 
 __all__ = [
     "CHECKPOINT_STATUSES",
@@ -120,6 +123,20 @@ class Checkpoint(Base):
         String(16), nullable=False, default="ok", server_default=text("'ok'")
     )
 
+    def to_record(self) -> CheckpointRecord:
+        return CheckpointRecord(
+            round=self.round,
+            cid=self.cid,
+            cid_version=self.cid_version,
+            codec=self.codec,
+            raw_size=self.raw_size,
+            stored_size=self.stored_size,
+            created_at=self.created_at,
+            created_by=self.created_by,
+            path=self.path,
+            status=self.status,
+        )
+
 
 class Peer(Base):
     """A libp2p peer this node has heard of."""
@@ -132,6 +149,19 @@ class Peer(Base):
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     role: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    def to_record(self) -> PeerRecord:
+        try:
+            addrs = tuple(str(a) for a in json.loads(self.addrs))
+        except (ValueError, TypeError):
+            addrs = ()
+        return PeerRecord(
+            peer_id=self.peer_id,
+            addrs=addrs,
+            first_seen=self.first_seen,
+            last_seen=self.last_seen,
+            role=self.role,
+        )
 
 
 class Announcement(Base):
@@ -162,6 +192,17 @@ class Announcement(Base):
     )
     times_heard: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
 
+    def to_record(self) -> AnnouncementRecord:
+        return AnnouncementRecord(
+            round=self.round,
+            cid=self.cid,
+            sender_peer=self.sender_peer,
+            topic=self.topic,
+            received_at=self.received_at,
+            last_received_at=self.last_received_at,
+            times_heard=self.times_heard,
+        )
+
 
 class Pin(Base):
     """Where a CID is (to be) kept: one row per (CID, backend)."""
@@ -183,3 +224,15 @@ class Pin(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+
+    def to_record(self) -> PinRecord:
+        return PinRecord(
+            cid=self.cid,
+            backend=self.backend,
+            state=self.state,
+            backend_ref=self.backend_ref,
+            last_error=self.last_error,
+            attempts=self.attempts,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
