@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 __all__ = [
     "AnnouncementRecord",
@@ -115,5 +116,5 @@ class QueryResult:
     #: True when ``max_rows`` cut the result short.
     truncated: bool = False
 
-    def __iter__(self) -> Iterator[object]:
+    def __iter__(self) -> Iterator[Any]:
         return iter((self.columns, self.rows))
