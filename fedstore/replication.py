@@ -34,7 +34,7 @@ import trio
 
 from fedstore.backends.base import StorageBackend, StoredObject
 from fedstore.backends.chain import BackendChain
-from fedstore.backends.http import same_cid
+from fedstore.backends.streaming import same_cid
 from fedstore.cid import parse_cid
 from fedstore.errors import CIDMismatchError, FedstoreError, UnavailableError
 

@@ -12,21 +12,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedstore.backends.http import (
-    CidTap,
-    MultipartBody,
     RateLimiter,
     Redactor,
     RetryPolicy,
     Secret,
     error_from_response,
-    iter_source,
     parse_retry_after,
-    read_multipart,
-    same_cid,
     send,
-    stream_download,
     transport_error,
     with_retries,
+)
+from fedstore.backends.streaming import (
+    CidTap,
+    MultipartBody,
+    iter_source,
+    read_multipart,
+    same_cid,
+    stream_download,
 )
 from fedstore.cid import cid_of_bytes
 from fedstore.errors import (

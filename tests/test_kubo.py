@@ -14,7 +14,8 @@ from fedstore_kubo.testing import FakeKubo
 from pytest_httpx import HTTPXMock
 
 from fedstore.backends import BackendChain
-from fedstore.backends.http import RetryPolicy, read_multipart
+from fedstore.backends.http import RetryPolicy
+from fedstore.backends.streaming import read_multipart
 from fedstore.backends.testing import BackendConformance, sample_bytes
 from fedstore.cid import cid_of_bytes
 from fedstore.errors import (

@@ -15,7 +15,8 @@ from fedstore_pinata.testing import FakePinata
 from pytest_httpx import HTTPXMock
 
 from fedstore.backends import BackendChain
-from fedstore.backends.http import RetryPolicy, Secret, read_multipart
+from fedstore.backends.http import RetryPolicy, Secret
+from fedstore.backends.streaming import read_multipart
 from fedstore.backends.testing import BackendConformance, sample_bytes
 from fedstore.cid import cid_of_bytes
 from fedstore.errors import (

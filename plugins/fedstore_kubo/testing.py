@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from fedstore.backends.http import read_multipart
+from fedstore.backends.streaming import read_multipart
 from fedstore.cid import CidBuilder, DagParams, parse_cid
 from fedstore.errors import InvalidCIDError
 

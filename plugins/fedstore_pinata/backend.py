@@ -46,19 +46,21 @@ import httpx
 
 from fedstore.backends import Health, Source, StorageBackend, StoredObject
 from fedstore.backends.http import (
-    DEFAULT_CHUNK_SIZE,
-    CidTap,
     HeaderAuth,
-    MultipartBody,
     RateLimiter,
     Redactor,
     RetryPolicy,
     default_timeout,
-    same_cid,
     send,
+    with_retries,
+)
+from fedstore.backends.streaming import (
+    DEFAULT_CHUNK_SIZE,
+    CidTap,
+    MultipartBody,
+    same_cid,
     source_size,
     stream_download,
-    with_retries,
 )
 from fedstore.cid import parse_cid
 from fedstore.errors import (

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import trio
 
-from fedstore.backends.http import read_multipart
+from fedstore.backends.streaming import read_multipart
 from fedstore.cid import CidBuilder, DagParams, parse_cid
 from fedstore.errors import InvalidCIDError
 

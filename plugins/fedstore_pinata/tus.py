@@ -26,15 +26,8 @@ from urllib.parse import urljoin
 
 import httpx
 
-from fedstore.backends.http import (
-    CidTap,
-    Classifier,
-    RateLimiter,
-    RetryPolicy,
-    iter_source,
-    send,
-    with_retries,
-)
+from fedstore.backends.http import Classifier, RateLimiter, RetryPolicy, send, with_retries
+from fedstore.backends.streaming import CidTap, iter_source
 from fedstore.errors import BackendError, RateLimitedError, UnavailableError
 
 __all__ = ["TUS_VERSION", "encode_metadata", "tus_upload"]
