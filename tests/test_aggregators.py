@@ -138,9 +138,7 @@ def test_rejects_inconsistent_inputs() -> None:
     )
 )
 def test_results_lie_within_coordinate_bounds(rows: list[tuple[int, list[float]]]) -> None:
-    ups = [
-        Update(f"p{i:02d}", n, {"x": np.array(v, np.float32)}) for i, (n, v) in enumerate(rows)
-    ]
+    ups = [Update(f"p{i:02d}", n, {"x": np.array(v, np.float32)}) for i, (n, v) in enumerate(rows)]
     stacked = np.stack([u.arrays["x"] for u in ups])
     lo, hi = stacked.min(axis=0), stacked.max(axis=0)
     for name in AGGREGATORS:

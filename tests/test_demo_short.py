@@ -15,11 +15,30 @@ def test_short_federation_demo(tmp_path: Path) -> None:
     env = dict(os.environ, COLUMNS="200")
     proc = subprocess.run(
         [
-            sys.executable, "-m", "fedstore", "demo",
-            "--rounds", "3", "--trainers", "3", "--late-trainer", "3", "--late-round", "3",
-            "--plain", "--out", str(out), "--timeout", "150",
+            sys.executable,
+            "-m",
+            "fedstore",
+            "demo",
+            "--rounds",
+            "3",
+            "--trainers",
+            "3",
+            "--late-trainer",
+            "3",
+            "--late-round",
+            "3",
+            "--plain",
+            "--out",
+            str(out),
+            "--timeout",
+            "150",
         ],
-        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path, check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "trainer 3 comes online" in proc.stdout

@@ -79,7 +79,11 @@ def test_same_cid_in_another_process(updates: list[Update], tmp_path: Path) -> N
     env = dict(os.environ, PYTHONHASHSEED="12345", OPENBLAS_NUM_THREADS="2")
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     there = json.loads(proc.stdout)

@@ -92,10 +92,18 @@ GOOD_UPDATE = {"round": 1, "sender": "p", "num_samples": 5}
         (_raw(1, {**GOOD_UPDATE, "metrics": {"loss": "high"}}, b"x"), "malformed"),
         (_raw(1, {**GOOD_UPDATE, "metrics": {"bad name": 1}}, b"x"), "malformed"),
         (_raw(2, {"round": 1}), "malformed"),
-        (_raw(3, {"round": 1, "cid": CID_A, "aggregator": "a", "status": "ok", "reason": ""}),
-         "malformed"),
-        (_raw(3, {"round": 1, "cid": CID_A, "aggregator": "a", "status": "complete",
-                  "reason": ""}, b"payload"), "malformed"),
+        (
+            _raw(3, {"round": 1, "cid": CID_A, "aggregator": "a", "status": "ok", "reason": ""}),
+            "malformed",
+        ),
+        (
+            _raw(
+                3,
+                {"round": 1, "cid": CID_A, "aggregator": "a", "status": "complete", "reason": ""},
+                b"payload",
+            ),
+            "malformed",
+        ),
     ],
 )
 def test_rejects_malformed(data: bytes, reason: str) -> None:
@@ -117,9 +125,7 @@ def test_rejects_duplicate_keys_nan_and_oversize() -> None:
     with pytest.raises(MessageError) as exc:
         decode_message(b"FSFL" + b"\x00" * MAX_MESSAGE_BYTES)
     assert exc.value.reason == "oversized"
-    big = struct.pack(">4sBBH", b"FSFL", 1, 1, MAX_HEADER_BYTES + 1) + b" " * (
-        MAX_HEADER_BYTES + 1
-    )
+    big = struct.pack(">4sBBH", b"FSFL", 1, 1, MAX_HEADER_BYTES + 1) + b" " * (MAX_HEADER_BYTES + 1)
     with pytest.raises(MessageError, match="header length"):
         decode_message(big)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,14 +34,16 @@ def shift_trainer(delta: float, samples: int = 10):  # type: ignore[no-untyped-d
     """A stand-in training function: adds ``delta`` to every weight."""
 
     def train(arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int):  # type: ignore[no-untyped-def]
-        return {k: (v + np.float32(delta)).astype(v.dtype) for k, v in arrays.items()}, samples, {
-            "delta": delta
-        }
+        return (
+            {k: (v + np.float32(delta)).astype(v.dtype) for k, v in arrays.items()},
+            samples,
+            {"delta": delta},
+        )
 
     return train
 
 
-FAST = dict(round_timeout=10.0, announce_interval=0.05, linger=0.2)
+FAST: dict[str, Any] = dict(round_timeout=10.0, announce_interval=0.05, linger=0.2)
 
 
 async def test_late_trainer_syncs_by_cid_and_everyone_ends_on_the_same_cid() -> None:
@@ -56,7 +59,9 @@ async def test_late_trainer_syncs_by_cid_and_everyone_ends_on_the_same_cid() -> 
     async def trainer(i: int, sink: list[Event] | None = None) -> None:
         peer = net.peer(f"trainer-{i}")
         results[i] = await run_trainer(
-            peer, task.trainer(i), TrainerSettings(idle_timeout=10),
+            peer,
+            task.trainer(i),
+            TrainerSettings(idle_timeout=10),
             on_event=(sink.append if sink is not None else lambda e: None),
         )
 
@@ -70,8 +75,11 @@ async def test_late_trainer_syncs_by_cid_and_everyone_ends_on_the_same_cid() -> 
         nursery.start_soon(trainer, 1)
         nursery.start_soon(trainer, 2)
         result = await run_aggregator(
-            net.peer("aggregator"), task.initial_arrays(), settings,
-            evaluate=task.evaluate, on_event=on_event,
+            net.peer("aggregator"),
+            task.initial_arrays(),
+            settings,
+            evaluate=task.evaluate,
+            on_event=on_event,
         )
 
     assert result.status == "complete" and result.final_round == 6
@@ -97,8 +105,13 @@ async def test_too_few_updates_is_reported_not_hung() -> None:
     net = FakeNetwork()
     events: list[Event] = []
     settings = AggregatorSettings(
-        rounds=3, quorum=QuorumSchedule(2), min_updates=2, round_timeout=0.3,
-        announce_interval=0.05, max_attempts=2, linger=0.2,
+        rounds=3,
+        quorum=QuorumSchedule(2),
+        min_updates=2,
+        round_timeout=0.3,
+        announce_interval=0.05,
+        max_attempts=2,
+        linger=0.2,
     )
     trainer_result = []
 
@@ -110,9 +123,7 @@ async def test_too_few_updates_is_reported_not_hung() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lone_trainer)
-            result = await run_aggregator(
-                net.peer("agg"), MODEL, settings, on_event=events.append
-            )
+            result = await run_aggregator(net.peer("agg"), MODEL, settings, on_event=events.append)
     assert result.status == "failed"
     assert result.final_round == 0
     assert "too few updates" in result.reason
@@ -126,8 +137,12 @@ async def test_partial_round_after_deadline_when_min_updates_met() -> None:
     net = FakeNetwork()
     events: list[Event] = []
     settings = AggregatorSettings(
-        rounds=1, quorum=QuorumSchedule(3), min_updates=2, round_timeout=0.3,
-        announce_interval=0.05, linger=0.1,
+        rounds=1,
+        quorum=QuorumSchedule(3),
+        min_updates=2,
+        round_timeout=0.3,
+        announce_interval=0.05,
+        linger=0.1,
     )
     async with trio.open_nursery() as nursery:
         for i, d in ((1, 1.0), (2, 3.0)):
@@ -178,12 +193,20 @@ async def test_bad_updates_are_rejected_and_counted() -> None:
 
     # quorum 3 is never met (two updates are bad), so the round runs to its deadline
     settings = AggregatorSettings(
-        rounds=1, quorum=QuorumSchedule(3), min_updates=2, round_timeout=0.5,
-        announce_interval=0.05, linger=0.1,
+        rounds=1,
+        quorum=QuorumSchedule(3),
+        min_updates=2,
+        round_timeout=0.5,
+        announce_interval=0.05,
+        linger=0.1,
     )
     async with trio.open_nursery() as nursery:
-        for name, fn in (("good1", shift_trainer(1.0)), ("good2", shift_trainer(3.0)),
-                         ("evil1", nan_trainer), ("evil2", wrong_shape)):
+        for name, fn in (
+            ("good1", shift_trainer(1.0)),
+            ("good2", shift_trainer(3.0)),
+            ("evil1", nan_trainer),
+            ("evil2", wrong_shape),
+        ):
             nursery.start_soon(run_trainer, net.peer(name), fn, TrainerSettings(idle_timeout=5))
         # a peer that publishes garbage and a spoofed update
         junk = net.peer("junk")
@@ -216,7 +239,9 @@ async def test_large_update_goes_by_cid() -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            run_trainer, net.peer("t1"), noisy,
+            run_trainer,
+            net.peer("t1"),
+            noisy,
             TrainerSettings(idle_timeout=5, inline_limit=64 * 1024),
         )
         await run_aggregator(net.peer("agg"), big, settings, on_event=events.append)
@@ -227,14 +252,13 @@ async def test_large_update_goes_by_cid() -> None:
 @pytest.mark.parametrize("strategy", ["median", "trimmed-mean"])
 async def test_robust_strategies_over_the_protocol(strategy: str) -> None:
     net = FakeNetwork()
-    settings = AggregatorSettings(
-        rounds=1, strategy=strategy, quorum=QuorumSchedule(3), **FAST
-    )
+    settings = AggregatorSettings(rounds=1, strategy=strategy, quorum=QuorumSchedule(3), **FAST)
     events: list[Event] = []
     async with trio.open_nursery() as nursery:
         for name, d in (("a", 1.0), ("b", 2.0), ("c", 1000.0)):
-            nursery.start_soon(run_trainer, net.peer(name), shift_trainer(d),
-                               TrainerSettings(idle_timeout=5))
+            nursery.start_soon(
+                run_trainer, net.peer(name), shift_trainer(d), TrainerSettings(idle_timeout=5)
+            )
         result = await run_aggregator(net.peer("agg"), MODEL, settings, on_event=events.append)
     from fedstore.format import decode
 
@@ -251,14 +275,16 @@ async def test_aggregator_resumes_from_head() -> None:
     net = FakeNetwork()
     settings = AggregatorSettings(rounds=2, quorum=QuorumSchedule(1), **FAST)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_trainer, net.peer("t"), shift_trainer(1.0),
-                           TrainerSettings(idle_timeout=5))
+        nursery.start_soon(
+            run_trainer, net.peer("t"), shift_trainer(1.0), TrainerSettings(idle_timeout=5)
+        )
         first = await run_aggregator(net.peer("agg"), MODEL, settings)
     settings4 = AggregatorSettings(rounds=4, quorum=QuorumSchedule(1), **FAST)
     events: list[Event] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_trainer, net.peer("t"), shift_trainer(1.0),
-                           TrainerSettings(idle_timeout=5))
+        nursery.start_soon(
+            run_trainer, net.peer("t"), shift_trainer(1.0), TrainerSettings(idle_timeout=5)
+        )
         second = await run_aggregator(net.peer("agg2"), MODEL, settings4, on_event=events.append)
     assert first.final_round == 2
     assert [e.round for e in events if isinstance(e, RoundClosed)] == [3, 4]

@@ -66,21 +66,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="trainer that starts late (default 3; 0: everyone from the start)",
     )
     g.add_argument(
-        "--late-round", type=int, default=5, metavar="R",
+        "--late-round",
+        type=int,
+        default=5,
+        metavar="R",
         help="first round the late trainer takes part in (default 5)",
     )
     g.add_argument(
-        "--out", type=Path, default=Path("fedstore-demo-report"),
+        "--out",
+        type=Path,
+        default=Path("fedstore-demo-report"),
         help="report directory (default ./fedstore-demo-report)",
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the data split and model")
     g.add_argument(
-        "--round-timeout", type=float, default=30.0,
+        "--round-timeout",
+        type=float,
+        default=30.0,
         help="seconds a round waits for its quorum (default 30)",
     )
-    g.add_argument(
-        "--timeout", type=float, default=300.0, help="give up after this many seconds"
-    )
+    g.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     g.add_argument("--keep", action="store_true", help="keep the temporary node directories")
     g.add_argument("--plain", action="store_true", help="plain line output instead of a live view")
 
@@ -159,21 +164,35 @@ async def _lines(stream: trio.abc.ReceiveStream) -> Any:
 
 def _worker_argv(args: argparse.Namespace, proc: Proc, tmp: Path, quorum: str) -> list[str]:
     argv = [
-        sys.executable, "-m", "fedstore.federation.worker", proc.role,
-        "--data-dir", str(tmp / proc.name),
-        "--fs-root", str(tmp / "objects"),
-        "--backends", args.backends,
-        "--trainers", str(args.trainers),
-        "--seed", str(args.seed),
-        "--log-level", "WARNING",
+        sys.executable,
+        "-m",
+        "fedstore.federation.worker",
+        proc.role,
+        "--data-dir",
+        str(tmp / proc.name),
+        "--fs-root",
+        str(tmp / "objects"),
+        "--backends",
+        args.backends,
+        "--trainers",
+        str(args.trainers),
+        "--seed",
+        str(args.seed),
+        "--log-level",
+        "WARNING",
     ]
     if proc.role == "aggregator":
         argv += [
-            "--rounds", str(args.rounds),
-            "--aggregator", args.aggregator,
-            "--quorum", quorum,
-            "--min-updates", "1",
-            "--round-timeout", str(args.round_timeout),
+            "--rounds",
+            str(args.rounds),
+            "--aggregator",
+            args.aggregator,
+            "--quorum",
+            quorum,
+            "--min-updates",
+            "1",
+            "--round-timeout",
+            str(args.round_timeout),
         ]
     else:
         argv += ["--index", str(proc.index), "--idle-timeout", "60", "--go-from-stdin"]
@@ -216,9 +235,15 @@ def _render(state: DemoState) -> Any:
         f"{a.rounds} rounds · {elapsed:4.1f}s"
     )
     rounds = Table(title=title, title_justify="left", expand=False)
-    for col, just in (("round", "right"), ("participants", "left"), ("test acc", "right"),
-                      ("centralised", "right"), ("CID", "left"), ("stored", "right"),
-                      ("time", "right")):
+    for col, just in (
+        ("round", "right"),
+        ("participants", "left"),
+        ("test acc", "right"),
+        ("centralised", "right"),
+        ("CID", "left"),
+        ("stored", "right"),
+        ("time", "right"),
+    ):
         rounds.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in state.rounds:
         cen = state.centralised[r.round - 1] if len(state.centralised) >= r.round else None
@@ -235,7 +260,11 @@ def _render(state: DemoState) -> Any:
         rounds.add_row(
             str(state.open_round),
             Text(f"{state.open_updates}/{state.open_quorum} updates…", style="dim"),
-            "", "", "", "", "",
+            "",
+            "",
+            "",
+            "",
+            "",
         )
     peers = Table(show_header=True, expand=False, box=None)
     peers.add_column("process")
@@ -243,15 +272,20 @@ def _render(state: DemoState) -> Any:
     peers.add_column("state")
     for p in state.procs.values():
         style = {"done": "green", "failed": "red", "offline": "dim"}.get(p.state, "")
-        peers.add_row(p.name, p.peer_id[-12:] if p.peer_id else "-",
-                      Text(f"{p.state} {p.detail}".strip(), style=style))
+        peers.add_row(
+            p.name,
+            p.peer_id[-12:] if p.peer_id else "-",
+            Text(f"{p.state} {p.detail}".strip(), style=style),
+        )
     return Group(rounds, peers)
 
 
 # -- event handling -----------------------------------------------------------------------
 
 
-def _on_event(state: DemoState, proc: Proc, ev: dict[str, Any], plain: Callable[[str], None]) -> None:
+def _on_event(
+    state: DemoState, proc: Proc, ev: dict[str, Any], plain: Callable[[str], None]
+) -> None:
     kind = ev.get("event")
     if kind == "waiting":
         proc.state, proc.detail = "offline", "(process up, no node yet)"
@@ -314,12 +348,18 @@ async def _run_proc(
 ) -> None:
     assert proc.log_path is not None
     proc.state = "starting"
-    with open(proc.log_path, "wb") as log:
+    log = await trio.to_thread.run_sync(proc.log_path.open, "wb")
+    with log:
         async with trio.open_nursery() as nursery:
             p = await nursery.start(
                 partial(
-                    trio.run_process, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=log, env=_child_env(), check=False,
+                    trio.run_process,
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env=_child_env(),
+                    check=False,
                 )
             )
             proc.process = p
@@ -475,9 +515,7 @@ def _summary(state: DemoState, tmp: Path, wall: float) -> Any:
         late_trainer=late,
         late_round=args.late_round if late else None,
         final_cid=str(done.get("final_cid", "")),
-        peer_final_cids={
-            p.name: p.final_cid for p in state.procs.values() if p.final_cid
-        },
+        peer_final_cids={p.name: p.final_cid for p in state.procs.values() if p.final_cid},
         centralised_final=state.centralised[-1] if state.centralised else 0.0,
         wall_seconds=wall,
         status=str(done.get("status", "failed")),
@@ -508,8 +546,9 @@ async def _main(args: argparse.Namespace) -> int:
     (tmp / "logs").mkdir()
     procs = {"aggregator": Proc("aggregator", "aggregator", log_path=tmp / "logs/aggregator.log")}
     for i in range(1, args.trainers + 1):
-        procs[f"trainer-{i}"] = Proc(f"trainer-{i}", "trainer", i,
-                                     log_path=tmp / f"logs/trainer-{i}.log")
+        procs[f"trainer-{i}"] = Proc(
+            f"trainer-{i}", "trainer", i, log_path=tmp / f"logs/trainer-{i}.log"
+        )
     state = DemoState(args, procs, time.monotonic())
 
     def plain(msg: str) -> None:
@@ -582,8 +621,10 @@ def _finish(state: DemoState, tmp: Path, wall: float, console: Any) -> int:
     missed = [k for k, v in doc["targets"].items() if not v]
     if missed:
         console.print(f"[yellow]targets not met:[/yellow] {', '.join(missed)}")
-    console.print(f"report: {args.out.resolve()} ({', '.join(p.name for p in paths.values())})",
-                  highlight=False)
+    console.print(
+        f"report: {args.out.resolve()} ({', '.join(p.name for p in paths.values())})",
+        highlight=False,
+    )
     return 0 if ok else 1
 
 

@@ -54,7 +54,11 @@ from fedstore.federation.roles import (
     TrainerSettings,
     TrainFn,
     _noop,
+)
+from fedstore.federation.roles import (
     run_aggregator as _run_aggregator_loop,
+)
+from fedstore.federation.roles import (
     run_trainer as _run_trainer_loop,
 )
 

@@ -272,7 +272,7 @@ def _metrics(v: object) -> dict[str, float]:
     if not isinstance(v, dict) or len(v) > MAX_METRICS:
         raise MessageError(f"metrics must be an object of at most {MAX_METRICS} entries")
     out: dict[str, float] = {}
-    for k, val in v.items():
+    for k in v:
         if not METRIC_NAME_RE.fullmatch(k):
             raise MessageError(f"bad metric name {k!r:.70}")
         out[k] = _float(v, k, -1e300, 1e300)
@@ -342,8 +342,16 @@ def _decode_update(h: dict[str, Any], payload: bytes) -> UpdateMessage:
 def _decode_round(h: dict[str, Any]) -> RoundOpen:
     _keys(
         h,
-        {"round", "base_round", "base_cid", "aggregator", "quorum", "deadline", "attempt",
-         "received"},
+        {
+            "round",
+            "base_round",
+            "base_cid",
+            "aggregator",
+            "quorum",
+            "deadline",
+            "attempt",
+            "received",
+        },
         set(),
     )
     rnd = _int(h, "round", 1, MAX_ROUND)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import closing
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,16 +118,28 @@ def plot_accuracy(summary: RunSummary, path: Path, centralised: Sequence[float])
     fig = Figure(figsize=(7.0, 4.2), dpi=110)
     ax = fig.subplots()
     rounds = [r.round for r in summary.rounds]
-    ax.plot(rounds, [r.accuracy for r in summary.rounds], marker="o", label=(
-        f"federated ({summary.strategy}, {summary.num_trainers} trainers)"
-    ))
+    ax.plot(
+        rounds,
+        [r.accuracy for r in summary.rounds],
+        marker="o",
+        label=(f"federated ({summary.strategy}, {summary.num_trainers} trainers)"),
+    )
     if centralised:
         xs = list(range(1, len(centralised) + 1))
-        ax.plot(xs, list(centralised), linestyle="--", color="grey",
-                label="centralised, same data and epochs")
+        ax.plot(
+            xs,
+            list(centralised),
+            linestyle="--",
+            color="grey",
+            label="centralised, same data and epochs",
+        )
     if summary.late_trainer and summary.late_round:
-        ax.axvline(summary.late_round - 0.5, linestyle=":", color="tab:red",
-                   label=f"trainer {summary.late_trainer} joins")
+        ax.axvline(
+            summary.late_round - 0.5,
+            linestyle=":",
+            color="tab:red",
+            label=f"trainer {summary.late_trainer} joins",
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.0, 1.0)

@@ -199,9 +199,7 @@ class QuorumSchedule:
                 start, count = p.split(":")
                 changes.append((int(start), int(count)))
         except (IndexError, ValueError):
-            raise ValueError(
-                f"bad quorum {text!r}: expected N or N,ROUND:M (e.g. 2,5:3)"
-            ) from None
+            raise ValueError(f"bad quorum {text!r}: expected N or N,ROUND:M (e.g. 2,5:3)") from None
         if default < 1 or any(s < 1 or c < 1 for s, c in changes):
             raise ValueError(f"bad quorum {text!r}: counts and rounds must be >= 1")
         return cls(default, tuple(sorted(changes)))
@@ -359,13 +357,35 @@ class _Collector:
         update = Update(msg.sender, msg.num_samples, arrays, dict(msg.metrics))
         if v.offer(update, round=msg.round, transport_sender=sender):
             self.digests[msg.sender] = digest
-            self.on_event(UpdateAccepted(msg.round, msg.sender, msg.num_samples, msg.cid is not None))
+            self.on_event(
+                UpdateAccepted(msg.round, msg.sender, msg.num_samples, msg.cid is not None)
+            )
 
     def _max_decoded(self) -> int:
         total = 0
         for spec in self.v.spec.tensors.values():
             total += math.prod(spec.shape) * int(np.dtype(spec.dtype).itemsize)
         return total + 64 * 1024 + MAX_HEADER_BYTES
+
+
+def _announcement(
+    me: str, rnd: int, attempt: int, base_cid: str, quorum: int, validator: RoundValidator
+) -> Callable[[float], RoundOpen]:
+    """The ROUND message of an open round, given the seconds left (senders read live)."""
+
+    def announce(left: float) -> RoundOpen:
+        return RoundOpen(
+            round=rnd,
+            base_round=rnd - 1,
+            base_cid=base_cid,
+            aggregator=me,
+            quorum=quorum,
+            deadline=left,
+            attempt=attempt,
+            received=tuple(validator.senders),
+        )
+
+    return announce
 
 
 async def _collect_round(
@@ -420,9 +440,7 @@ async def run_aggregator(
     async with peer.messages() as inbox:
         head = await peer.head()
         if head is None:
-            rec = await peer.save_global(
-                0, initial, {**settings.metadata, "fedstore.round": "0"}
-            )
+            rec = await peer.save_global(0, initial, {**settings.metadata, "fedstore.round": "0"})
             base_round, base_cid = 0, rec.cid
             bytes_stored += rec.size
         else:
@@ -444,25 +462,11 @@ async def run_aggregator(
                 collector = _Collector(peer, validator, base_cid, settings, on_event)
                 on_event(RoundOpened(rnd, attempt, base_cid, quorum))
 
-                def announce(
-                    left: float, _r: int = rnd, _a: int = attempt, _v: RoundValidator = validator
-                ) -> RoundOpen:
-                    return RoundOpen(
-                        round=_r,
-                        base_round=_r - 1,
-                        base_cid=base_cid,
-                        aggregator=peer.peer_id,
-                        quorum=quorum,
-                        deadline=left,
-                        attempt=_a,
-                        received=tuple(_v.senders),
-                    )
-
                 await _collect_round(
                     peer,
                     inbox,
                     collector,
-                    announce,
+                    _announcement(peer.peer_id, rnd, attempt, base_cid, quorum, validator),
                     quorum,
                     started + settings.round_timeout,
                     settings.announce_interval,
@@ -486,9 +490,7 @@ async def run_aggregator(
                 )
                 rec = await peer.save_global(rnd, arrays, meta)
                 bytes_stored += rec.size
-                metrics = (
-                    dict(await trio.to_thread.run_sync(evaluate, arrays)) if evaluate else {}
-                )
+                metrics = dict(await trio.to_thread.run_sync(evaluate, arrays)) if evaluate else {}
                 closed = RoundClosed(
                     round=rnd,
                     participants=tuple(validator.senders),
@@ -589,8 +591,12 @@ async def run_trainer(
             if isinstance(msg, UpdateMessage):
                 continue
             if msg.aggregator != sender:
-                log.warning("dropping %s signed by %s on behalf of %s",
-                            type(msg).__name__, sender, msg.aggregator)
+                log.warning(
+                    "dropping %s signed by %s on behalf of %s",
+                    type(msg).__name__,
+                    sender,
+                    msg.aggregator,
+                )
                 continue
             if aggregator is None:
                 aggregator = sender
@@ -601,9 +607,7 @@ async def run_trainer(
                     arrays = await peer.load_global(msg.round, msg.cid)
                     current = (msg.round, msg.cid)
                     on_event(TrainerSynced(msg.round, msg.cid))
-                return TrainerResult(
-                    msg.status, msg.round, msg.cid, tuple(trained), msg.reason
-                )
+                return TrainerResult(msg.status, msg.round, msg.cid, tuple(trained), msg.reason)
             # RoundOpen
             if last is not None and msg.round == last[0]:
                 if me not in msg.received and (
@@ -653,8 +657,17 @@ async def _make_update(
             log.debug("metric %r not sent (bad name, not finite, or too many)", k)
     payload = await trio.to_thread.run_sync(encode_tensors, dict(arrays), None)
     if len(payload) + MAX_HEADER_BYTES <= settings.inline_limit:
-        return UpdateMessage(rnd.round, peer.peer_id, num_samples, payload,
-                             base_cid=rnd.base_cid, metrics=clean)
+        return UpdateMessage(
+            rnd.round, peer.peer_id, num_samples, payload, base_cid=rnd.base_cid, metrics=clean
+        )
     cid = await peer.put_blob(payload)
-    return UpdateMessage(rnd.round, peer.peer_id, num_samples, b"", cid, len(payload),
-                         base_cid=rnd.base_cid, metrics=clean)
+    return UpdateMessage(
+        rnd.round,
+        peer.peer_id,
+        num_samples,
+        b"",
+        cid,
+        len(payload),
+        base_cid=rnd.base_cid,
+        metrics=clean,
+    )

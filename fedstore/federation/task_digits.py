@@ -170,11 +170,13 @@ def init_model(cfg: DigitsConfig | None = None) -> Arrays:
     h = cfg.hidden
     return {
         "hidden.bias": np.zeros(h, np.float32),
-        "hidden.weight": (rng.standard_normal((NUM_FEATURES, h)) * np.sqrt(2.0 / NUM_FEATURES))
-        .astype(np.float32),
+        "hidden.weight": (
+            rng.standard_normal((NUM_FEATURES, h)) * np.sqrt(2.0 / NUM_FEATURES)
+        ).astype(np.float32),
         "output.bias": np.zeros(NUM_CLASSES, np.float32),
-        "output.weight": (rng.standard_normal((h, NUM_CLASSES)) * np.sqrt(1.0 / h))
-        .astype(np.float32),
+        "output.weight": (rng.standard_normal((h, NUM_CLASSES)) * np.sqrt(1.0 / h)).astype(
+            np.float32
+        ),
     }
 
 

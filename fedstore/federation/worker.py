@@ -43,6 +43,10 @@ def _event_sink(ev: Any) -> None:
     _emit(d)
 
 
+def _read_line() -> str:
+    return sys.stdin.readline()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fedstore.federation.worker")
     p.add_argument("role", choices=["aggregator", "trainer"])
@@ -99,7 +103,8 @@ async def _run(args: argparse.Namespace) -> int:
     task = await trio.to_thread.run_sync(_task, args)
     if args.go_from_stdin:
         _emit({"event": "waiting", "role": args.role})
-        line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        # trio-stubs (trio_typing) predates abandon_on_cancel; trio 0.35 has it
+        line = await trio.to_thread.run_sync(_read_line, abandon_on_cancel=True)  # type: ignore[call-arg]
         word, _, addr = line.strip().partition(" ")
         if word != "GO":
             _emit({"event": "error", "message": "stdin closed before GO"})
@@ -116,8 +121,14 @@ async def _run(args: argparse.Namespace) -> int:
         settings=settings,
     )
     async with open_node(cfg) as node:
-        _emit({"event": "ready", "role": args.role, "peer_id": node.peer_id,
-               "addr": node.addrs()[0] if node.addrs() else ""})
+        _emit(
+            {
+                "event": "ready",
+                "role": args.role,
+                "peer_id": node.peer_id,
+                "addr": node.addrs()[0] if node.addrs() else "",
+            }
+        )
         peer = NodePeer(node)
         if args.role == "aggregator":
             meta = {
@@ -139,23 +150,40 @@ async def _run(args: argparse.Namespace) -> int:
                 on_event=_event_sink,
             )
             head = await node.head()
-            _emit({"event": "done", "status": result.status, "final_round": result.final_round,
-                   "final_cid": result.final_cid, "rejections": dict(result.rejections),
-                   "local_head": list(head) if head else None, "reason": result.reason})
+            _emit(
+                {
+                    "event": "done",
+                    "status": result.status,
+                    "final_round": result.final_round,
+                    "final_cid": result.final_cid,
+                    "rejections": dict(result.rejections),
+                    "local_head": list(head) if head else None,
+                    "reason": result.reason,
+                }
+            )
             return 0 if result.status == "complete" else 1
         await node.wait_for_peers(1, timeout=30.0)
         tres = await run_trainer(
             peer,
             task.trainer(args.index),
-            TrainerSettings(idle_timeout=args.idle_timeout,
-                            inline_limit=min(peer.inline_limit, 1 << 20)),
+            TrainerSettings(
+                idle_timeout=args.idle_timeout, inline_limit=min(peer.inline_limit, 1 << 20)
+            ),
             on_event=_event_sink,
         )
         head = await node.head()
-        _emit({"event": "done", "status": tres.status, "final_round": tres.final_round,
-               "final_cid": tres.final_cid, "rounds_trained": list(tres.rounds_trained),
-               "local_head": list(head) if head else None, "reason": tres.reason,
-               "class_counts": task.class_counts(args.index)})
+        _emit(
+            {
+                "event": "done",
+                "status": tres.status,
+                "final_round": tres.final_round,
+                "final_cid": tres.final_cid,
+                "rounds_trained": list(tres.rounds_trained),
+                "local_head": list(head) if head else None,
+                "reason": tres.reason,
+                "class_counts": task.class_counts(args.index),
+            }
+        )
         return 0 if tres.status == "complete" else 1
 
 
