@@ -165,9 +165,7 @@ class BlockStore:
 
     # -- whole files ---------------------------------------------------------------------
 
-    def put_file(
-        self, source: BytesLike | os.PathLike[str] | str, params: DagParams
-    ) -> DagSummary:
+    def put_file(self, source: BytesLike | os.PathLike[str] | str, params: DagParams) -> DagSummary:
         """Store every block of *source*'s DAG (Kubo-identical CID), then mark it complete."""
 
         def sink(cid: bytes, block: bytes) -> None:

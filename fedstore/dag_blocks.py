@@ -142,9 +142,7 @@ def write_dag_blocks(
         leaves.append(link)
         size += n
         count += 1
-    root, tree = balanced_layout(
-        leaves, max_links=params.max_links, cid_version=params.cid_version
-    )
+    root, tree = balanced_layout(leaves, max_links=params.max_links, cid_version=params.cid_version)
     for cid, block in iter_internal_blocks(tree):
         sink(cid, block)
         count += 1

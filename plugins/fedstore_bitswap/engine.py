@@ -214,8 +214,8 @@ class _ResponseSender:
         try:
             while await stream.read(65536):
                 pass
-        except Exception:
-            pass
+        except Exception as exc:
+            log.debug("response stream to %s closed: %r", self.peer, exc)
         if self._stream is stream:
             self._stream = None
         await _close_quietly(stream)
@@ -225,8 +225,8 @@ class _ResponseSender:
             self._stream = None
         try:
             await stream.reset()
-        except Exception:
-            pass
+        except Exception as exc:
+            log.debug("reset of response stream to %s failed: %r", self.peer, exc)
 
     async def close(self) -> None:
         self.closed = True
@@ -238,8 +238,8 @@ class _ResponseSender:
 async def _close_quietly(stream: INetStream) -> None:
     try:
         await stream.close()
-    except Exception:
-        pass
+    except Exception as exc:
+        log.debug("stream close failed: %r", exc)
 
 
 class _PeerServer:
@@ -276,12 +276,23 @@ class FedstoreBitswapClient(BitswapClient):
         self._budget = ByteBudget(self.limits.max_serving_bytes)
         self._recent_wants: OrderedDict[bytes, None] = OrderedDict()
         self.serve_stats = ServeStats()
+        self._stats_changed = trio.Event()
 
     # -- peers ---------------------------------------------------------------------------
 
     @property
     def serving_budget(self) -> ByteBudget:
         return self._budget
+
+    def _stats_updated(self) -> None:
+        self._stats_changed.set()
+        self._stats_changed = trio.Event()
+
+    async def wait_serve_stats(self, predicate: Callable[[ServeStats], bool]) -> ServeStats:
+        """Wait (without polling) until *predicate(serve_stats)* holds; wrap in a timeout."""
+        while not predicate(self.serve_stats):
+            await self._stats_changed.wait()
+        return self.serve_stats
 
     def bitswap_peers(self) -> list[ID]:
         """Connected peers that may speak bitswap (per Identify, when it has answered)."""
@@ -466,6 +477,7 @@ class FedstoreBitswapClient(BitswapClient):
                 continue
             elif len(server.queue) >= limit:
                 self.serve_stats.wants_refused += 1
+                self._stats_updated()
                 if entry.sendDontHave:
                     presences.append((cid_bytes, False))
             else:
@@ -482,6 +494,7 @@ class FedstoreBitswapClient(BitswapClient):
         msg = create_message(block_presences=presences)
         if await server.sender.send(msg):
             self.serve_stats.presences_sent += len(presences)
+            self._stats_updated()
 
     def _spawn_workers(self, server: _PeerServer) -> None:
         nursery = self._nursery
@@ -516,6 +529,7 @@ class FedstoreBitswapClient(BitswapClient):
                             else:
                                 self.serve_stats.send_failures += 1
                                 server.queue.clear()  # the peer is gone or not reading
+                            self._stats_updated()
                 if data is None and send_dont_have:
                     await self._send_presences(server, [(cid_bytes, False)])
         finally:

@@ -106,7 +106,16 @@ class _Node:
 
 
 class _Want:
-    __slots__ = ("asked", "avoid", "cid_bytes", "dont_have", "dont_have_at", "local_checked", "peer", "sent_at")
+    __slots__ = (
+        "asked",
+        "avoid",
+        "cid_bytes",
+        "dont_have",
+        "dont_have_at",
+        "local_checked",
+        "peer",
+        "sent_at",
+    )
 
     def __init__(self, cid_bytes: bytes) -> None:
         self.cid_bytes = cid_bytes
@@ -354,7 +363,9 @@ class DagFetch:
                 node.data = self._arrived.pop(node.digest, None)
             if node.data is None:
                 est = self._estimate(node)
-                if count and (used + est > limits.window_bytes or count >= limits.max_window_blocks):
+                if count and (
+                    used + est > limits.window_bytes or count >= limits.max_window_blocks
+                ):
                     break
                 used += est
                 count += 1
@@ -387,7 +398,9 @@ class DagFetch:
         depth = node.depth + 1
         if depth > MAX_DEPTH:
             raise FormatError(f"DAG under {self.root} is deeper than {MAX_DEPTH} levels")
-        children: list[_Node | None] = [_Node(link.cid, link.tsize, depth) for link in decoded.links]
+        children: list[_Node | None] = [
+            _Node(link.cid, link.tsize, depth) for link in decoded.links
+        ]
         if decoded.data:
             children.insert(0, _Node.literal(decoded.data))
         order[i : i + 1] = children

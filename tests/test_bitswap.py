@@ -1,0 +1,311 @@
+"""The bitswap backend across in-process libp2p hosts on 127.0.0.1.
+
+Covers: multi-peer fetch of multi-block files (and the chain's verification),
+serving fetched files onwards, a peer that sends wrong blocks being dropped,
+a peer leaving mid-transfer, NotFound, the serving bounds, interop with a
+plain py-libp2p BitswapClient in both directions, and the node-only rule.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import pytest
+import trio
+from fedstore_bitswap import BitswapBackend, BitswapLimits, BitswapService, attach
+from libp2p import new_host
+from libp2p.bitswap import BitswapClient, MemoryBlockStore
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.tools.utils import connect
+
+from fedstore.backends.chain import BackendChain
+from fedstore.backends.registry import load_backend
+from fedstore.backends.testing import BackendConformance
+from fedstore.cid import DagParams, cid_of_bytes, parse_cid
+from fedstore.dag_blocks import write_dag_blocks
+from fedstore.errors import NotConfiguredError, NotFoundError
+
+LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+CHUNK = 262144
+
+
+def make_host() -> Any:
+    key_pair = create_new_key_pair()
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise})
+
+
+@dataclass
+class Node:
+    host: Any
+    service: BitswapService
+
+    @property
+    def backend(self) -> BitswapBackend:
+        return BitswapBackend(self.service)
+
+    @property
+    def id(self) -> Any:
+        return self.host.get_id()
+
+
+async def start_nodes(
+    stack: AsyncExitStack, tmp: Path, n: int, limits: Sequence[BitswapLimits | None] = ()
+) -> list[Node]:
+    nodes = []
+    for i in range(n):
+        host = make_host()
+        await stack.enter_async_context(host.run(LOOPBACK))
+        lim = limits[i] if i < len(limits) else None
+        service = await stack.enter_async_context(attach(host, tmp / f"node{i}", limits=lim))
+        nodes.append(Node(host, service))
+    return nodes
+
+
+def payload(n: int) -> bytes:
+    return os.urandom(n)
+
+
+# -- the rule: only inside a node ----------------------------------------------------------
+
+
+def test_backend_outside_a_node_is_not_configured() -> None:
+    with pytest.raises(NotConfiguredError, match="only inside a running fedstore node"):
+        load_backend("bitswap", {})
+
+
+async def test_backend_found_by_data_dir(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, b = await start_nodes(stack, tmp_path, 2)
+        backend = load_backend("bitswap", {"CHECKPOINT_DIR": str(tmp_path / "node1")})
+        assert isinstance(backend, BitswapBackend) and backend.service is b.service
+        with pytest.raises(NotConfiguredError, match="CHECKPOINT_DIR"):
+            load_backend("bitswap", {})  # two nodes run here: ambiguous
+
+
+# -- the contract, on a single node (local block store only) ---------------------------------
+
+
+class TestConformance(BackendConformance):
+    @pytest.fixture
+    async def backend(self, tmp_path: Path) -> AsyncIterator[BitswapBackend]:
+        host = make_host()
+        async with host.run(LOOPBACK), attach(host, tmp_path / "solo") as service:
+            backend = BitswapBackend(service)
+            yield backend
+            await backend.aclose()
+
+
+# -- fetching across peers ----------------------------------------------------------------
+
+
+async def test_fetch_from_two_peers_at_once(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        limits = BitswapLimits(per_peer_inflight=2)
+        a, b, c = await start_nodes(stack, tmp_path, 3, [None, None, limits])
+        data = payload(12 * CHUNK + 100)
+        for holder in (a, b):
+            stored = await holder.backend.add(data, cid_version=0)
+        assert stored.cid == cid_of_bytes(data, 0)
+        await connect(c.host, a.host)
+        await connect(c.host, b.host)
+
+        chain = BackendChain([c.backend])
+        assert await chain.fetch_bytes(stored.cid) == data  # the chain re-verifies the file
+
+        stats = c.service.last_fetch
+        assert stats is not None and stats.complete
+        served = stats.blocks_by_peer
+        assert set(served) == {str(a.id), str(b.id)}, served
+        assert all(count >= 2 for count in served.values()), served
+        assert not stats.dropped
+        # the fetched file is kept and marked complete in C's block store
+        assert await c.backend.has(stored.cid)
+
+
+async def test_fetched_file_is_served_onwards(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, b, c = await start_nodes(stack, tmp_path, 3)
+        data = payload(5 * CHUNK + 1)
+        cid = (await a.backend.add(data, cid_version=1)).cid
+        await connect(b.host, a.host)
+        assert await BackendChain([b.backend]).fetch_bytes(cid) == data
+        await b.host.disconnect(a.id)
+        await connect(c.host, b.host)  # C only knows B, which only fetched the file
+        assert await BackendChain([c.backend]).fetch_bytes(cid) == data
+        assert c.service.last_fetch is not None
+        assert set(c.service.last_fetch.blocks_by_peer) == {str(b.id)}
+
+
+async def test_big_chunks_and_raw_leaves(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, c = await start_nodes(stack, tmp_path, 2)
+        data = payload(3 * 1024 * 1024 + 5)
+        params = DagParams.unixfs_v1_2025()  # 1 MiB raw leaves, above py-libp2p's 512 KiB default
+        summary = await a.service.add(data, params)
+        assert summary.cid == cid_of_bytes(data, params=params)
+        await connect(c.host, a.host)
+        assert await BackendChain([c.backend]).fetch_bytes(summary.cid) == data
+
+
+async def test_local_file_needs_no_peer(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        (a,) = await start_nodes(stack, tmp_path, 1)
+        data = payload(4 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+        assert await BackendChain([a.backend]).fetch_bytes(cid) == data
+        stats = a.service.last_fetch
+        assert stats is not None and stats.blocks_local == stats.blocks and not stats.blocks_by_peer
+
+
+async def test_not_found_when_no_peer_has_it(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, c = await start_nodes(stack, tmp_path, 2)
+        missing = cid_of_bytes(payload(1000))
+        with pytest.raises(NotFoundError, match="no connected peer"):
+            await BackendChain([c.backend]).fetch_bytes(missing)
+        await connect(c.host, a.host)
+        with trio.fail_after(10):  # answered by DONT_HAVE, not by the root timeout
+            with pytest.raises(NotFoundError):
+                await BackendChain([c.backend]).fetch_bytes(missing)
+
+
+# -- misbehaving and departing peers ------------------------------------------------------
+
+
+async def test_peer_sending_wrong_blocks_is_dropped(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, c = await start_nodes(stack, tmp_path, 2)
+        data = payload(10 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+
+        # E runs plain py-libp2p bitswap with a store that lies: the right root
+        # block, but garbage under every leaf CID (MemoryBlockStore checks nothing).
+        evil_host = make_host()
+        await stack.enter_async_context(evil_host.run(LOOPBACK))
+        evil_store = MemoryBlockStore()
+        blocks: list[tuple[bytes, bytes]] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: blocks.append((c_, b_)))
+        for cid_bytes, block in blocks:
+            is_root = cid_bytes == bytes(parse_cid(cid))
+            await evil_store.put_block(cid_bytes, block if is_root else os.urandom(len(block)))
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        evil = BitswapClient(evil_host, evil_store)
+        evil.set_nursery(nursery)
+        await evil.start()
+        stack.callback(nursery.cancel_scope.cancel)
+        stack.push_async_callback(evil.stop)
+
+        await connect(c.host, evil_host)
+        await connect(c.host, a.host)
+        assert await BackendChain([c.backend]).fetch_bytes(cid) == data
+        stats = c.service.last_fetch
+        assert stats is not None
+        assert str(evil_host.get_id()) in stats.dropped, stats
+        assert stats.blocks_by_peer.get(str(a.id), 0) >= 9  # A made up for E's garbage
+
+
+async def test_peer_leaving_mid_transfer(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        small_window = BitswapLimits(window_bytes=4 * CHUNK, per_peer_inflight=2)
+        a, b, c = await start_nodes(stack, tmp_path, 3, [None, None, small_window])
+        data = payload(24 * CHUNK + 3)
+        cid = (await a.backend.add(data)).cid
+        await b.backend.add(data)
+        await connect(c.host, a.host)
+        await connect(c.host, b.host)
+
+        received = bytearray()
+        left = False
+        async for chunk in c.backend.fetch(cid):
+            received += chunk
+            if not left and len(received) >= 2 * CHUNK:
+                left = True
+                await a.host.disconnect(c.id)  # A goes away with requests outstanding
+        assert bytes(received) == data
+        stats = c.service.last_fetch
+        assert stats is not None and stats.complete
+        from_a = stats.blocks_by_peer.get(str(a.id), 0)
+        from_b = stats.blocks_by_peer.get(str(b.id), 0)
+        assert 1 <= from_a < 25 and from_b >= 25 - from_a - 1, stats.blocks_by_peer
+
+
+# -- serving bounds -------------------------------------------------------------------------
+
+
+async def test_greedy_peer_is_bounded(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        bounded = BitswapLimits(
+            max_requests_per_peer=2,
+            max_queued_wants_per_peer=8,
+            max_serving_bytes=2 * 1024 * 1024,
+        )
+        a, greedy, polite = await start_nodes(stack, tmp_path, 3, [bounded])
+        data = payload(40 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+        leaves: list[bytes] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: leaves.append(c_))
+        leaves = leaves[:-1]  # 40 leaf CIDs (the last block is the root)
+        await connect(greedy.host, a.host)
+        await connect(polite.host, a.host)
+
+        # the greedy peer asks for all 40 leaves in one wantlist message
+        greedy.service.engine.send_wants(a.id, leaves, have=False)
+        stats = a.service.engine.serve_stats
+        with trio.fail_after(10):
+            await a.service.engine.wait_serve_stats(
+                lambda st: st.blocks_served + st.wants_refused >= 40
+            )
+        assert stats.wants_refused == 40 - 8  # beyond the queue bound: DONT_HAVE
+        assert stats.blocks_served == 8
+        assert stats.peak_active_per_peer <= 2
+        assert a.service.engine.serving_budget.peak <= 2 * 1024 * 1024
+
+        # meanwhile a polite peer still gets the whole file
+        assert await BackendChain([polite.backend]).fetch_bytes(cid) == data
+        assert stats.peak_active_per_peer <= 2
+
+
+async def test_want_have_is_answered_with_a_presence(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, c = await start_nodes(stack, tmp_path, 2)
+        cid = (await a.backend.add(payload(1000))).cid
+        await connect(c.host, a.host)
+        c.service.engine.send_wants(a.id, [bytes(parse_cid(cid))], have=True)
+        stats = a.service.engine.serve_stats
+        with trio.fail_after(10):
+            await a.service.engine.wait_serve_stats(lambda st: st.presences_sent >= 1)
+        assert stats.blocks_served == 0  # HAVE, not the block (py-libp2p sends the block)
+
+
+# -- interop with plain py-libp2p -----------------------------------------------------------
+
+
+async def test_plain_py_libp2p_client_fetches_from_us(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        (a,) = await start_nodes(stack, tmp_path, 1)
+        data = payload(3 * CHUNK)
+        await a.backend.add(data)
+        blocks: list[tuple[bytes, bytes]] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: blocks.append((c_, b_)))
+
+        host = make_host()
+        await stack.enter_async_context(host.run(LOOPBACK))
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        client = BitswapClient(host, MemoryBlockStore())
+        client.set_nursery(nursery)
+        await client.start()
+        stack.callback(nursery.cancel_scope.cancel)
+        stack.push_async_callback(client.stop)
+        await connect(host, a.host)
+        got = await client.new_session().get_blocks_batch([c_ for c_, _ in blocks], timeout=20)
+        assert got == dict(blocks)
