@@ -63,6 +63,15 @@ class Output:
         "SYNCED": "Synced to {}",
         "DROPPED": "Dropped bad input {}",
         "ERROR": "Error: {}",
+        "LOADED": "Loaded round:cid:tensors:parameters {}",
+        "FETCHED": "Fetched and verified {}",
+        "PRUNED": "Pruned rounds: {}",
+        "ROUNDS": "Local rounds: {}",
+        "CID": "  {}",
+        "PEERS": "{} peer(s)",
+        "ADVERTIZED": "Nothing to advertize: no local checkpoint ({})",
+        "EXIT": "Stopped ({} failed command(s)).",
+        "READY": "",
     }
 
     def __init__(self, machine: bool, stream: IO[str] | None = None, role: str = "") -> None:
@@ -82,7 +91,9 @@ class Output:
         if key == "LISTENING" and self._role == "bootstrap":
             self._write(f"Bootstrap address: {text}")
             return
-        self._write(self._HUMAN.get(key, key.title() + ": {}").format(text))
+        template = self._HUMAN.get(key, key.title().replace("_", " ") + ": {}")
+        if template:
+            self._write(template.format(text))
 
     def message(self, topic: str, sender: str, data: bytes) -> None:
         if self.machine:
