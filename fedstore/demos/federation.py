@@ -540,7 +540,7 @@ async def _main(args: argparse.Namespace) -> int:
         raise ConfigError("--rounds and --trainers must be at least 1")
     if args.late_trainer and args.late_round > args.rounds:
         raise ConfigError(f"--late-round {args.late_round} is after the last round {args.rounds}")
-    console = Console()
+    console = Console(soft_wrap=True)
     live_view = console.is_terminal and not args.plain
     tmp = Path(tempfile.mkdtemp(prefix="fedstore-demo-"))
     (tmp / "logs").mkdir()
