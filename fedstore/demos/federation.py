@@ -538,6 +538,8 @@ async def _main(args: argparse.Namespace) -> int:
 
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
+    if args.trainers == 1 and args.late_trainer == 1:
+        raise ConfigError("a late trainer needs another trainer for the rounds before it joins")
     if args.late_trainer and args.late_round > args.rounds:
         raise ConfigError(f"--late-round {args.late_round} is after the last round {args.rounds}")
     console = Console(soft_wrap=True)
