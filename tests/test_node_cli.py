@@ -104,3 +104,13 @@ def test_selftest_part_a_reports_full_pass(
     assert rc == 0, out
     assert "✗" not in out
     assert "(100.0%)" in out
+
+
+def test_node_doc_lists_every_command_and_variable() -> None:
+    from fedstore.config import VARIABLES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "NODE.md").read_text()
+    missing = [f"`{c.usage.split()[0]}" for c in COMMANDS.values()]
+    missing = [m for m in missing if m not in doc]
+    missing += [v.name for v in VARIABLES if f"`{v.name}`" not in doc]
+    assert missing == []
