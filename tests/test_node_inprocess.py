@@ -236,3 +236,40 @@ async def test_wait_for_peers_is_event_driven(tmp_path: Path, count: int) -> Non
         assert sorted(result[0]) == sorted([x.peer_id, y.peer_id])
         with pytest.raises(Exception, match="fewer than 5"):
             await hub.wait_for_peers(5, timeout=0.3)
+
+
+async def test_periodic_reannounce_reaches_a_peer_that_missed_it(tmp_path: Path) -> None:
+    async with cluster(tmp_path, ["a", "b"], reannounce_interval=0.2) as ((a, b), (_, eb)):
+        rec = await a.store.save(4, weights(4))  # stored, never announced explicitly
+        await a.replicate(rec)
+        await connect_all_to_first([a, b])
+        assert await eb.wait("HEARD") == f"4:{rec.cid}:{a.peer_id}"
+        anns = await b.catalog.announcements(round=4)
+        assert ANNOUNCE_TOPIC in {x.topic for x in anns}
+
+
+async def test_auto_sync_fetches_new_rounds(tmp_path: Path) -> None:
+    async with cluster(tmp_path, ["a", "b"], auto_sync=True) as ((a, b), (_, eb)):
+        await connect_all_to_first([a, b])
+        rec = await a.save_checkpoint(6, weights(6))
+        assert await eb.wait("SYNCED", lambda v: v.startswith("6:")) == f"6:{rec.cid}"
+        assert await b.head() == (6, rec.cid)
+
+
+async def test_unfetchable_announcement_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    ghost = cid_of_bytes(b"stored nowhere")
+    async with cluster(tmp_path, ["a", "b"]) as ((a, b), (_, eb)):
+        await a.join(TRAINING_TOPIC)
+        await b.join(TRAINING_TOPIC)
+        await connect_all_to_first([a, b], TRAINING_TOPIC)
+        await b.host.wait_for_mesh(a.peer_id, ANNOUNCE_TOPIC)
+        await a.announce(7, ghost)
+        await eb.wait("HEARD")
+        assert await b.sync() is None
+        assert "sync: 1 candidate(s) failed" in (await eb.wait("ERROR"))
+        # a reference to an object nobody stored is dropped as fetch_failed
+        from fedstore.p2p.messages import encode_reference
+
+        await a.host.publish(TRAINING_TOPIC, encode_reference(ghost, 10))
+        assert await eb.wait("DROPPED", lambda v: ":fetch_failed:" in v)
+        assert [v for v in eb.values("RECEIVED") if v.startswith(TRAINING_TOPIC)] == []
