@@ -29,7 +29,7 @@ from fedstore.format import (
     inspect,
 )
 from fedstore.format.container import FIXED, FIXED_HEADER_SIZE
-from fedstore.format.shuffle import shuffle_into, unshuffle_into
+from fedstore.format.shuffle import BLOCK_ELEMENTS, shuffle_into, unshuffle_into
 
 DTYPES = [
     np.bool_,
@@ -249,6 +249,23 @@ def test_shuffle_helpers_are_inverse() -> None:
         back = np.empty_like(src)
         unshuffle_into(back, buf)
         assert back.tobytes() == src.tobytes()
+
+
+def test_shuffle_works_in_blocks_and_large_tensors_round_trip() -> None:
+    n = 2 * BLOCK_ELEMENTS + 12_345  # two full blocks and a partial one
+    src = np.random.default_rng(6).normal(0, 0.05, n).astype(np.float32)
+    buf = np.empty(src.nbytes, np.uint8)
+    shuffle_into(buf, src)
+    raw = src.view(np.uint8)
+    block = BLOCK_ELEMENTS * 4
+    # block 1, plane 3 holds byte 3 of elements [B, 2B)
+    plane = buf[block + 3 * BLOCK_ELEMENTS : block + 4 * BLOCK_ELEMENTS]
+    assert plane.tobytes() == raw[block + 3 : 2 * block : 4].tobytes()
+    # the last, partial block: plane 0 holds byte 0 of the trailing elements
+    tail = buf[2 * block : 2 * block + 12_345]
+    assert tail.tobytes() == raw[2 * block :: 4].tobytes()
+    arrays = {"big": src, "matrix": src[: 3 * BLOCK_ELEMENTS // 4].reshape(-1, 4)}
+    assert_same_arrays(arrays, decode(encode(arrays)).arrays)
 
 
 def test_inspect_reports_header_tensors_and_metadata() -> None:

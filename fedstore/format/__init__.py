@@ -16,8 +16,9 @@ Layout of a checkpoint (version 1)::
     one zstd frame            decompresses to exactly `raw size` bytes:
         u64 N                 safetensors header length
         N bytes               safetensors header (the tensor index), canonical JSON
-        tensor data           each tensor's bytes, byte-shuffled if flag SHUFFLE
-                              is set and its itemsize is > 1
+        tensor data           each tensor's bytes; if flag SHUFFLE is set, those of
+                              tensors with itemsize > 1 are byte-shuffled in blocks
+                              of 2**20 elements (see fedstore.format.shuffle)
 
 The decompressed payload is a genuine safetensors file once the shuffle is
 undone (with the flag clear it is one as is), and the container is nothing
@@ -32,9 +33,12 @@ Guarantees:
 * Never pickle; decode only ever builds numpy arrays of a fixed set of
   dtypes (bool, u/int 8-64, float 16/32/64) from validated byte ranges.
 * Deterministic encoding: same arrays and metadata give the same bytes, in
-  any process (tensor order, metadata order, byte order and zstd parameters
-  are all fixed; zstd runs single-threaded). Decode refuses non-canonical
-  encodings, so a checkpoint has exactly one encoding and one CID.
+  any process (tensor order, metadata order, byte order, the chunks fed to
+  zstd and its parameters are all fixed; zstd runs single-threaded). Decode
+  refuses non-canonical headers and indexes, so the container around a given
+  zstd frame has exactly one form. (Byte-identical output across *versions*
+  of the bundled libzstd is not promised by zstd; pin ``zstandard`` where
+  CIDs must be reproduced years later.)
 * Bounded decode: the declared raw size is checked against the cap
   (``max_decoded_size``, $FEDSTORE_MAX_CHECKPOINT_BYTES, default 8 GiB) and
   against the zstd frame's own content size before any decompression, and

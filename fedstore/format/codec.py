@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +20,9 @@ from fedstore.format.container import (
     parse_header,
     resolve_max_decoded_size,
 )
-from fedstore.format.shuffle import read_unshuffled, shuffle_into
+from fedstore.format.shuffle import iter_shuffled, read_unshuffled
 from fedstore.format.tensor_index import MAX_INDEX_BYTES, TensorEntry, parse_index, plan
-from fedstore.format.zstd_frame import FrameReader, check_frame, compress
+from fedstore.format.zstd_frame import FrameReader, check_frame, compress_after_prefix
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,24 +138,25 @@ def encode(
     metadata_json = canonical_metadata(metadata)
     entries, sources, index = plan(arrays)
     do_shuffle = shuffle and any(e.dtype.itemsize > 1 for e in entries)
-    data_start = len(index)
-    raw_size = data_start + (entries[-1].end if entries else 0)
-    payload = np.empty(raw_size, dtype=np.uint8)
-    payload[:data_start] = np.frombuffer(index, dtype=np.uint8)
-    for entry, source in zip(entries, sources, strict=True):
-        dst = payload[data_start + entry.begin : data_start + entry.end]
-        if do_shuffle and entry.dtype.itemsize > 1:
-            shuffle_into(dst, source)
-        else:
-            dst[:] = source.reshape(-1).view(np.uint8)
-    frame = compress(payload)
-    header = pack_header(
-        flags=FLAG_SHUFFLE if do_shuffle else 0,
-        raw_size=raw_size,
-        frame_size=len(frame),
-        metadata_json=metadata_json,
-    )
-    return b"".join((header, frame))
+    raw_size = len(index) + (entries[-1].end if entries else 0)
+
+    def payload() -> Iterator[bytes | memoryview]:
+        yield index
+        for entry, source in zip(entries, sources, strict=True):
+            if do_shuffle and entry.dtype.itemsize > 1:
+                yield from iter_shuffled(source)
+            elif source.size:
+                yield source.reshape(-1).view(np.uint8).data
+
+    def header(frame_size: int) -> bytes:
+        return pack_header(
+            flags=FLAG_SHUFFLE if do_shuffle else 0,
+            raw_size=raw_size,
+            frame_size=frame_size,
+            metadata_json=metadata_json,
+        )
+
+    return compress_after_prefix(payload(), raw_size, len(header(0)), header)
 
 
 def decode(
