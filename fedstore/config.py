@@ -73,9 +73,7 @@ class Variable:
 VARIABLES: tuple[Variable, ...] = (
     # -- node -----------------------------------------------------------------------
     Variable("FEDSTORE_ROLE", "trainer", "node role: bootstrap or trainer (--role)"),
-    Variable(
-        "CHECKPOINT_DIR", "", "node data directory (--dir); default ./checkpoints_<role>"
-    ),
+    Variable("CHECKPOINT_DIR", "", "node data directory (--dir); default ./checkpoints_<role>"),
     Variable(
         "FEDSTORE_LISTEN",
         DEFAULT_LISTEN,
@@ -106,11 +104,14 @@ VARIABLES: tuple[Variable, ...] = (
         str(2 * 1024**3),
         "largest object (checkpoint or referenced update) a node fetches, bytes",
     ),
+    Variable(
+        "FEDSTORE_MAX_UPDATE_SIZE",
+        str(256 * 1024**2),
+        "largest payload a peer may send by reference on fed-learn (fetched into memory), bytes",
+    ),
     Variable("FEDSTORE_PEER_RATE", "20", "messages per second accepted from one peer"),
     Variable("FEDSTORE_PEER_BURST", "40", "burst of messages accepted from one peer"),
-    Variable(
-        "FEDSTORE_AUTO_SYNC", "false", "true: fetch every newer announced checkpoint at once"
-    ),
+    Variable("FEDSTORE_AUTO_SYNC", "false", "true: fetch every newer announced checkpoint at once"),
     Variable("FEDSTORE_ENV_FILE", "", "path of the .env file to read (--env-file)"),
     Variable("FEDSTORE_CONFIG", "", "path of the fedstore.toml file to read (--config)"),
     # -- storage backends -------------------------------------------------------------
@@ -282,6 +283,7 @@ class NodeConfig:
     connect_timeout: float = 10.0
     inline_limit: int = 786432
     max_fetch_size: int = 2 * 1024**3
+    max_update_size: int = 256 * 1024**2
     peer_rate: float = 20.0
     peer_burst: int = 40
     auto_sync: bool = False
@@ -344,6 +346,7 @@ def load_node_config(
         connect_timeout=_number(settings, "FEDSTORE_CONNECT_TIMEOUT", float, 0.1),
         inline_limit=inline_limit,
         max_fetch_size=_number(settings, "FEDSTORE_MAX_FETCH_SIZE", int, 1),
+        max_update_size=_number(settings, "FEDSTORE_MAX_UPDATE_SIZE", int, 1),
         peer_rate=_number(settings, "FEDSTORE_PEER_RATE", float, 0.001),
         peer_burst=_number(settings, "FEDSTORE_PEER_BURST", int, 1),
         auto_sync=parse_bool(settings.get("FEDSTORE_AUTO_SYNC", ""), name="FEDSTORE_AUTO_SYNC"),

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import trio
 
-from fedstore.config import NodeConfig
-from fedstore.errors import FedstoreError, NetworkError, ProtocolError
+from fedstore.config import MAX_INLINE_LIMIT, NodeConfig
+from fedstore.errors import FedstoreError, NetworkError, ProtocolError, SizeLimitError
 from fedstore.p2p.guard import DropCounters, PeerGuard
 from fedstore.p2p.headproto import HEAD_PROTOCOL, HeadServer, PeerHead, request_head
 from fedstore.p2p.host import GossipSettings, P2PHost, open_host
@@ -49,7 +49,7 @@ from fedstore.p2p.messages import (
     format_announcement,
 )
 from fedstore.p2p.sync import Claim, Head, Syncer, SyncOutcome
-from fedstore.p2p.topics import Subscription, TopicHub
+from fedstore.p2p.topics import Subscription, TopicHub, check_topic
 
 if TYPE_CHECKING:
     from fedstore.backends import BackendChain
@@ -72,6 +72,16 @@ _BOOTSTRAP_GIVE_UP = 60.0
 def payload_digest(data: bytes) -> str:
     """The 16-hex-digit SHA-256 prefix status lines use to identify a payload."""
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+#: Payloads up to this size are hashed on the event loop; larger ones in a thread.
+_INLINE_HASH = 1 << 20
+
+
+async def _digest(data: bytes) -> str:
+    if len(data) <= _INLINE_HASH:
+        return payload_digest(data)
+    return await trio.to_thread.run_sync(payload_digest, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +123,7 @@ class Node:
             guard=PeerGuard(config.peer_rate, config.peer_burst),
             counters=self.counters,
             inline_limit=config.inline_limit,
-            max_fetch_size=config.max_fetch_size,
+            max_reference_size=config.max_update_size,
             fetch=self._fetch_sized,
             on_announcement=self._heard,
             on_message=self._received,
@@ -258,10 +268,21 @@ class Node:
 
         On ``model-cids`` the bytes are sent verbatim (the compatibility
         format; use :meth:`announce` to send a validated announcement).
+        Raises :class:`~fedstore.errors.SizeLimitError` for payloads peers
+        would refuse (above ``max_update_size``, or above 1 MB verbatim on
+        ``model-cids``) instead of letting py-libp2p drop them silently.
         """
-        digest = payload_digest(data)
+        check_topic(topic)
+        if len(data) > self.config.max_update_size:
+            raise SizeLimitError(
+                f"{len(data)} bytes exceed FEDSTORE_MAX_UPDATE_SIZE={self.config.max_update_size}"
+                "; peers would refuse it"
+            )
+        digest = await _digest(data)
         cid = None
         if topic == ANNOUNCE_TOPIC:
+            if len(data) > MAX_INLINE_LIMIT:
+                raise SizeLimitError(f"{len(data)} bytes are too large for one pubsub message")
             wire = data
         elif len(data) <= self.config.inline_limit:
             wire = encode_inline(data, limit=self.config.inline_limit)
@@ -291,9 +312,18 @@ class Node:
         return head
 
     def _received(self, topic: str, sender: str, data: bytes) -> None:
-        self._emit("RECEIVED", f"{topic}:{sender}:{len(data)}:{payload_digest(data)}")
         if self._on_message is not None:
             self._on_message(topic, sender, data)
+        if self._on_event is None:
+            return
+        if len(data) <= _INLINE_HASH:
+            self._emit("RECEIVED", f"{topic}:{sender}:{len(data)}:{payload_digest(data)}")
+        else:  # hash large payloads off the event loop
+
+            async def emit_later() -> None:
+                self._emit("RECEIVED", f"{topic}:{sender}:{len(data)}:{await _digest(data)}")
+
+            self._nursery.start_soon(emit_later)
 
     async def _heard(self, sender: str, ann: Announcement) -> None:
         rec = await self.catalog.record_announcement(ann.round, ann.cid, sender, ANNOUNCE_TOPIC)

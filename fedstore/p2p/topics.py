@@ -38,7 +38,7 @@ from fedstore.p2p.messages import (
     parse_announcement,
 )
 
-__all__ = ["Subscription", "TopicHub", "TopicMessage"]
+__all__ = ["Subscription", "TopicHub", "TopicMessage", "check_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class TopicHub:
         guard: PeerGuard,
         counters: DropCounters,
         inline_limit: int,
-        max_fetch_size: int,
+        max_reference_size: int,
         fetch: FetchFn,
         on_announcement: AnnouncementFn,
         on_message: MessageFn | None = None,
@@ -127,7 +127,7 @@ class TopicHub:
         self._guard = guard
         self.counters = counters
         self._inline_limit = inline_limit
-        self._max_fetch_size = max_fetch_size
+        self._max_reference_size = max_reference_size
         self._fetch = fetch
         self._on_announcement = on_announcement
         self._on_message = on_message
@@ -143,7 +143,7 @@ class TopicHub:
 
     async def join(self, topic: str) -> bool:
         """Join *topic*; False if already joined."""
-        _check_topic(topic)
+        check_topic(topic)
         if topic in self._scopes:
             return False
         self._host.set_validator(topic, self._validator(topic))
@@ -169,7 +169,7 @@ class TopicHub:
         return True
 
     def subscribe(self, topic: str) -> Subscription:
-        _check_topic(topic)
+        check_topic(topic)
         return Subscription(self, topic)
 
     async def _add_subscriber(self, topic: str, send: trio.MemorySendChannel[TopicMessage]) -> None:
@@ -199,7 +199,7 @@ class TopicHub:
                     decode_envelope(
                         data,
                         inline_limit=self._inline_limit,
-                        max_reference_size=self._max_fetch_size,
+                        max_reference_size=self._max_reference_size,
                     )
             except WireFormatError as exc:
                 self._drop(topic, exc.reason, sender, str(exc))
@@ -228,7 +228,9 @@ class TopicHub:
             self._nursery.start_soon(self._announce_safely, msg.sender, ann)
             return
         env = decode_envelope(
-            msg.data, inline_limit=self._inline_limit, max_reference_size=self._max_fetch_size
+            msg.data,
+            inline_limit=self._inline_limit,
+            max_reference_size=self._max_reference_size,
         )
         if env.kind is EnvelopeKind.INLINE:
             self._deliver(topic, TopicMessage(msg.sender, env.data))
@@ -268,6 +270,7 @@ class TopicHub:
                 self._remove_subscriber(topic, send)
 
 
-def _check_topic(topic: str) -> None:
+def check_topic(topic: str) -> None:
+    """Raise ``ValueError`` unless *topic* is 1-128 printable characters without spaces."""
     if not topic or len(topic) > 128 or any(c.isspace() for c in topic) or not topic.isprintable():
         raise ValueError(f"invalid topic name {topic[:40]!r}: 1-128 printable, no spaces")
