@@ -346,6 +346,14 @@ def test_encode_rejects_bad_input(
         encode(arrays, metadata)  # type: ignore[arg-type]
 
 
+def test_bool_views_of_other_bytes_are_stored_as_zero_and_one() -> None:
+    odd = np.array([0, 1, 2, 255], dtype=np.uint8).view(np.bool_)
+    out = decode(encode({"m": odd})).arrays["m"]
+    assert out.tolist() == [False, True, True, True]
+    assert out.view(np.uint8).tolist() == [0, 1, 1, 1]
+    assert encode({"m": odd}) == encode({"m": np.array([False, True, True, True])})
+
+
 def test_encode_accepts_numpy_scalars_and_empty_checkpoints() -> None:
     ckpt = decode(encode({"s": np.float32(1.5)}))
     assert ckpt.arrays["s"].shape == () and ckpt.arrays["s"] == np.float32(1.5)

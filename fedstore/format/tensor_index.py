@@ -115,6 +115,8 @@ def canonical_array(name: str, value: object) -> np.ndarray:
             f"(supported: {SUPPORTED_DTYPES})"
         )
     arr = np.asarray(value).astype(dtype, copy=False)
+    if dtype.kind == "b" and arr.size and int(arr.view(np.uint8).max()) > 1:
+        arr = arr.view(np.uint8) != 0  # bool views of other bytes: store canonical 0/1
     if not arr.flags.c_contiguous:
         arr = arr.copy(order="C")
     return arr
