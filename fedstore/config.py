@@ -114,6 +114,17 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("FEDSTORE_AUTO_SYNC", "false", "true: fetch every newer announced checkpoint at once"),
     Variable("FEDSTORE_ENV_FILE", "", "path of the .env file to read (--env-file)"),
     Variable("FEDSTORE_CONFIG", "", "path of the fedstore.toml file to read (--config)"),
+    # -- store and catalog ------------------------------------------------------------
+    Variable(
+        "FEDSTORE_CATALOG_AUTO_UPGRADE",
+        "true",
+        "false: refuse to open a catalog with an older schema instead of upgrading it",
+    ),
+    Variable(
+        "FEDSTORE_MAX_CHECKPOINT_BYTES",
+        str(8 << 30),
+        "largest decoded checkpoint accepted (decompression-bomb guard), bytes",
+    ),
     # -- storage backends -------------------------------------------------------------
     Variable(
         "FEDSTORE_BACKENDS",
@@ -127,11 +138,31 @@ VARIABLES: tuple[Variable, ...] = (
         "filesystem backend root; default $XDG_DATA_HOME/fedstore/objects",
     ),
     Variable("XDG_DATA_HOME", "", "base of the filesystem backend's default root"),
+    Variable("FEDSTORE_HTTP_ATTEMPTS", "4", "attempts per request of the HTTP backends"),
+    Variable("FEDSTORE_HTTP_BACKOFF", "0.5", "first retry delay of the HTTP backends, seconds"),
     Variable("FEDSTORE_KUBO_API", "", "Kubo RPC API, e.g. http://127.0.0.1:5001"),
+    Variable("FEDSTORE_KUBO_TOKEN", "", "bearer token for a protected Kubo RPC API", secret=True),
+    Variable(
+        "FEDSTORE_KUBO_FETCH_TIMEOUT",
+        "0",
+        "seconds Kubo may search the network for a CID it lacks (0: local blocks only)",
+    ),
+    Variable("FEDSTORE_KUBO_PIN_TIMEOUT", "60", "seconds a Kubo pin may take"),
     Variable("IPFS_PATH", "", "Kubo repository (its 'api' file locates the daemon)"),
     Variable("PINATA_JWT", "", "Pinata API JWT (preferred credential)", secret=True),
     Variable("PINATA_API_KEY", "", "Pinata API key (with PINATA_API_SECRET)", secret=True),
     Variable("PINATA_API_SECRET", "", "Pinata API secret", secret=True),
+    Variable("PINATA_MODE", "", "v3 (default with a JWT) or legacy (default with a key pair)"),
+    Variable("PINATA_API_URL", "https://api.pinata.cloud", "Pinata API base URL"),
+    Variable("PINATA_UPLOAD_URL", "https://uploads.pinata.cloud", "Pinata upload base URL"),
+    Variable(
+        "PINATA_GATEWAY_URL", "", "dedicated gateway for downloads (https://<name>.mypinata.cloud)"
+    ),
+    Variable("PINATA_GATEWAY_TOKEN", "", "sent as x-pinata-gateway-token", secret=True),
+    Variable("PINATA_GROUP_ID", "", "optional v3 group for uploads"),
+    Variable("PINATA_RATE_LIMIT", "60", "client-side Pinata requests per minute (0: off)"),
+    Variable("PINATA_TUS_THRESHOLD", "94371840", "bytes above which uploads are resumable (TUS)"),
+    Variable("PINATA_TUS_CHUNK", str(50 * 1024 * 1024), "TUS upload chunk size, bytes"),
 )
 
 

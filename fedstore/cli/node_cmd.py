@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -416,6 +417,9 @@ def run(args: argparse.Namespace) -> int:
         "FEDSTORE_REANNOUNCE_INTERVAL": args.reannounce,
     }
     config = load_node_config(flags, env_file=args.env_file, toml_file=args.config)
+    # modules that read os.environ directly (catalog auto-upgrade, checkpoint size cap)
+    # see .env and fedstore.toml values too, with the same precedence
+    os.environ.update(config.settings)
     source: IO[str]
     if args.script:
         try:
