@@ -73,7 +73,7 @@ __all__ = [
     "block_prefix",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fedstore.backends.bitswap")
 
 BITSWAP_PROTOCOL_IDS = frozenset(str(p) for p in BITSWAP_PROTOCOLS)
 _PRESENCE_PROTOCOLS = frozenset({str(BITSWAP_PROTOCOL_V120), "/ipfs/bitswap/1.3.0"})

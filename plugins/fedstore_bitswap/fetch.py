@@ -56,7 +56,7 @@ from fedstore_bitswap.limits import BitswapLimits
 
 __all__ = ["DagFetch", "FetchStats"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fedstore.backends.bitswap")
 
 BACKEND = "bitswap"
 #: Size assumed for a block whose size is not known yet (Kubo's chunk size).
@@ -318,6 +318,16 @@ class DagFetch:
                     await self._changed.wait()
                 self._changed = trio.Event()
             self.stats.complete = True
+            log.info(
+                "bitswap fetched %s: %d bytes, %d blocks (%d local); from peers: %s%s",
+                self.root,
+                self.stats.bytes,
+                self.stats.blocks,
+                self.stats.blocks_local,
+                ", ".join(f"{p}={n}" for p, n in sorted(self.stats.blocks_by_peer.items()))
+                or "none",
+                self._dropped_note(),
+            )
             if self._all_stored:
                 await trio.to_thread.run_sync(
                     self._store.mark_file, str(self.root), self.stats.bytes, self._decoded

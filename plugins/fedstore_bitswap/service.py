@@ -39,7 +39,7 @@ from fedstore_bitswap.limits import BitswapLimits
 
 __all__ = ["BitswapService", "attach", "find_service", "running_services"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fedstore.backends.bitswap")
 
 _RUNNING: dict[str, BitswapService] = {}
 
