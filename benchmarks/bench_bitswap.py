@@ -31,6 +31,7 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import multiaddr
 import trio
@@ -41,7 +42,7 @@ from fedstore.cid import CidVerifier, DagParams
 READ = 4 * 1024 * 1024
 
 
-def _make_host() -> object:
+def _make_host() -> Any:
     from libp2p import new_host
     from libp2p.crypto.ed25519 import create_new_key_pair
     from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
@@ -58,14 +59,14 @@ def _make_host() -> object:
 async def serve(path: str, data_dir: str) -> None:
     from fedstore_bitswap import attach
 
-    host = _make_host()
-    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):  # type: ignore[attr-defined]
-        async with attach(host, data_dir) as service:
-            summary = await service.add(Path(path), DagParams.kubo(0))
-            addr = next(str(a) for a in host.get_addrs())  # type: ignore[attr-defined]
-            print(f"READY {summary.cid} {addr}", flush=True)
-            # serve until the parent closes our stdin
-            await trio.to_thread.run_sync(sys.stdin.read)
+    host: Any = _make_host()
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    async with host.run(listen), attach(host, data_dir) as service:
+        summary = await service.add(Path(path), DagParams.kubo(0))
+        addr = next(str(a) for a in host.get_addrs())
+        print(f"READY {summary.cid} {addr}", flush=True)
+        # serve until the parent closes our stdin
+        await trio.to_thread.run_sync(sys.stdin.read)
 
 
 # -- fetching side -------------------------------------------------------------------------
@@ -90,19 +91,16 @@ def disk_read_verify(path: Path, cid: str) -> float:
 
 
 async def fetch_once(cid: str, addrs: list[str], workdir: Path) -> tuple[float, dict[str, int]]:
+    from fedstore_bitswap import BitswapBackend, attach
     from libp2p.peer.peerinfo import info_from_p2p_addr
 
-    from fedstore_bitswap import BitswapBackend, attach
-
-    host = _make_host()
+    host: Any = _make_host()
     data_dir = Path(tempfile.mkdtemp(dir=workdir))
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(
-            host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")])  # type: ignore[attr-defined]
-        )
+        await stack.enter_async_context(host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]))
         service = await stack.enter_async_context(attach(host, data_dir))
         for addr in addrs:
-            await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))  # type: ignore[attr-defined]
+            await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
         chain = BackendChain([BitswapBackend(service)])
         start = time.perf_counter()
         await chain.fetch_to_file(cid, data_dir / "out.bin")
