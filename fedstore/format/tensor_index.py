@@ -29,7 +29,7 @@ from fedstore.errors import FormatError
 
 MAX_NAME_BYTES = 1024
 MAX_NDIM = 32
-MAX_INDEX_BYTES = 64 << 20
+MAX_INDEX_BYTES = 16 << 20
 MAX_ELEMENTS = 1 << 53
 RESERVED_NAME = "__metadata__"
 

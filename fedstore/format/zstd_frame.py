@@ -1,10 +1,12 @@
 """The zstd layer: fixed compression parameters, frame checks, a bounded reader.
 
 Compression is deliberately deterministic: explicit parameters (ZSTD_PARAMS),
-single-threaded (``threads=0``; zstd's multi-threaded mode writes different
-frames), content size written, checksum written, no dictionary. The output then only
-depends on the input bytes and the libzstd version bundled with the
-``zstandard`` package.
+content size written, checksum written, no dictionary, single-threaded
+(``threads=0``). zstd's multi-threaded mode would also be deterministic (its
+frames are the same for any worker count) but writes different frames from
+single-threaded mode, and measured no faster on a busy two-core machine. The
+frame then only depends on the chunks fed in and the libzstd version bundled
+with the ``zstandard`` package.
 
 Before anything is decompressed, :func:`check_frame` walks the frame's block
 headers (O(blocks), no decompression) to prove the frame is exactly as long
