@@ -330,6 +330,12 @@ class Node:
         if rec.times_heard == 1:
             self._emit("HEARD", f"{ann.round}:{ann.cid}:{sender}")
         if self.config.auto_sync:
+            await self._want_sync(ann.round)
+
+    async def _want_sync(self, round: int) -> None:
+        """Wake the auto-sync task if *round* is newer than the local head."""
+        head = await self.head()
+        if head is None or round > head.round:
             self._auto_sync_wanted.set()
 
     async def _fetch_sized(self, cid: str, size: int) -> bytes:
@@ -427,14 +433,16 @@ class Node:
                 self._emit("DISCONNECTED", peer)
 
     async def _greet(self, peer: str) -> None:
+        """Record a newly connected peer and ask it for its head."""
         try:
             await self.catalog.upsert_peer(peer, self.host.peer_addrs(peer) or None)
             head = await self._ask_head(peer)
+            if head is not None and self.config.auto_sync:
+                await self._want_sync(head.round)
         except FedstoreError as exc:
             log.warning("could not record peer %s: %s", peer, exc)
-            return
-        if head is not None and self.config.auto_sync:
-            self._auto_sync_wanted.set()
+        except Exception:  # one peer must never take the node down
+            log.exception("greeting peer %s failed", peer)
 
     async def _reannounce(self) -> None:
         interval = self.config.reannounce_interval
@@ -442,10 +450,13 @@ class Node:
             return
         while True:
             await trio.sleep(interval)
-            head = await self.head()
-            if head is not None and self.host.topic_peers(ANNOUNCE_TOPIC):
-                await self.host.publish(ANNOUNCE_TOPIC, format_announcement(*head))
-                log.debug("re-announced round %d", head.round)
+            try:
+                head = await self.head()
+                if head is not None and self.host.topic_peers(ANNOUNCE_TOPIC):
+                    await self.host.publish(ANNOUNCE_TOPIC, format_announcement(*head))
+                    log.debug("re-announced round %d", head.round)
+            except Exception as exc:  # try again next time
+                log.warning("re-announcement failed: %s", exc)
 
     async def _auto_sync(self) -> None:
         while True:

@@ -220,6 +220,9 @@ class TopicHub:
                     await self._dispatch(topic, msg)
                 except WireFormatError as exc:  # validators ran already; belt and braces
                     self._drop(topic, exc.reason, msg.sender, str(exc))
+                except Exception:  # a bug must not let one message stop the topic
+                    log.exception("handling a %s message from %s failed", topic, msg.sender)
+                    self._drop(topic, "internal_error", msg.sender)
 
     async def _dispatch(self, topic: str, msg: RawMessage) -> None:
         if topic == ANNOUNCE_TOPIC:
@@ -245,6 +248,8 @@ class TopicHub:
             log.warning(
                 "could not record announcement of round %d from %s: %s", ann.round, sender, exc
             )
+        except Exception:
+            log.exception("handling announcement of round %d from %s failed", ann.round, sender)
 
     async def _resolve(self, topic: str, sender: str, cid: str, size: int) -> None:
         async with self._fetch_limiter:
@@ -252,6 +257,10 @@ class TopicHub:
                 data = await self._fetch(cid, size)
             except FedstoreError as exc:
                 self._drop(topic, "fetch_failed", sender, f"{cid}: {exc}")
+                return
+            except Exception as exc:  # a backend bug must not take the node down
+                log.exception("fetching %s for %s failed", cid, topic)
+                self._drop(topic, "fetch_failed", sender, f"{cid}: {type(exc).__name__}")
                 return
         if len(data) != size:
             self._drop(topic, "size_mismatch", sender, f"{cid}: {len(data)} != {size}")
