@@ -108,3 +108,17 @@ def test_federation_meets_demo_targets_in_process(task: DigitsTask) -> None:
     assert central[-1]["accuracy"] >= 0.93
     assert fed >= 0.90
     assert central[-1]["accuracy"] - fed <= 0.03
+
+
+def test_fast_loader_matches_scikit_learn() -> None:
+    from sklearn.datasets import load_digits
+
+    from fedstore.federation.task_digits import load_digits_arrays, stratified_split
+
+    x, y = load_digits_arrays()
+    ref_x, ref_y = load_digits(return_X_y=True)
+    assert np.array_equal(x, ref_x) and np.array_equal(y, ref_y)
+    train, test = stratified_split(y, 0.25, seed=0)
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == len(y)
+    per_class = np.bincount(y[test], minlength=NUM_CLASSES) / np.bincount(y)
+    assert np.allclose(per_class, 0.25, atol=0.01)
