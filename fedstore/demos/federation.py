@@ -55,8 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--backends",
         default="filesystem",
-        help="storage backend chain, comma-separated (default: filesystem in a temp dir; "
-        "kubo/pinata are used when configured in the environment)",
+        help="storage backend chain, comma-separated (default: filesystem, with a shared "
+        "root in the temporary work dir; kubo and pinata use their usual settings)",
     )
     g.add_argument(
         "--late-trainer",

@@ -114,6 +114,7 @@ def plot_accuracy(summary: RunSummary, path: Path, centralised: Sequence[float])
 
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7.0, 4.2), dpi=110)
     ax = fig.subplots()
@@ -143,7 +144,7 @@ def plot_accuracy(summary: RunSummary, path: Path, centralised: Sequence[float])
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.0, 1.0)
-    ax.set_xticks(rounds or [0])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title("fedstore demo: digits, held-out test accuracy per round")
