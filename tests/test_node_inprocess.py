@@ -5,6 +5,7 @@ Every wait is on a node event with a deadline; nothing sleeps for a fixed time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
@@ -273,3 +274,33 @@ async def test_unfetchable_announcement_is_an_error_not_a_crash(tmp_path: Path) 
         await a.host.publish(TRAINING_TOPIC, encode_reference(ghost, 10))
         assert await eb.wait("DROPPED", lambda v: ":fetch_failed:" in v)
         assert [v for v in eb.values("RECEIVED") if v.startswith(TRAINING_TOPIC)] == []
+
+
+async def test_serve_node_with_nursery_start(tmp_path: Path) -> None:
+    from fedstore.node import serve_node
+
+    ev = Events()
+    async with trio.open_nursery() as nursery:
+        cfg = config(
+            tmp_path,
+            "s",
+            backends=("filesystem",),
+            settings={"FEDSTORE_FS_ROOT": str(tmp_path / "fs")},
+        )
+        node = await nursery.start(functools.partial(serve_node, cfg, on_event=ev))
+        assert isinstance(node, Node) and ev.values("PEER_ID") == [node.peer_id]
+        nursery.cancel_scope.cancel()
+
+
+async def test_startup_errors_are_clear(tmp_path: Path) -> None:
+    from fedstore.errors import ConfigError, NetworkError
+
+    chain = BackendChain([MemoryBackend()])
+    with pytest.raises(ConfigError, match="listen"):
+        async with open_node(config(tmp_path, "x", listen=("not-a-multiaddr",)), chain=chain):
+            pass
+    async with open_node(config(tmp_path, "y"), chain=chain) as node:
+        taken = node.host.transport_addrs()[0]
+        with pytest.raises(NetworkError, match="cannot listen"):
+            async with open_node(config(tmp_path, "z", listen=(taken,)), chain=chain):
+                pass

@@ -402,11 +402,30 @@ async def _stop_on_signals(scope: trio.CancelScope) -> None:
             return
 
 
+def _route_libp2p_logs() -> None:
+    """Show py-libp2p's own log lines only when fedstore logs at INFO or DEBUG.
+
+    py-libp2p logs routine events (a peer leaving while a stream opens) as
+    multi-line errors; fedstore's adapter turns the ones that matter into its
+    own errors and events, so at the default level they are noise.
+    """
+    ours = logging.getLogger("fedstore")
+    lib = logging.getLogger("libp2p")
+    if ours.getEffectiveLevel() <= logging.INFO:
+        lib.setLevel(ours.getEffectiveLevel())
+        lib.propagate = False
+        for handler in ours.handlers:
+            lib.addHandler(handler)
+    else:
+        lib.setLevel(logging.CRITICAL)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.node_log_level or args.node_log_json:
         from fedstore.logsetup import setup_logging
 
         setup_logging(args.node_log_level or "WARNING", json_lines=args.node_log_json)
+    _route_libp2p_logs()
     flags = {
         "FEDSTORE_ROLE": args.role,
         "CHECKPOINT_DIR": args.dir,

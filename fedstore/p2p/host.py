@@ -22,6 +22,7 @@ Settings chosen against py-libp2p's defaults (see the reference notes):
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -394,6 +395,32 @@ def _announce_factory(
     return factory
 
 
+def _check_port_free(maddr: multiaddr.Multiaddr) -> None:
+    """Refuse a fixed TCP port another process listens on.
+
+    py-libp2p binds listeners with SO_REUSEPORT (for hole punching), so a
+    second node on the same port would silently share it with the first and
+    the kernel would split incoming connections between them. A probe bind
+    without SO_REUSEPORT fails exactly when some socket listens there.
+    """
+    names = [p.name for p in maddr.protocols()]
+    if "tcp" not in names or not ({"ip4", "ip6"} & set(names)):
+        return
+    port = int(maddr.value_for_protocol("tcp"))
+    if port == 0:
+        return
+    family = socket.AF_INET6 if "ip6" in names else socket.AF_INET
+    ip = maddr.value_for_protocol("ip6" if "ip6" in names else "ip4")
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            probe.bind((ip, port))
+        except OSError as exc:
+            raise NetworkError(
+                f"cannot listen on {maddr}: {exc.strerror or exc} (is another node running?)"
+            ) from exc
+
+
 @asynccontextmanager
 async def open_host(
     identity: Identity,
@@ -416,6 +443,8 @@ async def open_host(
         raise ConfigError(f"bad listen multiaddr in {list(listen)!r}: {exc}") from exc
     if not listen_addrs:
         raise ConfigError("no listen address configured")
+    for maddr in listen_addrs:
+        _check_port_free(maddr)
     key_pair = identity.key_pair
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     host = new_host(
@@ -450,6 +479,10 @@ async def open_host(
         except Exception as exc:  # OSError, or libp2p's wrappers around it
             detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise NetworkError(f"cannot listen on {', '.join(listen)}: {detail}") from exc
+        if not host.get_transport_addrs():  # py-libp2p logs bind failures and carries on
+            raise NetworkError(
+                f"cannot listen on {', '.join(listen)}: address in use or not available"
+            )
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
