@@ -10,5 +10,13 @@ Modules:
 * :mod:`~fedstore.federation.messages` - the ``fed-learn`` wire format;
 * :mod:`~fedstore.federation.task_digits` - the built-in digits task (scikit-learn data,
   numpy model);
-* :mod:`~fedstore.federation.report` - the report directory of a run.
+* :mod:`~fedstore.federation.report` - the report directory of a run;
+* :mod:`~fedstore.federation.transport` - what the roles need from a peer
+  (:class:`~fedstore.federation.transport.FederationPeer`), implemented over a
+  node by :mod:`~fedstore.federation.nodepeer` and in memory by
+  :mod:`~fedstore.federation.fake` (tests);
+* :mod:`~fedstore.federation.worker` - one process of the demo
+  (``python -m fedstore.federation.worker``).
+
+See docs/FEDERATION.md.
 """
