@@ -32,7 +32,7 @@ from fedstore.backends.registry import load_backend
 from fedstore.backends.testing import BackendConformance
 from fedstore.cid import DagParams, cid_of_bytes, parse_cid
 from fedstore.dag_blocks import write_dag_blocks
-from fedstore.errors import NotConfiguredError, NotFoundError
+from fedstore.errors import FormatError, NotConfiguredError, NotFoundError, UnavailableError
 
 LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
 CHUNK = 262144
@@ -212,6 +212,22 @@ async def test_peer_sending_wrong_blocks_is_dropped(tmp_path: Path) -> None:
         assert stats is not None
         assert str(evil_host.get_id()) in stats.dropped, stats
         assert stats.blocks_by_peer.get(str(a.id), 0) >= 9  # A made up for E's garbage
+        # nothing E sent was kept: C's store holds exactly the file's blocks
+        assert c.service.store.count_blocks() == len(blocks)
+
+
+async def test_a_directory_is_refused(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, c = await start_nodes(stack, tmp_path, 2)
+        block = bytes.fromhex("0a020801")  # PBNode{Data: UnixFS{Type=Directory}}
+        empty_dir = parse_cid("QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn")
+        a.service.store.put_block(empty_dir.digest, block)
+        await connect(c.host, a.host)
+        with pytest.raises(FormatError, match="not a file"):
+            async for _ in c.backend.fetch(str(empty_dir)):
+                pass
+        with pytest.raises(UnavailableError, match="not a file"):  # as the chain reports it
+            await BackendChain([c.backend]).fetch_bytes(str(empty_dir))
 
 
 async def test_peer_leaving_mid_transfer(tmp_path: Path) -> None:
