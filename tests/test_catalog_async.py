@@ -65,3 +65,22 @@ async def test_async_methods_round_trip(tmp_path: Path) -> None:
         assert await acat.run(lambda c, r: c.get_checkpoint(r) is not None, 2)
         cols, rows = await acat.read_only_query("SELECT COUNT(*) AS n FROM round_history")
         assert cols == ("n",) and rows == [(2,)]
+
+
+async def test_several_catalogs_open_at_once_in_one_process(tmp_path: Path) -> None:
+    """Two nodes in one trio run open (and migrate) their catalogs concurrently."""
+    import trio
+
+    from fedstore.catalog import Catalog
+
+    opened: list[object] = []
+
+    async def open_one(i: int) -> None:
+        opened.append(await trio.to_thread.run_sync(Catalog.open, tmp_path / f"node{i}"))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(open_one, i)
+    assert len(opened) == 4
+    for i in range(4):
+        assert (tmp_path / f"node{i}" / "catalog.sqlite").exists()

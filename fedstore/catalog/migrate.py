@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -232,7 +233,19 @@ class UpgradeResult:
         return self.from_revision != self.to_revision
 
 
+#: Alembic keeps the running migration context in module-level proxies
+#: (``alembic.context``, ``alembic.op``), so two migrations in one process at
+#: once (two nodes opening their catalogs in worker threads) would trample each
+#: other. The file lock serialises processes; this serialises threads.
+_ALEMBIC_LOCK = threading.Lock()
+
+
 def _run_alembic_upgrade(db_path: Path, revision: str) -> None:
+    with _ALEMBIC_LOCK:
+        _run_alembic_upgrade_unlocked(db_path, revision)
+
+
+def _run_alembic_upgrade_unlocked(db_path: Path, revision: str) -> None:
     engine = make_engine(db_path, foreign_keys=False, pooled=False)
     try:
         with (
