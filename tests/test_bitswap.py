@@ -18,9 +18,12 @@ from typing import Any
 import multiaddr
 import pytest
 import trio
+import varint
 from fedstore_bitswap import BitswapBackend, BitswapLimits, BitswapService, attach
 from libp2p import new_host
 from libp2p.bitswap import BitswapClient, MemoryBlockStore
+from libp2p.bitswap.config import BITSWAP_PROTOCOLS
+from libp2p.bitswap.messages import create_message, create_wantlist_entry
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -289,6 +292,44 @@ async def test_greedy_peer_is_bounded(tmp_path: Path) -> None:
         # meanwhile a polite peer still gets the whole file
         assert await BackendChain([polite.backend]).fetch_bytes(cid) == data
         assert stats.peak_active_per_peer <= 2
+
+
+async def test_peer_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
+    limits = BitswapLimits(send_timeout=1.0, max_serving_bytes=4 * CHUNK, max_block_size=CHUNK + 64)
+    async with AsyncExitStack() as stack:
+        a, polite = await start_nodes(stack, tmp_path, 2, [limits])
+        data = payload(30 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+        leaves: list[bytes] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: leaves.append(c_))
+
+        # a peer that asks for every block and then never reads what it is sent
+        slow = make_host()
+        await stack.enter_async_context(slow.run(LOOPBACK))
+
+        async def never_read(stream: Any) -> None:
+            await trio.sleep_forever()
+
+        for proto in BITSWAP_PROTOCOLS:
+            slow.set_stream_handler(proto, never_read)
+        await connect(slow, a.host)
+        stream = await slow.new_stream(a.id, [BITSWAP_PROTOCOLS[0]])
+        entries = [create_wantlist_entry(c_, want_type=0) for c_ in leaves[:-1]]
+        raw = create_message(wantlist_entries=entries).SerializeToString()
+        await stream.write(varint.encode(len(raw)) + raw)
+
+        stats = a.service.engine.serve_stats
+        with trio.fail_after(20):
+            await a.service.engine.wait_serve_stats(lambda st: st.send_failures >= 1)
+        served_to_slow = stats.blocks_served
+        assert served_to_slow < 30  # cut off long before it had everything it asked for
+        # its stream was reset after send_timeout; the budget is free again and
+        # a peer that reads gets the whole file
+        await connect(polite.host, a.host)
+        with trio.fail_after(30):
+            assert await BackendChain([polite.backend]).fetch_bytes(cid) == data
+        assert a.service.engine.serving_budget.peak <= 4 * CHUNK
+        assert stats.blocks_served - served_to_slow >= 31  # every block went to the polite peer
 
 
 async def test_want_have_is_answered_with_a_presence(tmp_path: Path) -> None:
