@@ -386,7 +386,11 @@ class Node:
         return await self.chain.fetch_bytes(cid, max_size=self.config.max_fetch_size)
 
     async def _store_fetched(self, round: int, data: bytes, cid: str) -> Head:
+        from fedstore.replication import keep_local_copies
+
         rec = await self.store.save_encoded(round, data, cid)
+        # backends that serve peers (bitswap) keep a copy of what we fetched elsewhere
+        await keep_local_copies(self.chain, self.store.dir / rec.path, rec.cid, self.catalog)
         return Head(rec.round, rec.cid)
 
     async def _ask_peers(self) -> list[Claim]:
@@ -548,7 +552,9 @@ async def _open_chain(config: NodeConfig, host: P2PHost, stack: AsyncExitStack) 
     from fedstore.backends import build_chain, default_backend_names, load_backend_class
 
     env = {**config.settings, "CHECKPOINT_DIR": str(config.data_dir)}
-    names = list(config.backends) if config.backends else default_backend_names(env)
+    names = (
+        list(config.backends) if config.backends else default_backend_names(env, in_node=True)
+    )
     for name in names:
         cls = await trio.to_thread.run_sync(load_backend_class, name)
         attach = getattr(cls, "attach", None)

@@ -183,9 +183,48 @@ async def replicate(
             log.info(
                 "%s stored on %s after %d failed backend(s)", cid, backend.name, len(outcomes) - 1
             )
+        await keep_local_copies(chain, path, cid, catalog, skip=backend.name)
         return ReplicationResult(cid, backend.name, stored.backend_ref, outcomes)
     summary = "; ".join(f"{o.backend}: {o.error}" for o in outcomes)
     raise UnavailableError(f"no backend accepted {cid} ({summary})")
+
+
+async def keep_local_copies(
+    chain: BackendChain,
+    source_path: str | os.PathLike[str],
+    cid: str,
+    catalog: Catalog | AsyncCatalog | None = None,
+    *,
+    skip: str | None = None,
+) -> list[PinOutcome]:
+    """Store *source_path* on every backend of *chain* that keeps a local copy.
+
+    Backends with ``keeps_local_copy`` (bitswap) serve the node's own copies
+    to its peers, so they must hold every checkpoint the node holds, whichever
+    backend took the write or served the fetch. Failures are logged and
+    recorded, never raised: the checkpoint is already safely stored elsewhere.
+    """
+    version = parse_cid(cid).version
+    pins = _Pins(catalog) if catalog is not None else None
+    outcomes: list[PinOutcome] = []
+    for backend in chain.backends:
+        if not backend.keeps_local_copy or backend.name == skip:
+            continue
+        try:
+            stored = await _store_on(
+                backend, Path(source_path), cid, cid_version=version, name=None, labels=None
+            )
+        except Exception as exc:  # a local copy is best effort
+            text = _error_text(exc)
+            log.warning("%s could not keep a copy of %s: %s", backend.name, cid, text)
+            outcomes.append(PinOutcome(cid, backend.name, "failed", error=text))
+            if pins is not None:
+                await pins.set(cid, backend.name, "failed", error=text)
+            continue
+        outcomes.append(PinOutcome(cid, backend.name, "pinned", backend_ref=stored.backend_ref))
+        if pins is not None:
+            await pins.set(cid, backend.name, "pinned", backend_ref=stored.backend_ref)
+    return outcomes
 
 
 async def retry_failed_pins(

@@ -96,6 +96,11 @@ class StorageBackend(abc.ABC):
     name: ClassVar[str] = "?"
     #: Whether ``pin``/``unpin`` are meaningful (used by the conformance suite).
     supports_pinning: ClassVar[bool] = True
+    #: A backend that serves the node's own copies to peers (bitswap) sets this:
+    #: the node then stores every checkpoint it holds on it as well, not only on
+    #: the first backend of the chain that accepted it. Such an ``add`` must be
+    #: local and cheap (no network upload).
+    keeps_local_copy: ClassVar[bool] = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:

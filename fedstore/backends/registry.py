@@ -152,14 +152,19 @@ def parse_backend_list(text: str) -> list[str]:
     return names
 
 
-def default_backend_names(env: Mapping[str, str] | None = None) -> list[str]:
+def default_backend_names(
+    env: Mapping[str, str] | None = None, *, in_node: bool = False
+) -> list[str]:
     """The chain used when the user names none.
 
     ``FEDSTORE_BACKENDS`` wins when set. Otherwise the embedded default is the
     ``filesystem`` backend, preceded by ``kubo`` when a Kubo API is
     configured or discoverable, and by ``pinata, kubo`` when Pinata
     credentials are set (hosted pinning first, the local daemon as the
-    fallback, the filesystem last). Names only; nothing is imported here.
+    fallback, the filesystem next). Inside a running node (*in_node*), the
+    peers themselves come last: ``bitswap`` (when installed) after the
+    filesystem, so a read tries the cheap local lookup before the network.
+    Names only; no plugin is imported here.
     """
     env = os.environ if env is None else env
     explicit = env.get("FEDSTORE_BACKENDS", "").strip()
@@ -171,6 +176,8 @@ def default_backend_names(env: Mapping[str, str] | None = None) -> list[str]:
         names.insert(0, "kubo")
     if env.get("PINATA_JWT") or (env.get("PINATA_API_KEY") and env.get("PINATA_API_SECRET")):
         names = ["pinata", "kubo", *[n for n in names if n != "kubo"]]
+    if in_node and "bitswap" in available_backends():
+        names.append("bitswap")
     return names
 
 

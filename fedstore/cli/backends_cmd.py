@@ -71,6 +71,13 @@ def _names(args: argparse.Namespace) -> str | None:
     return args.backend or args.backends or None
 
 
+def _settings() -> dict[str, str]:
+    """Environment merged over ``.env`` and ``fedstore.toml`` (see fedstore.config)."""
+    from fedstore.config import load_settings
+
+    return load_settings()
+
+
 def cmd_backends(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -82,11 +89,12 @@ def cmd_backends(args: argparse.Namespace) -> int:
     table.add_column("name")
     table.add_column("provided by")
     table.add_column("health")
-    default = default_backend_names()
+    settings = _settings()
+    default = default_backend_names(settings)
 
     async def probe(name: str) -> str:
         try:
-            backend = load_backend(name)
+            backend = load_backend(name, settings)
         except FedstoreError as exc:
             return f"not usable: {exc}"
         try:
@@ -111,7 +119,7 @@ def cmd_put(args: argparse.Namespace) -> int:
         return 1
 
     async def run() -> str:
-        async with build_chain(_names(args)) as chain:
+        async with build_chain(_names(args), _settings()) as chain:
             result = await chain.add(path, cid_version=args.cid_version, name=path.name)
             return result.cid
 
@@ -131,7 +139,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 1
 
     async def run() -> None:
-        async with build_chain(_names(args)) as chain:
+        async with build_chain(_names(args), _settings()) as chain:
             result = await chain.fetch_to_file(args.cid, out)
             print(f"{result.size} bytes from {result.backend}, verified", file=sys.stderr)
 

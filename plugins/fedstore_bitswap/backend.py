@@ -35,6 +35,7 @@ class BitswapBackend(StorageBackend):
 
     name = "bitswap"
     supports_pinning = True
+    keeps_local_copy = True
     #: The node's hook: ``async with BitswapBackend.attach(host, data_dir, peers=...)``.
     attach = staticmethod(attach)
 
