@@ -552,9 +552,7 @@ async def _open_chain(config: NodeConfig, host: P2PHost, stack: AsyncExitStack) 
     from fedstore.backends import build_chain, default_backend_names, load_backend_class
 
     env = {**config.settings, "CHECKPOINT_DIR": str(config.data_dir)}
-    names = (
-        list(config.backends) if config.backends else default_backend_names(env, in_node=True)
-    )
+    names = list(config.backends) if config.backends else default_backend_names(env, in_node=True)
     for name in names:
         cls = await trio.to_thread.run_sync(load_backend_class, name)
         attach = getattr(cls, "attach", None)
