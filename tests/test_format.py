@@ -312,6 +312,13 @@ def test_size_cap_parameter_and_environment(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(SizeLimitError):
         decode(blob)
     assert decode(blob, max_decoded_size=raw).metadata == {}
+    with pytest.raises(SizeLimitError):
+        inspect(blob).check_decoded_size()
+    inspect(blob).check_decoded_size(raw)
+    monkeypatch.delenv(MAX_DECODED_SIZE_ENV)
+    inspect(blob).check_decoded_size()
+    with pytest.raises(SizeLimitError, match="above the limit"):
+        inspect(blob).check_decoded_size(raw - 1)
     monkeypatch.setenv(MAX_DECODED_SIZE_ENV, "lots")
     with pytest.raises(ConfigError, match=MAX_DECODED_SIZE_ENV):
         decode(blob)

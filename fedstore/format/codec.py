@@ -90,6 +90,15 @@ class CheckpointInfo:
         """Stored bytes divided by tensor bytes (lower is better)."""
         return self.stored_size / self.tensor_bytes if self.tensor_bytes else 0.0
 
+    def check_decoded_size(self, max_decoded_size: int | None = None) -> None:
+        """Raise SizeLimitError if :func:`decode` would refuse this checkpoint's size.
+
+        Same cap and default as decode ($FEDSTORE_MAX_CHECKPOINT_BYTES, else
+        8 GiB): lets a store refuse an oversized checkpoint when it is received,
+        not when it is first loaded.
+        """
+        _check_cap(self.raw_size, resolve_max_decoded_size(max_decoded_size))
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for ``--json`` CLI output)."""
         return {
@@ -174,11 +183,7 @@ def decode(
     cap = resolve_max_decoded_size(max_decoded_size)
     view = _byte_view(data)
     header = parse_header(view)
-    if header.raw_size > cap:
-        raise SizeLimitError(
-            f"checkpoint would decode to {header.raw_size:,} bytes, above the limit of "
-            f"{cap:,} (raise it with max_decoded_size= or FEDSTORE_MAX_CHECKPOINT_BYTES)"
-        )
+    _check_cap(header.raw_size, cap)
     shuffled = bool(header.flags & FLAG_SHUFFLE)
     arrays: dict[str, np.ndarray] = {}
     reader, entries = _open_payload(view, header)
@@ -204,7 +209,8 @@ def inspect(data: bytes | bytearray | memoryview) -> CheckpointInfo:
 
     Validates the header, the zstd frame layout and the tensor index, reading
     only the index from the start of the zstd stream. Raises FormatError like
-    :func:`decode` (but does not apply the decode size cap).
+    :func:`decode` but does not apply the decode size cap: call
+    :meth:`CheckpointInfo.check_decoded_size` on the result for that.
     """
     view = _byte_view(data)
     header = parse_header(view)
@@ -223,6 +229,14 @@ def inspect(data: bytes | bytearray | memoryview) -> CheckpointInfo:
         tensors=tensors,
         metadata=header.metadata,
     )
+
+
+def _check_cap(raw_size: int, cap: int) -> None:
+    if raw_size > cap:
+        raise SizeLimitError(
+            f"checkpoint would decode to {raw_size:,} bytes, above the limit of "
+            f"{cap:,} (raise it with max_decoded_size= or FEDSTORE_MAX_CHECKPOINT_BYTES)"
+        )
 
 
 def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
