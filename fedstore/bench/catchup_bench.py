@@ -53,15 +53,15 @@ def _read_and_hash(path: Path) -> str:
 
 def run(sizes: BenchSizes, workdir: Path, say: SayFn) -> SectionResult:
     import trio
-    from fedstore_filesystem import FilesystemBackend
 
-    from fedstore.backends import BackendChain
+    from fedstore.backends import BackendChain, load_backend
     from fedstore.format import decode, encode
 
     say("encoding and storing the checkpoint")
     arrays = trained_like(int(sizes.catchup_mb * MB), seed=1)
     data = encode(arrays, {"round": "42", "model": "bench"})
-    backend = FilesystemBackend(workdir / "fsroot")
+    # through the registry, as a node would (the core never imports a plugin)
+    backend = load_backend("filesystem", {"FEDSTORE_FS_ROOT": str(workdir / "fsroot")})
     chain = BackendChain([backend])
     cid = trio.run(_add, backend, data)
     del data
