@@ -61,11 +61,14 @@ def _fsync_dir(path: Path) -> None:
 def _describe(data: bytes) -> tuple[str, int]:
     """``(codec, raw_size)`` of checkpoint bytes, e.g. ``("fsck1+zstd+shuffle", 8448)``.
 
-    Raises FormatError if ``data`` is not a fedstore checkpoint.
+    Raises FormatError if ``data`` is not a fedstore checkpoint, and
+    SizeLimitError if it would decode past the size cap (a checkpoint nobody
+    could load must never become the node's head).
     """
     from fedstore import format as fmt
 
     info = fmt.inspect(data)
+    info.check_decoded_size()
     codec = f"fsck{info.format_version}+{info.codec}" + ("+shuffle" if info.shuffled else "")
     return codec, int(info.raw_size)
 
