@@ -249,6 +249,26 @@ class PinataBackend(StorageBackend):
         if self.config.group_id:
             fields.append(("group_id", self.config.group_id))
         action = "upload"
+        url = f"{self.config.upload_url}/v3/files"
+        response = await self._post_multipart(url, action, fields, filename, source, tap)
+        data = self._json(response, action).get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("cid"), str):
+            raise BackendError("pinata: upload answered without data.cid", backend="pinata")
+        file_id = data.get("id")
+        if data.get("network") not in (None, "public"):
+            log.warning("pinata: upload landed on network %r, not public", data.get("network"))
+        return data["cid"], str(file_id) if file_id else None
+
+    async def _post_multipart(
+        self,
+        url: str,
+        action: str,
+        fields: list[tuple[str, str]],
+        filename: str,
+        source: Source,
+        tap: CidTap,
+    ) -> httpx.Response:
+        """POST a streamed multipart upload (fields, then the file), with retries."""
 
         async def attempt() -> httpx.Response:
             body = MultipartBody(
@@ -259,12 +279,7 @@ class PinataBackend(StorageBackend):
                 chunk_size=self._chunk_size,
                 on_chunk=tap,
             )
-            request = self._client.build_request(
-                "POST",
-                f"{self.config.upload_url}/v3/files",
-                content=body,
-                headers=body.headers(),
-            )
+            request = self._client.build_request("POST", url, content=body, headers=body.headers())
             return await send(
                 self._client,
                 request,
@@ -275,14 +290,7 @@ class PinataBackend(StorageBackend):
                 limiter=self._limiter,
             )
 
-        response = await with_retries(attempt, policy=self.retry, backend="pinata", action=action)
-        data = self._json(response, action).get("data")
-        if not isinstance(data, dict) or not isinstance(data.get("cid"), str):
-            raise BackendError("pinata: upload answered without data.cid", backend="pinata")
-        file_id = data.get("id")
-        if data.get("network") not in (None, "public"):
-            log.warning("pinata: upload landed on network %r, not public", data.get("network"))
-        return data["cid"], str(file_id) if file_id else None
+        return await with_retries(attempt, policy=self.retry, backend="pinata", action=action)
 
     async def _add_tus(
         self,
@@ -335,33 +343,8 @@ class PinataBackend(StorageBackend):
             ("pinataMetadata", json.dumps({"name": filename, "keyvalues": keyvalues})),
         ]
         action = "pinFileToIPFS"
-
-        async def attempt() -> httpx.Response:
-            body = MultipartBody(
-                fields,
-                file_field="file",
-                filename=filename,
-                source=source,
-                chunk_size=self._chunk_size,
-                on_chunk=tap,
-            )
-            request = self._client.build_request(
-                "POST",
-                f"{self.config.api_url}/pinning/pinFileToIPFS",
-                content=body,
-                headers=body.headers(),
-            )
-            return await send(
-                self._client,
-                request,
-                backend="pinata",
-                action=action,
-                redact=self._redact,
-                classify=pinata_classifier(self.config, action),
-                limiter=self._limiter,
-            )
-
-        response = await with_retries(attempt, policy=self.retry, backend="pinata", action=action)
+        url = f"{self.config.api_url}/pinning/pinFileToIPFS"
+        response = await self._post_multipart(url, action, fields, filename, source, tap)
         doc = self._json(response, action)
         if not isinstance(doc.get("IpfsHash"), str):
             raise BackendError("pinata: pinFileToIPFS answered without IpfsHash", backend="pinata")
