@@ -4,7 +4,10 @@ Modules:
 
 * :mod:`~fedstore.federation.api` - the Python API for your own model
   (``train(arrays, round)`` and ``evaluate(arrays)`` over dicts of numpy arrays);
-* :mod:`~fedstore.federation.roles` - the round protocol (aggregator and trainer loops);
+* :mod:`~fedstore.federation.roles` - the round protocol, re-exporting its parts:
+  :mod:`~fedstore.federation.aggregator` and :mod:`~fedstore.federation.trainer`
+  (the two loops), :mod:`~fedstore.federation.settings` and
+  :mod:`~fedstore.federation.events` (what the loops report);
 * :mod:`~fedstore.federation.aggregators` - FedAvg, coordinate-wise median, trimmed mean;
 * :mod:`~fedstore.federation.validation` - admission of updates into a round;
 * :mod:`~fedstore.federation.messages` - the ``fed-learn`` wire format;

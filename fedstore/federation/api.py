@@ -44,23 +44,12 @@ import numpy.typing as npt
 import trio
 
 from fedstore.errors import ConfigError
-from fedstore.federation.roles import (
-    AggregatorSettings,
-    EvaluateFn,
-    EventSink,
-    FederationResult,
-    QuorumSchedule,
-    TrainerResult,
-    TrainerSettings,
-    TrainFn,
-    _noop,
-)
-from fedstore.federation.roles import (
-    run_aggregator as _run_aggregator_loop,
-)
-from fedstore.federation.roles import (
-    run_trainer as _run_trainer_loop,
-)
+from fedstore.federation.aggregator import EvaluateFn
+from fedstore.federation.aggregator import run_aggregator as _run_aggregator_loop
+from fedstore.federation.events import EventSink, FederationResult, TrainerResult, noop_sink
+from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
+from fedstore.federation.trainer import TrainFn
+from fedstore.federation.trainer import run_trainer as _run_trainer_loop
 
 __all__ = [
     "EvaluateFn",
@@ -128,7 +117,7 @@ async def aggregate(
     node: Any = None,
     data_dir: str | Path = "checkpoints_bootstrap",
     backends: Sequence[str] | None = None,
-    on_event: EventSink = _noop,
+    on_event: EventSink = noop_sink,
     on_ready: Callable[[str], None] | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> FederationResult:
@@ -169,7 +158,7 @@ async def train(
     backends: Sequence[str] | None = None,
     idle_timeout: float = 60.0,
     connect_timeout: float = 30.0,
-    on_event: EventSink = _noop,
+    on_event: EventSink = noop_sink,
 ) -> TrainerResult:
     """Run a node as a trainer until the aggregator announces the end.
 

@@ -8,7 +8,7 @@ go to stderr):
 * ``{"event": "waiting"}`` with ``--go-from-stdin``: data loaded, node not started yet
   (the process is offline until ``GO <bootstrap multiaddr>`` arrives on stdin);
 * ``{"event": "ready", "role": ..., "peer_id": ..., "addr": ...}`` once the node listens;
-* the round events of :mod:`fedstore.federation.roles` (``"event"`` is their ``kind``);
+* the round events of :mod:`fedstore.federation.events` (``"event"`` is their ``kind``);
 * ``{"event": "done", "status": ..., "final_round": ..., "final_cid": ..., ...}`` at the end;
 * ``{"event": "error", "message": ...}`` if it fails (exit code 1).
 """
@@ -36,7 +36,7 @@ def _emit(obj: dict[str, Any]) -> None:
 
 
 def _event_sink(ev: Any) -> None:
-    from fedstore.federation.roles import event_dict
+    from fedstore.federation.events import event_dict
 
     d = event_dict(ev)
     d["event"] = d.pop("kind")
@@ -90,14 +90,10 @@ def _task(args: argparse.Namespace) -> Any:
 
 async def _run(args: argparse.Namespace) -> int:
     from fedstore.federation import api
+    from fedstore.federation.aggregator import run_aggregator
     from fedstore.federation.nodepeer import NodePeer
-    from fedstore.federation.roles import (
-        AggregatorSettings,
-        QuorumSchedule,
-        TrainerSettings,
-        run_aggregator,
-        run_trainer,
-    )
+    from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
+    from fedstore.federation.trainer import run_trainer
     from fedstore.node import open_node
 
     task = await trio.to_thread.run_sync(_task, args)
