@@ -15,6 +15,10 @@ stored) and each process. At the end a report directory (``--out``) holds
 a copy of the aggregator's catalog, ``summary.json`` and ``summary.md``.
 Exit status 0 means the federation completed and every peer ended on the
 aggregator's final CID.
+
+This module runs the processes; :mod:`fedstore.demos.federation_state`
+folds their JSON-line events into the demo's state and
+:mod:`fedstore.demos.federation_view` renders it and writes the report.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from fedstore.demos.federation_state import DemoState, Proc, apply_event
+from fedstore.demos.federation_view import finish, render
 from fedstore.errors import ConfigError
 
 __all__ = ["add_arguments", "run"]
@@ -88,62 +93,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     g.add_argument("--keep", action="store_true", help="keep the temporary node directories")
     g.add_argument("--plain", action="store_true", help="plain line output instead of a live view")
-
-
-# -- process bookkeeping --------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    name: str
-    role: str
-    index: int = 0
-    state: str = "offline"
-    peer_id: str = ""
-    addr: str = ""
-    detail: str = ""
-    final_cid: str = ""
-    done: dict[str, Any] | None = None
-    returncode: int | None = None
-    log_path: Path | None = None
-    #: the trainer was told to go online
-    went: bool = False
-    process: Any = None
-    spawned: trio.Event = field(default_factory=trio.Event)
-    ready: trio.Event = field(default_factory=trio.Event)
-    exited: trio.Event = field(default_factory=trio.Event)
-
-
-@dataclass
-class RoundInfo:
-    round: int
-    participants: list[str]
-    accuracy: float
-    loss: float
-    cid: str
-    size: int
-    bytes_stored: int
-    seconds: float
-    partial: bool
-
-
-@dataclass
-class DemoState:
-    args: argparse.Namespace
-    procs: dict[str, Proc]
-    started: float
-    rounds: list[RoundInfo] = field(default_factory=list)
-    open_round: int = 0
-    open_updates: int = 0
-    open_quorum: int = 0
-    failures: list[str] = field(default_factory=list)
-    centralised: list[float] = field(default_factory=list)
-
-    def name_of(self, peer_id: str) -> str:
-        for p in self.procs.values():
-            if p.peer_id == peer_id:
-                return p.name
-        return peer_id[:10]
 
 
 async def _lines(stream: trio.abc.ReceiveStream) -> Any:
@@ -206,138 +155,6 @@ def _child_env() -> dict[str, str]:
         env[var] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-# -- rendering ------------------------------------------------------------------------
-
-
-def _short(cid: str) -> str:
-    return cid if len(cid) <= 20 else f"{cid[:8]}…{cid[-8:]}"
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def _render(state: DemoState) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    a = state.args
-    elapsed = time.monotonic() - state.started
-    title = (
-        f"fedstore demo · digits · {a.aggregator} · {a.trainers} trainers · "
-        f"{a.rounds} rounds · {elapsed:4.1f}s"
-    )
-    rounds = Table(title=title, title_justify="left", expand=False)
-    for col, just in (
-        ("round", "right"),
-        ("participants", "left"),
-        ("test acc", "right"),
-        ("centralised", "right"),
-        ("CID", "left"),
-        ("stored", "right"),
-        ("time", "right"),
-    ):
-        rounds.add_column(col, justify=just)  # type: ignore[arg-type]
-    for r in state.rounds:
-        cen = state.centralised[r.round - 1] if len(state.centralised) >= r.round else None
-        rounds.add_row(
-            str(r.round),
-            " ".join(r.participants) + (" (partial)" if r.partial else ""),
-            f"{r.accuracy:.3f}",
-            f"{cen:.3f}" if cen is not None else "…",
-            _short(r.cid),
-            _size(r.bytes_stored),
-            f"{r.seconds:.2f}s",
-        )
-    if state.open_round and (not state.rounds or state.rounds[-1].round < state.open_round):
-        rounds.add_row(
-            str(state.open_round),
-            Text(f"{state.open_updates}/{state.open_quorum} updates…", style="dim"),
-            "",
-            "",
-            "",
-            "",
-            "",
-        )
-    peers = Table(show_header=True, expand=False, box=None)
-    peers.add_column("process")
-    peers.add_column("peer id")
-    peers.add_column("state")
-    for p in state.procs.values():
-        style = {"done": "green", "failed": "red", "offline": "dim"}.get(p.state, "")
-        peers.add_row(
-            p.name,
-            p.peer_id[-12:] if p.peer_id else "-",
-            Text(f"{p.state} {p.detail}".strip(), style=style),
-        )
-    return Group(rounds, peers)
-
-
-# -- event handling -----------------------------------------------------------------------
-
-
-def _on_event(
-    state: DemoState, proc: Proc, ev: dict[str, Any], plain: Callable[[str], None]
-) -> None:
-    kind = ev.get("event")
-    if kind == "waiting":
-        proc.state, proc.detail = "offline", "(process up, no node yet)"
-    elif kind == "ready":
-        proc.peer_id = str(ev.get("peer_id", ""))
-        proc.addr = str(ev.get("addr", ""))
-        proc.state = "ready"
-        proc.ready.set()
-    elif kind == "round_opened":
-        state.open_round = int(ev["round"])
-        state.open_quorum = int(ev["quorum"])
-        state.open_updates = 0
-        proc.state, proc.detail = "collecting", f"round {ev['round']}"
-    elif kind == "update_accepted":
-        state.open_updates += 1
-    elif kind == "round_closed":
-        info = RoundInfo(
-            round=int(ev["round"]),
-            participants=sorted(state.name_of(p) for p in ev["participants"]),
-            accuracy=float(ev["metrics"].get("accuracy", 0.0)),
-            loss=float(ev["metrics"].get("loss", 0.0)),
-            cid=str(ev["cid"]),
-            size=int(ev["size"]),
-            bytes_stored=int(ev["bytes_stored"]),
-            seconds=float(ev["seconds"]),
-            partial=bool(ev["partial"]),
-        )
-        state.rounds.append(info)
-        plain(
-            f"round {info.round:>2}: {len(info.participants)} participants "
-            f"({' '.join(info.participants)}), test accuracy {info.accuracy:.3f}, "
-            f"CID {info.cid}, {info.bytes_stored} bytes stored"
-        )
-    elif kind == "round_failed":
-        msg = f"round {ev['round']} attempt {ev['attempt']} failed: {ev['reason']}"
-        state.failures.append(msg)
-        plain(msg)
-    elif kind == "trainer_synced":
-        proc.state, proc.detail = "synced", f"round {ev['round']} {_short(str(ev['cid']))}"
-    elif kind == "trainer_updated":
-        proc.state, proc.detail = "sent update", f"round {ev['round']}"
-    elif kind == "done":
-        proc.done = ev
-        # the CID the peer's own catalog names as its head, not just what it was told
-        head = ev.get("local_head")
-        proc.final_cid = str(head[1]) if isinstance(head, list) and len(head) == 2 else ""
-        if proc.final_cid != ev.get("final_cid"):
-            state.failures.append(f"{proc.name}: local head {head} is not the final CID")
-        proc.state = "done" if ev.get("status") == "complete" else "failed"
-        proc.detail = f"round {ev.get('final_round')} {_short(proc.final_cid)}"
-    elif kind == "error":
-        proc.state, proc.detail = "failed", str(ev.get("message", ""))[:80]
 
 
 async def _run_proc(
@@ -405,7 +222,7 @@ async def _federate(
     async with trio.open_nursery() as nursery:
 
         def on_line(proc: Proc, ev: dict[str, Any]) -> None:
-            _on_event(state, proc, ev, plain)
+            apply_event(state, proc, ev, plain)
             if (
                 late
                 and proc is agg
@@ -475,63 +292,6 @@ async def _federate(
         nursery.cancel_scope.cancel()
 
 
-def _dir_size(root: Path) -> int:
-    total = 0
-    if root.is_dir():
-        for p in root.rglob("*"):
-            if p.is_file():
-                total += p.stat().st_size
-    return total
-
-
-def _summary(state: DemoState, tmp: Path, wall: float) -> Any:
-    from fedstore.federation.report import RoundRow, RunSummary
-
-    args = state.args
-    agg = state.procs["aggregator"]
-    rows = [
-        RoundRow(
-            round=r.round,
-            participants=len(r.participants),
-            accuracy=r.accuracy,
-            loss=r.loss,
-            centralised_accuracy=(
-                state.centralised[r.round - 1] if len(state.centralised) >= r.round else None
-            ),
-            cid=r.cid,
-            size=r.size,
-            bytes_stored=r.bytes_stored,
-            seconds=r.seconds,
-            partial=r.partial,
-        )
-        for r in state.rounds
-    ]
-    done = agg.done or {}
-    late = args.late_trainer if 1 <= args.late_trainer <= args.trainers else None
-    return RunSummary(
-        rounds=rows,
-        strategy=args.aggregator,
-        num_trainers=args.trainers,
-        late_trainer=late,
-        late_round=args.late_round if late else None,
-        final_cid=str(done.get("final_cid", "")),
-        peer_final_cids={p.name: p.final_cid for p in state.procs.values() if p.final_cid},
-        centralised_final=state.centralised[-1] if state.centralised else 0.0,
-        wall_seconds=wall,
-        status=str(done.get("status", "failed")),
-        backends=[b for b in args.backends.split(",") if b],
-        rejections=dict(done.get("rejections", {})),
-        reason=str(done.get("reason", "")) or "; ".join(state.failures),
-        config={
-            "rounds": args.rounds,
-            "seed": args.seed,
-            "round_timeout": args.round_timeout,
-            "objects_bytes": _dir_size(tmp / "objects"),
-            "task": "digits",
-        },
-    )
-
-
 async def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -565,10 +325,10 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         with trio.fail_after(args.timeout):
             if live_view:
-                with Live(_render(state), console=console, refresh_per_second=8) as live:
+                with Live(render(state), console=console, refresh_per_second=8) as live:
 
                     def refresh() -> None:
-                        live.update(_render(state))
+                        live.update(render(state))
 
                     async def ticker() -> None:
                         while True:
@@ -583,7 +343,7 @@ async def _main(args: argparse.Namespace) -> int:
             else:
                 await _federate(state, tmp, plain, lambda: None)
         wall = time.monotonic() - state.started
-        return _finish(state, tmp, wall, console)
+        return finish(state, tmp, wall, console)
     except trio.TooSlowError:
         console.print(f"[red]fedstore demo: gave up after {args.timeout:g} s[/red]; logs in {tmp}")
         args.keep = True
@@ -591,43 +351,6 @@ async def _main(args: argparse.Namespace) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _finish(state: DemoState, tmp: Path, wall: float, console: Any) -> int:
-    from fedstore.catalog import resolve_db_path
-    from fedstore.federation.report import write_report
-
-    args = state.args
-    summary = _summary(state, tmp, wall)
-    paths = write_report(
-        args.out,
-        summary,
-        centralised_curve=state.centralised,
-        catalog=resolve_db_path(tmp / "aggregator"),
-    )
-    doc = summary.to_json()
-    ok = summary.status == "complete" and doc["targets"]["all_peers_same_final_cid"]
-    for p in state.procs.values():
-        if p.state == "failed" or (p.returncode not in (0, None)):
-            ok = False
-            console.print(f"[red]{p.name} failed[/red] ({p.detail}); log: {p.log_path}")
-            args.keep = True
-    console.print(
-        f"final test accuracy {summary.final_accuracy:.4f}, centralised "
-        f"{summary.centralised_final:.4f} (gap {doc['gap_to_centralised']:+.4f}); "
-        f"{wall:.1f} s",
-        highlight=False,
-    )
-    agree = sorted(n for n, c in summary.peer_final_cids.items() if c == summary.final_cid)
-    console.print(f"final CID {summary.final_cid}: same on {', '.join(agree)}", highlight=False)
-    missed = [k for k, v in doc["targets"].items() if not v]
-    if missed:
-        console.print(f"[yellow]targets not met:[/yellow] {', '.join(missed)}")
-    console.print(
-        f"report: {args.out.resolve()} ({', '.join(p.name for p in paths.values())})",
-        highlight=False,
-    )
-    return 0 if ok else 1
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,134 @@
+"""What the federation demo knows about its processes and rounds, and how worker events update it.
+
+Each worker process (``python -m fedstore.federation.worker``) prints JSON
+lines; :func:`apply_event` folds one into the :class:`DemoState` that the
+live view (:mod:`fedstore.demos.federation_view`) renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+__all__ = ["DemoState", "Proc", "RoundInfo", "apply_event", "short_cid"]
+
+
+@dataclass
+class Proc:
+    name: str
+    role: str
+    index: int = 0
+    state: str = "offline"
+    peer_id: str = ""
+    addr: str = ""
+    detail: str = ""
+    final_cid: str = ""
+    done: dict[str, Any] | None = None
+    returncode: int | None = None
+    log_path: Path | None = None
+    #: the trainer was told to go online
+    went: bool = False
+    process: Any = None
+    spawned: trio.Event = field(default_factory=trio.Event)
+    ready: trio.Event = field(default_factory=trio.Event)
+    exited: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class RoundInfo:
+    round: int
+    participants: list[str]
+    accuracy: float
+    loss: float
+    cid: str
+    size: int
+    bytes_stored: int
+    seconds: float
+    partial: bool
+
+
+@dataclass
+class DemoState:
+    args: argparse.Namespace
+    procs: dict[str, Proc]
+    started: float
+    rounds: list[RoundInfo] = field(default_factory=list)
+    open_round: int = 0
+    open_updates: int = 0
+    open_quorum: int = 0
+    failures: list[str] = field(default_factory=list)
+    centralised: list[float] = field(default_factory=list)
+
+    def name_of(self, peer_id: str) -> str:
+        for p in self.procs.values():
+            if p.peer_id == peer_id:
+                return p.name
+        return peer_id[:10]
+
+
+def short_cid(cid: str) -> str:
+    """``cid`` shortened for a table cell (head…tail)."""
+    return cid if len(cid) <= 20 else f"{cid[:8]}…{cid[-8:]}"
+
+
+def apply_event(
+    state: DemoState, proc: Proc, ev: dict[str, Any], plain: Callable[[str], None]
+) -> None:
+    """Fold one worker event ``ev`` of ``proc`` into ``state``; ``plain`` prints a line."""
+    kind = ev.get("event")
+    if kind == "waiting":
+        proc.state, proc.detail = "offline", "(process up, no node yet)"
+    elif kind == "ready":
+        proc.peer_id = str(ev.get("peer_id", ""))
+        proc.addr = str(ev.get("addr", ""))
+        proc.state = "ready"
+        proc.ready.set()
+    elif kind == "round_opened":
+        state.open_round = int(ev["round"])
+        state.open_quorum = int(ev["quorum"])
+        state.open_updates = 0
+        proc.state, proc.detail = "collecting", f"round {ev['round']}"
+    elif kind == "update_accepted":
+        state.open_updates += 1
+    elif kind == "round_closed":
+        info = RoundInfo(
+            round=int(ev["round"]),
+            participants=sorted(state.name_of(p) for p in ev["participants"]),
+            accuracy=float(ev["metrics"].get("accuracy", 0.0)),
+            loss=float(ev["metrics"].get("loss", 0.0)),
+            cid=str(ev["cid"]),
+            size=int(ev["size"]),
+            bytes_stored=int(ev["bytes_stored"]),
+            seconds=float(ev["seconds"]),
+            partial=bool(ev["partial"]),
+        )
+        state.rounds.append(info)
+        plain(
+            f"round {info.round:>2}: {len(info.participants)} participants "
+            f"({' '.join(info.participants)}), test accuracy {info.accuracy:.3f}, "
+            f"CID {info.cid}, {info.bytes_stored} bytes stored"
+        )
+    elif kind == "round_failed":
+        msg = f"round {ev['round']} attempt {ev['attempt']} failed: {ev['reason']}"
+        state.failures.append(msg)
+        plain(msg)
+    elif kind == "trainer_synced":
+        proc.state, proc.detail = "synced", f"round {ev['round']} {short_cid(str(ev['cid']))}"
+    elif kind == "trainer_updated":
+        proc.state, proc.detail = "sent update", f"round {ev['round']}"
+    elif kind == "done":
+        proc.done = ev
+        # the CID the peer's own catalog names as its head, not just what it was told
+        head = ev.get("local_head")
+        proc.final_cid = str(head[1]) if isinstance(head, list) and len(head) == 2 else ""
+        if proc.final_cid != ev.get("final_cid"):
+            state.failures.append(f"{proc.name}: local head {head} is not the final CID")
+        proc.state = "done" if ev.get("status") == "complete" else "failed"
+        proc.detail = f"round {ev.get('final_round')} {short_cid(proc.final_cid)}"
+    elif kind == "error":
+        proc.state, proc.detail = "failed", str(ev.get("message", ""))[:80]
