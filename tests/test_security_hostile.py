@@ -285,18 +285,21 @@ async def test_zstd_bomb_through_chain_and_weights_file(
     assert peak < 4 << 20, f"refusing a bomb allocated {peak:,} bytes"
 
 
-def test_zstd_bomb_is_refused_on_load(small_cap: int, tmp_path: pathlib.Path) -> None:
+def test_bomb_stored_under_a_larger_cap_is_refused_on_load_under_a_smaller_one(
+    small_cap: int, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cap is the reader's: lowering it later still protects every load."""
     blob = bomb(1 << 30)
+    monkeypatch.setenv("FEDSTORE_MAX_CHECKPOINT_BYTES", str(2 << 30))
     with LocalStore(tmp_path / "node") as store:
-        try:
-            store.save_encoded(2, blob, cid_of_bytes(blob))
-        except SizeLimitError:
-            return  # refused before storing: even better (see the strict xfail below)
-        with pytest.raises(SizeLimitError):
+        store.save_encoded(2, blob, cid_of_bytes(blob))
+        monkeypatch.setenv("FEDSTORE_MAX_CHECKPOINT_BYTES", str(small_cap))
+        with pytest.raises(SizeLimitError, match="above the limit"):
             store.load(2)
 
 
 def test_zstd_bomb_from_a_peer_is_not_stored(small_cap: int, tmp_path: pathlib.Path) -> None:
+    """Refused on receipt: it never becomes the node's head (whose every load would fail)."""
     blob = bomb(1 << 30)
     with LocalStore(tmp_path / "node") as store:
         with pytest.raises(SizeLimitError):
