@@ -32,6 +32,9 @@ What is replaced, and why (details in ``docs/BITSWAP.md``):
   upstream stops reading (and closes the stream) as soon as its presence
   table has no entry for the peer, which races with the next wantlist; here
   the reader stays until the remote closes or the stream idles.
+
+The per-peer response stream and the shape of block messages live in
+:mod:`fedstore_bitswap.responder`.
 """
 
 from __future__ import annotations
@@ -57,13 +60,13 @@ from libp2p.bitswap.config import (
 )
 from libp2p.bitswap.messages import create_message
 from libp2p.bitswap.pb.bitswap_pb2 import Message
-from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from fedstore.blockstore import BlockStore
 from fedstore.cid import cid_from_bytes
 from fedstore.errors import InvalidCIDError
 from fedstore_bitswap.limits import BitswapLimits, ByteBudget
+from fedstore_bitswap.responder import ResponseSender, block_message, block_prefix, close_quietly
 
 __all__ = [
     "BITSWAP_PROTOCOL_IDS",
@@ -85,18 +88,6 @@ _OUTBOUND_IDLE = 120.0
 _RECENT_WANTS = 1 << 16
 
 PeersProvider = Callable[[], Iterable[Any]]
-
-
-def block_prefix(cid_bytes: bytes) -> bytes:
-    """Bitswap 1.1 block prefix: CID version, codec, hash code, hash length.
-
-    For a CIDv0 that is ``00 70 12 20`` (what go-cid's ``Prefix().Bytes()``
-    writes); py-libp2p's ``get_cid_prefix`` returns ``b""`` for CIDv0, which
-    boxo's ``cid.PrefixFromBytes`` refuses.
-    """
-    if len(cid_bytes) == 34 and cid_bytes[:2] == b"\x12\x20":
-        return b"\x00\x70\x12\x20"
-    return cid_bytes[:-32]
 
 
 async def _sha256(data: bytes) -> bytes:
@@ -160,92 +151,10 @@ class _StoreAdapter(LibP2PBlockStore):
         return []
 
 
-class _ResponseSender:
-    """This node's own outbound stream to one peer, for blocks and presences."""
-
-    def __init__(self, client: FedstoreBitswapClient, peer: ID, protocol: str) -> None:
-        self._client = client
-        self.peer = peer
-        self.protocol = protocol
-        self._stream: INetStream | None = None
-        self._lock = trio.Lock()
-        self.closed = False
-
-    async def send(self, msg: Message) -> bool:
-        """Write *msg*; reopen the stream once if it broke. False if the peer is unreachable."""
-        limits = self._client.limits
-        async with self._lock:
-            for _attempt in range(2):
-                if self.closed:
-                    return False
-                stream = self._stream or await self._open()
-                if stream is None:
-                    return False
-                try:
-                    with trio.fail_after(limits.send_timeout):
-                        await self._client._write_message(stream, msg)
-                    return True
-                except trio.TooSlowError:
-                    log.info(
-                        "peer %s did not read for %.0f s; reset", self.peer, limits.send_timeout
-                    )
-                    await self._drop(stream)
-                    return False
-                except Exception as exc:
-                    log.debug("response stream to %s broke: %r", self.peer, exc)
-                    await self._drop(stream)
-            return False
-
-    async def _open(self) -> INetStream | None:
-        nursery = self._client._nursery
-        try:
-            with trio.fail_after(self._client.limits.open_stream_timeout):
-                stream = await self._client.host.new_stream(self.peer, [TProtocol(self.protocol)])
-        except Exception as exc:
-            log.debug("cannot open %s stream to %s: %r", self.protocol, self.peer, exc)
-            return None
-        self._stream = stream
-        if nursery is not None:
-            nursery.start_soon(self._watch, stream)
-        return stream
-
-    async def _watch(self, stream: INetStream) -> None:
-        """The peer never writes here: EOF or reset means it stopped reading this stream."""
-        try:
-            while await stream.read(65536):
-                pass
-        except Exception as exc:
-            log.debug("response stream to %s closed: %r", self.peer, exc)
-        if self._stream is stream:
-            self._stream = None
-        await _close_quietly(stream)
-
-    async def _drop(self, stream: INetStream) -> None:
-        if self._stream is stream:
-            self._stream = None
-        try:
-            await stream.reset()
-        except Exception as exc:
-            log.debug("reset of response stream to %s failed: %r", self.peer, exc)
-
-    async def close(self) -> None:
-        self.closed = True
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            await _close_quietly(stream)
-
-
-async def _close_quietly(stream: INetStream) -> None:
-    try:
-        await stream.close()
-    except Exception as exc:
-        log.debug("stream close failed: %r", exc)
-
-
 class _PeerServer:
     """Wants one peer is waiting for, and the tasks serving them."""
 
-    def __init__(self, sender: _ResponseSender) -> None:
+    def __init__(self, sender: ResponseSender) -> None:
         self.sender = sender
         #: digest -> (binary CID, send DONT_HAVE if it turns out missing)
         self.queue: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
@@ -416,7 +325,7 @@ class FedstoreBitswapClient(BitswapClient):
         except Exception as exc:
             log.debug("outbound bitswap stream to %s ended: %r", peer_id, exc)
         finally:
-            await _close_quietly(stream)
+            await close_quietly(stream)
 
     def cleanup_peer(self, peer_id: ID) -> None:
         super().cleanup_peer(peer_id)
@@ -434,7 +343,7 @@ class FedstoreBitswapClient(BitswapClient):
     def _server(self, peer: ID, protocol: str) -> _PeerServer:
         server = self._servers.get(peer)
         if server is None or server.sender.closed:
-            server = _PeerServer(_ResponseSender(self, peer, protocol))
+            server = _PeerServer(ResponseSender(self, peer, protocol))
             self._servers[peer] = server
         return server
 
@@ -521,7 +430,7 @@ class FedstoreBitswapClient(BitswapClient):
                         data = await trio.to_thread.run_sync(self.store.get_block, digest)
                         if data is not None:
                             ok = await server.sender.send(
-                                self._block_message(server, cid_bytes, data)
+                                block_message(server.sender.protocol, cid_bytes, data)
                             )
                             if ok:
                                 self.serve_stats.blocks_served += 1
@@ -539,12 +448,6 @@ class FedstoreBitswapClient(BitswapClient):
                 self.serve_stats.active_by_peer[key] = server.active
             else:
                 self.serve_stats.active_by_peer.pop(key, None)
-
-    @staticmethod
-    def _block_message(server: _PeerServer, cid_bytes: bytes, data: bytes) -> Message:
-        if server.sender.protocol == str(BITSWAP_PROTOCOL_V100):
-            return create_message(blocks_v100=[data])
-        return create_message(blocks_v110=[(block_prefix(cid_bytes), data)])
 
     async def stop(self) -> None:
         for server in list(self._servers.values()):
