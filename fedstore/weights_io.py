@@ -34,7 +34,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from fedstore.errors import FormatError, SizeLimitError
+from fedstore.errors import ConfigError, FormatError, SizeLimitError
 from fedstore.format import MAGIC, decode, describe_foreign, encode
 from fedstore.format.container import resolve_max_decoded_size
 from fedstore.format.tensor_index import canonical_array, name_problem
@@ -92,6 +92,8 @@ def save_weights_file(
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: directory {path.parent} does not exist")
     if suffix not in SUPPORTED_SUFFIXES:
         raise FormatError(
             f"{path}: cannot save weights as {path.suffix!r} "

@@ -100,3 +100,15 @@ async def test_unwritable_root_is_unavailable(tmp_path: Path) -> None:
 
     with pytest.raises(UnavailableError):
         await b.add(b"x")
+
+
+async def test_cid_spellings_map_to_one_object(tmp_path: Path) -> None:
+    from fedstore.cid import parse_cid
+
+    b = FilesystemBackend(tmp_path / "r")
+    data = b"one object, several spellings"
+    v1 = (await b.add(data, cid_version=1)).cid
+    base58_v1 = "z" + __import__("base58").b58encode(bytes(parse_cid(v1))).decode()
+    for spelling in (v1, f" {v1}\n", v1.upper(), base58_v1):
+        assert await b.has(spelling), spelling
+    assert len(list((tmp_path / "r" / "objects").rglob("*"))) == 2  # one shard dir, one file

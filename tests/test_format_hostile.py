@@ -463,3 +463,30 @@ def test_env_cap_applies_to_bombs(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SizeLimitError):
         decode(container(rle_frame(2 * MiB, 2 * MiB), raw_size=2 * MiB))
     os.environ.pop("FEDSTORE_MAX_CHECKPOINT_BYTES")
+
+
+def test_too_many_tensors_is_refused_both_ways() -> None:
+    """A tiny file listing a huge number of tensors is refused before any array is built."""
+    import time
+
+    from fedstore.format import decode, encode
+    from fedstore.format.tensor_index import MAX_TENSORS
+
+    many = {f"t{i}": np.zeros(1, np.uint8) for i in range(MAX_TENSORS + 1)}
+    with pytest.raises(ValueError, match="limit"):
+        encode(many)
+    ok = encode(dict(list(many.items())[:MAX_TENSORS]))
+    # forge one more entry into a valid file by re-encoding with the cap lifted
+    import fedstore.format.tensor_index as ti
+
+    original = ti.MAX_TENSORS
+    ti.MAX_TENSORS = MAX_TENSORS + 10
+    try:
+        forged = encode(many)
+    finally:
+        ti.MAX_TENSORS = original
+    start = time.process_time()
+    with pytest.raises(FormatError, match="tensors"):
+        decode(forged)
+    assert time.process_time() - start < 5
+    assert len(decode(ok).arrays) == MAX_TENSORS

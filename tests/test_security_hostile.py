@@ -508,13 +508,6 @@ def test_cli_out_refuses_pickle_formats_and_directories(
     assert tree(saved_node.parent) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FileNotFoundError,
-    reason="fedstore checkpoint load --out into a missing directory ends in a raw "
-    "FileNotFoundError traceback from weights_io's temp file instead of a one-line "
-    "'fedstore: error:' (owner of cli/checkpoint_cmd.py / weights_io: translate OSError)",
-)
 def test_cli_out_into_a_missing_directory_is_a_clean_error(
     saved_node: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

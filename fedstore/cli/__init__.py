@@ -79,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedstoreError as exc:
         print(f"fedstore: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file the user named: missing directory, permissions, full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fedstore: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fedstore: interrupted", file=sys.stderr)
         return 130

@@ -31,6 +31,10 @@ MAX_NAME_BYTES = 1024
 MAX_NDIM = 32
 MAX_INDEX_BYTES = 16 << 20
 MAX_ELEMENTS = 1 << 53
+#: Most tensors one checkpoint may hold. Real models have thousands at most;
+#: the cap keeps a small hostile file from costing seconds of CPU and
+#: hundreds of MB of array objects to decode.
+MAX_TENSORS = 65536
 RESERVED_NAME = "__metadata__"
 
 # safetensors dtype name -> little-endian numpy dtype
@@ -132,6 +136,8 @@ def plan(
     """
     if not isinstance(arrays, Mapping):
         raise TypeError(f"arrays must be a mapping of str to numpy arrays, not {type(arrays)}")
+    if len(arrays) > MAX_TENSORS:
+        raise ValueError(f"{len(arrays)} tensors in one checkpoint (limit {MAX_TENSORS})")
     prepared: list[tuple[str, np.ndarray]] = []
     for name, value in arrays.items():
         problem = name_problem(name)
@@ -192,6 +198,8 @@ def parse_index(raw: bytes, data_len: int) -> list[TensorEntry]:
         raise FormatError(f"safetensors header is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise FormatError("safetensors header must be a JSON object")
+    if len(obj) > MAX_TENSORS:
+        raise FormatError(f"checkpoint lists {len(obj)} tensors (limit {MAX_TENSORS})")
     if RESERVED_NAME in obj:
         raise FormatError(
             "safetensors header has __metadata__; fedstore keeps metadata in its own header"

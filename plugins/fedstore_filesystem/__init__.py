@@ -71,8 +71,10 @@ class FilesystemBackend(StorageBackend):
     # -- paths ----------------------------------------------------------
 
     def _object_path(self, cid: str) -> Path:
-        parse_cid(cid)  # raises InvalidCIDError: nothing else becomes a path
-        return self._objects / cid[-2:] / cid
+        # Only the canonical form of a parsed CID becomes a path: InvalidCIDError
+        # for anything else, and " Qm...\n" or a base58 CIDv1 map to the same file.
+        name = str(parse_cid(cid))
+        return self._objects / name[-2:] / name
 
     def _ensure_dirs(self) -> None:
         for d in (self._objects, self._pins, self._tmp):
@@ -118,6 +120,7 @@ class FilesystemBackend(StorageBackend):
                 os.fsync(out.fileno())
             cid = builder.finalize()
             final = self._object_path(cid)
+            cid = final.name
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists() and final.stat().st_size == size:
                 os.unlink(tmp)
@@ -173,7 +176,7 @@ class FilesystemBackend(StorageBackend):
         def _pin() -> int:
             size = path.stat().st_size
             self._ensure_dirs()
-            (self._pins / cid).touch()
+            (self._pins / path.name).touch()
             return size
 
         try:
@@ -186,8 +189,7 @@ class FilesystemBackend(StorageBackend):
 
     async def unpin(self, cid: str, *, backend_ref: str | None = None) -> None:
         """Remove the pin marker. The object stays: other peers may share this root."""
-        self._object_path(cid)
-        marker = self._pins / cid
+        marker = self._pins / self._object_path(cid).name
 
         def _unpin() -> None:
             try:
@@ -198,8 +200,8 @@ class FilesystemBackend(StorageBackend):
         await trio.to_thread.run_sync(_unpin)
 
     async def is_pinned(self, cid: str) -> bool:
-        self._object_path(cid)
-        return await trio.to_thread.run_sync((self._pins / cid).exists)
+        marker = self._pins / self._object_path(cid).name
+        return await trio.to_thread.run_sync(marker.exists)
 
     async def health(self) -> Health:
         def _probe() -> Health:
