@@ -115,6 +115,37 @@ async def test_truncated_stream_falls_back(tmp_path: Path) -> None:
     assert (tmp_path / "o.bin").read_bytes() == data
 
 
+async def test_fetch_bytes_hashes_and_joins_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Verifying and assembling a large object runs in worker threads, never on trio's thread."""
+    import threading
+
+    from fedstore.backends import chain as chain_mod
+    from fedstore.cid import CidVerifier
+
+    loop_thread = threading.current_thread()
+    threads: dict[str, set[threading.Thread]] = {"update": set(), "join": set()}
+    real_update, real_join = CidVerifier.update, chain_mod._MemorySink.getvalue
+
+    def update(self: CidVerifier, data: bytes) -> None:
+        threads["update"].add(threading.current_thread())
+        real_update(self, data)
+
+    def getvalue(self: chain_mod._MemorySink) -> bytes:
+        threads["join"].add(threading.current_thread())
+        return real_join(self)
+
+    monkeypatch.setattr(CidVerifier, "update", update)
+    monkeypatch.setattr(chain_mod._MemorySink, "getvalue", getvalue)
+    data = sample_bytes(3 * 1024 * 1024 + 7)
+    mem = MemoryBackend(chunk_size=1 << 20)
+    cid = (await mem.add(data)).cid
+    assert await BackendChain([mem]).fetch_bytes(cid) == data
+    assert threads["update"] and threads["join"]
+    assert loop_thread not in threads["update"] | threads["join"]
+
+
 async def test_missing_everywhere_is_not_found() -> None:
     chain = BackendChain([MemoryBackend("a"), MemoryBackend("b")])
     with pytest.raises(NotFoundError):

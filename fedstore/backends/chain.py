@@ -250,7 +250,8 @@ class BackendChain:
                     Attempt(backend.name, False, _describe(exc), error_type=type(exc).__name__)
                 )
                 continue
-            return sink.getvalue()
+            # joining the chunks copies the whole object: off the event loop
+            return await trio.to_thread.run_sync(sink.getvalue)
         raise _fetch_failure(cid, attempts)
 
     async def _stream_verified(
