@@ -110,7 +110,7 @@ class FakePeer:
         from fedstore.format import encode
 
         data = await trio.to_thread.run_sync(encode, arrays, metadata)
-        cid = cid_of_bytes(data)
+        cid = await trio.to_thread.run_sync(cid_of_bytes, data)
         self.local[cid] = data
         self.network.blobs[cid] = data
         self.network.announced.append((round, cid))
@@ -125,7 +125,8 @@ class FakePeer:
         if data is None:
             data = await self.get_blob(cid, max_size=1 << 30)
             self.local[cid] = data
-        return dict(decode(data).arrays)
+        ckpt = await trio.to_thread.run_sync(decode, data)
+        return dict(ckpt.arrays)
 
     async def head(self) -> tuple[int, str] | None:
         await trio.lowlevel.checkpoint()
@@ -137,8 +138,7 @@ class FakePeer:
     async def put_blob(self, data: bytes) -> str:
         from fedstore.cid import cid_of_bytes
 
-        await trio.lowlevel.checkpoint()
-        cid = cid_of_bytes(data)
+        cid = await trio.to_thread.run_sync(cid_of_bytes, data)
         self.network.blobs[cid] = bytes(data)
         return cid
 
@@ -152,5 +152,5 @@ class FakePeer:
             raise NotFoundError(f"no object {cid} on the fake network", backend="fake") from None
         if len(data) > max_size:
             raise SizeLimitError(f"object {cid} is {len(data)} bytes, limit {max_size}")
-        verify_bytes(cid, data)
+        await trio.to_thread.run_sync(verify_bytes, cid, data)
         return data
