@@ -25,7 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
@@ -201,14 +200,6 @@ async def test_flood_of_10000_announcements_leaves_the_node_responsive_and_bound
         await events.wait(lambda k, v: k == "HEARD" and v == f"99999999:{fresh}:{ids['c']}", 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="py-libp2p queues at most 32 validated messages per subscription "
-    "(libp2p.pubsub.pubsub.SUBSCRIPTION_CHANNEL_SIZE) and drops the rest with only a "
-    "log line; an RPC carrying a burst within the node's allowance (peer_burst=40) "
-    "loses valid announcements that fedstore never sees or counts (node owner: raise "
-    "that queue above peer_burst, or keep peer_burst <= 32)",
-)
 async def test_a_burst_within_the_allowance_is_recorded_in_full(tmp_path: Path) -> None:
     chain = BackendChain([MemoryBackend()])
     base = replace(NodeConfig(), reannounce_interval=0)

@@ -28,6 +28,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import libp2p.pubsub.pubsub as _libp2p_pubsub
 import multiaddr
 import trio
 from libp2p import new_host
@@ -46,6 +47,18 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from fedstore.errors import ConfigError, NetworkError
 from fedstore.p2p.identity import Identity
+
+#: py-libp2p 0.8.1 queues at most 32 validated messages per subscription
+#: (``SUBSCRIPTION_CHANNEL_SIZE``, read when a topic is subscribed) and drops
+#: the rest with only a log line, so a burst one peer is allowed to send
+#: (``FEDSTORE_PEER_BURST``, 40 by default) could lose valid announcements
+#: before fedstore's own guard sees them. The node drains its subscriptions
+#: continuously; this only absorbs bursts. Messages are at most 1 MiB, so the
+#: queue is bounded at 128 MiB in the worst case.
+SUBSCRIPTION_QUEUE = 128
+_libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = max(
+    _libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE, SUBSCRIPTION_QUEUE
+)
 
 __all__ = [
     "ConnectionEvent",
