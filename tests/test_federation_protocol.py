@@ -249,6 +249,41 @@ async def test_large_update_goes_by_cid() -> None:
     assert len(acc) == 1 and acc[0].by_cid
 
 
+async def test_aggregator_scans_updates_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding an update and scanning it for NaN/Inf read every value: never on trio's thread."""
+    import threading
+
+    from fedstore.federation.validation import ModelSpec, RoundValidator
+
+    loop_thread = threading.current_thread()
+    scanned_on: list[threading.Thread] = []
+    real_problem, real_check = ModelSpec.problem, RoundValidator.check_tensors
+
+    def problem(self: ModelSpec, arrays: Mapping[str, npt.NDArray[np.generic]]) -> Any:
+        scanned_on.append(threading.current_thread())
+        return real_problem(self, arrays)
+
+    def check_tensors(self: RoundValidator, *args: Any) -> Any:
+        scanned_on.append(threading.current_thread())
+        return real_check(self, *args)
+
+    monkeypatch.setattr(ModelSpec, "problem", problem)
+    monkeypatch.setattr(RoundValidator, "check_tensors", check_tensors)
+    net = FakeNetwork()
+    events: list[Event] = []
+    settings = AggregatorSettings(rounds=1, quorum=QuorumSchedule(2), **FAST)
+    async with trio.open_nursery() as nursery:
+        for name, delta in (("t1", 1.0), ("t2", 2.0)):
+            nursery.start_soon(
+                run_trainer, net.peer(name), shift_trainer(delta), TrainerSettings(idle_timeout=5)
+            )
+        result = await run_aggregator(net.peer("agg"), MODEL, settings, on_event=events.append)
+    assert result.status == "complete"
+    assert len([e for e in events if isinstance(e, UpdateAccepted)]) == 2
+    assert len(scanned_on) >= 2
+    assert loop_thread not in scanned_on
+
+
 @pytest.mark.parametrize("strategy", ["median", "trimmed-mean"])
 async def test_robust_strategies_over_the_protocol(strategy: str) -> None:
     net = FakeNetwork()

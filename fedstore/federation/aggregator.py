@@ -147,15 +147,22 @@ class _Collector:
             except (FedstoreError, trio.TooSlowError) as exc:
                 v.reject(RejectReason.FETCH_FAILED, msg.sender, msg.round, f"{msg.cid}: {exc}")
                 return
-        try:
-            arrays = await trio.to_thread.run_sync(
-                lambda: decode_tensors(payload, max_decoded_size=self._max_decoded())
-            )
+        max_decoded = self._max_decoded()
+
+        def decode_and_check() -> tuple[Arrays, tuple[RejectReason, str] | None]:
+            arrays = decode_tensors(payload, max_decoded_size=max_decoded)
+            return arrays, v.spec.problem(arrays)
+
+        try:  # decoding and the NaN/Inf scan read the whole update: off the event loop
+            arrays, problem = await trio.to_thread.run_sync(decode_and_check)
         except MessageError as exc:
             v.reject(RejectReason.MALFORMED, msg.sender, msg.round, str(exc))
             return
+        if problem is not None:
+            v.reject(problem[0], msg.sender, msg.round, problem[1])
+            return
         update = Update(msg.sender, msg.num_samples, arrays, dict(msg.metrics))
-        if v.offer(update, round=msg.round, transport_sender=sender):
+        if v.offer(update, round=msg.round, transport_sender=sender, tensors_checked=True):
             self.digests[msg.sender] = digest
             self.on_event(
                 UpdateAccepted(msg.round, msg.sender, msg.num_samples, msg.cid is not None)

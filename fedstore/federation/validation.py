@@ -70,6 +70,37 @@ class ModelSpec:
             }
         )
 
+    def problem(
+        self, arrays: Mapping[str, npt.NDArray[np.generic]]
+    ) -> tuple[RejectReason, str] | None:
+        """Why ``arrays`` do not fit this model (names, dtype, shape, NaN or Inf), or None.
+
+        Pure, but it reads every value: code on the event loop runs it in a
+        worker thread (see :meth:`RoundValidator.offer`'s ``tensors_checked``).
+        """
+        names = sorted(arrays)
+        expected = sorted(self.tensors)
+        if names != expected:
+            missing = sorted(set(expected) - set(names))[:5]
+            extra = sorted(set(names) - set(expected))[:5]
+            return RejectReason.WRONG_NAMES, f"missing {missing}, unexpected {extra}"
+        for name in names:
+            arr = np.asarray(arrays[name])
+            want = self.tensors[name]
+            if arr.dtype.str != want.dtype:
+                return (
+                    RejectReason.WRONG_DTYPE,
+                    f"{name}: dtype {arr.dtype.str}, expected {want.dtype}",
+                )
+            if tuple(arr.shape) != want.shape:
+                return (
+                    RejectReason.WRONG_SHAPE,
+                    f"{name}: shape {tuple(arr.shape)}, expected {want.shape}",
+                )
+            if arr.dtype.kind in "fc" and not bool(np.isfinite(arr).all()):
+                return RejectReason.NON_FINITE, f"{name} has NaN or Inf"
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
@@ -142,37 +173,24 @@ class RoundValidator:
     def check_tensors(
         self, sender: str, round: int, arrays: Mapping[str, npt.NDArray[np.generic]]
     ) -> Rejection | None:
-        names = sorted(arrays)
-        expected = sorted(self.spec.tensors)
-        if names != expected:
-            missing = sorted(set(expected) - set(names))[:5]
-            extra = sorted(set(names) - set(expected))[:5]
-            return self.reject(
-                RejectReason.WRONG_NAMES, sender, round, f"missing {missing}, unexpected {extra}"
-            )
-        for name in names:
-            arr = np.asarray(arrays[name])
-            want = self.spec.tensors[name]
-            if arr.dtype.str != want.dtype:
-                return self.reject(
-                    RejectReason.WRONG_DTYPE,
-                    sender,
-                    round,
-                    f"{name}: dtype {arr.dtype.str}, expected {want.dtype}",
-                )
-            if tuple(arr.shape) != want.shape:
-                return self.reject(
-                    RejectReason.WRONG_SHAPE,
-                    sender,
-                    round,
-                    f"{name}: shape {tuple(arr.shape)}, expected {want.shape}",
-                )
-            if arr.dtype.kind in "fc" and not bool(np.isfinite(arr).all()):
-                return self.reject(RejectReason.NON_FINITE, sender, round, f"{name} has NaN or Inf")
-        return None
+        """Check ``arrays`` against the model (:meth:`ModelSpec.problem`); reject on a problem."""
+        problem = self.spec.problem(arrays)
+        return None if problem is None else self.reject(problem[0], sender, round, problem[1])
 
-    def offer(self, update: Update, *, round: int, transport_sender: str | None = None) -> bool:
-        """Admit ``update`` for ``round`` if it passes every check; True if accepted."""
+    def offer(
+        self,
+        update: Update,
+        *,
+        round: int,
+        transport_sender: str | None = None,
+        tensors_checked: bool = False,
+    ) -> bool:
+        """Admit ``update`` for ``round`` if it passes every check; True if accepted.
+
+        ``tensors_checked=True`` skips the tensor checks: the caller already
+        found no :meth:`ModelSpec.problem` with the update's arrays (the
+        aggregator does that in a worker thread, since it reads every value).
+        """
         if (
             self.check_header(
                 sender=update.sender,
@@ -183,7 +201,7 @@ class RoundValidator:
             is not None
         ):
             return False
-        if self.check_tensors(update.sender, round, update.arrays) is not None:
+        if not tensors_checked and self.check_tensors(update.sender, round, update.arrays):
             return False
         self.accepted[update.sender] = update
         return True
