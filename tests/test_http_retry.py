@@ -212,6 +212,22 @@ def test_transport_errors_are_unavailable(exc: Exception, words: str) -> None:
     assert isinstance(err, UnavailableError) and words in str(err) and "https://h" in str(err)
 
 
+def test_transport_error_never_quotes_our_own_invalid_request() -> None:
+    """h11's text for an illegal header quotes the header value: a credential."""
+    exc = httpx.LocalProtocolError("Illegal header value b'Bearer tok-3141592653\\nX: 1'")
+    err = transport_error(exc, backend="svc", action="get", target="https://h")
+    assert isinstance(err, UnavailableError) and "could not send the request" in str(err)
+    assert "tok-3141592653" not in str(err)
+
+
+def test_transport_error_text_is_redacted() -> None:
+    exc = httpx.ReadError("peer said tok-2718281828 was wrong")
+    err = transport_error(
+        exc, backend="svc", action="get", target="https://h", redact=Redactor(["tok-2718281828"])
+    )
+    assert "tok-2718281828" not in str(err) and "peer said *** was wrong" in str(err)
+
+
 async def test_send_reads_error_body_and_redacts() -> None:
     secret = "sk-live-0123456789abcdef"
 

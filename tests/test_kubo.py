@@ -398,6 +398,33 @@ async def test_401_is_auth_error_not_retried_and_token_redacted(
     await backend.aclose()
 
 
+@pytest.mark.parametrize("bad", ["\n", "\r\nX-Injected: 1", "\x00", "\x7f", "é"])
+def test_token_with_a_line_break_or_control_character_is_refused_unquoted(bad: str) -> None:
+    """httpx/h11 would refuse the header later and quote it (token included) in the error
+    and in httpcore's debug log: the backend refuses it at once, without the value."""
+    secret = f"kubo-secret-part-one{bad}part-two"
+    with pytest.raises(ConfigError) as info:
+        KuboBackend(API, token=secret)
+    assert "Authorization" in str(info.value) and "line break" in str(info.value)
+    for text in (str(info.value), repr(info.value)):
+        assert "kubo-secret-part-one" not in text and "part-two" not in text
+
+
+async def test_non_json_answers_are_quoted_redacted(httpx_mock: HTTPXMock, sleeps: Sleeps) -> None:
+    """A proxy in front of the daemon may echo the request (token included) in a 200 page."""
+    backend = KuboBackend(API, token=TOKEN, retry=RetryPolicy(sleep=sleeps))
+    page = f"<html>echo: Authorization: Bearer {TOKEN}</html>"
+    httpx_mock.add_response(method="POST", text=page)
+    httpx_mock.add_response(method="POST", text=page)
+    with pytest.raises(BackendError, match="non-JSON") as info:
+        await backend.has(cid_of_bytes(b"x", 0))
+    assert "echo: Authorization" in str(info.value) and TOKEN not in str(info.value)
+    with pytest.raises(BackendError, match="non-JSON line") as info:
+        await backend.add(b"data")
+    assert TOKEN not in str(info.value)
+    await backend.aclose()
+
+
 async def test_429_retry_after_is_honoured(
     httpx_mock: HTTPXMock, kubo: KuboBackend, sleeps: Sleeps
 ) -> None:
@@ -498,6 +525,15 @@ def test_api_address_spellings(text: str, url: str) -> None:
 def test_bad_api_addresses(text: str) -> None:
     with pytest.raises(ConfigError):
         api_url_from_text(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["ftp://user:tok-1618@h:1", "https://u:tok-1618@", "ws://h?t=tok-1618"]
+)
+def test_bad_api_address_is_shown_without_credentials(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        api_url_from_text(text)
+    assert "Kubo API address" in str(info.value) and "tok-1618" not in str(info.value)
 
 
 def test_api_discovery_order(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from fedstore.cid import cid_of_bytes
 from fedstore.errors import (
     AuthError,
     CIDMismatchError,
+    ConfigError,
     IntegrityError,
     NotConfiguredError,
     NotFoundError,
@@ -680,6 +681,31 @@ def test_from_env() -> None:
     assert legacy.mode == "legacy" and legacy.rate_limit == 60
     with pytest.raises(NotConfiguredError):
         PinataConfig.from_env({"PINATA_JWT": JWT, "PINATA_API_URL": "https://user:pw@host"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://user:gw-secret-4711@gw.example",
+        "https://user:gw-secret-4711@",
+        "ws://h?token=gw-secret-4711",
+    ],
+)
+def test_bad_url_setting_is_named_without_its_credentials(url: str) -> None:
+    with pytest.raises(NotConfiguredError) as info:
+        PinataConfig.from_env({"PINATA_JWT": JWT, "PINATA_GATEWAY_URL": url})
+    assert "PINATA_GATEWAY_URL" in str(info.value)
+    assert "gw-secret-4711" not in str(info.value)
+
+
+@pytest.mark.parametrize("setting", ["PINATA_JWT", "PINATA_GATEWAY_TOKEN"])
+def test_credential_with_a_line_break_is_refused_unquoted(setting: str) -> None:
+    """httpx would refuse the header later and quote it (the credential) in its error."""
+    env = {"PINATA_JWT": JWT, "PINATA_GATEWAY_URL": GW, setting: "cred-part-one\ncred-part-two"}
+    with pytest.raises(ConfigError) as info:
+        PinataBackend.from_env(env)
+    assert "line break" in str(info.value)
+    assert "cred-part-one" not in str(info.value) and "cred-part-two" not in str(info.value)
 
 
 async def test_client_side_rate_limit_waits() -> None:

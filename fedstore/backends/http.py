@@ -47,6 +47,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -54,6 +55,7 @@ import trio
 from fedstore.errors import (
     AuthError,
     BackendError,
+    ConfigError,
     NotFoundError,
     QuotaError,
     RateLimitedError,
@@ -68,6 +70,7 @@ __all__ = [
     "RetryPolicy",
     "Secret",
     "default_timeout",
+    "display_url",
     "error_from_response",
     "parse_retry_after",
     "read_error_body",
@@ -126,6 +129,22 @@ class Secret:
         raise TypeError("Secret values cannot be pickled")
 
 
+def display_url(text: str) -> str:
+    """*text* as a URL fit for a message: no user info, query or fragment (they may hold
+    credentials). Used when echoing a setting that failed validation."""
+    parts = urlsplit(text.strip())
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    hidden = "…" if (parts.username or parts.password or parts.query or parts.fragment) else ""
+    scheme = f"{parts.scheme}://" if parts.scheme else ""
+    return f"{scheme}{host}{port}{parts.path}{hidden}"
+
+
 class Redactor:
     """Replace every known secret (and its non-trivial pieces) in a text with ``***``."""
 
@@ -158,6 +177,15 @@ class HeaderAuth(httpx.Auth):
     """
 
     def __init__(self, headers: dict[str, Secret]) -> None:
+        for key, secret in headers.items():
+            if any(not (" " <= ch <= "~" or ch == "\t") for ch in secret.reveal()):
+                # httpx/h11 would refuse it later and quote the value (the credential) in
+                # the error and in httpcore's debug log: refuse it here, without the value.
+                raise ConfigError(
+                    f"the credential sent in the {key!r} header contains a line break, a "
+                    "control character or a non-ASCII character; check that setting (e.g. "
+                    "for a stray newline or quote in .env)"
+                )
         self._headers = headers
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -295,17 +323,38 @@ def error_from_response(
     return BackendError(prefix, backend=backend)
 
 
-def transport_error(exc: Exception, *, backend: str, action: str, target: str) -> UnavailableError:
-    """Map an httpx transport exception (refused, DNS, timeout, reset) to UnavailableError."""
+def transport_error(
+    exc: Exception,
+    *,
+    backend: str,
+    action: str,
+    target: str,
+    redact: Callable[[str], str] | None = None,
+) -> UnavailableError:
+    """Map an httpx transport exception (refused, DNS, timeout, reset) to UnavailableError.
+
+    The exception's text passes through *redact*. A
+    :class:`httpx.LocalProtocolError` (our own request was invalid, e.g. a
+    credential with a line break) is described without its text, which
+    quotes the offending header value, credential included.
+    """
+    text = str(exc).strip()
     if isinstance(exc, httpx.TimeoutException):
         what = f"timed out ({type(exc).__name__})"
     elif isinstance(exc, httpx.ConnectError):
         what = "could not connect"
     elif isinstance(exc, httpx.RemoteProtocolError):
         what = "connection broke"
+    elif isinstance(exc, httpx.LocalProtocolError):
+        what = "could not send the request"
+        text = (
+            "the request is not valid HTTP (a header value has a line break or control "
+            "character: check the credentials' settings)"
+        )
     else:
         what = f"network error ({type(exc).__name__})"
-    text = str(exc).strip()
+    if redact is not None:
+        text = redact(text)
     reason = f": {_short(text, 160)}" if text else ""
     return UnavailableError(
         f"{backend}: {action} {what} talking to {target}{reason}", backend=backend
@@ -352,7 +401,6 @@ class RetryPolicy:
 
         Lower values make a chain fall over to the next backend sooner.
         """
-        from fedstore.errors import ConfigError
 
         def number(key: str, default: float, minimum: float) -> float:
             raw = env.get(key, "").strip()
@@ -471,13 +519,17 @@ async def send(
         else:
             response = await client.send(request, stream=True, auth=auth)
     except httpx.TransportError as exc:
-        raise transport_error(exc, backend=backend, action=action, target=target) from exc
+        raise transport_error(
+            exc, backend=backend, action=action, target=target, redact=redact
+        ) from exc
     try:
         if response.is_success:
             try:
                 await response.aread()
             except httpx.TransportError as exc:
-                raise transport_error(exc, backend=backend, action=action, target=target) from exc
+                raise transport_error(
+                    exc, backend=backend, action=action, target=target, redact=redact
+                ) from exc
             return response
         body = await read_error_body(response, redact)
         raise error_from_response(response, body, backend=backend, action=action, classify=classify)

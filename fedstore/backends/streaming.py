@@ -193,7 +193,7 @@ async def stream_download(
             )
         except httpx.TransportError as exc:
             err: UnavailableError = transport_error(
-                exc, backend=backend, action=action, target=target
+                exc, backend=backend, action=action, target=target, redact=redact
             )
             cause: BaseException = exc
         else:
@@ -222,7 +222,7 @@ async def stream_download(
                     if offset > start:
                         attempt = 0  # progress was made: give the retry budget back
                     raise transport_error(
-                        exc, backend=backend, action=action, target=target
+                        exc, backend=backend, action=action, target=target, redact=redact
                     ) from exc
                 if total is not None and seen < total:
                     if offset > start:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from fedstore.backends.http import display_url
 from fedstore.errors import ConfigError
 
 __all__ = ["DEFAULT_API_URL", "api_url_from_env", "api_url_from_text"]
@@ -56,7 +57,9 @@ def api_url_from_text(text: str) -> str:
         text = f"http://{text}"
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"Kubo API address {text!r} is not an http(s) URL or a multiaddr")
+        raise ConfigError(
+            f"Kubo API address {display_url(text)!r} is not an http(s) URL or a multiaddr"
+        )
     if parts.username or parts.password:
         raise ConfigError(
             "do not put credentials in the Kubo API address; set FEDSTORE_KUBO_TOKEN instead"

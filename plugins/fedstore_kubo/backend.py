@@ -316,7 +316,7 @@ class KuboBackend(StorageBackend):
                 redact=self._redact,
                 classify=_classifier(action, token_set=self._token_set),
             )
-            return _parse_add(response.text)
+            return _parse_add(response.text, self._redact)
 
         remote_cid, _dag_size = await with_retries(
             attempt, policy=self.retry, backend="kubo", action=action
@@ -368,7 +368,7 @@ class KuboBackend(StorageBackend):
             )
         except NotFoundError:
             return False
-        keys = _json(response).get("Keys") or {}
+        keys = _json(response, self._redact).get("Keys") or {}
         return isinstance(keys, dict) and any(same_cid(k, cid) for k in keys)
 
     async def pin(
@@ -391,7 +391,7 @@ class KuboBackend(StorageBackend):
         response = await self._post(
             "pin/add", params, action=f"pin add {cid}", timeout=self.pin_timeout + 30
         )
-        pins = _json(response).get("Pins") or []
+        pins = _json(response, self._redact).get("Pins") or []
         if not isinstance(pins, list) or not any(
             isinstance(p, str) and same_cid(p, cid) for p in pins
         ):
@@ -416,8 +416,10 @@ class KuboBackend(StorageBackend):
         """``version`` and ``id``: reachable, authenticated (if a token is set), version."""
         try:
             once = RetryPolicy.none()
-            version = _json(await self._post("version", {}, action="version", policy=once))
-            ident = _json(await self._post("id", {}, action="id", policy=once))
+            version = _json(
+                await self._post("version", {}, action="version", policy=once), self._redact
+            )
+            ident = _json(await self._post("id", {}, action="id", policy=once), self._redact)
         except AuthError as exc:
             return Health(reachable=True, authenticated=False, detail=str(exc))
         except UnavailableError as exc:
@@ -459,20 +461,25 @@ def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
     return value
 
 
-def _json(response: httpx.Response) -> dict[str, object]:
+def _json(response: httpx.Response, redact: Redactor) -> dict[str, object]:
+    """The JSON object of an answer; BackendError quoting (redacted) what came instead."""
     try:
         doc = json.loads(response.text)
     except ValueError as exc:
         raise BackendError(
-            f"kubo: {response.request.url.path} answered with non-JSON: {response.text[:120]!r}",
+            f"kubo: {response.request.url.path} answered with non-JSON: "
+            f"{redact(response.text[:4096])[:120]!r}",
             backend="kubo",
         ) from exc
     if not isinstance(doc, dict):
-        raise BackendError(f"kubo: {response.request.url.path} answered {doc!r}", backend="kubo")
+        raise BackendError(
+            f"kubo: {response.request.url.path} answered {redact(repr(doc)[:200])}",
+            backend="kubo",
+        )
     return doc
 
 
-def _parse_add(text: str) -> tuple[str, str]:
+def _parse_add(text: str, redact: Redactor) -> tuple[str, str]:
     """Root ``(Hash, Size)`` from ``add``'s NDJSON: the last event carrying a ``Hash``."""
     root: tuple[str, str] | None = None
     for line in text.splitlines():
@@ -482,7 +489,10 @@ def _parse_add(text: str) -> tuple[str, str]:
         try:
             event = json.loads(line)
         except ValueError as exc:
-            raise BackendError(f"kubo: add answered a non-JSON line: {line[:120]!r}") from exc
+            raise BackendError(
+                f"kubo: add answered a non-JSON line: {redact(line[:4096])[:120]!r}",
+                backend="kubo",
+            ) from exc
         if isinstance(event, dict) and isinstance(event.get("Hash"), str):
             root = (event["Hash"], str(event.get("Size", "")))
     if root is None:

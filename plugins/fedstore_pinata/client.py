@@ -159,7 +159,8 @@ class PinataClient:
             doc = json.loads(response.text)
         except ValueError as exc:
             raise BackendError(
-                f"pinata: {action}: answer is not JSON: {self.redact(response.text[:120])!r}",
+                f"pinata: {action}: answer is not JSON: "
+                f"{self.redact(response.text[:4096])[:120]!r}",
                 backend="pinata",
             ) from exc
         if not isinstance(doc, dict):

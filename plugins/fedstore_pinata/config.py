@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from fedstore.backends.http import Classifier, Secret
+from fedstore.backends.http import Classifier, Secret, display_url
 from fedstore.errors import AuthError, BackendError, NotConfiguredError, NotFoundError, QuotaError
 
 __all__ = ["PinataConfig", "pinata_classifier", "pinata_reason"]
@@ -50,7 +50,9 @@ def _base_url(value: str, setting: str, *, strip: str = "") -> str:
         value = f"https://{value}"
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise NotConfiguredError(f"pinata: {setting}={value!r} is not an http(s) URL")
+        raise NotConfiguredError(
+            f"pinata: {setting}={display_url(value)!r} is not an http(s) URL with a host name"
+        )
     if parts.username or parts.password or parts.query:
         raise NotConfiguredError(
             f"pinata: {setting} must be a plain URL (no credentials or query); "
