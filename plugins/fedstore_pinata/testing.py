@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import trio
 
-from fedstore.backends.streaming import read_multipart
+from fedstore.backends.streaming import iter_source, read_multipart
 from fedstore.cid import CidBuilder, DagParams, parse_cid
 from fedstore.errors import InvalidCIDError
 
@@ -399,20 +399,11 @@ class FakePinata(httpx.AsyncBaseTransport):
         end = size if self.truncate is None else min(size, start + self.truncate)
 
         async def body() -> AsyncIterator[bytes]:
-            pos = start
-            if self.blob_dir is not None:
-                async with await trio.open_file(self.blob_dir / cid, "rb") as f:
-                    await f.seek(pos)
-                    while pos < end:
-                        piece = await f.read(min(_STREAM_CHUNK, end - pos))
-                        pos += len(piece)
-                        yield self._maybe_corrupt(piece)
-            else:
-                data = self.blobs[cid]
-                while pos < end:
-                    piece = data[pos : min(end, pos + _STREAM_CHUNK)]
-                    pos += len(piece)
-                    yield self._maybe_corrupt(piece)
+            source = self.blob_dir / cid if self.blob_dir is not None else self.blobs[cid]
+            async for piece in iter_source(
+                source, offset=start, length=end - start, chunk_size=_STREAM_CHUNK
+            ):
+                yield self._maybe_corrupt(piece)
 
         headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
         if self.truncate is None:
