@@ -416,7 +416,7 @@ async def test_non_json_answers_are_quoted_redacted(httpx_mock: HTTPXMock, sleep
     page = f"<html>echo: Authorization: Bearer {TOKEN}</html>"
     httpx_mock.add_response(method="POST", text=page)
     httpx_mock.add_response(method="POST", text=page)
-    with pytest.raises(BackendError, match="non-JSON") as info:
+    with pytest.raises(BackendError, match="not JSON") as info:
         await backend.has(cid_of_bytes(b"x", 0))
     assert "echo: Authorization" in str(info.value) and TOKEN not in str(info.value)
     with pytest.raises(BackendError, match="non-JSON line") as info:

@@ -46,7 +46,7 @@ from collections.abc import (
     Mapping,
 )
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -72,6 +72,7 @@ __all__ = [
     "default_timeout",
     "display_url",
     "error_from_response",
+    "json_object",
     "parse_retry_after",
     "read_error_body",
     "send",
@@ -251,6 +252,30 @@ async def read_error_body(response: httpx.Response, redact: Callable[[str], str]
         raw = b"".join(chunks)
     text = raw[:MAX_ERROR_BODY].decode("utf-8", "replace")
     return redact(text.strip())
+
+
+def json_object(
+    response: httpx.Response, *, backend: str, action: str, redact: Callable[[str], str]
+) -> dict[str, Any]:
+    """The JSON object a successful answer carries.
+
+    Anything else raises :class:`~fedstore.errors.BackendError` quoting the
+    start of what came instead, redacted before it is cut short (so no piece
+    of a secret survives).
+    """
+    try:
+        doc = json.loads(response.text)
+    except ValueError as exc:
+        raise BackendError(
+            f"{backend}: {action}: answer is not JSON: {redact(response.text[:4096])[:120]!r}",
+            backend=backend,
+        ) from exc
+    if not isinstance(doc, dict):
+        shown = redact(repr(doc)[:4096])[:120]
+        raise BackendError(
+            f"{backend}: {action}: answer is not a JSON object: {shown}", backend=backend
+        )
+    return doc
 
 
 def _short(text: str, limit: int = 300) -> str:

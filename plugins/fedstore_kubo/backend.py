@@ -33,7 +33,7 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
-from typing import Self
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -46,6 +46,7 @@ from fedstore.backends.http import (
     RetryPolicy,
     Secret,
     default_timeout,
+    json_object,
     send,
     with_retries,
 )
@@ -245,18 +246,25 @@ class KuboBackend(StorageBackend):
                 params=params,
                 timeout=request_timeout,
             )
-            return await send(
-                self._client,
-                request,
-                backend="kubo",
-                action=action,
-                redact=self._redact,
-                classify=_classifier(action, token_set=self._token_set),
-            )
+            return await self._send(request, action)
 
         return await with_retries(
             attempt, policy=policy or self.retry, backend="kubo", action=action
         )
+
+    async def _send(self, request: httpx.Request, action: str) -> httpx.Response:
+        """One request, answered 2xx or raised as a fedstore error (classified, redacted)."""
+        return await send(
+            self._client,
+            request,
+            backend="kubo",
+            action=action,
+            redact=self._redact,
+            classify=_classifier(action, token_set=self._token_set),
+        )
+
+    def _json(self, response: httpx.Response, action: str) -> dict[str, Any]:
+        return json_object(response, backend="kubo", action=action, redact=self._redact)
 
     def _read_options(self) -> dict[str, str]:
         if self.fetch_timeout:
@@ -308,14 +316,7 @@ class KuboBackend(StorageBackend):
             request = self._client.build_request(
                 "POST", "add", params=params, content=body, headers=body.headers()
             )
-            response = await send(
-                self._client,
-                request,
-                backend="kubo",
-                action=action,
-                redact=self._redact,
-                classify=_classifier(action, token_set=self._token_set),
-            )
+            response = await self._send(request, action)
             return _parse_add(response.text, self._redact)
 
         remote_cid, _dag_size = await with_retries(
@@ -368,7 +369,7 @@ class KuboBackend(StorageBackend):
             )
         except NotFoundError:
             return False
-        keys = _json(response, self._redact).get("Keys") or {}
+        keys = self._json(response, f"pin ls {cid}").get("Keys") or {}
         return isinstance(keys, dict) and any(same_cid(k, cid) for k in keys)
 
     async def pin(
@@ -391,7 +392,7 @@ class KuboBackend(StorageBackend):
         response = await self._post(
             "pin/add", params, action=f"pin add {cid}", timeout=self.pin_timeout + 30
         )
-        pins = _json(response, self._redact).get("Pins") or []
+        pins = self._json(response, f"pin add {cid}").get("Pins") or []
         if not isinstance(pins, list) or not any(
             isinstance(p, str) and same_cid(p, cid) for p in pins
         ):
@@ -416,10 +417,10 @@ class KuboBackend(StorageBackend):
         """``version`` and ``id``: reachable, authenticated (if a token is set), version."""
         try:
             once = RetryPolicy.none()
-            version = _json(
-                await self._post("version", {}, action="version", policy=once), self._redact
+            version = self._json(
+                await self._post("version", {}, action="version", policy=once), "version"
             )
-            ident = _json(await self._post("id", {}, action="id", policy=once), self._redact)
+            ident = self._json(await self._post("id", {}, action="id", policy=once), "id")
         except AuthError as exc:
             return Health(reachable=True, authenticated=False, detail=str(exc))
         except UnavailableError as exc:
@@ -459,24 +460,6 @@ def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
     if value < 0:
         raise NotConfiguredError(f"kubo: {key} must not be negative")
     return value
-
-
-def _json(response: httpx.Response, redact: Redactor) -> dict[str, object]:
-    """The JSON object of an answer; BackendError quoting (redacted) what came instead."""
-    try:
-        doc = json.loads(response.text)
-    except ValueError as exc:
-        raise BackendError(
-            f"kubo: {response.request.url.path} answered with non-JSON: "
-            f"{redact(response.text[:4096])[:120]!r}",
-            backend="kubo",
-        ) from exc
-    if not isinstance(doc, dict):
-        raise BackendError(
-            f"kubo: {response.request.url.path} answered {redact(repr(doc)[:200])}",
-            backend="kubo",
-        )
-    return doc
 
 
 def _parse_add(text: str, redact: Redactor) -> tuple[str, str]:

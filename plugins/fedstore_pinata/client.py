@@ -23,6 +23,7 @@ from fedstore.backends.http import (
     Redactor,
     RetryPolicy,
     default_timeout,
+    json_object,
     send,
     with_retries,
 )
@@ -155,17 +156,7 @@ class PinataClient:
 
     def json(self, response: httpx.Response, action: str) -> dict[str, Any]:
         """The JSON object of an answer; :class:`BackendError` (redacted) if it is not one."""
-        try:
-            doc = json.loads(response.text)
-        except ValueError as exc:
-            raise BackendError(
-                f"pinata: {action}: answer is not JSON: "
-                f"{self.redact(response.text[:4096])[:120]!r}",
-                backend="pinata",
-            ) from exc
-        if not isinstance(doc, dict):
-            raise BackendError(f"pinata: {action}: unexpected answer", backend="pinata")
-        return doc
+        return json_object(response, backend="pinata", action=action, redact=self.redact)
 
     async def aclose(self) -> None:
         if not self.closed:
