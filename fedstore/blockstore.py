@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 from fedstore.cid import DagParams, ParsedCid, parse_cid
 from fedstore.dag_blocks import DagSummary, decode_block, write_dag_blocks
 from fedstore.errors import FormatError, IntegrityError, NotFoundError
+from fedstore.fsutil import write_atomic
 from fedstore.unixfs import BytesLike
 
 __all__ = ["BlockStore", "FileMark", "digest_of"]
@@ -140,14 +140,14 @@ class BlockStore:
         if path.is_file():
             return False
         path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="blk-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            self._unlink(Path(tmp))
-            raise
+        write_atomic(
+            path,
+            lambda f: f.write(data),
+            tmp_dir=self._tmp,
+            prefix="blk-",
+            suffix="",
+            durable=False,
+        )
         return True
 
     def delete_block(self, digest: bytes) -> None:
@@ -179,10 +179,14 @@ class BlockStore:
         """Record that every block of *cid*'s DAG is present."""
         digest = digest_of(cid)
         body = json.dumps({"cid": cid, "size": size, "blocks": blocks}).encode()
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="root-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        os.replace(tmp, self._roots / digest.hex())
+        write_atomic(
+            self._roots / digest.hex(),
+            lambda f: f.write(body),
+            tmp_dir=self._tmp,
+            prefix="root-",
+            suffix="",
+            durable=False,
+        )
 
     def unmark_file(self, cid: str) -> None:
         """Forget that *cid* is complete (its blocks stay until removed). Idempotent."""

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -38,6 +37,7 @@ from fedstore.errors import ConfigError, FormatError, SizeLimitError
 from fedstore.format import MAGIC, decode, describe_foreign, encode
 from fedstore.format.container import resolve_max_decoded_size
 from fedstore.format.tensor_index import canonical_array, name_problem
+from fedstore.fsutil import write_atomic
 
 NPZ_SUFFIX = ".npz"
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -101,18 +101,18 @@ def save_weights_file(
         )
     if suffix == CHECKPOINT_SUFFIX:
         blob = encode(arrays, metadata)
-        _write_atomic(path, lambda fh: fh.write(blob))
+        write_atomic(path, lambda fh: fh.write(blob))
         return
     prepared = _prepare(arrays)
     if suffix == NPZ_SUFFIX:
         if metadata:
             raise ValueError(".npz files cannot hold metadata; use .safetensors or .fsck")
-        _write_atomic(path, lambda fh: _write_npz(fh, prepared))
+        write_atomic(path, lambda fh: _write_npz(fh, prepared))
         return
     meta = dict(metadata) if metadata else None
     if meta is not None and not all(isinstance(v, str) for v in meta.values()):
         raise TypeError("safetensors metadata values must be str")
-    _write_atomic(path, lambda fh: fh.write(safetensors.numpy.save(prepared, metadata=meta)))
+    write_atomic(path, lambda fh: fh.write(safetensors.numpy.save(prepared, metadata=meta)))
 
 
 def _prepare(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,19 +125,6 @@ def _prepare(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             raise (TypeError if not isinstance(name, str) else ValueError)(problem)
         prepared[name] = canonical_array(name, value)
     return prepared
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def _write_npz(fh: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ import numpy as np
 
 from fedstore.catalog import Catalog, CheckpointRecord, RoundConflictError
 from fedstore.errors import CheckpointNotFoundError, IntegrityError
+from fedstore.fsutil import fsync_dir, write_atomic
 from fedstore.store.paths import ROUNDS_DIR, TMP_DIR, checkpoint_filename
 from fedstore.store.reconcile import ReconcileReport, VerifyLevel, reconcile
 
@@ -48,14 +48,6 @@ __all__ = ["LocalStore"]
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "store.lock"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _describe(data: bytes) -> tuple[str, int]:
@@ -225,19 +217,14 @@ class LocalStore:
 
     def _atomic_write(self, rel: str, data: bytes) -> None:
         final = self.dir / rel
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f"{final.stem}.", suffix=".part", dir=self.dir / TMP_DIR
+        write_atomic(
+            final,
+            lambda f: f.write(data),
+            tmp_dir=self.dir / TMP_DIR,
+            prefix=f"{final.stem}.",
+            suffix=".part",
         )
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_name, final)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def delete(self, round: int) -> CheckpointRecord:
         """Forget ``round`` and remove its file (row first, then file)."""
