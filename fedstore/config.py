@@ -111,6 +111,11 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("FEDSTORE_PEER_RATE", "20", "messages per second accepted from one peer"),
     Variable("FEDSTORE_PEER_BURST", "40", "burst of messages accepted from one peer"),
+    Variable(
+        "FEDSTORE_ANNOUNCEMENTS_PER_PEER",
+        "1000",
+        "announcements kept in the catalog per sending peer (its newest rounds)",
+    ),
     Variable("FEDSTORE_AUTO_SYNC", "false", "true: fetch every newer announced checkpoint at once"),
     Variable("FEDSTORE_ENV_FILE", "", "path of the .env file to read (--env-file)"),
     Variable("FEDSTORE_CONFIG", "", "path of the fedstore.toml file to read (--config)"),
@@ -317,6 +322,7 @@ class NodeConfig:
     max_update_size: int = 256 * 1024**2
     peer_rate: float = 20.0
     peer_burst: int = 40
+    announcements_per_peer: int = 1000
     auto_sync: bool = False
     #: Merged settings handed to storage backends (may hold secrets: not in repr).
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -380,6 +386,7 @@ def load_node_config(
         max_update_size=_number(settings, "FEDSTORE_MAX_UPDATE_SIZE", int, 1),
         peer_rate=_number(settings, "FEDSTORE_PEER_RATE", float, 0.001),
         peer_burst=_number(settings, "FEDSTORE_PEER_BURST", int, 1),
+        announcements_per_peer=_number(settings, "FEDSTORE_ANNOUNCEMENTS_PER_PEER", int, 1),
         auto_sync=parse_bool(settings.get("FEDSTORE_AUTO_SYNC", ""), name="FEDSTORE_AUTO_SYNC"),
         settings=settings,
     )

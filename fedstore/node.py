@@ -67,6 +67,8 @@ MessageSink = Callable[[str, str, bytes], None]
 #: Bootstrap dialling: first retry after this many seconds, doubling, for this long in total.
 _BOOTSTRAP_FIRST_RETRY = 0.25
 _BOOTSTRAP_GIVE_UP = 60.0
+#: seconds between prunings of old announcements from the catalog
+_PRUNE_INTERVAL = 60.0
 
 
 def payload_digest(data: bytes) -> str:
@@ -448,6 +450,17 @@ class Node:
         except Exception:  # one peer must never take the node down
             log.exception("greeting peer %s failed", peer)
 
+    async def _prune_announcements(self) -> None:
+        """Bound the catalog: keep each peer's newest announcements only."""
+        while True:
+            await trio.sleep(_PRUNE_INTERVAL)
+            try:
+                dropped = await self.catalog.prune_announcements(self.config.announcements_per_peer)
+                if dropped:
+                    log.info("pruned %d old announcements from the catalog", dropped)
+            except Exception as exc:  # try again next time
+                log.warning("pruning announcements failed: %s", exc)
+
     async def _reannounce(self) -> None:
         interval = self.config.reannounce_interval
         if interval <= 0:
@@ -497,6 +510,7 @@ class Node:
         await self.join(ANNOUNCE_TOPIC)
         self._nursery.start_soon(self._watch_connections)
         self._nursery.start_soon(self._reannounce)
+        self._nursery.start_soon(self._prune_announcements)
         if self.config.auto_sync:
             self._nursery.start_soon(self._auto_sync)
         head = await self.head()

@@ -263,3 +263,21 @@ def test_refuses_catalog_from_newer_fedstore(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(CatalogError, match="newer fedstore"):
         Catalog.open(tmp_path)
+
+
+def test_prune_announcements_keeps_each_senders_newest(tmp_path: Path) -> None:
+    cat = Catalog.open(tmp_path)
+    cid = "QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN"
+    for r in range(30):
+        cat.record_announcement(r, cid, "12D3KooWflooder", "model-cids")
+    for r in range(3):
+        cat.record_announcement(r, cid, "12D3KooWhonest", "model-cids")
+    assert cat.prune_announcements(per_sender=5) == 25
+    kept = cat.announcements()
+    flooder = sorted(a.round for a in kept if a.sender_peer == "12D3KooWflooder")
+    honest = sorted(a.round for a in kept if a.sender_peer == "12D3KooWhonest")
+    assert flooder == [25, 26, 27, 28, 29]
+    assert honest == [0, 1, 2]
+    assert cat.prune_announcements(per_sender=5) == 0
+    with pytest.raises(ValueError):
+        cat.prune_announcements(per_sender=0)

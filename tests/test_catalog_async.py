@@ -84,3 +84,14 @@ async def test_several_catalogs_open_at_once_in_one_process(tmp_path: Path) -> N
     assert len(opened) == 4
     for i in range(4):
         assert (tmp_path / f"node{i}" / "catalog.sqlite").exists()
+
+
+async def test_async_prune_announcements(tmp_path: Path) -> None:
+    from fedstore.catalog import AsyncCatalog
+
+    cid = "QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN"
+    async with await AsyncCatalog.open(tmp_path) as cat:
+        for r in range(4):
+            await cat.record_announcement(r, cid, "12D3KooWpeer", "model-cids")
+        assert await cat.prune_announcements(1) == 3
+        assert [a.round for a in await cat.announcements()] == [3]

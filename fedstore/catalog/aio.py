@@ -116,6 +116,9 @@ class AsyncCatalog:
     async def announcements(self, **kwargs: Any) -> list[AnnouncementRecord]:
         return await self._call(self.sync.announcements, **kwargs)
 
+    async def prune_announcements(self, per_sender: int) -> int:
+        return await self._call(self.sync.prune_announcements, per_sender)
+
     async def latest_announced(self) -> LatestAnnounced | None:
         return await self._call(self.sync.latest_announced)
 

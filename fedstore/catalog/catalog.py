@@ -367,6 +367,30 @@ class Catalog:
         with self._reading("list announcements") as s:
             return [r.to_record() for r in s.scalars(stmt)]
 
+    def prune_announcements(self, per_sender: int) -> int:
+        """Keep each sender's ``per_sender`` newest announcements (highest rounds); drop the rest.
+
+        Bounds what one peer can make the catalog hold, however patient it is.
+        Returns the number of rows deleted.
+        """
+        if per_sender < 1:
+            raise ValueError(f"per_sender must be >= 1, got {per_sender}")
+        ranked = (
+            select(
+                Announcement.id,
+                func.row_number()
+                .over(
+                    partition_by=Announcement.sender_peer,
+                    order_by=(Announcement.round.desc(), Announcement.last_received_at.desc()),
+                )
+                .label("rank"),
+            )
+        ).subquery()
+        doomed = select(ranked.c.id).where(ranked.c.rank > per_sender)
+        with self._writing("prune announcements") as s:
+            result = s.execute(delete(Announcement).where(Announcement.id.in_(doomed)))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     def latest_announced(self) -> LatestAnnounced | None:
         """The highest announced round, its CID and the first peer that announced it.
 
