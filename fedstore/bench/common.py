@@ -75,7 +75,7 @@ class BenchSizes:
             model_mb=16.0,
             cid_mib=32,
             rss_mib=256,
-            catalog_rows=10_000,
+            catalog_rows=100_000,  # the target is stated at 100,000 rounds
             catalog_runs=5,
             peers=4,
             announcements=10,
