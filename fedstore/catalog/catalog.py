@@ -258,7 +258,7 @@ class Catalog:
     def list_rounds(self, *, status: str | None = None) -> list[int]:
         """Rounds with a checkpoint row, ascending (optionally only one status)."""
         # Plain driver SQL: this can return 100k+ ints, and ORM/Core row processing
-        # would dominate the time (see benchmarks/bench_catalog.py).
+        # would dominate the time (see fedstore/bench/catalog_bench.py).
         sql = "SELECT round FROM checkpoints"
         params: tuple[str, ...] = ()
         if status is not None:
