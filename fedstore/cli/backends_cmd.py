@@ -79,10 +79,10 @@ def _settings() -> dict[str, str]:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from fedstore.backends import available_backends, default_backend_names, load_backend
+    from fedstore.cli.output import table_console
 
     installed = available_backends()
     table = Table(title="fedstore backends")
@@ -105,7 +105,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for name, info in installed.items():
         health = "(not checked)" if args.no_health else trio.run(probe, name)
         table.add_row(name + (" *" if name in default else ""), info.origin, health)
-    Console().print(table)
+    table_console().print(table)
     print(f"default chain (*): {','.join(default)}")
     return 0
 

@@ -99,7 +99,6 @@ def cmd_sql(args: argparse.Namespace) -> int:
         writer.writerow(result.columns)
         writer.writerows([_jsonable(v) for v in row] for row in result.rows)
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table()
@@ -107,7 +106,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
             table.add_column(col, overflow="fold")
         for row in result.rows:
             table.add_row(*(_cell(v) for v in row))
-        console = Console(highlight=False)
+        from fedstore.cli.output import table_console
+
+        console = table_console()
         console.print(table)
         console.print(f"{len(result.rows)} row(s)")
     if result.truncated:
@@ -139,10 +140,11 @@ def cmd_rounds(args: argparse.Namespace) -> int:
                 )
             )
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    from fedstore.cli.output import table_console
+
+    console = table_console()
     if not rows:
         console.print(f"no rounds recorded in {db}")
         return 0

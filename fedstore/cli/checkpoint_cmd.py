@@ -153,9 +153,10 @@ def _open_store(args: argparse.Namespace, *, create: bool = False, **kw: object)
 
 
 def _console() -> Console:
-    from rich.console import Console
 
-    return Console(highlight=False)
+    from fedstore.cli.output import table_console
+
+    return table_console()
 
 
 def _size(n: int | None) -> str:

@@ -78,9 +78,10 @@ def prepare_dir(directory: Path) -> None:
 
 class _Checker:
     def __init__(self) -> None:
-        from rich.console import Console
 
-        self.console = Console(highlight=False)
+        from fedstore.cli.output import table_console
+
+        self.console = table_console()
         self.failures = 0
 
     def step(self, title: str) -> None:
