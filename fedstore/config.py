@@ -168,6 +168,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PINATA_RATE_LIMIT", "60", "client-side Pinata requests per minute (0: off)"),
     Variable("PINATA_TUS_THRESHOLD", "94371840", "bytes above which uploads are resumable (TUS)"),
     Variable("PINATA_TUS_CHUNK", str(50 * 1024 * 1024), "TUS upload chunk size, bytes"),
+    Variable(
+        "PINATA_UPLOAD_FORMAT",
+        "car",
+        "v3 uploads up to the TUS threshold: car (fedstore's own CAR, same CID) or file",
+    ),
 )
 
 

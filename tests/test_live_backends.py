@@ -22,6 +22,7 @@ from fedstore_pinata import PinataBackend
 from fedstore.backends import BackendChain
 from fedstore.backends.testing import BackendConformance, sample_bytes
 from fedstore.cid import cid_of_bytes
+from fedstore.errors import CIDMismatchError
 
 needs_kubo = pytest.mark.skipif(
     not os.environ.get("FEDSTORE_KUBO_API"), reason="set FEDSTORE_KUBO_API to test a live Kubo"
@@ -72,17 +73,30 @@ class TestLivePinata:
         assert health.ok, health.detail
 
     @pytest.mark.parametrize("version", [0, 1])
+    @pytest.mark.parametrize("upload_format", ["car", "file"])
     async def test_live_upload_cid_identity_and_delete(
-        self, backend: PinataBackend, version: int
+        self, version: int, upload_format: str
     ) -> None:
+        """``car`` must match by construction; ``file`` shows whether Pinata's chunker is Kubo's."""
+        backend = PinataBackend.from_env({**os.environ, "PINATA_UPLOAD_FORMAT": upload_format})
         data = sample_bytes(262144 + 1234, f"live-pinata-{os.urandom(4).hex()}")
-        stored = await backend.add(data, cid_version=version, labels={"round": "0", "peer": "test"})
         try:
-            assert stored.cid == cid_of_bytes(data, version)
-            assert stored.backend_ref
-            assert await backend.has(stored.cid)
+            try:
+                stored = await backend.add(
+                    data, cid_version=version, labels={"round": "0", "peer": "test"}
+                )
+            except CIDMismatchError as exc:
+                if upload_format == "file":
+                    pytest.xfail(f"Pinata chunks files unlike Kubo (why car is the default): {exc}")
+                raise
+            try:
+                assert stored.cid == cid_of_bytes(data, version)
+                assert stored.backend_ref
+                assert await backend.has(stored.cid)
+            finally:
+                await backend.unpin(stored.cid, backend_ref=stored.backend_ref)
         finally:
-            await backend.unpin(stored.cid, backend_ref=stored.backend_ref)
+            await backend.aclose()
 
     @needs_gateway
     async def test_live_deep_health_and_gateway(self, backend: PinataBackend) -> None:

@@ -1,4 +1,5 @@
-"""Pinata backend: conformance (v3, TUS, legacy) on a fake Pinata; shapes via pytest-httpx."""
+"""Pinata backend: conformance (v3 CAR and file, TUS, legacy) on a fake Pinata; shapes via
+pytest-httpx. CAR uploads in detail: tests/test_pinata_car.py."""
 
 from __future__ import annotations
 
@@ -121,6 +122,14 @@ class TestPinataV3Conformance(BackendConformance):
         await b.aclose()
 
 
+class TestPinataV3FileConformance(BackendConformance):
+    @pytest.fixture
+    async def backend(self):  # type: ignore[no-untyped-def,override]
+        b = _fake_backend(FakePinata(jwt=JWT, gateway_token=GW_TOKEN), upload_format="file")
+        yield b
+        await b.aclose()
+
+
 class TestPinataTusConformance(BackendConformance):
     @pytest.fixture
     async def backend(self, tmp_path: Path):  # type: ignore[no-untyped-def,override]
@@ -150,7 +159,9 @@ class TestPinataLegacyConformance(BackendConformance):
 
 
 @pytest.mark.parametrize("version", [0, 1])
-async def test_v3_upload_shape(httpx_mock: HTTPXMock, pinata: PinataBackend, version: int) -> None:
+async def test_v3_file_upload_shape(httpx_mock: HTTPXMock, sleeps: Sleeps, version: int) -> None:
+    """PINATA_UPLOAD_FORMAT=file: the raw file with cid_version (no car field)."""
+    pinata = PinataBackend(config(upload_format="file"), retry=RetryPolicy(sleep=sleeps))
     data = sample_bytes(400_000, "v3")
     cid = cid_of_bytes(data, version)
     captured: dict[str, object] = {}
@@ -174,6 +185,7 @@ async def test_v3_upload_shape(httpx_mock: HTTPXMock, pinata: PinataBackend, ver
         "keyvalues": json.dumps(labels),
     }
     assert files == {"file:round_5.fsck": data}
+    await pinata.aclose()
 
 
 async def test_v3_upload_with_group(httpx_mock: HTTPXMock, sleeps: Sleeps) -> None:
@@ -195,7 +207,7 @@ async def test_v3_cid_mismatch_deletes_stray_upload(
     httpx_mock: HTTPXMock, pinata: PinataBackend
 ) -> None:
     data = b"my checkpoint"
-    theirs = cid_of_bytes(data, 1)  # e.g. Pinata ignored cid_version=v0
+    theirs = cid_of_bytes(data, 1)  # another root block than fedstore's v0 one
     httpx_mock.add_response(
         method="POST", url=f"{UP}/v3/files", json=upload_answer(theirs, len(data), "stray-id")
     )
@@ -676,6 +688,13 @@ def test_from_env() -> None:
     assert cfg.upload_url == "https://127.0.0.1:9998"
     assert cfg.gateway_url == "https://fedstore.mypinata.cloud"
     assert cfg.rate_limit == 250
+    assert cfg.upload_format == "car"  # the default
+    assert (
+        PinataConfig.from_env({"PINATA_JWT": JWT, "PINATA_UPLOAD_FORMAT": " File "}).upload_format
+        == "file"
+    )
+    with pytest.raises(NotConfiguredError, match="PINATA_UPLOAD_FORMAT must be car or file"):
+        PinataConfig.from_env({"PINATA_JWT": JWT, "PINATA_UPLOAD_FORMAT": "tar"})
     assert JWT not in repr(cfg) and GW_TOKEN not in repr(cfg)
     legacy = PinataConfig.from_env({"PINATA_API_KEY": "k", "PINATA_API_SECRET": "s"})
     assert legacy.mode == "legacy" and legacy.rate_limit == 60

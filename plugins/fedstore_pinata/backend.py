@@ -2,23 +2,27 @@
 
 CID identity (decision)
 -----------------------
-fedstore uploads the checkpoint *file* with ``cid_version`` set (v0 or v1)
-and compares the CID Pinata reports with the one fedstore computes while
-sending the bytes (Kubo's DAG: 256 KiB chunks, balanced, raw leaves for v1;
-Pinata's importer uses the same defaults). A different CID raises
+v3 uploads up to the TUS threshold send a CAR that fedstore built itself
+(Kubo's DAG: 256 KiB chunks, balanced, raw leaves for v1) with ``car=true``,
+so Pinata keeps fedstore's root CID by construction, whatever its own
+chunker does (``PINATA_UPLOAD_FORMAT=file`` sends the raw file with
+``cid_version`` instead). Resumable (TUS) and legacy uploads send the file
+with ``cid_version``: ``car=true`` is not documented there (see
+:mod:`fedstore_pinata.upload`). In every case the CID Pinata reports is
+compared with fedstore's: a different root block raises
 :class:`~fedstore.errors.CIDMismatchError` and the stray upload is deleted
 (best effort), so a divergence is never silent and the chain moves on to the
-next backend. Uploading a locally built CAR (``car=true``) would make the CID
-match by construction; it is not used because that option is recent and
-undocumented for resumable uploads, and the check above already guarantees
-that fedstore never records a CID it did not compute.
+next backend. The v0 and v1 spellings of one root block are the same content
+and are accepted; fedstore records its own CID.
 
 Requests
 --------
 * v3 (``PINATA_JWT``): ``POST {upload}/v3/files`` multipart with
   ``network=public`` (Pinata's default is private, which peers cannot fetch),
   ``name``, ``keyvalues`` (JSON of the labels: round, peer, model),
-  ``cid_version`` and optional ``group_id``; resumable TUS upload above
+  ``car=true`` with the CAR as the ``file`` part (``<name>.car``,
+  ``application/vnd.ipld.car``) or ``cid_version`` with the raw file, and
+  optional ``group_id``; resumable TUS upload above
   ``tus_threshold`` (:mod:`fedstore_pinata.tus`). List with cursor pagination
   (``pageToken`` / ``next_page_token``); delete by file id
   (``DELETE /v3/files/public/{id}``), resolving CID → ids by listing.
@@ -51,8 +55,6 @@ from fedstore.backends import Health, Source, StorageBackend, StoredObject
 from fedstore.backends.http import RateLimiter, RetryPolicy
 from fedstore.backends.streaming import (
     DEFAULT_CHUNK_SIZE,
-    CidTap,
-    same_cid,
     source_size,
     stream_download,
 )
@@ -63,6 +65,7 @@ from fedstore.errors import (
     CIDMismatchError,
     ConfigError,
     IntegrityError,
+    InvalidCIDError,
     NotConfiguredError,
     RateLimitedError,
     UnavailableError,
@@ -136,18 +139,16 @@ class PinataBackend(StorageBackend):
         if cid_version not in (0, 1):
             raise ConfigError(f"cid_version must be 0 or 1, not {cid_version!r}")
         size = source_size(source)
-        tap = CidTap(cid_version)
-        remote, ref = await upload(
+        done = await upload(
             self._api,
             source,
             size=size,
             cid_version=cid_version,
             filename=(name or "checkpoint")[:200],
             labels=labels,
-            tap=tap,
         )
-        local = await tap.cid(source, size)
-        if not same_cid(remote, local):
+        remote, ref, local = done.remote_cid, done.file_id, done.local_cid
+        if not _same_root(remote, local):
             await self._delete_quietly(remote, ref)
             raise CIDMismatchError(
                 f"Pinata stored the data as {remote}, but fedstore computes {local} "
@@ -314,6 +315,14 @@ class PinataBackend(StorageBackend):
 
     async def aclose(self) -> None:
         await self._api.aclose()
+
+
+def _same_root(remote: str, local: str) -> bool:
+    """Whether Pinata's CID names fedstore's root block (in either CID version)."""
+    try:
+        return parse_cid(remote).same_block(parse_cid(local))
+    except InvalidCIDError:
+        return False
 
 
 def _content_length(response: httpx.Response) -> int | None:

@@ -10,7 +10,7 @@ message passes through the client's :class:`~fedstore.backends.http.Redactor`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -29,6 +29,7 @@ from fedstore.backends.http import (
 )
 from fedstore.backends.streaming import DEFAULT_CHUNK_SIZE, CidTap, MultipartBody
 from fedstore.errors import BackendError
+from fedstore_pinata.car_upload import CarMultipartBody, CarPlan
 from fedstore_pinata.config import PinataConfig, pinata_classifier
 
 __all__ = ["PinataClient"]
@@ -138,10 +139,9 @@ class PinataClient:
         Every attempt streams ``source`` afresh through ``tap`` (which computes
         fedstore's CID of the bytes as they go).
         """
-        self.check_open()
 
-        async def attempt() -> httpx.Response:
-            body = MultipartBody(
+        def body() -> MultipartBody:
+            return MultipartBody(
                 fields,
                 file_field="file",
                 filename=filename,
@@ -149,6 +149,40 @@ class PinataClient:
                 chunk_size=self.chunk_size,
                 on_chunk=tap,
             )
+
+        return await self.post_form(url, action, body)
+
+    async def post_car(
+        self,
+        url: str,
+        action: str,
+        fields: list[tuple[str, str]],
+        filename: str,
+        source: Source,
+        plan: CarPlan,
+    ) -> httpx.Response:
+        """POST a multipart upload whose file part is the CAR of ``source`` (see ``plan``)."""
+
+        def body() -> CarMultipartBody:
+            return CarMultipartBody(
+                fields,
+                file_field="file",
+                filename=filename,
+                source=source,
+                plan=plan,
+                chunk_size=self.chunk_size,
+            )
+
+        return await self.post_form(url, action, body)
+
+    async def post_form(
+        self, url: str, action: str, make_body: Callable[[], MultipartBody | CarMultipartBody]
+    ) -> httpx.Response:
+        """POST a streamed body with retries; ``make_body()`` gives each attempt a fresh one."""
+        self.check_open()
+
+        async def attempt() -> httpx.Response:
+            body = make_body()
             request = self.http.build_request("POST", url, content=body, headers=body.headers())
             return await self._send(request, action)
 

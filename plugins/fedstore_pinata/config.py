@@ -18,6 +18,13 @@ Settings (environment or ``fedstore.toml``):
                             free plan; 0 disables).
 ``PINATA_TUS_THRESHOLD``    bytes above which uploads are resumable (TUS);
                             default 94371840 (90 MiB, as Pinata's SDK).
+``PINATA_TUS_CHUNK``        TUS chunk size in bytes (default 50 MiB).
+``PINATA_UPLOAD_FORMAT``    v3 uploads up to the TUS threshold: ``car``
+                            (default: a locally built CAR with ``car=true``,
+                            so Pinata's CID is fedstore's by construction)
+                            or ``file`` (the raw file; Pinata chunks it and
+                            its CID is checked). TUS and legacy uploads
+                            always send the file.
 ==========================  ===================================================
 """
 
@@ -41,6 +48,8 @@ DEFAULT_UPLOAD_URL = "https://uploads.pinata.cloud"
 DEFAULT_TUS_THRESHOLD = 94_371_840
 #: TUS chunk size (Pinata's SDK uses about 50 MiB).
 DEFAULT_TUS_CHUNK = 50 * 1024 * 1024
+#: Values of PINATA_UPLOAD_FORMAT.
+UPLOAD_FORMATS = ("car", "file")
 _QUOTA_WORDS = ("limit", "quota", "plan", "storage", "exceed", "insufficient")
 
 
@@ -79,6 +88,7 @@ class PinataConfig:
     rate_limit: float = 0.0
     tus_threshold: int = DEFAULT_TUS_THRESHOLD
     tus_chunk: int = DEFAULT_TUS_CHUNK
+    upload_format: str = "car"
 
     def __post_init__(self) -> None:
         if self.mode not in ("v3", "legacy"):
@@ -91,6 +101,10 @@ class PinataConfig:
         if self.mode == "legacy" and not (self.jwt or (self.api_key and self.api_secret)):
             raise NotConfiguredError(
                 "pinata: legacy mode needs PINATA_JWT or PINATA_API_KEY + PINATA_API_SECRET"
+            )
+        if self.upload_format not in UPLOAD_FORMATS:
+            raise NotConfiguredError(
+                f"pinata: PINATA_UPLOAD_FORMAT must be car or file, not {self.upload_format!r}"
             )
         if self.tus_chunk < 1024 or self.tus_threshold < 0:
             raise NotConfiguredError("pinata: TUS chunk/threshold sizes are out of range")
@@ -145,6 +159,7 @@ class PinataConfig:
             rate_limit=_number(env, "PINATA_RATE_LIMIT", 60.0),
             tus_threshold=int(_number(env, "PINATA_TUS_THRESHOLD", DEFAULT_TUS_THRESHOLD)),
             tus_chunk=int(_number(env, "PINATA_TUS_CHUNK", DEFAULT_TUS_CHUNK)),
+            upload_format=env.get("PINATA_UPLOAD_FORMAT", "").strip().lower() or "car",
         )
 
 

@@ -11,28 +11,35 @@ Routes by path, so one transport serves every host the backend talks to:
 * gateway ``GET /ipfs/<cid>`` (honours ``Range``; checks ``x-pinata-gateway-token``).
 
 CIDs are computed with :mod:`fedstore.cid` from the requested ``cid_version``
-(Pinata's default v1). Request bodies are parsed as they stream; blobs may
-live in *blob_dir*. Knobs: ``down``, ``fail_next`` (answers/exceptions for the
-next requests), ``cid_override``, ``corrupt``, ``truncate``,
-``drop_patch_after`` (break a TUS chunk after that many bytes).
+(Pinata's default v1); a v3 upload with ``car=true`` carries a CARv1 that is
+verified and unpacked with :mod:`fedstore.car` (the file is stored under the
+CAR's root CID; a malformed or inconsistent CAR is a 400). Request bodies are
+parsed as they stream; blobs may live in *blob_dir*. Knobs: ``down``,
+``fail_next`` (answers/exceptions for the next requests), ``cid_override``,
+``corrupt``, ``truncate``, ``drop_patch_after`` (break a TUS chunk after that
+many bytes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import trio
 
 from fedstore.backends.streaming import iter_source, read_multipart
+from fedstore.car import CarReader, iter_car_verified
 from fedstore.cid import CidBuilder, DagParams, parse_cid
-from fedstore.errors import InvalidCIDError
+from fedstore.errors import FedstoreError, InvalidCIDError
 
 __all__ = ["FakePinata"]
 
@@ -82,6 +89,8 @@ class FakePinata(httpx.AsyncBaseTransport):
         self.corrupt = False
         self.truncate: int | None = None
         self.drop_patch_after: int | None = None
+        #: Largest file a CAR upload may unpack to (Pinata's upload limit is 25 GB).
+        self.max_car_file_size = 25 * 10**9
 
     # -- helpers -------------------------------------------------------------------
 
@@ -131,6 +140,12 @@ class FakePinata(httpx.AsyncBaseTransport):
             os.replace(path, path.with_name(cid))
         else:
             self.blobs[cid] = b"".join(parts)
+
+    async def _discard(self, fh: Any, path: Path | None) -> None:
+        if fh is not None:
+            await fh.aclose()
+        if path is not None:
+            await trio.to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
 
     # -- transport -------------------------------------------------------------------
 
@@ -187,50 +202,114 @@ class FakePinata(httpx.AsyncBaseTransport):
     # -- uploads ---------------------------------------------------------------------
 
     async def _read_upload(
-        self, request: httpx.Request, version_of: Any
+        self, request: httpx.Request, version_of: Any, *, car_of: Any = None
     ) -> tuple[dict[str, str], str, int, str] | httpx.Response:
+        """Parse a multipart upload; ``(fields, CID, file size, filename)`` or an error answer.
+
+        The fields a decision depends on (``cid_version``, ``car``) must come
+        before the file part, as fedstore sends them. With ``car_of(fields)``
+        true the file part is a CARv1: it is spooled, verified and unpacked.
+        """
         ctype = request.headers.get("content-type", "")
         if "boundary=" not in ctype:
             return _err(400, "INVALID_REQUEST", "multipart body required")
         boundary = ctype.split("boundary=", 1)[1].strip('"')
         fields: dict[str, str] = {}
         parts, fh, path = await self._new_sink()
-        state: dict[str, Any] = {"builder": None, "size": 0, "filename": ""}
+        state: dict[str, Any] = {"builder": None, "size": 0, "filename": "", "car": None}
 
         async def on_field(name: str, value: str) -> None:
             fields[name] = value
 
         async def on_file(_name: str, filename: str, data: bytes) -> None:
-            if state["builder"] is None:
-                state["builder"] = CidBuilder(DagParams.kubo(version_of(fields)))
+            if state["builder"] is None and state["car"] is None:
                 state["filename"] = filename
-            if data:
-                state["size"] += len(data)
-                await trio.to_thread.run_sync(state["builder"].update, data)
-                if fh is not None:
-                    await fh.write(data)
+                if car_of is not None and car_of(fields):
+                    spool = functools.partial(
+                        tempfile.TemporaryFile, suffix=".car", dir=self.blob_dir
+                    )
+                    state["car"] = await trio.to_thread.run_sync(spool)
                 else:
-                    parts.append(data)
+                    state["builder"] = CidBuilder(DagParams.kubo(version_of(fields)))
+            if not data:
+                return
+            state["size"] += len(data)
+            if state["car"] is not None:
+                await trio.to_thread.run_sync(state["car"].write, data)
+                return
+            await trio.to_thread.run_sync(state["builder"].update, data)
+            if fh is not None:
+                await fh.write(data)
+            else:
+                parts.append(data)
 
         assert isinstance(request.stream, httpx.AsyncByteStream)
         try:
-            await read_multipart(
-                request.stream.__aiter__(), boundary, on_field=on_field, on_file=on_file
-            )
-        except ValueError as exc:
-            return _err(400, "INVALID_REQUEST", str(exc))
-        if state["builder"] is None:
-            return _err(400, "INVALID_REQUEST", "file is required")
-        computed: str = await trio.to_thread.run_sync(state["builder"].finalize)
+            try:
+                await read_multipart(
+                    request.stream.__aiter__(), boundary, on_field=on_field, on_file=on_file
+                )
+            except ValueError as exc:
+                await self._discard(fh, path)
+                return _err(400, "INVALID_REQUEST", str(exc))
+            if state["car"] is not None:
+                if fh is not None:
+                    await fh.aclose()
+                    fh = None
+                try:
+                    computed, size = await trio.to_thread.run_sync(
+                        self._unpack_car, state["car"], path, parts
+                    )
+                except (FedstoreError, OSError) as exc:
+                    await self._discard(None, path)
+                    return _err(400, "INVALID_CAR", f"the CAR could not be imported: {exc}")
+                state["size"] = size
+            elif state["builder"] is None:
+                await self._discard(fh, path)
+                return _err(400, "INVALID_REQUEST", "file is required")
+            else:
+                computed = await trio.to_thread.run_sync(state["builder"].finalize)
+        finally:
+            if state["car"] is not None:
+                state["car"].close()
         cid = self.cid_override or computed
         await self._finish(parts, fh, path, cid)
         return fields, cid, int(state["size"]), str(state["filename"])
+
+    def _unpack_car(
+        self, spool: IO[bytes], dest: Path | None, parts: list[bytes]
+    ) -> tuple[str, int]:
+        """Verify the CAR in ``spool`` and write its file to ``dest`` (or ``parts``).
+
+        Answers ``(root CID as the CAR spells it, file size)``. Blocking.
+        """
+        spool.seek(0)
+        root = CarReader(spool).root
+        spool.seek(0)
+        size = 0
+        pieces = iter_car_verified(
+            spool,
+            expected_root=root,
+            max_size=self.max_car_file_size,
+            spool_dir=str(self.blob_dir) if self.blob_dir is not None else None,
+        )
+        with open(dest, "wb") if dest is not None else contextlib.nullcontext() as out:
+            for piece in pieces:
+                size += len(piece)
+                if out is not None:
+                    out.write(piece)
+                else:
+                    parts.append(piece)
+        return str(root), size
 
     async def _upload_v3(self, request: httpx.Request) -> httpx.Response:
         def version(fields: dict[str, str]) -> int:
             return 0 if fields.get("cid_version") == "v0" else 1
 
-        got = await self._read_upload(request, version)
+        def car(fields: dict[str, str]) -> bool:
+            return fields.get("car") == "true"
+
+        got = await self._read_upload(request, version, car_of=car)
         if isinstance(got, httpx.Response):
             return got
         fields, cid, size, filename = got
