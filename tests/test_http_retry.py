@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _doubles import Sleeps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,14 +40,6 @@ from fedstore.errors import (
     RateLimitedError,
     UnavailableError,
 )
-
-
-class Sleeps:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
 
 
 def policy(attempts: int = 4, **kw: object) -> tuple[RetryPolicy, Sleeps]:

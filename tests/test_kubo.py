@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _doubles import Sleeps
 from fedstore_kubo import KuboBackend
 from fedstore_kubo.address import api_url_from_env, api_url_from_text
 from fedstore_kubo.testing import FakeKubo
@@ -32,16 +33,6 @@ from fedstore.errors import (
 
 API = "http://kubo.test:5001"
 TOKEN = "kubo-secret-token-0123456789"
-
-
-class Sleeps:
-    """Injectable sleep that records the delays instead of waiting."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _doubles import Sleeps
 from fedstore_pinata import PinataBackend, PinataConfig
 from fedstore_pinata.backend import PROBE_BLOB
 from fedstore_pinata.testing import FakePinata
@@ -37,14 +38,6 @@ GW_TOKEN = "gateway-token-abcdef0123456789"
 API = "https://api.pinata.test"
 UP = "https://uploads.pinata.test"
 GW = "https://fedstore.mypinata.test"
-
-
-class Sleeps:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
 
 
 def config(**overrides: object) -> PinataConfig:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _doubles import Sleeps
 from fedstore_pinata import PinataBackend, PinataConfig
 from fedstore_pinata.car_upload import CarPlan, car_length, iter_car_async, plan_car
 from fedstore_pinata.testing import FakePinata
@@ -32,14 +33,6 @@ API = "https://api.pinata.test"
 UP = "https://uploads.pinata.test"
 GW = "https://fedstore.mypinata.test"
 FILE_ID = "0190f3c2-aaaa-bbbb-cccc-1234567890ab"
-
-
-class Sleeps:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
 
 
 def config(**overrides: object) -> PinataConfig:

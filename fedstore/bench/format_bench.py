@@ -146,38 +146,24 @@ def run(sizes: BenchSizes, workdir: Path, say: SayFn) -> SectionResult:
 
     base = figures[BASELINE]
     model = f"{raw / MB:.0f} MB model"
-    for variant in VARIANTS:
-        fig = figures[variant.name]
-        is_base = variant.name == BASELINE
-        result.add(
-            Row(
-                f"save {model}",
-                variant.name,
-                fig.save[0],
-                "s",
-                "time",
-                baseline=None if is_base else BASELINE,
-                ratio=None if is_base else fig.save[0] / base.save[0],
-                target=SAVE_TARGET if variant.name == "fedstore" else None,
-                samples=fig.save[1],
+    for action, target in (("save", SAVE_TARGET), ("load", LOAD_TARGET)):
+        base_median: float = getattr(base, action)[0]
+        for variant in VARIANTS:
+            median, samples = getattr(figures[variant.name], action)
+            is_base = variant.name == BASELINE
+            result.add(
+                Row(
+                    f"{action} {model}",
+                    variant.name,
+                    median,
+                    "s",
+                    "time",
+                    baseline=None if is_base else BASELINE,
+                    ratio=None if is_base else median / base_median,
+                    target=target if variant.name == "fedstore" else None,
+                    samples=samples,
+                )
             )
-        )
-    for variant in VARIANTS:
-        fig = figures[variant.name]
-        is_base = variant.name == BASELINE
-        result.add(
-            Row(
-                f"load {model}",
-                variant.name,
-                fig.load[0],
-                "s",
-                "time",
-                baseline=None if is_base else BASELINE,
-                ratio=None if is_base else fig.load[0] / base.load[0],
-                target=LOAD_TARGET if variant.name == "fedstore" else None,
-                samples=fig.load[1],
-            )
-        )
     for variant in VARIANTS:
         fig = figures[variant.name]
         is_base = variant.name == BASELINE
