@@ -37,7 +37,7 @@ import multiaddr
 import trio
 
 from fedstore.backends.chain import BackendChain
-from fedstore.cid import CidVerifier, DagParams
+from fedstore.ipld.cid import CidVerifier, DagParams
 
 READ = 4 * 1024 * 1024
 
@@ -166,7 +166,7 @@ def main() -> None:
                 n = min(left, READ)
                 f.write(os.urandom(n))
                 left -= n
-        from fedstore.cid import cid_of_file
+        from fedstore.ipld.cid import cid_of_file
 
         cid = cid_of_file(path)
         mb = size / 1e6

@@ -1,1 +1,1 @@
-"""Alembic migrations for the fedstore catalog (shipped in the wheel as fedstore_migrations)."""
+"""Alembic migrations for the fedstore catalog (shipped in the wheel as fedstore.catalog.migrations)."""

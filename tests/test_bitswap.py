@@ -33,9 +33,9 @@ from libp2p.tools.utils import connect
 from fedstore.backends.chain import BackendChain
 from fedstore.backends.registry import load_backend
 from fedstore.backends.testing import BackendConformance
-from fedstore.cid import DagParams, cid_of_bytes, parse_cid
-from fedstore.dag_blocks import write_dag_blocks
 from fedstore.errors import FormatError, NotConfiguredError, NotFoundError, UnavailableError
+from fedstore.ipld.blocks import write_dag_blocks
+from fedstore.ipld.cid import DagParams, cid_of_bytes, parse_cid
 
 LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
 CHUNK = 262144

@@ -1,4 +1,4 @@
-"""Block-level DAG helpers (fedstore.dag_blocks) and the filesystem block store."""
+"""Block-level DAG helpers (fedstore.ipld.blocks) and the filesystem block store."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from fedstore_bitswap.blockstore import BlockStore, digest_of
 from fedstore_bitswap.engine import block_prefix
 from fedstore_bitswap.limits import ByteBudget
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedstore.blockstore import BlockStore, digest_of
-from fedstore.cid import DagParams, cid_from_bytes, cid_of_bytes, parse_cid
-from fedstore.dag_blocks import decode_block, write_dag_blocks
 from fedstore.errors import FormatError, IntegrityError, NotFoundError
-from fedstore.unixfs import encode_varint
+from fedstore.ipld.blocks import decode_block, write_dag_blocks
+from fedstore.ipld.cid import DagParams, cid_from_bytes, cid_of_bytes, parse_cid
+from fedstore.ipld.unixfs import encode_varint
 
 SMALL = [
     DagParams(cid_version=0, chunk_size=1024, max_links=4),

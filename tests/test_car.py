@@ -1,4 +1,4 @@
-"""fedstore.car: CARv1 writing and verified reading."""
+"""fedstore.ipld.car: CARv1 writing and verified reading."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedstore.car import (
+from fedstore.errors import FormatError, IntegrityError, SizeLimitError
+from fedstore.ipld.car import (
     CarReader,
     car_header,
     iter_car,
@@ -20,9 +21,8 @@ from fedstore.car import (
     read_car_verified,
     write_car,
 )
-from fedstore.cid import DagParams, cid_of_bytes, cid_of_file, cid_to_bytes, parse_cid
-from fedstore.errors import FormatError, IntegrityError, SizeLimitError
-from fedstore.unixfs import binary_cid, decode_pbnode, decode_varint, encode_varint
+from fedstore.ipld.cid import DagParams, cid_of_bytes, cid_of_file, cid_to_bytes, parse_cid
+from fedstore.ipld.unixfs import binary_cid, decode_pbnode, decode_varint, encode_varint
 
 SMALL = DagParams(0, chunk_size=1000, max_links=3)
 SMALL_V1 = DagParams(1, chunk_size=1000, max_links=3)

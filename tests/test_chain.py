@@ -11,7 +11,6 @@ from fedstore.backends import BackendChain, StoredObject
 from fedstore.backends.base import Source
 from fedstore.backends.memory import MemoryBackend
 from fedstore.backends.testing import BackendConformance, sample_bytes
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import (
     IntegrityError,
     InvalidCIDError,
@@ -20,6 +19,7 @@ from fedstore.errors import (
     SizeLimitError,
     UnavailableError,
 )
+from fedstore.ipld.cid import cid_of_bytes
 
 
 class TestMemoryConformance(BackendConformance):
@@ -122,7 +122,7 @@ async def test_fetch_bytes_hashes_and_joins_off_the_event_loop(
     import threading
 
     from fedstore.backends import chain as chain_mod
-    from fedstore.cid import CidVerifier
+    from fedstore.ipld.cid import CidVerifier
 
     loop_thread = threading.current_thread()
     threads: dict[str, set[threading.Thread]] = {"update": set(), "join": set()}

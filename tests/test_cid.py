@@ -1,4 +1,4 @@
-"""fedstore.cid / fedstore.unixfs: Kubo vectors, layout, parsing, verification, CLI."""
+"""fedstore.ipld.cid / fedstore.ipld.unixfs: Kubo vectors, layout, parsing, verification, CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedstore.cid import (
+from fedstore.cli import main
+from fedstore.errors import ConfigError, IntegrityError, InvalidCIDError, SizeLimitError
+from fedstore.ipld.cid import (
     CidBuilder,
     CidVerifier,
     DagParams,
@@ -27,9 +29,7 @@ from fedstore.cid import (
     parse_cid,
     verify_bytes,
 )
-from fedstore.cli import main
-from fedstore.errors import ConfigError, IntegrityError, InvalidCIDError, SizeLimitError
-from fedstore.unixfs import (
+from fedstore.ipld.unixfs import (
     CODEC_DAG_PB,
     CODEC_RAW,
     Link,

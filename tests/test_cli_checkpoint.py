@@ -13,7 +13,7 @@ import pytest
 
 from fedstore.catalog import migrate
 from fedstore.cli import main
-from fedstore.weights_io import load_weights_file, save_weights_file
+from fedstore.format.weight_files import load_weights_file, save_weights_file
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ def test_checkpoint_ls_shows_whole_cids(tmp_path, capsys, monkeypatch) -> None: 
     import numpy as np
 
     from fedstore.cli import main
-    from fedstore.weights_io import save_weights_file
+    from fedstore.format.weight_files import save_weights_file
 
     monkeypatch.delenv("COLUMNS", raising=False)
     weights = tmp_path / "w.npz"

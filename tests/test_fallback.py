@@ -18,9 +18,9 @@ from fedstore.backends import BackendChain, build_chain
 from fedstore.backends.http import RetryPolicy, Secret
 from fedstore.backends.testing import sample_bytes
 from fedstore.catalog import AsyncCatalog, Catalog
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import UnavailableError
-from fedstore.replication import replicate, retry_failed_pins
+from fedstore.ipld.cid import cid_of_bytes
+from fedstore.node.replication import replicate, retry_failed_pins
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmYWxsYmFjayJ9.ZmFsbGJhY2stc2lnbmF0dXJl"
 

@@ -31,7 +31,7 @@ from fedstore.config import NodeConfig
 from fedstore.errors import UnavailableError
 from fedstore.format import decode, encode
 from fedstore.node import open_node
-from fedstore.replication import replicate
+from fedstore.node.replication import replicate
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmYXVsdHMifQ.ZmF1bHRzLXNpZ25hdHVyZQ"
 ATTEMPTS = 3
@@ -181,7 +181,7 @@ async def test_store_survives_failing_services_and_records_why(tmp_path: Path) -
     chain = build_chain(tmp_path, kubo, pinata)
     catalog = AsyncCatalog(Catalog.open(tmp_path / "node"))
     try:
-        from fedstore.cid import cid_of_bytes
+        from fedstore.ipld.cid import cid_of_bytes
 
         cid = cid_of_bytes(data)
         result = await replicate(path, cid, chain, catalog, {"round": "1"}, name="round-1")

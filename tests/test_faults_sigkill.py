@@ -88,7 +88,7 @@ def test_sigkill_during_sync_then_restart_completes_it(tmp_path: Path) -> None:
 
 
 class Worker:
-    """A ``fedstore.federation.worker`` process; its JSON event lines are collected."""
+    """A ``fedstore.demos.federation_worker`` process; its JSON event lines are collected."""
 
     def __init__(
         self,
@@ -103,7 +103,8 @@ class Worker:
         self._on_event = on_event
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fedstore.federation.worker", *args, "--log-level", "ERROR"],
+            [sys.executable, "-m", "fedstore.demos.federation_worker", *args]
+            + ["--log-level", "ERROR"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,

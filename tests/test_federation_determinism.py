@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedstore.cid import cid_of_bytes
+from fedstore.demos.digits_task import DigitsConfig, DigitsTask
 from fedstore.federation.aggregators import AGGREGATORS, Update
 from fedstore.federation.messages import encode_tensors
 from fedstore.federation.roles import aggregate_round
-from fedstore.federation.task_digits import DigitsConfig, DigitsTask
+from fedstore.ipld.cid import cid_of_bytes
 
 BASE_CID = cid_of_bytes(b"round 0")
 
@@ -24,7 +24,7 @@ BASE_CID = cid_of_bytes(b"round 0")
 CHILD = r"""
 import json, sys
 from pathlib import Path
-from fedstore.cid import cid_of_bytes
+from fedstore.ipld.cid import cid_of_bytes
 from fedstore.federation.aggregators import Update
 from fedstore.federation.roles import aggregate_round
 from fedstore.format import decode

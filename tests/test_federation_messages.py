@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import ProtocolError
 from fedstore.federation.messages import (
     MAX_HEADER_BYTES,
@@ -20,6 +19,7 @@ from fedstore.federation.messages import (
     UpdateMessage,
     decode_message,
 )
+from fedstore.ipld.cid import cid_of_bytes
 
 CID_A = cid_of_bytes(b"a")
 CID_B = cid_of_bytes(b"b", cid_version=1)

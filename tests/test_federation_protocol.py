@@ -10,6 +10,7 @@ import numpy.typing as npt
 import pytest
 import trio
 
+from fedstore.demos.digits_task import DigitsConfig, DigitsTask
 from fedstore.federation.fake import FakeNetwork
 from fedstore.federation.messages import UpdateMessage, decode_message
 from fedstore.federation.roles import (
@@ -24,7 +25,6 @@ from fedstore.federation.roles import (
     run_aggregator,
     run_trainer,
 )
-from fedstore.federation.task_digits import DigitsConfig, DigitsTask
 
 Arrays = dict[str, npt.NDArray[np.generic]]
 MODEL: Arrays = {"w": np.zeros((8, 4), np.float32), "b": np.zeros(4, np.float32)}

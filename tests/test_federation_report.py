@@ -6,7 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from fedstore.federation.report import RoundRow, RunSummary, write_report
+from fedstore.demos.federation_report import RoundRow, RunSummary, write_report
 
 
 def _summary(final_acc: float, central: float, cids: dict[str, str]) -> RunSummary:

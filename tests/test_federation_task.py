@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedstore.errors import ConfigError
-from fedstore.federation.aggregators import Update, fedavg
-from fedstore.federation.task_digits import (
+from fedstore.demos.digits_task import (
     NUM_CLASSES,
     DigitsConfig,
     DigitsTask,
@@ -17,6 +15,8 @@ from fedstore.federation.task_digits import (
     split_non_iid,
     train_local,
 )
+from fedstore.errors import ConfigError
+from fedstore.federation.aggregators import Update, fedavg
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_federation_meets_demo_targets_in_process(task: DigitsTask) -> None:
 def test_fast_loader_matches_scikit_learn() -> None:
     from sklearn.datasets import load_digits
 
-    from fedstore.federation.task_digits import load_digits_arrays, stratified_split
+    from fedstore.demos.digits_task import load_digits_arrays, stratified_split
 
     x, y = load_digits_arrays()
     ref_x, ref_y = load_digits(return_X_y=True)

@@ -11,8 +11,8 @@ from fedstore_filesystem import FilesystemBackend, default_root
 
 from fedstore.backends import BackendChain, load_backend
 from fedstore.backends.testing import BackendConformance, sample_bytes
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import IntegrityError, NotFoundError
+from fedstore.ipld.cid import cid_of_bytes
 
 
 class TestFilesystemConformance(BackendConformance):
@@ -103,7 +103,7 @@ async def test_unwritable_root_is_unavailable(tmp_path: Path) -> None:
 
 
 async def test_cid_spellings_map_to_one_object(tmp_path: Path) -> None:
-    from fedstore.cid import parse_cid
+    from fedstore.ipld.cid import parse_cid
 
     b = FilesystemBackend(tmp_path / "r")
     data = b"one object, several spellings"

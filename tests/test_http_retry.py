@@ -31,7 +31,6 @@ from fedstore.backends.streaming import (
     same_cid,
     stream_download,
 )
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import (
     AuthError,
     BackendError,
@@ -40,6 +39,7 @@ from fedstore.errors import (
     RateLimitedError,
     UnavailableError,
 )
+from fedstore.ipld.cid import cid_of_bytes
 
 
 def policy(attempts: int = 4, **kw: object) -> tuple[RetryPolicy, Sleeps]:

@@ -18,7 +18,6 @@ from fedstore.backends import BackendChain
 from fedstore.backends.http import RetryPolicy
 from fedstore.backends.streaming import read_multipart
 from fedstore.backends.testing import BackendConformance, sample_bytes
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import (
     AuthError,
     BackendError,
@@ -30,6 +29,7 @@ from fedstore.errors import (
     RateLimitedError,
     UnavailableError,
 )
+from fedstore.ipld.cid import cid_of_bytes
 
 API = "http://kubo.test:5001"
 TOKEN = "kubo-secret-token-0123456789"

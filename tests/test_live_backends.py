@@ -21,8 +21,8 @@ from fedstore_pinata import PinataBackend
 
 from fedstore.backends import BackendChain
 from fedstore.backends.testing import BackendConformance, sample_bytes
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import CIDMismatchError
+from fedstore.ipld.cid import cid_of_bytes
 
 needs_kubo = pytest.mark.skipif(
     not os.environ.get("FEDSTORE_KUBO_API"), reason="set FEDSTORE_KUBO_API to test a live Kubo"

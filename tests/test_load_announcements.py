@@ -35,8 +35,8 @@ from libp2p.utils import encode_varint_prefixed
 
 from fedstore.backends import BackendChain
 from fedstore.backends.memory import MemoryBackend
-from fedstore.cid import cid_of_bytes
 from fedstore.config import NodeConfig
+from fedstore.ipld.cid import cid_of_bytes
 from fedstore.node import Node, open_node
 from fedstore.p2p.headproto import request_head
 from fedstore.p2p.messages import ANNOUNCE_TOPIC, format_announcement

@@ -8,8 +8,8 @@ from fedstore.backends import BackendChain, default_backend_names
 from fedstore.backends.memory import MemoryBackend
 from fedstore.backends.testing import sample_bytes
 from fedstore.catalog import Catalog
-from fedstore.cid import cid_of_bytes
-from fedstore.replication import keep_local_copies, replicate
+from fedstore.ipld.cid import cid_of_bytes
+from fedstore.node.replication import keep_local_copies, replicate
 
 
 class ServingBackend(MemoryBackend):

@@ -61,11 +61,11 @@ def test_single_head_and_at_least_two_revisions() -> None:
 def test_migrations_are_packaged_in_the_wheel() -> None:
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())
     setuptools_cfg = cfg["tool"]["setuptools"]
-    assert {"fedstore_migrations", "fedstore_migrations.versions"} <= set(
+    assert {"fedstore.catalog.migrations", "fedstore.catalog.migrations.versions"} <= set(
         setuptools_cfg["packages"]
     )
-    assert setuptools_cfg["package-dir"]["fedstore_migrations"] == "migrations"
-    assert "script.py.mako" in setuptools_cfg["package-data"]["fedstore_migrations"]
+    assert setuptools_cfg["package-dir"]["fedstore.catalog.migrations"] == "migrations"
+    assert "script.py.mako" in setuptools_cfg["package-data"]["fedstore.catalog.migrations"]
     d = migrate.migrations_dir()
     assert (d / "env.py").is_file() and (d / "script.py.mako").is_file()
     assert (d / "versions" / "__init__.py").is_file()

@@ -17,8 +17,8 @@ import trio
 
 from fedstore.backends import BackendChain
 from fedstore.backends.memory import MemoryBackend
-from fedstore.cid import cid_of_bytes
 from fedstore.config import NodeConfig
+from fedstore.ipld.cid import cid_of_bytes
 from fedstore.node import Node, open_node, payload_digest
 from fedstore.p2p.headproto import HEAD_PROTOCOL
 from fedstore.p2p.messages import ANNOUNCE_TOPIC, TRAINING_TOPIC

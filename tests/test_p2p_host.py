@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import ConfigError, NetworkError, ProtocolError
+from fedstore.ipld.cid import cid_of_bytes
 from fedstore.p2p.guard import DropCounters, PeerGuard
 from fedstore.p2p.headproto import (
     HEAD_PROTOCOL,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import ProtocolError
+from fedstore.ipld.cid import cid_of_bytes
 from fedstore.p2p.messages import (
     MAX_ANNOUNCEMENT_BYTES,
     MAX_ROUND,

@@ -20,7 +20,6 @@ from fedstore.backends import BackendChain
 from fedstore.backends.http import RetryPolicy, Secret
 from fedstore.backends.streaming import read_multipart
 from fedstore.backends.testing import BackendConformance, sample_bytes
-from fedstore.cid import cid_of_bytes
 from fedstore.errors import (
     AuthError,
     CIDMismatchError,
@@ -32,6 +31,7 @@ from fedstore.errors import (
     RateLimitedError,
     UnavailableError,
 )
+from fedstore.ipld.cid import cid_of_bytes
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmZWRzdG9yZS10ZXN0In0.c2lnbmF0dXJlLW9mLXRoZS1qd3Q"
 GW_TOKEN = "gateway-token-abcdef0123456789"

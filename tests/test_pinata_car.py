@@ -19,14 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytest_httpx import HTTPXMock
 
-import fedstore.car
+import fedstore.ipld.car
 from fedstore.backends import BackendChain
 from fedstore.backends.http import RetryPolicy, Secret
 from fedstore.backends.streaming import read_multipart
 from fedstore.backends.testing import sample_bytes
-from fedstore.car import CarReader, iter_car, read_car_verified
-from fedstore.cid import CidBuilder, DagParams, cid_of_bytes, cid_of_file, parse_cid
 from fedstore.errors import CIDMismatchError, IntegrityError, UnavailableError
+from fedstore.ipld.car import CarReader, iter_car, read_car_verified
+from fedstore.ipld.cid import CidBuilder, DagParams, cid_of_bytes, cid_of_file, parse_cid
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmZWRzdG9yZS1jYXIifQ.c2lnbmF0dXJlLWNhcg"
 API = "https://api.pinata.test"
@@ -294,7 +294,7 @@ def _damaged_cars() -> dict[str, bytes]:
         "garbage": b"this is not a CAR at all",
         "truncated": car[: len(car) - 5000],
         "flipped byte": bytes(flipped),
-        "header only": car[: len(fedstore.car.car_header(cid_of_bytes(data, 1)))],
+        "header only": car[: len(fedstore.ipld.car.car_header(cid_of_bytes(data, 1)))],
     }
 
 
@@ -361,11 +361,11 @@ async def test_64_mib_car_upload_keeps_memory_bounded(
 ) -> None:
     """The CAR is streamed, never held: peak traced memory stays far below the file size.
 
-    The fake verifies the CAR with fedstore.car, which keeps up to 16 MiB of
+    The fake verifies the CAR with fedstore.ipld.car, which keeps up to 16 MiB of
     blocks in memory before spilling to disk; that threshold is lowered here
     so the figure measures fedstore's upload path, not the fake's import.
     """
-    monkeypatch.setattr(fedstore.car, "_SPOOL_IN_MEMORY", 1 << 20)
+    monkeypatch.setattr(fedstore.ipld.car, "_SPOOL_IN_MEMORY", 1 << 20)
     size = 64 << 20
     path = tmp_path / "big.fsck"
     _write_random(path, size)

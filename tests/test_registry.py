@@ -124,7 +124,7 @@ def test_out_of_tree_plugin_is_found_by_name(tmp_path: Path) -> None:
     assert module == "acme_store"
     assert dist == "acme-store"
     assert data == "third party"
-    from fedstore.cid import cid_of_bytes
+    from fedstore.ipld.cid import cid_of_bytes
 
     assert cid == cid_of_bytes(b"third party")
 

@@ -30,7 +30,6 @@ from fedstore_pinata.testing import FakePinata
 from fedstore.backends import BackendChain
 from fedstore.backends.http import RetryPolicy, Secret
 from fedstore.backends.memory import MemoryBackend
-from fedstore.cid import cid_of_bytes
 from fedstore.cli import main
 from fedstore.errors import (
     FedstoreError,
@@ -43,8 +42,9 @@ from fedstore.errors import (
 from fedstore.federation.messages import UpdateMessage, decode_message, decode_tensors
 from fedstore.format import decode, encode, inspect
 from fedstore.format.container import FIXED
+from fedstore.format.weight_files import load_weights_file, save_weights_file
+from fedstore.ipld.cid import cid_of_bytes
 from fedstore.store import LocalStore, checkpoint_filename
-from fedstore.weights_io import load_weights_file, save_weights_file
 
 PEER = "12D3KooWHostileTrainer"
 

@@ -31,9 +31,6 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedstore.car import car_header, read_car_verified
-from fedstore.cid import cid_from_bytes, cid_of_bytes, read_binary_cid
-from fedstore.dag_blocks import decode_block
 from fedstore.errors import FormatError, IntegrityError, InvalidCIDError, ProtocolError
 from fedstore.federation.messages import (
     MessageError,
@@ -43,6 +40,20 @@ from fedstore.federation.messages import (
 )
 from fedstore.format import decode, encode
 from fedstore.format.container import FIXED
+from fedstore.ipld.blocks import decode_block
+from fedstore.ipld.car import car_header, read_car_verified
+from fedstore.ipld.cid import cid_from_bytes, cid_of_bytes, read_binary_cid
+from fedstore.ipld.unixfs import (
+    CODEC_DAG_PB,
+    CODEC_RAW,
+    Link,
+    binary_cid,
+    decode_pbnode,
+    decode_unixfs,
+    decode_varint,
+    encode_internal_node,
+    encode_varint,
+)
 from fedstore.p2p.headproto import decode_response
 from fedstore.p2p.messages import (
     MAX_ROUND,
@@ -53,17 +64,6 @@ from fedstore.p2p.messages import (
     encode_reference,
     format_announcement,
     parse_announcement,
-)
-from fedstore.unixfs import (
-    CODEC_DAG_PB,
-    CODEC_RAW,
-    Link,
-    binary_cid,
-    decode_pbnode,
-    decode_unixfs,
-    decode_varint,
-    encode_internal_node,
-    encode_varint,
 )
 
 #: A decoder taking longer than this on one example is treated as a hang.

@@ -12,8 +12,8 @@ import pytest
 
 from fedstore import format as fmt
 from fedstore.catalog import Catalog, RoundConflictError
-from fedstore.cid import cid_of_bytes, parse_cid
 from fedstore.errors import CheckpointNotFoundError, FormatError, IntegrityError
+from fedstore.ipld.cid import cid_of_bytes, parse_cid
 from fedstore.store import (
     AsyncLocalStore,
     LocalStore,

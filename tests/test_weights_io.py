@@ -1,4 +1,4 @@
-"""fedstore.weights_io: .npz / .safetensors / .fsck files, refusing pickles and bad files."""
+"""fedstore.format.weight_files: .npz / .safetensors / .fsck, refusing pickles and bad files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import safetensors.numpy
 
 from fedstore.errors import FormatError, SizeLimitError
 from fedstore.format import decode, encode
-from fedstore.weights_io import load_weights_file, save_weights_file
+from fedstore.format.weight_files import load_weights_file, save_weights_file
 
 
 class Evil:

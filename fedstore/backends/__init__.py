@@ -1,7 +1,7 @@
 """fedstore's public backend API: the contract plugins implement and the tools the core offers.
 
 A plugin imports from here only (plus :mod:`fedstore.errors`,
-:mod:`fedstore.cid` and :mod:`fedstore.car` for content addressing)::
+:mod:`fedstore.ipld.cid` and :mod:`fedstore.ipld.car` for content addressing)::
 
     from fedstore.backends import StorageBackend, StoredObject, Health
 """

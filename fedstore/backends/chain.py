@@ -8,7 +8,7 @@ Policy lives here, not in the backends:
   (:class:`~fedstore.errors.CIDMismatchError`). Every attempt is reported in
   :class:`ChainAddResult.attempts` so callers can record pin state per backend.
 * **Reads** try each backend in order. Fetched bytes are streamed through a
-  :class:`~fedstore.cid.CidVerifier`; data whose CID does not match is
+  :class:`~fedstore.ipld.cid.CidVerifier`; data whose CID does not match is
   discarded, logged and the next backend is tried. No unverified byte ever
   reaches a caller: ``fetch_to_file`` writes to a temporary file and renames
   it into place only after verification; ``fetch_bytes`` returns only
@@ -125,7 +125,7 @@ class BackendChain:
         :class:`~fedstore.errors.UnavailableError` listing every backend's
         failure when none accepts; its ``attempts`` attribute holds them.
         """
-        from fedstore.cid import cid_of_bytes, cid_of_file
+        from fedstore.ipld.cid import cid_of_bytes, cid_of_file
 
         if expected_cid is None:
             if isinstance(source, bytes | bytearray | memoryview):
@@ -203,7 +203,7 @@ class BackendChain:
         backend has it, :class:`IntegrityError` when every copy found was
         corrupt, else :class:`UnavailableError`.
         """
-        from fedstore.cid import parse_cid
+        from fedstore.ipld.cid import parse_cid
 
         parse_cid(cid)
         dest_path = Path(dest)
@@ -236,7 +236,7 @@ class BackendChain:
 
     async def fetch_bytes(self, cid: str, *, max_size: int = DEFAULT_MAX_FETCH_BYTES) -> bytes:
         """Fetch *cid* into memory, verified. Refuses more than *max_size* bytes."""
-        from fedstore.cid import parse_cid
+        from fedstore.ipld.cid import parse_cid
 
         parse_cid(cid)
         attempts: list[Attempt] = []
@@ -262,7 +262,7 @@ class BackendChain:
         max_size: int | None,
         progress: ProgressFn | None,
     ) -> int:
-        from fedstore.cid import CidVerifier
+        from fedstore.ipld.cid import CidVerifier
 
         verifier = CidVerifier(cid, max_size=max_size)
         batch: list[bytes] = []

@@ -34,7 +34,7 @@ class MemoryBackend(StorageBackend):
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> StoredObject:
-        from fedstore.cid import cid_of_bytes
+        from fedstore.ipld.cid import cid_of_bytes
 
         if isinstance(source, bytes | bytearray | memoryview):
             data = bytes(source)
@@ -46,7 +46,7 @@ class MemoryBackend(StorageBackend):
         return StoredObject(cid=cid, size=len(data))
 
     async def fetch(self, cid: str) -> AsyncIterator[bytes]:
-        from fedstore.cid import parse_cid
+        from fedstore.ipld.cid import parse_cid
 
         parse_cid(cid)
         try:
@@ -58,7 +58,7 @@ class MemoryBackend(StorageBackend):
             await trio.lowlevel.checkpoint()
 
     async def has(self, cid: str) -> bool:
-        from fedstore.cid import parse_cid
+        from fedstore.ipld.cid import parse_cid
 
         parse_cid(cid)
         return cid in self.objects

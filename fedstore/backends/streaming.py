@@ -27,6 +27,7 @@ from fedstore.backends.http import (
     transport_error,
 )
 from fedstore.errors import RateLimitedError, UnavailableError
+from fedstore.ipld.cidstr import same_cid
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -269,7 +270,7 @@ class CidTap:
     """
 
     def __init__(self, cid_version: int) -> None:
-        from fedstore.cid import CidBuilder, DagParams
+        from fedstore.ipld.cid import CidBuilder, DagParams
 
         self._builder = CidBuilder(DagParams.kubo(cid_version))
         self._seen = 0
@@ -295,19 +296,6 @@ class CidTap:
             async for _ in iter_source(source, offset=self._seen, on_chunk=self):
                 pass
         return await trio.to_thread.run_sync(self._builder.finalize)
-
-
-def same_cid(a: str, b: str) -> bool:
-    """Whether two CID strings name the same content (ignoring multibase spelling)."""
-    if a == b:
-        return True
-    from fedstore.cid import parse_cid
-    from fedstore.errors import InvalidCIDError
-
-    try:
-        return parse_cid(a) == parse_cid(b)
-    except InvalidCIDError:
-        return False
 
 
 FieldSink = Callable[[str, str], Awaitable[None]]

@@ -30,8 +30,8 @@ import trio
 
 from fedstore.backends.base import Health, StorageBackend
 from fedstore.backends.chain import BackendChain
-from fedstore.cid import CidVerifier, cid_of_bytes
 from fedstore.errors import FedstoreError, InvalidCIDError, NotFoundError
+from fedstore.ipld.cid import CidVerifier, cid_of_bytes
 
 __all__ = ["BackendConformance", "sample_bytes"]
 

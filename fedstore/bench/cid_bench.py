@@ -35,7 +35,7 @@ THROUGHPUT_TARGET = Target(">=", 0.7)
 # execve (it starts at the forking parent's RSS); VmHWM is reset by exec.
 _RSS_SCRIPT = """
 import resource, sys
-from fedstore.cid import cid_of_file
+from fedstore.ipld.cid import cid_of_file
 if sys.argv[1] != "-":
     cid_of_file(sys.argv[1], 0)
 hwm = -1
@@ -94,7 +94,7 @@ def peak_rss_kib(path: Path | None) -> int:
 
 
 def run(sizes: BenchSizes, workdir: Path, say: SayFn) -> SectionResult:
-    from fedstore.cid import cid_of_file
+    from fedstore.ipld.cid import cid_of_file
 
     if shutil.which("sha256sum") is None:
         raise RuntimeError("sha256sum is not on PATH (coreutils); it is this section's baseline")
@@ -156,7 +156,7 @@ def run(sizes: BenchSizes, workdir: Path, say: SayFn) -> SectionResult:
             imports / 1024,
             "MiB",
             "memory",
-            note="VmHWM of a subprocess that only imports fedstore.cid",
+            note="VmHWM of a subprocess that only imports fedstore.ipld.cid",
         )
     )
     result.add(

@@ -1,7 +1,7 @@
 """Schema migrations run in code: Alembic, the scripts shipped in the wheel.
 
 The migration scripts live in the top-level ``migrations/`` folder of the
-source tree and are installed as the package ``fedstore_migrations``, so an
+source tree and are installed as the package ``fedstore.catalog.migrations``, so an
 installed fedstore can upgrade a catalog without the source tree.
 
 :func:`ensure_schema` is what :meth:`Catalog.open` runs. Under an exclusive
@@ -70,8 +70,8 @@ AUTO_UPGRADE_ENV = "FEDSTORE_CATALOG_AUTO_UPGRADE"
 
 
 def migrations_dir() -> Path:
-    """Directory holding ``env.py`` and ``versions/`` (the ``fedstore_migrations`` package)."""
-    spec = importlib.util.find_spec("fedstore_migrations")
+    """Directory holding ``env.py`` and ``versions/`` (the ``fedstore.catalog.migrations`` package)."""
+    spec = importlib.util.find_spec("fedstore.catalog.migrations")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
     # Source checkout that was never installed.
@@ -79,7 +79,7 @@ def migrations_dir() -> Path:
     if (here / "env.py").is_file():
         return here
     raise CatalogError(
-        "fedstore's migration scripts (package fedstore_migrations) are not installed; "
+        "fedstore's migration scripts (package fedstore.catalog.migrations) are not installed; "
         "reinstall fedstore"
     )
 

@@ -1,7 +1,7 @@
 """SQLAlchemy 2 models of the fedstore catalog.
 
 These classes describe the schema at the *head* migration; the migrations in
-``migrations/versions`` (package ``fedstore_migrations``) are what actually
+``migrations/versions`` (package ``fedstore.catalog.migrations``) are what actually
 create it. ``tests/test_migrations.py`` fails when the two drift apart.
 
 Every constraint and index has an explicit name through :data:`NAMING_CONVENTION`

@@ -184,7 +184,7 @@ def _parse_meta(items: list[str]) -> dict[str, str]:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from fedstore.weights_io import load_weights_file
+    from fedstore.format.weight_files import load_weights_file
 
     meta = _parse_meta(args.meta)
     try:
@@ -202,7 +202,7 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from fedstore import format as fmt
-    from fedstore.weights_io import save_weights_file
+    from fedstore.format.weight_files import save_weights_file
 
     out = Path(args.out)
     with _open_store(args) as store:

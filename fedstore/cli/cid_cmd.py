@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from fedstore.cid import PROFILES, DagParams, cid_of_file
+from fedstore.ipld.cid import PROFILES, DagParams, cid_of_file
 
 __all__ = ["register", "run"]
 

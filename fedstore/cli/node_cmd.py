@@ -241,7 +241,7 @@ class CommandRunner:
     async def checkpoint_save(self, args: list[str]) -> None:
         round_ = _round_arg(args[0])
         if len(args) > 1:
-            from fedstore.weights_io import load_weights_file
+            from fedstore.format.weight_files import load_weights_file
 
             arrays = await trio.to_thread.run_sync(load_weights_file, Path(args[1]))
         else:

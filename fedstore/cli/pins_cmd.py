@@ -129,7 +129,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from fedstore.backends import build_chain, default_backend_names, parse_backend_list
     from fedstore.catalog import AsyncCatalog, Catalog
     from fedstore.config import load_settings
-    from fedstore.replication import PinOutcome, retry_failed_pins
+    from fedstore.node.replication import PinOutcome, retry_failed_pins
 
     settings = load_settings()
     wanted = parse_backend_list(args.backends) if args.backends else None

@@ -90,7 +90,7 @@ class _Recorder(Output):
 
 
 def _file_cid_ok(path: Path, cid: str) -> bool:
-    from fedstore.cid import cid_of_file, parse_cid
+    from fedstore.ipld.cid import cid_of_file, parse_cid
 
     return cid_of_file(path, parse_cid(cid).version) == cid
 

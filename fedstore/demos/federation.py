@@ -1,7 +1,7 @@
 """Federated learning on loopback: an aggregator and trainers as separate processes.
 
 ``fedstore demo`` starts, on 127.0.0.1, one aggregator and ``--trainers``
-trainer processes (``python -m fedstore.federation.worker``), each a full
+trainer processes (``python -m fedstore.demos.federation_worker``), each a full
 fedstore node with its own data directory and catalog, all storing through
 the filesystem backend in a shared temporary root (or the ``--backends``
 you name). They train the built-in digits task for ``--rounds`` rounds.
@@ -115,7 +115,7 @@ def _worker_argv(args: argparse.Namespace, proc: Proc, tmp: Path, quorum: str) -
     argv = [
         sys.executable,
         "-m",
-        "fedstore.federation.worker",
+        "fedstore.demos.federation_worker",
         proc.role,
         "--data-dir",
         str(tmp / proc.name),
@@ -234,7 +234,7 @@ async def _federate(
             refresh()
 
         async def central() -> None:
-            from fedstore.federation.task_digits import DigitsConfig, DigitsTask
+            from fedstore.demos.digits_task import DigitsConfig, DigitsTask
 
             def compute() -> list[float]:
                 task = DigitsTask(n, DigitsConfig(seed=args.seed))

@@ -1,6 +1,6 @@
 """What the federation demo knows about its processes and rounds, and how worker events update it.
 
-Each worker process (``python -m fedstore.federation.worker``) prints JSON
+Each worker process (``python -m fedstore.demos.federation_worker``) prints JSON
 lines; :func:`apply_event` folds one into the :class:`DemoState` that the
 live view (:mod:`fedstore.demos.federation_view`) renders.
 """

@@ -87,7 +87,7 @@ def _dir_size(root: Path) -> int:
 
 
 def _summary(state: DemoState, tmp: Path, wall: float) -> Any:
-    from fedstore.federation.report import RoundRow, RunSummary
+    from fedstore.demos.federation_report import RoundRow, RunSummary
 
     args = state.args
     agg = state.procs["aggregator"]
@@ -137,7 +137,7 @@ def _summary(state: DemoState, tmp: Path, wall: float) -> Any:
 def finish(state: DemoState, tmp: Path, wall: float, console: Any) -> int:
     """Write the report directory, print the outcome; the demo's exit status (0: all good)."""
     from fedstore.catalog import resolve_db_path
-    from fedstore.federation.report import write_report
+    from fedstore.demos.federation_report import write_report
 
     args = state.args
     summary = _summary(state, tmp, wall)

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from fedstore import format as fmt
-    from fedstore.cid import cid_of_bytes
+    from fedstore.ipld.cid import cid_of_bytes
     from fedstore.store import LocalStore
 
     directory: Path = args.dir

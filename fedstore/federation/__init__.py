@@ -11,15 +11,13 @@ Modules:
 * :mod:`~fedstore.federation.aggregators` - FedAvg, coordinate-wise median, trimmed mean;
 * :mod:`~fedstore.federation.validation` - admission of updates into a round;
 * :mod:`~fedstore.federation.messages` - the ``fed-learn`` wire format;
-* :mod:`~fedstore.federation.task_digits` - the built-in digits task (scikit-learn data,
-  numpy model);
-* :mod:`~fedstore.federation.report` - the report directory of a run;
 * :mod:`~fedstore.federation.transport` - what the roles need from a peer
   (:class:`~fedstore.federation.transport.FederationPeer`), implemented over a
   node by :mod:`~fedstore.federation.nodepeer` and in memory by
-  :mod:`~fedstore.federation.fake` (tests);
-* :mod:`~fedstore.federation.worker` - one process of the demo
-  (``python -m fedstore.federation.worker``).
+  :mod:`~fedstore.federation.fake` (tests).
+
+The built-in digits task, the demo's worker process and its report live in
+:mod:`fedstore.demos` (they need the ``demo`` extra: scikit-learn, matplotlib).
 
 See docs/FEDERATION.md.
 """

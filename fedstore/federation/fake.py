@@ -3,7 +3,7 @@
 :class:`FakeNetwork` is a tiny pub/sub over trio memory channels plus a
 shared content-addressed blob store standing in for the backend chain.
 Checkpoints are encoded with :func:`fedstore.format.encode` and addressed by
-:func:`fedstore.cid.cid_of_bytes`, exactly as over a real node, so CIDs
+:func:`fedstore.ipld.cid.cid_of_bytes`, exactly as over a real node, so CIDs
 computed here are the real ones. A ``drop`` hook can lose chosen messages,
 and peers can be created late (joining the network with no history).
 """
@@ -106,8 +106,8 @@ class FakePeer:
     async def save_global(
         self, round: int, arrays: Mapping[str, npt.NDArray[np.generic]], metadata: Mapping[str, str]
     ) -> SavedModel:
-        from fedstore.cid import cid_of_bytes
         from fedstore.format import encode
+        from fedstore.ipld.cid import cid_of_bytes
 
         data = await trio.to_thread.run_sync(encode, arrays, metadata)
         cid = await trio.to_thread.run_sync(cid_of_bytes, data)
@@ -136,14 +136,14 @@ class FakePeer:
         return head
 
     async def put_blob(self, data: bytes) -> str:
-        from fedstore.cid import cid_of_bytes
+        from fedstore.ipld.cid import cid_of_bytes
 
         cid = await trio.to_thread.run_sync(cid_of_bytes, data)
         self.network.blobs[cid] = bytes(data)
         return cid
 
     async def get_blob(self, cid: str, *, max_size: int) -> bytes:
-        from fedstore.cid import verify_bytes
+        from fedstore.ipld.cid import verify_bytes
 
         await trio.lowlevel.checkpoint()
         try:

@@ -250,7 +250,7 @@ def check_cid(value: object, key: str = "cid") -> str:
     """Return ``value`` if it is a CID string fedstore can parse; MessageError otherwise."""
     if not isinstance(value, str) or not _CID_RE.fullmatch(value):
         raise MessageError(f"{key} is not a CID: {value!r:.60}", reason="bad_cid")
-    from fedstore.cid import parse_cid
+    from fedstore.ipld.cid import parse_cid
 
     try:
         parse_cid(value)

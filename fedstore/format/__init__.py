@@ -47,7 +47,7 @@ Guarantees:
   for the cap).
 
 Pure: no I/O and no trio; async callers run encode/decode in a worker thread.
-File helpers for .npz/.safetensors live in :mod:`fedstore.weights_io`.
+File helpers for .npz/.safetensors live in :mod:`fedstore.format.weight_files`.
 """
 
 from fedstore.format.codec import (

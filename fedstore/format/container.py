@@ -183,14 +183,17 @@ def describe_foreign(prefix: bytes) -> str:
     if prefix[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return (
             "it looks like a zip archive (.npz); load it with "
-            "fedstore.weights_io.load_weights_file and encode the arrays"
+            "fedstore.format.weight_files.load_weights_file and encode the arrays"
         )
     if prefix[:6] == b"\x93NUMPY":
         return "it looks like a .npy array file, not a checkpoint"
     if prefix[:4] == _ZSTD_MAGIC:
         return "it is a bare zstd frame without the fedstore header"
     if len(prefix) >= 9 and prefix[8:9] == b"{":
-        return "it looks like a plain .safetensors file; use fedstore.weights_io to load it"
+        return (
+            "it looks like a plain .safetensors file; "
+            "use fedstore.format.weight_files to load it"
+        )
     if MAGIC.startswith(prefix[:4]):
         return f"only {len(prefix)} bytes, shorter than the fedstore magic"
     return f"wrong magic (first bytes {prefix[:8].hex()}, expected {MAGIC.hex()} {MAGIC!r})"

@@ -7,7 +7,7 @@ text format, kept for compatibility::
 
 ``<round>`` is a decimal integer without sign or leading zeros (``0`` itself
 is allowed), at most :data:`MAX_ROUND`; ``<cid>`` must parse as a CID
-(:func:`fedstore.cid.parse_cid`). The whole message is ASCII, at most
+(:func:`fedstore.ipld.cid.parse_cid`). The whole message is ASCII, at most
 :data:`MAX_ANNOUNCEMENT_BYTES` bytes, with no whitespace, not even a trailing
 newline. Anything else is rejected with :class:`WireFormatError`.
 
@@ -86,8 +86,8 @@ def validate_round(value: int) -> int:
 
 
 def validate_cid(cid: str) -> str:
-    """Return *cid* if :func:`fedstore.cid.parse_cid` accepts it; raise :class:`WireFormatError`."""
-    from fedstore.cid import parse_cid
+    """Return *cid* if :func:`fedstore.ipld.parse_cid` accepts it, else raise WireFormatError."""
+    from fedstore.ipld.cid import parse_cid
 
     try:
         parse_cid(cid)

@@ -145,7 +145,7 @@ class LocalStore:
     ) -> CheckpointRecord:
         """Encode ``arrays`` (+ ``metadata``) and store them as ``round``'s checkpoint."""
         from fedstore import format as fmt
-        from fedstore.cid import cid_of_bytes
+        from fedstore.ipld.cid import cid_of_bytes
 
         data = fmt.encode(arrays, metadata)
         cid = cid_of_bytes(data, cid_version=self.cid_version)
@@ -160,13 +160,13 @@ class LocalStore:
         written, if they do not match) and must be a valid checkpoint
         (FormatError otherwise).
         """
-        from fedstore.cid import verify_bytes
+        from fedstore.ipld.cid import verify_bytes
 
         verify_bytes(cid, data)
         return self._store(round, data, cid, replace=replace)
 
     def _store(self, round: int, data: bytes, cid: str, *, replace: bool) -> CheckpointRecord:
-        from fedstore.cid import parse_cid
+        from fedstore.ipld.cid import parse_cid
 
         if round < 0:
             raise ValueError(f"round must be >= 0, got {round}")
@@ -291,7 +291,7 @@ class LocalStore:
         ``corrupt`` and raise IntegrityError. A flagged row whose file is
         intact again is set back to ``ok``.
         """
-        from fedstore.cid import verify_bytes
+        from fedstore.ipld.cid import verify_bytes
 
         rec = self._resolve(round)
         try:

@@ -91,7 +91,7 @@ def _rounds(rs: list[int]) -> str:
 
 
 def _hash_ok(path: Path, cid: str) -> bool:
-    from fedstore.cid import verify_bytes
+    from fedstore.ipld.cid import verify_bytes
 
     try:
         verify_bytes(cid, path.read_bytes())

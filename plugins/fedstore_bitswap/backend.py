@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Self
 
 from fedstore.backends.base import Health, Source, StorageBackend, StoredObject
-from fedstore.cid import DagParams, parse_cid
 from fedstore.errors import FedstoreError, UnavailableError
+from fedstore.ipld.cid import DagParams, parse_cid
 from fedstore_bitswap.service import BitswapService, attach, find_service
 
 __all__ = ["BitswapBackend"]

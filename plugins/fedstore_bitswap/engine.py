@@ -62,9 +62,9 @@ from libp2p.bitswap.messages import create_message
 from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.peer.id import ID
 
-from fedstore.blockstore import BlockStore
-from fedstore.cid import cid_from_bytes
 from fedstore.errors import InvalidCIDError
+from fedstore.ipld.cid import cid_from_bytes
+from fedstore_bitswap.blockstore import BlockStore
 from fedstore_bitswap.limits import BitswapLimits, ByteBudget
 from fedstore_bitswap.responder import ResponseSender, block_message, block_prefix, close_quietly
 

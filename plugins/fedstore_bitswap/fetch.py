@@ -47,10 +47,10 @@ from dataclasses import dataclass, field
 import trio
 from libp2p.peer.id import ID
 
-from fedstore.blockstore import MAX_DEPTH
-from fedstore.cid import ParsedCid
-from fedstore.dag_blocks import decode_block
 from fedstore.errors import FormatError, NotFoundError, UnavailableError
+from fedstore.ipld.blocks import decode_block
+from fedstore.ipld.cid import ParsedCid
+from fedstore_bitswap.blockstore import MAX_DEPTH
 from fedstore_bitswap.engine import FedstoreBitswapClient
 from fedstore_bitswap.limits import BitswapLimits
 

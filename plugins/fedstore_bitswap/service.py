@@ -29,10 +29,10 @@ from typing import Any
 import trio
 
 from fedstore.backends.base import Source
-from fedstore.blockstore import BlockStore
-from fedstore.cid import DagParams, ParsedCid, parse_cid
-from fedstore.dag_blocks import DagSummary
 from fedstore.errors import ConfigError, NotConfiguredError
+from fedstore.ipld.blocks import DagSummary
+from fedstore.ipld.cid import DagParams, ParsedCid, parse_cid
+from fedstore_bitswap.blockstore import BlockStore
 from fedstore_bitswap.engine import FedstoreBitswapClient
 from fedstore_bitswap.fetch import DagFetch, FetchStats
 from fedstore_bitswap.limits import BitswapLimits

@@ -34,8 +34,8 @@ import trio
 
 import fedstore
 from fedstore.backends import Health, Source, StorageBackend, StoredObject
-from fedstore.cid import CidBuilder, DagParams, parse_cid
 from fedstore.errors import NotFoundError, UnavailableError
+from fedstore.ipld.cid import CidBuilder, DagParams, parse_cid
 
 __all__ = ["FilesystemBackend", "default_root"]
 

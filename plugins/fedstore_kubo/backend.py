@@ -58,7 +58,6 @@ from fedstore.backends.streaming import (
     source_size,
     stream_download,
 )
-from fedstore.cid import parse_cid
 from fedstore.errors import (
     AuthError,
     BackendError,
@@ -69,6 +68,7 @@ from fedstore.errors import (
     RateLimitedError,
     UnavailableError,
 )
+from fedstore.ipld.cid import parse_cid
 from fedstore_kubo.address import DEFAULT_API_URL, api_url_from_env, api_url_from_text
 
 __all__ = ["KuboBackend"]

@@ -3,7 +3,7 @@
 ``FakeKubo`` answers the commands :class:`~fedstore_kubo.KuboBackend` uses
 with Kubo's real shapes (``add`` NDJSON, ``cat`` byte stream with
 ``X-Content-Length``, ``pin/*`` JSON, ``{"Message","Code","Type"}`` errors with
-HTTP 500) and computes CIDs with :mod:`fedstore.cid` from the DAG options in
+HTTP 500) and computes CIDs with :mod:`fedstore.ipld.cid` from the DAG options in
 the query, exactly as a daemon honouring them would. Request bodies are
 parsed as they stream and blobs may live in a directory, so a 1 GiB upload
 never sits in memory. Knobs let tests misbehave on purpose: ``down``
@@ -27,8 +27,8 @@ import httpx
 import trio
 
 from fedstore.backends.streaming import iter_source, read_multipart
-from fedstore.cid import CidBuilder, DagParams, parse_cid
 from fedstore.errors import InvalidCIDError
+from fedstore.ipld.cid import CidBuilder, DagParams, parse_cid
 
 __all__ = ["FakeKubo"]
 

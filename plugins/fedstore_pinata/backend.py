@@ -58,7 +58,6 @@ from fedstore.backends.streaming import (
     source_size,
     stream_download,
 )
-from fedstore.cid import parse_cid
 from fedstore.errors import (
     AuthError,
     BackendError,
@@ -70,6 +69,7 @@ from fedstore.errors import (
     RateLimitedError,
     UnavailableError,
 )
+from fedstore.ipld.cid import parse_cid
 from fedstore_pinata import files
 from fedstore_pinata.client import PinataClient
 from fedstore_pinata.config import PinataConfig

@@ -2,13 +2,13 @@
 
 With ``car=true`` Pinata keeps the root CID of the CAR it receives instead of
 chunking the file itself, so the CID it answers is fedstore's CID by
-construction (the DAG is Kubo's ``ipfs add`` DAG, built by :mod:`fedstore.car`).
+construction (the DAG is Kubo's ``ipfs add`` DAG, built by :mod:`fedstore.ipld.car`).
 
 :func:`plan_car` reads the file once (in the calling thread: run it in a
 worker thread) to build the DAG and returns a :class:`CarPlan`: the root CID
 and the exact length of the CAR, which is needed up front for the
 ``Content-Length`` of a streamed body. :class:`CarMultipartBody` then streams
-the fields and the CAR (:func:`fedstore.car.iter_car` in worker threads,
+the fields and the CAR (:func:`fedstore.ipld.car.iter_car` in worker threads,
 pieces batched to about ``chunk_size``), so memory stays bounded by a few
 chunks whatever the file size. Each pass over the body checks that the CAR
 it sends has the planned root and length: a file that changed since it was
@@ -16,7 +16,7 @@ planned raises :class:`~fedstore.errors.IntegrityError` instead of sending
 a body that contradicts its headers.
 
 Cost: the file is read and hashed three times (the plan, then per attempt
-:func:`~fedstore.car.iter_car`'s own DAG pass and its streaming pass, which
+:func:`~fedstore.ipld.car.iter_car`'s own DAG pass and its streaming pass, which
 re-hashes every chunk); all three took 0.25 s together for a 90 MiB file
 here, small next to sending it.
 """
@@ -31,10 +31,10 @@ import trio
 
 from fedstore.backends import Source
 from fedstore.backends.streaming import DEFAULT_CHUNK_SIZE, MultipartBody
-from fedstore.car import car_header, iter_car
-from fedstore.cid import BuiltDag, CidBuilder, DagParams, build_file_dag
 from fedstore.errors import IntegrityError
-from fedstore.unixfs import TreeNode, encode_varint
+from fedstore.ipld.car import car_header, iter_car
+from fedstore.ipld.cid import BuiltDag, CidBuilder, DagParams, build_file_dag
+from fedstore.ipld.unixfs import TreeNode, encode_varint
 
 __all__ = ["CAR_CONTENT_TYPE", "CarMultipartBody", "CarPlan", "car_length", "plan_car"]
 
@@ -56,7 +56,7 @@ class CarPlan:
 
 
 def car_length(dag: BuiltDag) -> int:
-    """Length of the CARv1 :func:`fedstore.car.iter_car` writes for ``dag`` (no file read).
+    """Length of the CARv1 :func:`fedstore.ipld.car.iter_car` writes for ``dag`` (no file read).
 
     Walks the DAG in the writer's order: one ``varint(len) | CID | block``
     section per distinct block (identical chunks are written once).

@@ -10,9 +10,9 @@ Routes by path, so one transport serves every host the backend talks to:
   ``DELETE /pinning/unpin/<cid>``, ``POST /pinning/pinByHash``.
 * gateway ``GET /ipfs/<cid>`` (honours ``Range``; checks ``x-pinata-gateway-token``).
 
-CIDs are computed with :mod:`fedstore.cid` from the requested ``cid_version``
+CIDs are computed with :mod:`fedstore.ipld.cid` from the requested ``cid_version``
 (Pinata's default v1); a v3 upload with ``car=true`` carries a CARv1 that is
-verified and unpacked with :mod:`fedstore.car` (the file is stored under the
+verified and unpacked with :mod:`fedstore.ipld.car` (the file is stored under the
 CAR's root CID; a malformed or inconsistent CAR is a 400). Request bodies are
 parsed as they stream; blobs may live in *blob_dir*. Knobs: ``down``,
 ``fail_next`` (answers/exceptions for the next requests), ``cid_override``,
@@ -37,9 +37,9 @@ import httpx
 import trio
 
 from fedstore.backends.streaming import iter_source, read_multipart
-from fedstore.car import CarReader, iter_car_verified
-from fedstore.cid import CidBuilder, DagParams, parse_cid
 from fedstore.errors import FedstoreError, InvalidCIDError
+from fedstore.ipld.car import CarReader, iter_car_verified
+from fedstore.ipld.cid import CidBuilder, DagParams, parse_cid
 
 __all__ = ["FakePinata"]
 

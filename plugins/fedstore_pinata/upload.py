@@ -33,8 +33,8 @@ import trio
 
 from fedstore.backends import Source
 from fedstore.backends.streaming import CidTap
-from fedstore.cid import DagParams
 from fedstore.errors import BackendError
+from fedstore.ipld.cid import DagParams
 from fedstore_pinata.car_upload import CarPlan, plan_car
 from fedstore_pinata.client import PinataClient
 from fedstore_pinata.files import keyvalues, list_files

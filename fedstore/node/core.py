@@ -365,10 +365,10 @@ class Node:
     async def replicate(self, rec: CheckpointRecord) -> None:
         """Store a local checkpoint through the chain, recording a pin row per backend tried.
 
-        Delegates to :func:`fedstore.replication.replicate`; raises
+        Delegates to :func:`fedstore.node.replication.replicate`; raises
         :class:`~fedstore.errors.UnavailableError` if no backend accepted it.
         """
-        from fedstore.replication import replicate
+        from fedstore.node.replication import replicate
 
         await replicate(
             self.store.dir / rec.path,
@@ -388,7 +388,7 @@ class Node:
         return await self.chain.fetch_bytes(cid, max_size=self.config.max_fetch_size)
 
     async def _store_fetched(self, round: int, data: bytes, cid: str) -> Head:
-        from fedstore.replication import keep_local_copies
+        from fedstore.node.replication import keep_local_copies
 
         rec = await self.store.save_encoded(round, data, cid)
         # backends that serve peers (bitswap) keep a copy of what we fetched elsewhere

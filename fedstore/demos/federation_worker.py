@@ -1,4 +1,4 @@
-"""One federation process of the built-in digits task: ``python -m fedstore.federation.worker``.
+"""One process of the digits demo: ``python -m fedstore.demos.federation_worker``.
 
 The demo (:mod:`fedstore.demos.federation`) starts one aggregator and N
 trainers with this entry point. Each process runs a fedstore node and
@@ -48,7 +48,7 @@ def _read_line() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fedstore.federation.worker")
+    p = argparse.ArgumentParser(prog="python -m fedstore.demos.federation_worker")
     p.add_argument("role", choices=["aggregator", "trainer"])
     p.add_argument("--data-dir", required=True, help="this node's data directory")
     p.add_argument("--fs-root", help="shared root of the filesystem backend")
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _task(args: argparse.Namespace) -> Any:
-    from fedstore.federation.task_digits import DigitsConfig, DigitsTask
+    from fedstore.demos.digits_task import DigitsConfig, DigitsTask
 
     overrides = {
         k: getattr(args, k)

@@ -1,7 +1,7 @@
 """dag-pb and UnixFS encoding, and Kubo's balanced DAG layout.
 
 This module holds the byte-exact rules that make fedstore's CIDs equal to the
-ones Kubo's ``ipfs add`` prints (see ``fedstore.cid`` for the public API):
+ones Kubo's ``ipfs add`` prints (see ``fedstore.ipld.cid`` for the public API):
 
 * UnixFS ``Data`` (proto2): ``Type`` (1), ``Data`` (2, omitted when empty),
   ``filesize`` (3, always written), ``blocksizes`` (4, unpacked).

@@ -1,12 +1,12 @@
 """Block-level view of UnixFS file DAGs: produce a file's blocks, decode a block's links.
 
-:mod:`fedstore.cid` computes a file's CID without keeping any block. Block
+:mod:`fedstore.ipld.cid` computes a file's CID without keeping any block. Block
 exchange (bitswap) needs the blocks themselves, so this module
 
 * cuts a file (or bytes) into the *same* blocks Kubo's ``ipfs add`` makes
-  (it drives :func:`fedstore.unixfs.hash_leaf`, :func:`~fedstore.unixfs.leaf_envelope`
-  and :func:`~fedstore.unixfs.balanced_layout`, the very functions
-  :class:`~fedstore.cid.CidBuilder` uses, so the root CID is byte-identical)
+  (it drives :func:`fedstore.ipld.unixfs.hash_leaf`, :func:`~fedstore.ipld.unixfs.leaf_envelope`
+  and :func:`~fedstore.ipld.unixfs.balanced_layout`, the very functions
+  :class:`~fedstore.ipld.cid.CidBuilder` uses, so the root CID is byte-identical)
   and hands each ``(binary CID, block bytes)`` to a callback, leaves first,
   internal nodes last, holding at most one chunk in memory;
 * decodes one fetched block into what a DAG walker needs: the child links
@@ -22,9 +22,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from fedstore.cid import DagParams, ParsedCid, cid_from_bytes, cid_to_str
 from fedstore.errors import FormatError, InvalidCIDError
-from fedstore.unixfs import (
+from fedstore.ipld.cid import DagParams, ParsedCid, cid_from_bytes, cid_to_str
+from fedstore.ipld.unixfs import (
     CODEC_RAW,
     UNIXFS_FILE,
     UNIXFS_RAW,

@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from fedstore.cid import (
+from fedstore.errors import FormatError, IntegrityError, InvalidCIDError, SizeLimitError
+from fedstore.ipld.cid import (
     BuiltDag,
     CidBuilder,
     DagParams,
@@ -38,8 +39,7 @@ from fedstore.cid import (
     parse_cid,
     read_binary_cid,
 )
-from fedstore.errors import FormatError, IntegrityError, InvalidCIDError, SizeLimitError
-from fedstore.unixfs import (
+from fedstore.ipld.unixfs import (
     CODEC_RAW,
     UNIXFS_FILE,
     UNIXFS_RAW,

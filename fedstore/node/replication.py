@@ -35,8 +35,8 @@ import trio
 from fedstore.backends.base import StorageBackend, StoredObject
 from fedstore.backends.chain import BackendChain
 from fedstore.backends.streaming import same_cid
-from fedstore.cid import parse_cid
 from fedstore.errors import CIDMismatchError, FedstoreError, UnavailableError
+from fedstore.ipld.cid import parse_cid
 
 if TYPE_CHECKING:
     from fedstore.catalog import AsyncCatalog, Catalog, PinRecord

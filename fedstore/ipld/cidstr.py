@@ -8,7 +8,7 @@ those are the CIDs ``ipfs add`` makes. Everything else is an
 :class:`~fedstore.errors.InvalidCIDError`, whose message names the CID
 (shortened) and what is wrong with it.
 
-Pure module, no I/O. The names are re-exported by :mod:`fedstore.cid`.
+Pure module, no I/O. The names are re-exported by :mod:`fedstore.ipld.cid`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from fedstore.errors import FormatError, InvalidCIDError
-from fedstore.unixfs import (
+from fedstore.ipld.unixfs import (
     CODEC_DAG_PB,
     CODEC_RAW,
     MH_SHA2_256,
@@ -37,6 +37,7 @@ __all__ = [
     "cid_to_str",
     "parse_cid",
     "read_binary_cid",
+    "same_cid",
 ]
 
 #: Longest CID string parse_cid looks at (a sha2-256 CIDv1 in base32 is 59 chars).
@@ -219,3 +220,21 @@ def cid_to_bytes(cid: str | ParsedCid) -> bytes:
     """Binary form of a CID string (or a ParsedCid)."""
     parsed = cid if isinstance(cid, ParsedCid) else parse_cid(cid)
     return bytes(parsed)
+
+
+def same_cid(a: str, b: str) -> bool:
+    """Whether two CID strings name the same content: the one CID-equality rule.
+
+    CIDs are equal when they parse to the same version, codec and multihash,
+    whatever multibase spells them (a v1 CID in base32 and in base58btc are
+    the same CID). A v0 CID and the v1 CID of the same block are *not* equal
+    here: a backend must answer with the CID version it was asked for
+    (``ipfs add --cid-version``); :meth:`ParsedCid.same_block` compares blocks.
+    Unparsable strings are equal to nothing but themselves.
+    """
+    if a == b:
+        return True
+    try:
+        return parse_cid(a) == parse_cid(b)
+    except InvalidCIDError:
+        return False

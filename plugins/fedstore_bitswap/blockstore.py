@@ -31,11 +31,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedstore.cid import DagParams, ParsedCid, parse_cid
-from fedstore.dag_blocks import DagSummary, decode_block, write_dag_blocks
 from fedstore.errors import FormatError, IntegrityError, NotFoundError
 from fedstore.fsutil import write_atomic
-from fedstore.unixfs import BytesLike
+from fedstore.ipld.blocks import DagSummary, decode_block, write_dag_blocks
+from fedstore.ipld.cid import DagParams, ParsedCid, parse_cid
+from fedstore.ipld.unixfs import BytesLike
 
 __all__ = ["BlockStore", "FileMark", "digest_of"]
 

@@ -2,7 +2,7 @@
 
 Quick use::
 
-    from fedstore.cid import cid_of_bytes, cid_of_file, parse_cid, verify_bytes
+    from fedstore.ipld.cid import cid_of_bytes, cid_of_file, parse_cid, verify_bytes
 
     cid_of_bytes(b"hello\\n")                  # 'QmZULkCE...' (Kubo default, CIDv0)
     cid_of_bytes(b"hello\\n", cid_version=1)   # 'bafkrei...' (ipfs add --cid-version=1)
@@ -11,7 +11,7 @@ Quick use::
 
 A file is cut into fixed-size chunks; each chunk becomes a leaf block (a dag-pb
 UnixFS File node, or the raw bytes with ``raw_leaves``), and the leaves are
-linked by Kubo's balanced layout (see :mod:`fedstore.unixfs` for the byte-exact
+linked by Kubo's balanced layout (see :mod:`fedstore.ipld.unixfs` for the byte-exact
 rules). :class:`DagParams` holds the knobs; ``DagParams.profile()`` names the
 common ones: ``kubo`` (``ipfs add`` defaults, v0 or v1) and IPIP-499's
 ``unixfs-v1-2025`` (1 MiB chunks, 1024 links, raw leaves, CIDv1).
@@ -20,8 +20,8 @@ CID strings: v0 is base58btc of the sha2-256 multihash (``Qm...``); v1 is ``b``
 plus unpadded lowercase base32 of ``0x01 <codec> <multihash>``. Only sha2-256
 with the dag-pb (0x70) and raw (0x55) codecs is supported: those are the CIDs
 ``ipfs add`` makes. Everything else is an :class:`~fedstore.errors.InvalidCIDError`.
-Parsing and printing live in :mod:`fedstore.cidstr`; this module re-exports
-them (``from fedstore.cid import parse_cid`` works).
+Parsing and printing live in :mod:`fedstore.ipld.cidstr`; this module re-exports
+them (``from fedstore.ipld.cid import parse_cid`` works).
 
 Pure module: no trio, no I/O apart from :func:`cid_of_file` reading its file.
 Hashing runs at the speed of ``hashlib`` (OpenSSL); callers in async code run
@@ -35,7 +35,8 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fedstore.cidstr import (
+from fedstore.errors import ConfigError, IntegrityError, SizeLimitError
+from fedstore.ipld.cidstr import (
     MAX_CID_STR_LEN,
     ParsedCid,
     cid_from_bytes,
@@ -44,8 +45,7 @@ from fedstore.cidstr import (
     parse_cid,
     read_binary_cid,
 )
-from fedstore.errors import ConfigError, IntegrityError, SizeLimitError
-from fedstore.unixfs import (
+from fedstore.ipld.unixfs import (
     CODEC_DAG_PB,
     CODEC_RAW,
     BytesLike,
