@@ -16,6 +16,7 @@ what to do about it, and they never contain secrets (tokens, JWTs, keys).
     ├── InvalidCIDError             a string is not a CID fedstore understands
     ├── IntegrityError              bytes do not match the CID they were fetched by
     ├── CatalogError                the SQLite catalog failed or is out of date
+    │   └── RoundConflictError      the round already has a different checkpoint
     ├── CheckpointNotFoundError     no local checkpoint for that round
     ├── ProtocolError               a peer sent something malformed
     ├── NetworkError                a peer could not be reached, or the p2p layer failed
@@ -50,6 +51,7 @@ __all__ = [
     "ProtocolError",
     "QuotaError",
     "RateLimitedError",
+    "RoundConflictError",
     "SizeLimitError",
     "UnavailableError",
 ]
@@ -81,6 +83,14 @@ class IntegrityError(FedstoreError):
 
 class CatalogError(FedstoreError):
     """The SQLite catalog could not be opened, migrated or queried."""
+
+
+class RoundConflictError(CatalogError):
+    """The round already has a checkpoint with a different CID (and replace was not asked).
+
+    Defined here rather than beside the catalog so code that only catches it
+    (the command line) does not import SQLAlchemy.
+    """
 
 
 class CheckpointNotFoundError(FedstoreError, LookupError):

@@ -13,9 +13,10 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where a model is built: `fedstore --help` stays fast
+    import numpy as np
 
 __all__ = [
     "MB",
@@ -62,6 +63,8 @@ class BenchSizes:
     #: Catch-up: checkpoint size in MB and timed runs.
     catchup_mb: float = 100.0
     catchup_runs: int = 3
+    #: Start-up: interpreter launches per command (median reported).
+    startup_runs: int = 21
 
     @classmethod
     def full(cls) -> BenchSizes:
@@ -81,6 +84,7 @@ class BenchSizes:
             announcements=10,
             warmup=1,
             catchup_mb=16.0,
+            startup_runs=9,
         )
 
     def with_overrides(self, overrides: Mapping[str, str]) -> BenchSizes:
@@ -240,6 +244,8 @@ def trained_like(total_bytes: int, seed: int = 0) -> dict[str, np.ndarray]:
     matrix is cut to fit, so even a 1 MB model has more than one tensor.
     Deterministic for a given size and seed.
     """
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     size = i = 0

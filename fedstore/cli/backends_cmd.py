@@ -7,8 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import trio
-
 from fedstore.errors import FedstoreError
 
 __all__ = ["register"]
@@ -79,6 +77,7 @@ def _settings() -> dict[str, str]:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
+    import trio
     from rich.table import Table
 
     from fedstore.backends import available_backends, default_backend_names, load_backend
@@ -111,6 +110,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
+    import trio
+
     from fedstore.backends import build_chain
 
     path = Path(args.path)
@@ -128,6 +129,8 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    import trio
+
     from fedstore.backends import build_chain
 
     out = Path(args.output)

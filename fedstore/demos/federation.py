@@ -34,13 +34,14 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from fedstore.demos.federation_state import DemoState, Proc, apply_event
 from fedstore.demos.federation_view import finish, render
 from fedstore.errors import ConfigError
+
+if TYPE_CHECKING:  # trio loads when the demo runs, not for `fedstore --help`
+    import trio
 
 __all__ = ["add_arguments", "run"]
 
@@ -163,6 +164,8 @@ async def _run_proc(
     argv: list[str],
     on_line: Callable[[Proc, dict[str, Any]], None],
 ) -> None:
+    import trio
+
     assert proc.log_path is not None
     proc.state = "starting"
     log = await trio.to_thread.run_sync(proc.log_path.open, "wb")
@@ -211,6 +214,8 @@ async def _federate(
     wait offline, without a node, for ``GO <aggregator address>`` on stdin.
     The late trainer gets it when the round before its first round closes.
     """
+    import trio
+
     args = state.args
     n = args.trainers
     late = args.late_trainer if 1 <= args.late_trainer <= n and args.late_round > 1 else 0
@@ -293,6 +298,7 @@ async def _federate(
 
 
 async def _main(args: argparse.Namespace) -> int:
+    import trio
     from rich.console import Console
     from rich.live import Live
 
@@ -355,4 +361,6 @@ async def _main(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``fedstore demo`` (see the module docstring)."""
+    import trio
+
     return trio.run(_main, args)
