@@ -1,4 +1,4 @@
-"""Section ``startup``: wall time of ``fedstore --help`` and ``--version`` against ``python -c pass``.
+"""Section ``startup``: wall time of ``fedstore --help`` and ``--version`` vs ``python -c pass``.
 
 Each variant is a fresh interpreter started with :func:`subprocess.run`, so
 the figures include what a user waits for: interpreter start, ``site``
