@@ -60,7 +60,8 @@ async def node_recording_streams(
         reannounce_interval=0,
         head_timeout=3.0,
     )
-    async with open_node(cfg, chain=BackendChain([MemoryBackend()]), on_event=events.append) as node:
+    chain = BackendChain([MemoryBackend()])
+    async with open_node(cfg, chain=chain, on_event=events.append) as node:
         opened: list[tuple[str, str]] = []
         real_open = node.host.open_stream
 

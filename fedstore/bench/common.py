@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -215,6 +214,8 @@ class SectionResult:
 
 def median_time(fn: Callable[[], object], runs: int) -> tuple[float, list[float]]:
     """Run *fn* *runs* times (at least once); return the median and every duration in s."""
+    import statistics
+
     samples = []
     for _ in range(max(1, runs)):
         start = time.perf_counter()

@@ -8,6 +8,17 @@ run interleaved (one run of each, repeated) so load on a shared machine hits
 them alike; the medians are reported with the difference to the bare
 interpreter. Target: ``fedstore --help`` under 0.3 s.
 
+Two conditions, each with its own ``python -c pass`` baseline:
+
+* *bytecode cached*, as an installed package runs: ``PYTHONPYCACHEPREFIX``
+  points into the section's temporary directory and a warm-up run fills it
+  (``PYTHONDONTWRITEBYTECODE`` is removed for these runs), so no source tree
+  is written to;
+* *compiled from source*: the same prefix pointing at an empty directory and
+  ``PYTHONDONTWRITEBYTECODE=1``, so every module (the standard library's
+  too) is compiled on every start; what an editable install pays in an
+  environment that never writes ``.pyc`` files.
+
 A last subprocess builds the parser and lists which heavy libraries got
 imported along the way (there should be none; see :mod:`fedstore.cli`).
 """
@@ -76,59 +87,81 @@ def heavy_modules_imported() -> list[str]:
     return names
 
 
-def _time_once(argv: list[str]) -> float:
+def _time_once(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+    subprocess.run(
+        argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=120
+    )
     return time.perf_counter() - start
+
+
+def _environments(workdir: Path) -> dict[str, dict[str, str]]:
+    cached = dict(os.environ)
+    cached.pop("PYTHONDONTWRITEBYTECODE", None)
+    cached["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    empty = workdir / "no-pycache"
+    empty.mkdir()
+    uncached = {**cached, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(empty)}
+    return {"bytecode cached": cached, "compiled from source": uncached}
 
 
 def run(sizes: BenchSizes, workdir: Path, say: SayFn) -> SectionResult:
     fedstore = fedstore_command()
-    variants = {
+    envs = _environments(workdir)
+    commands = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "fedstore --help": [*fedstore, "--help"],
         "fedstore --version": [*fedstore, "--version"],
     }
+    variants = [
+        (condition, name, argv)
+        for condition in envs
+        for name, argv in commands.items()
+        if condition == "bytecode cached" or name != "fedstore --version"
+    ]
     runs = max(1, sizes.startup_runs)
     result = SectionResult(
-        NAME, TITLE, params={"runs": runs, "command": " ".join(variants["fedstore --help"])}
+        NAME, TITLE, params={"runs": runs, "command": " ".join(commands["fedstore --help"])}
     )
-    for argv in variants.values():  # warm the page cache and the bytecode caches
-        _time_once(argv)
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    for condition, _, argv in variants:  # fills the bytecode cache; warms the page cache
+        _time_once(argv, envs[condition])
+    times: dict[tuple[str, str], list[float]] = {(c, n): [] for c, n, _ in variants}
     for i in range(runs):
-        for name, argv in variants.items():
-            say(f"run {i + 1}/{runs}: {name}")
-            times[name].append(_time_once(argv))
-    base = statistics.median(times["python -c pass"])
-    for name, samples in times.items():
-        value = statistics.median(samples)
-        is_base = name == "python -c pass"
+        for condition, name, argv in variants:
+            say(f"run {i + 1}/{runs}: {name} ({condition})")
+            times[condition, name].append(_time_once(argv, envs[condition]))
+    for condition in envs:
+        base = statistics.median(times[condition, "python -c pass"])
+        for (cond, name), samples in times.items():
+            if cond != condition:
+                continue
+            value = statistics.median(samples)
+            is_base = name == "python -c pass"
+            target = name == "fedstore --help" and condition == "bytecode cached"
+            result.add(
+                Row(
+                    f"wall time, {condition}",
+                    name,
+                    value,
+                    "s",
+                    "time",
+                    baseline=None if is_base else "python -c pass",
+                    ratio=None if is_base else value / base,
+                    target=HELP_TARGET if target else None,
+                    note="" if is_base else f"+{(value - base) * 1000:.0f} ms over python -c pass",
+                    samples=samples,
+                )
+            )
         result.add(
             Row(
-                "wall time of one command",
-                name,
-                value,
+                f"wall time, {condition}",
+                "fedstore --help − python -c pass",
+                statistics.median(times[condition, "fedstore --help"]) - base,
                 "s",
                 "time",
-                baseline=None if is_base else "python -c pass",
-                ratio=None if is_base else value / base,
-                target=HELP_TARGET if name == "fedstore --help" else None,
-                note="" if is_base else f"+{(value - base) * 1000:.0f} ms over python -c pass",
-                samples=samples,
+                note="difference of the medians: fedstore's own start-up",
             )
         )
-    help_median = statistics.median(times["fedstore --help"])
-    result.add(
-        Row(
-            "fedstore's own start-up",
-            "fedstore --help − python -c pass",
-            help_median - base,
-            "s",
-            "time",
-            note="difference of the medians",
-        )
-    )
     say("which heavy libraries building the parser imports")
     heavy = heavy_modules_imported()
     result.params["heavy_modules_imported"] = heavy

@@ -29,13 +29,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 from fedstore.config import ROLES, NodeConfig, load_node_config
 from fedstore.errors import ConfigError, FedstoreError, RoundConflictError
-from fedstore.node.events import NodeEvent
-from fedstore.node.status import status_line
 from fedstore.p2p.messages import WireFormatError, validate_cid
 
 if TYPE_CHECKING:
     import numpy as np
     import trio
+
+    from fedstore.node.events import NodeEvent
 
 __all__ = ["CommandRunner", "Output", "demo_weights", "register", "run"]
 
@@ -92,6 +92,8 @@ class Output:
 
     def node_event(self, event: NodeEvent) -> None:
         """Print a node event (the node's ``on_event`` callback)."""
+        from fedstore.node.status import status_line
+
         self.event(*status_line(event))
 
     def event(self, key: str, value: object) -> None:

@@ -36,12 +36,12 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedstore.demos.federation_state import DemoState, Proc, apply_event
-from fedstore.demos.federation_view import finish, render
 from fedstore.errors import ConfigError
 
-if TYPE_CHECKING:  # trio loads when the demo runs, not for `fedstore --help`
+if TYPE_CHECKING:  # trio and the demo's state load when it runs, not for `fedstore --help`
     import trio
+
+    from fedstore.demos.federation_state import DemoState, Proc
 
 __all__ = ["add_arguments", "run"]
 
@@ -216,6 +216,8 @@ async def _federate(
     """
     import trio
 
+    from fedstore.demos.federation_state import apply_event
+
     args = state.args
     n = args.trainers
     late = args.late_trainer if 1 <= args.late_trainer <= n and args.late_round > 1 else 0
@@ -301,6 +303,9 @@ async def _main(args: argparse.Namespace) -> int:
     import trio
     from rich.console import Console
     from rich.live import Live
+
+    from fedstore.demos.federation_state import DemoState, Proc
+    from fedstore.demos.federation_view import finish, render
 
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
