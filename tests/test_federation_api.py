@@ -15,13 +15,13 @@ import trio
 
 from fedstore.errors import ConfigError
 from fedstore.federation import api
-from fedstore.federation.roles import Event, RoundClosed, TrainerSynced, TrainerUpdated
+from fedstore.federation.events import Event, RoundClosed, TrainerSynced, TrainerUpdated
 
 MODEL = {"w": np.zeros((16, 4), np.float32), "b": np.zeros(4, np.float32)}
 
 
 def add_one(
-    arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int
+    arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int, config: Mapping[str, object]
 ) -> tuple[dict[str, npt.NDArray[np.generic]], int, dict[str, float]]:
     return {k: v + np.float32(1.0) for k, v in arrays.items()}, 7, {"round": float(rnd)}
 

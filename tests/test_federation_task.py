@@ -16,7 +16,8 @@ from fedstore.demos.digits_task import (
     train_local,
 )
 from fedstore.errors import ConfigError
-from fedstore.federation.aggregators import Update, fedavg
+from fedstore.federation.strategies import Update
+from fedstore.federation.strategies.builtin import fedavg
 
 
 @pytest.fixture(scope="module")
