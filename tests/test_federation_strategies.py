@@ -585,3 +585,49 @@ async def test_another_strategy_after_a_restart_starts_fresh() -> None:
     )
     meta = decode(net.blobs[result.final_cid]).metadata
     assert meta["fedstore.strategy"] == "fedavg" and STATE_KEY not in meta
+
+
+def test_trainer_metrics_default_to_a_sample_weighted_mean() -> None:
+    from fedstore.federation.strategies import weighted_mean_metrics
+
+    z = {"w": np.zeros(1, np.float32)}
+    ups = [
+        Update("b", 30, z, {"loss": 2.0, "acc": float("nan")}),
+        Update("a", 10, z, {"loss": 6.0, "acc": 0.5, "only_a": 1.0}),
+        Update("c", 60, z, {}),
+    ]
+    # loss: (6*10 + 2*30) / 40; acc: only a's is finite; c reports nothing and weighs nothing
+    assert weighted_mean_metrics(ups) == {"acc": 0.5, "loss": 3.0, "only_a": 1.0}
+    assert weighted_mean_metrics(list(reversed(ups))) == weighted_mean_metrics(ups)
+    assert FedAdam().aggregate_metrics(ups) == weighted_mean_metrics(ups)
+
+
+def test_strategy_record_in_metadata() -> None:
+    from fedstore.errors import FormatError
+
+    rec = read_strategy_record(
+        {
+            "fedstore.strategy": "fedadam",
+            "fedstore.strategy.settings": '{"lr":0.5}',
+            "fedstore.strategy.state": '{"arrays":"bafkqaaa","size":12,"values":{"step":3}}',
+        }
+    )
+    assert (rec.name, dict(rec.settings), dict(rec.state_values)) == (
+        "fedadam",
+        {"lr": 0.5},
+        {"step": 3},
+    )
+    assert (rec.state_cid, rec.state_size) == ("bafkqaaa", 12)
+    # checkpoints from before strategies had their own key
+    assert read_strategy_record({"fedstore.aggregator": "median"}).name == "median"
+    assert read_strategy_record({}).name is None
+    for bad in (
+        {"fedstore.strategy.state": "{not json"},
+        {"fedstore.strategy.state": "[1]"},
+        {"fedstore.strategy.state": '{"values":{"x":[1]}}'},
+        {"fedstore.strategy.state": '{"arrays":"","values":{}}'},
+        {"fedstore.strategy.state": '{"arrays":"bafkqaaa","size":-1}'},
+        {"fedstore.strategy.settings": '{"flag":true}'},
+    ):
+        with pytest.raises(FormatError):
+            read_strategy_record(bad)
