@@ -18,6 +18,8 @@ Modules:
   ``fedstore.strategies`` entry-point group;
 * :mod:`~fedstore.federation.global_model` - a round's global model from its
   updates: deterministic aggregation, checkpoint metadata, strategy state;
+* :mod:`~fedstore.federation.collect` - the aggregator's inbox: a round's
+  updates taken off the topic, fetched, decoded and validated;
 * :mod:`~fedstore.federation.validation` - admission of updates into a round;
 * :mod:`~fedstore.federation.messages` - the ``fed-learn`` wire format;
 * :mod:`~fedstore.federation.transport` - what the loops need from a peer

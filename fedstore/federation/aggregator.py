@@ -38,7 +38,6 @@ of :mod:`fedstore.federation.events`.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -48,13 +47,13 @@ import numpy.typing as npt
 import trio
 
 from fedstore.errors import FedstoreError, FormatError, StrategyError
+from fedstore.federation.collect import Collector, collect_round
 from fedstore.federation.events import (
     EventSink,
     FederationResult,
     RoundClosed,
     RoundFailed,
     RoundOpened,
-    UpdateAccepted,
     noop_sink,
 )
 from fedstore.federation.global_model import (
@@ -65,14 +64,10 @@ from fedstore.federation.global_model import (
     read_strategy_record,
 )
 from fedstore.federation.messages import (
-    MAX_HEADER_BYTES,
     Done,
     MessageError,
     RoundOpen,
-    UpdateMessage,
     check_config,
-    decode_message,
-    decode_tensors,
 )
 from fedstore.federation.settings import AggregatorSettings
 from fedstore.federation.strategies.base import (
@@ -86,14 +81,12 @@ from fedstore.federation.transport import (
     Arrays,
     FederationPeer,
     GlobalModel,
-    Inbox,
     RoundMetrics,
     SavedModel,
 )
 from fedstore.federation.validation import (
     ModelSpec,
     RejectionCounter,
-    RejectReason,
     RoundValidator,
 )
 from fedstore.ipld import same_cid
@@ -105,101 +98,6 @@ log = logging.getLogger(__name__)
 NDArray = npt.NDArray[np.generic]
 #: ``evaluate(arrays) -> metrics`` of a global model (runs in a worker thread)
 EvaluateFn = Callable[[Arrays], Mapping[str, float]]
-
-
-class _Collector:
-    """Admits UPDATE messages for one round attempt."""
-
-    def __init__(
-        self,
-        peer: FederationPeer,
-        validator: RoundValidator,
-        base_cid: str,
-        settings: AggregatorSettings,
-        on_event: EventSink,
-    ) -> None:
-        self.peer = peer
-        self.v = validator
-        self.base_cid = base_cid
-        self.settings = settings
-        self.on_event = on_event
-        self.digests: dict[str, bytes] = {}
-
-    async def handle(self, sender: str, data: bytes) -> None:
-        v = self.v
-        try:
-            msg = decode_message(data)
-        except MessageError as exc:
-            v.reject(RejectReason.MALFORMED, sender, v.round, str(exc))
-            return
-        if not isinstance(msg, UpdateMessage):
-            if msg.aggregator != self.peer.peer_id:
-                log.warning("ignoring %s from another aggregator %s", type(msg).__name__, sender)
-            return
-        digest = hashlib.sha256(data).digest()
-        if self.digests.get(msg.sender) == digest:
-            log.debug("ignoring re-sent update from %s for round %d", msg.sender, msg.round)
-            return
-        if (
-            v.check_header(
-                sender=msg.sender,
-                round=msg.round,
-                num_samples=msg.num_samples,
-                transport_sender=sender,
-            )
-            is not None
-        ):
-            return
-        if msg.base_cid is not None and msg.base_cid != self.base_cid:
-            v.reject(
-                RejectReason.UNKNOWN_ROUND,
-                msg.sender,
-                msg.round,
-                f"trained from {msg.base_cid}, round base is {self.base_cid}",
-            )
-            return
-        payload = msg.payload
-        if msg.cid is not None:
-            if msg.size > self.settings.max_update_bytes:
-                v.reject(
-                    RejectReason.FETCH_FAILED,
-                    msg.sender,
-                    msg.round,
-                    f"update of {msg.size} bytes exceeds {self.settings.max_update_bytes}",
-                )
-                return
-            try:
-                with trio.fail_after(max(5.0, self.settings.round_timeout / 2)):
-                    payload = await self.peer.get_blob(msg.cid, max_size=msg.size)
-            except (FedstoreError, trio.TooSlowError) as exc:
-                v.reject(RejectReason.FETCH_FAILED, msg.sender, msg.round, f"{msg.cid}: {exc}")
-                return
-        max_decoded = self._max_decoded()
-
-        def decode_and_check() -> tuple[Arrays, tuple[RejectReason, str] | None]:
-            arrays = decode_tensors(payload, max_decoded_size=max_decoded)
-            return arrays, v.spec.problem(arrays)
-
-        try:  # decoding and the NaN/Inf scan read the whole update: off the event loop
-            arrays, problem = await trio.to_thread.run_sync(decode_and_check)
-        except MessageError as exc:
-            v.reject(RejectReason.MALFORMED, msg.sender, msg.round, str(exc))
-            return
-        if problem is not None:
-            v.reject(problem[0], msg.sender, msg.round, problem[1])
-            return
-        update = Update(msg.sender, msg.num_samples, arrays, dict(msg.metrics))
-        if v.offer(update, round=msg.round, transport_sender=sender, tensors_checked=True):
-            self.digests[msg.sender] = digest
-            self.on_event(
-                UpdateAccepted(msg.round, msg.sender, msg.num_samples, msg.cid is not None)
-            )
-
-    def _max_decoded(self) -> int:
-        total = 0
-        for spec in self.v.spec.tensors.values():
-            total += math.prod(spec.shape) * int(np.dtype(spec.dtype).itemsize)
-        return total + 64 * 1024 + MAX_HEADER_BYTES
 
 
 def _announcement(
@@ -227,35 +125,6 @@ def _announcement(
         )
 
     return announce
-
-
-async def _collect_round(
-    peer: FederationPeer,
-    inbox: Inbox,
-    collector: _Collector,
-    announce: Callable[[float], RoundOpen],
-    quorum: int,
-    deadline: float,
-    interval: float,
-) -> None:
-    """Announce the round and admit updates until ``quorum`` or ``deadline`` (trio time)."""
-    v = collector.v
-
-    async def announcer() -> None:
-        while True:
-            msg = announce(max(0.0, deadline - trio.current_time()))
-            await peer.publish(msg.encode())
-            await trio.sleep(interval)
-
-    with trio.move_on_at(deadline):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(announcer)
-            while len(v.accepted) < quorum:
-                sender, data = await inbox.receive()
-                if sender == peer.peer_id:
-                    continue
-                await collector.handle(sender, data)
-            nursery.cancel_scope.cancel()
 
 
 def _round_config(strategy: Strategy, ctx: RoundContext) -> dict[str, ConfigValue]:
@@ -414,10 +283,10 @@ async def lead_rounds(
             for attempt in range(1, settings.max_attempts + 1):
                 started = trio.current_time()
                 validator = RoundValidator(spec, rnd, totals=totals)
-                collector = _Collector(peer, validator, base_cid, settings, on_event)
+                collector = Collector(peer, validator, base_cid, settings, on_event)
                 on_event(RoundOpened(rnd, attempt, base_cid, quorum, config))
 
-                await _collect_round(
+                await collect_round(
                     peer,
                     inbox,
                     collector,
