@@ -332,7 +332,7 @@ async def lead_rounds(
                     )
                     continue
                 rec, metrics = await publish_round(peer, rnd, outcome, evaluate)
-                bytes_stored += rec.size
+                bytes_stored += rec.size + len(outcome.state_blob or b"")
                 closed = RoundClosed(
                     round=rnd,
                     participants=tuple(validator.senders),

@@ -56,7 +56,9 @@ class RoundClosed:
     participants: tuple[str, ...]
     num_samples: int
     cid: str
+    #: bytes of this round's global checkpoint
     size: int
+    #: bytes stored so far: every global checkpoint and strategy state blob of this run
     bytes_stored: int
     #: the aggregator's evaluation of the new global model (``evaluate``)
     metrics: Mapping[str, float]
