@@ -11,6 +11,7 @@ what to do about it, and they never contain secrets (tokens, JWTs, keys).
 
     FedstoreError
     ├── ConfigError                 bad or missing configuration
+    │   └── StrategyError           strategy unknown, plugin broken, or bad settings
     ├── FormatError                 checkpoint bytes are not a valid checkpoint
     │   └── SizeLimitError          ...or would decode to more than allowed
     ├── InvalidCIDError             a string is not a CID fedstore understands
@@ -53,6 +54,7 @@ __all__ = [
     "RateLimitedError",
     "RoundConflictError",
     "SizeLimitError",
+    "StrategyError",
     "UnavailableError",
 ]
 
@@ -63,6 +65,17 @@ class FedstoreError(Exception):
 
 class ConfigError(FedstoreError):
     """Configuration is missing or malformed."""
+
+
+class StrategyError(ConfigError):
+    """A strategy name is unknown, its plugin failed to load, or its settings are invalid.
+
+    ``strategy`` names it when known.
+    """
+
+    def __init__(self, message: str, *, strategy: str | None = None) -> None:
+        super().__init__(message)
+        self.strategy = strategy
 
 
 class FormatError(FedstoreError):

@@ -102,6 +102,9 @@ class AsyncCatalog(ThreadFacade[Catalog]):
     pins_for = in_thread(Catalog.pins_for)
     pins = in_thread(Catalog.pins)
     delete_pin = in_thread(Catalog.delete_pin)
+    # round metrics
+    record_round_metrics = in_thread(Catalog.record_round_metrics)
+    round_metrics = in_thread(Catalog.round_metrics)
     # queries
     round_history = in_thread(Catalog.round_history)
     read_only_query = in_thread(Catalog.read_only_query)
