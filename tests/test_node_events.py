@@ -152,3 +152,18 @@ def test_node_doc_documents_every_event_key() -> None:
     documented = set(re.findall(r"^\| `([A-Z_]+)`", table, re.MULTILINE))
     documented |= {"DISCONNECTED", "LEFT"}  # share a row with CONNECTED / JOINED
     assert documented >= EVENT_KEYS
+
+
+def test_driver_reads_a_real_nodes_lines_back_as_events(tmp_path: Path) -> None:
+    from fedstore.node.driver import NodeProcess, python_env
+
+    env = python_env({"FEDSTORE_BACKENDS": "filesystem"}, root=tmp_path / "fs")
+    with NodeProcess("solo", ["--dir", str(tmp_path / "n")], env) as node:
+        started = node.wait_event(ev.NodeStarted)
+        listening = node.wait_event(ev.Listening)
+        assert listening.addr.endswith(f"/p2p/{started.peer_id}")
+        mark = node.mark()
+        node.run("checkpoint_save 2")
+        saved = node.wait_event(ev.Saved, lambda e: e.round == 2, since=mark)
+        assert node.events(ev.Announced, since=mark) == [ev.Announced(2, saved.cid)]
+        assert node.events(ev.TopicJoined) == [ev.TopicJoined("model-cids")]
