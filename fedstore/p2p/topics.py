@@ -60,8 +60,10 @@ class Backlog:
     queue: int
 
 
-#: Announcements being recorded (a catalog write each) and waiting to be.
-ANNOUNCEMENT_BACKLOG = Backlog(workers=4, queue=256)
+#: Announcements being recorded (a catalog write each) and waiting to be. The queue
+#: absorbs a burst of 25 peers' full allowance (``FEDSTORE_PEER_BURST`` 40 each) while
+#: the catalog writes (one fsynced transaction each) catch up; a few hundred bytes an item.
+ANNOUNCEMENT_BACKLOG = Backlog(workers=4, queue=1024)
 #: Payloads sent by reference being fetched (one fetch per worker) and waiting to be.
 REFERENCE_BACKLOG = Backlog(workers=4, queue=64)
 
