@@ -227,6 +227,8 @@ def parse_env_file(path: Path) -> dict[str, str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read env file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
     out: dict[str, str] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -243,10 +245,16 @@ def parse_env_file(path: Path) -> dict[str, str]:
     return out
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, str], path: Path) -> None:
+#: Deepest table nesting read from fedstore.toml (its settings use two levels).
+_MAX_TOML_DEPTH = 16
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str], path: Path, depth: int = 0) -> None:
     if isinstance(value, dict):
+        if depth >= _MAX_TOML_DEPTH:
+            raise ConfigError(f"{path}: tables nested deeper than {_MAX_TOML_DEPTH} levels")
         for key, sub in value.items():
-            _flatten(f"{prefix}_{key}" if prefix else str(key), sub, out, path)
+            _flatten(f"{prefix}_{key}" if prefix else str(key), sub, out, path, depth + 1)
         return
     name = prefix.upper()
     if isinstance(value, bool):
@@ -268,6 +276,10 @@ def read_toml_settings(path: Path) -> dict[str, str]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
+    except RecursionError as exc:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(f"{path}: values nested too deeply") from exc
     out: dict[str, str] = {}
     _flatten("", doc, out, Path(path))
     return out

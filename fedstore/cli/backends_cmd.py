@@ -47,11 +47,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="fetch a CID through the backend chain, verified, into a file",
         description=(
             "Fetch CID from the first backend that has it, verify every byte against the "
-            "CID, and write it to -o PATH. On failure nothing is left at PATH."
+            "CID, and write it to -o PATH. On failure nothing is left at PATH. With -o - "
+            "the data goes to stdout, once all of it is verified (it waits in a temporary "
+            "file until then, so nothing unverified is ever written)."
         ),
     )
     p.add_argument("cid", metavar="CID")
-    p.add_argument("-o", "--output", required=True, metavar="PATH", help="where to write the data")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="where to write the data ('-' for stdout)",
+    )
     _chain_args(p)
     p.set_defaults(func=cmd_get)
 
@@ -130,6 +138,8 @@ def cmd_put(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     from fedstore.backends import build_chain
 
+    if args.output == "-":
+        return _get_to_stdout(args)
     out = Path(args.output)
     if out.is_dir():
         print(f"fedstore: error: {out} is a directory", file=sys.stderr)
@@ -145,4 +155,27 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     trio.run(run)
     assert os.path.exists(out)
+    return 0
+
+
+def _get_to_stdout(args: argparse.Namespace) -> int:
+    """``get CID -o -``: fetch into a private temporary file, verified, then copy to stdout."""
+    import shutil
+    import tempfile
+
+    from fedstore.backends import build_chain
+
+    with tempfile.TemporaryDirectory(prefix="fedstore-get-") as tmp:
+        part = Path(tmp) / "data"
+
+        async def run() -> None:
+            async with build_chain(_names(args), _settings()) as chain:
+                result = await chain.fetch_to_file(args.cid, part)
+                print(f"{result.size} bytes from {result.backend}, verified", file=sys.stderr)
+
+        trio.run(run)
+        sys.stdout.flush()
+        with part.open("rb") as src:
+            shutil.copyfileobj(src, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
     return 0

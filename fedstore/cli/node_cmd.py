@@ -27,7 +27,7 @@ import trio
 from fedstore.catalog import RoundConflictError
 from fedstore.config import ROLES, NodeConfig, load_node_config
 from fedstore.errors import ConfigError, FedstoreError
-from fedstore.p2p.messages import WireFormatError, validate_cid
+from fedstore.p2p.messages import WireFormatError, parse_round, validate_cid
 
 __all__ = ["CommandRunner", "Output", "demo_weights", "register", "run"]
 
@@ -130,9 +130,10 @@ class UsageError(Exception):
 
 
 def _round_arg(text: str) -> int:
-    if not text.isdigit():
-        raise UsageError(f"round must be a non-negative integer, got {text!r}")
-    return int(text)
+    try:
+        return parse_round(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class CommandRunner:

@@ -191,8 +191,7 @@ def describe_foreign(prefix: bytes) -> str:
         return "it is a bare zstd frame without the fedstore header"
     if len(prefix) >= 9 and prefix[8:9] == b"{":
         return (
-            "it looks like a plain .safetensors file; "
-            "use fedstore.format.weight_files to load it"
+            "it looks like a plain .safetensors file; use fedstore.format.weight_files to load it"
         )
     if MAGIC.startswith(prefix[:4]):
         return f"only {len(prefix)} bytes, shorter than the fedstore magic"

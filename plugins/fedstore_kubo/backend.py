@@ -396,7 +396,8 @@ class KuboBackend(StorageBackend):
         if not isinstance(pins, list) or not any(
             isinstance(p, str) and same_cid(p, cid) for p in pins
         ):
-            raise BackendError(f"kubo: pin add {cid} answered without that pin: {pins!r}")
+            shown = self._redact(repr(pins)[:4096])[:120]
+            raise BackendError(f"kubo: pin add {cid} answered without that pin: {shown}")
         return StoredObject(cid=cid, size=-1)
 
     async def unpin(self, cid: str, *, backend_ref: str | None = None) -> None:
