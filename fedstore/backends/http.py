@@ -149,6 +149,8 @@ def display_url(text: str) -> str:
 
 #: Shortest run of a secret's characters that is redacted wherever it appears.
 REDACT_RUN = 8
+#: Layers of escaping undone when looking for secrets (``\\\\u0041`` is two).
+_DECODE_LEVELS = 2
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = {
@@ -230,9 +232,9 @@ class Redactor:
       segment of a JWT, a line-wrapped echo); a secret shorter than that is
       redacted whole;
     * the same runs written with escapes: JSON/Python ``\\u``/``\\x``
-      escapes, URL percent-encoding, HTML character references (one level;
-      the backends redact again after decoding a JSON body, which covers a
-      second);
+      escapes, URL percent-encoding, HTML character references, up to two
+      layers deep (and the backends redact again after decoding a JSON
+      body);
     * runs of the secret's base64 encodings (standard and URL-safe).
 
     Matching is by the set of the secrets' 8-character pieces, so the cost is
@@ -279,8 +281,14 @@ class Redactor:
         if not self._count or not text:
             return text
         covered = list(self._spans(text))
-        view, starts, ends = _decoded_view(text)
-        if len(view) != len(text):  # something was escaped: match the decoded text too
+        view = text
+        starts, ends = list(range(len(text))), list(range(1, len(text) + 1))
+        for _level in range(_DECODE_LEVELS):
+            decoded, s2, e2 = _decoded_view(view)
+            if len(decoded) == len(view):  # nothing (more) was escaped
+                break
+            # positions in the new view -> positions in the original text
+            view, starts, ends = decoded, [starts[i] for i in s2], [ends[j - 1] for j in e2]
             covered += [(starts[a], ends[b - 1]) for a, b in self._spans(view)]
         if not covered:
             return text

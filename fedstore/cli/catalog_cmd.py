@@ -7,7 +7,7 @@ import csv
 import json
 import math
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from fedstore.cli.checkpoint_cmd import add_dir_argument, data_dir, existing_catalog
 
@@ -121,6 +121,18 @@ def _cell(value: object) -> Text:
     return cell(value, limit=TABLE_CELL_CHARS)
 
 
+class _LineFeedRows:
+    """A text stream for ``csv.writer`` (one ``write`` per row) ending rows in ``\\n``."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, row: str) -> int:
+        if row.endswith("\r\n"):
+            row = row[:-2] + "\n"
+        return self._stream.write(row)
+
+
 def _jsonable(value: object) -> object:
     return "0x" + value.hex() if isinstance(value, bytes) else value
 
@@ -142,7 +154,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(rows, indent=2))
     elif args.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        # "\r\n" makes the csv module quote values holding a lone "\r" too (with "\n"
+        # alone it would not, and a peer's "\r" could start a forged row for some
+        # readers); each row still ends in "\n" on the way out
+        writer = csv.writer(_LineFeedRows(sys.stdout), lineterminator="\r\n")
         writer.writerow(result.columns)
         writer.writerows([_jsonable(v) for v in row] for row in result.rows)
     else:
