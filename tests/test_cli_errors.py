@@ -16,7 +16,7 @@ import pytest
 from fedstore.cli import main
 from fedstore.format.weight_files import load_weights_file, save_weights_file
 from fedstore.p2p.driver import python_env
-from fedstore.p2p.messages import MAX_ROUND, parse_announcement, parse_round
+from fedstore.p2p.messages import MAX_ROUND, WireFormatError, parse_announcement, parse_round
 from fedstore.store import LocalStore
 
 FEDSTORE = [sys.executable, "-m", "fedstore"]
@@ -130,6 +130,11 @@ def test_parse_round_is_the_one_grammar() -> None:
     for bad in ("\u0663", "-0", "1e3", "9" * 5000, str(MAX_ROUND + 1)):
         with pytest.raises(ValueError):
             parse_round(bad)
+    cid = "QmNbLVc7DnQvVDWCPFGb38mJJbVjnCejQGB17U6aWAYBuZ"
+    for bad in ("\u0663", "\uff13", f"{MAX_ROUND + 1}"):  # the wire parser agrees
+        with pytest.raises(WireFormatError) as info:
+            parse_announcement(f"CID:{bad}:{cid}".encode())
+        assert info.value.reason == "bad_round"
 
 
 def test_the_store_refuses_rounds_peers_cannot_be_told_of(tmp_path: Path) -> None:

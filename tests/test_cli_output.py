@@ -140,3 +140,15 @@ def test_pins_ls_escapes_backend_error_texts(tmp_path, capsys, monkeypatch) -> N
     out = capsys.readouterr().out
     _assert_no_controls(out)
     assert "server said" in out and "\\x1b]0;owned" in out
+
+
+def test_node_events_escape_what_peers_wrote() -> None:
+    import io
+
+    from fedstore.cli.node_cmd import Output
+
+    for machine in (True, False):
+        stream = io.StringIO()
+        Output(machine, stream).event("ERROR", f"peer sent {HOSTILE}")
+        _assert_no_controls(stream.getvalue())
+        assert "\\x1b]0;owned" in stream.getvalue()

@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from fedstore.logsetup import setup_logging
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level, json_lines=args.log_json)
-    try:
+    try:  # the parser too: Ctrl-C while commands import, --help into a closed pipe
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        setup_logging(args.log_level, json_lines=args.log_json)
         rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
     except BaseException as exc:  # sorted by exit_status: errors, Ctrl-C, closed pipes

@@ -25,6 +25,7 @@ import numpy as np
 import trio
 
 from fedstore.catalog import RoundConflictError
+from fedstore.cli.output import clean
 from fedstore.config import ROLES, NodeConfig, load_node_config
 from fedstore.errors import ConfigError, FedstoreError
 from fedstore.p2p.messages import WireFormatError, parse_round, validate_cid
@@ -81,7 +82,7 @@ class Output:
         self._role = role
 
     def event(self, key: str, value: object) -> None:
-        text = str(value).replace("\n", " ")
+        text = clean(str(value).replace("\n", " "))  # values may quote peers: no escapes
         if self.machine:
             self._write(f"{key}={text}")
             if key == "RESUMED":

@@ -13,13 +13,13 @@ JSON and CSV output keep values exact: their encoders escape what they must.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import sys
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.text import Text
 
 __all__ = ["PIPE_WIDTH", "cell", "clean", "table_console"]
@@ -29,16 +29,22 @@ __all__ = ["PIPE_WIDTH", "cell", "clean", "table_console"]
 PIPE_WIDTH = 200
 
 
-class _Console(Console):
-    """A Rich console that leaves a closed pipe to :mod:`fedstore.cli.exits`.
+@functools.cache
+def _console_class() -> type[Console]:
+    from rich.console import Console
 
-    Rich's own reaction (``SystemExit(1)``) would bypass the command line's
-    exit policy; the error is raised again instead.
-    """
+    class _Console(Console):
+        """A Rich console that leaves a closed pipe to :mod:`fedstore.cli.exits`.
 
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        Rich's own reaction (``SystemExit(1)``) would bypass the command line's
+        exit policy; the error is raised again instead.
+        """
+
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return _Console
 
 
 def table_console(*, stderr: bool = False, width: int | None = None) -> Console:
@@ -51,7 +57,7 @@ def table_console(*, stderr: bool = False, width: int | None = None) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     if not stream.isatty() and not os.environ.get("COLUMNS"):
         width = max(width or 0, PIPE_WIDTH)
-    return _Console(highlight=False, width=width, stderr=stderr)
+    return _console_class()(highlight=False, width=width, stderr=stderr)
 
 
 def _escape(ch: str) -> str:
