@@ -81,6 +81,14 @@ def test_a_bug_inside_a_group_stays_a_crash_report(capsys: pytest.CaptureFixture
     assert capsys.readouterr().err == ""
 
 
+def test_sys_exit_inside_a_task_group_exits_with_its_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert exit_status(_group_from_nurseries(SystemExit(3))) == 3
+    assert exit_status(_group_from_nurseries(SystemExit(None))) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_ctrl_c_inside_a_group_is_interrupted(capsys: pytest.CaptureFixture[str]) -> None:
     exc = BaseExceptionGroup("x", [KeyboardInterrupt(), ValueError("side effect")])
     assert exit_status(exc) == EXIT_INTERRUPTED
@@ -224,6 +232,17 @@ def test_node_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     )
     assert first.startswith(b"PEER_ID=")
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert rc == EXIT_BROKEN_PIPE
+
+
+def test_demo_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="the demo needs the 'demo' extra")
+    first, rc, err = _first_line_then_close(
+        [*FEDSTORE, "demo", "--plain", "--rounds", "50", "--trainers", "2", "--late-trainer", "0"],
+        python_env({"TMPDIR": str(tmp_path)}),
+    )
+    assert first.startswith(b"fedstore demo:")
+    assert "Traceback" not in err, err
     assert rc == EXIT_BROKEN_PIPE
 
 

@@ -33,6 +33,7 @@ import os
 import sys
 from typing import TextIO
 
+from fedstore.cli.output import clean
 from fedstore.errors import FedstoreError
 
 __all__ = [
@@ -78,8 +79,6 @@ def _is_cancellation(exc: BaseException) -> bool:
 
 def error_line(exc: BaseException) -> str:
     """The one-line message for an expected error (control characters escaped)."""
-    from fedstore.cli.output import clean
-
     if isinstance(exc, FedstoreError):
         text = str(exc)
     elif isinstance(exc, OSError):
@@ -144,12 +143,22 @@ def exit_status(exc: BaseException) -> int | None:
 
     Returns None for what must propagate unchanged: :class:`SystemExit`
     (argparse's usage errors, an explicit exit) and crashes (the caller
-    re-raises, so Python prints the traceback).
+    re-raises, so Python prints the traceback). A group holding only
+    ``SystemExit`` (``sys.exit()`` called inside a task) exits with its code.
     """
     if isinstance(exc, SystemExit):
         return None
     found = [e for e in leaves(exc) if not _is_cancellation(e)]
-    if not found or any(isinstance(e, SystemExit) for e in found):
+    if not found:
+        return None
+    exits = [e for e in found if isinstance(e, SystemExit)]
+    if len(exits) == len(found):  # sys.exit() inside a task group
+        code = exits[0].code
+        if code is None or isinstance(code, int):
+            return code or 0
+        _say(clean(str(code)))
+        return EXIT_ERROR
+    if exits:
         return None
     if any(isinstance(e, KeyboardInterrupt) for e in found):
         _log_others("interrupted", [e for e in found if not isinstance(e, KeyboardInterrupt)])

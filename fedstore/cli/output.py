@@ -16,13 +16,13 @@ import errno
 import functools
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-__all__ = ["PIPE_WIDTH", "cell", "clean", "table_console"]
+__all__ = ["PIPE_WIDTH", "cell", "clean", "console", "table_console"]
 
 #: Width used when stdout is not a terminal (a pipe, a file, a CI log): wide
 #: enough that a table of full CIDs is never squeezed into ellipses.
@@ -45,6 +45,12 @@ def _console_class() -> type[Console]:
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
     return _Console
+
+
+def console(**kwargs: Any) -> Console:
+    """``rich.console.Console(**kwargs)``, except that a closed pipe raises
+    :class:`BrokenPipeError` for :mod:`fedstore.cli.exits` to handle."""
+    return _console_class()(**kwargs)
 
 
 def table_console(*, stderr: bool = False, width: int | None = None) -> Console:

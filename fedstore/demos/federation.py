@@ -293,8 +293,9 @@ async def _federate(
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.live import Live
+
+    from fedstore.cli.output import console as pipe_safe_console
 
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
@@ -302,7 +303,7 @@ async def _main(args: argparse.Namespace) -> int:
         raise ConfigError("a late trainer needs another trainer for the rounds before it joins")
     if args.late_trainer and args.late_round > args.rounds:
         raise ConfigError(f"--late-round {args.late_round} is after the last round {args.rounds}")
-    console = Console(soft_wrap=True)
+    console = pipe_safe_console(soft_wrap=True)  # a closed pipe: quiet exit 141, no traceback
     live_view = console.is_terminal and not args.plain
     tmp = Path(tempfile.mkdtemp(prefix="fedstore-demo-"))
     (tmp / "logs").mkdir()
