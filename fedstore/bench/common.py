@@ -61,7 +61,7 @@ class BenchSizes:
     warmup: int = 2
     #: Catch-up: checkpoint size in MB and timed runs.
     catchup_mb: float = 100.0
-    catchup_runs: int = 3
+    catchup_runs: int = 5
 
     @classmethod
     def full(cls) -> BenchSizes:
