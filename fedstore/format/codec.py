@@ -243,17 +243,18 @@ def decode_file(
 
 
 def read_file(path: str | os.PathLike[str]) -> np.ndarray:
-    """The bytes of the file at *path* as a uint8 array (read with readinto, no copy).
+    """The bytes of the file at *path* as a writable uint8 array (one readinto, no copy).
 
-    numpy allocates large buffers with transparent huge pages where the
-    kernel offers them, which makes filling 100 MB several times cheaper
-    than building a bytes object of it. Raises OSError as ``open`` does, and
-    FormatError if the file changes size while it is read.
+    The memory is a plain ``bytearray`` (ordinary pages): a numpy allocation
+    of this size would ask for transparent huge pages, and on a loaded
+    machine the kernel's compaction for those stalled reads of 100 MB for
+    over a second. Raises OSError as ``open`` does, and FormatError if the
+    file changes size while it is read.
     """
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
-        buf = np.empty(size, dtype=np.uint8)
-        view = buf.data
+        buf = bytearray(size)
+        view = memoryview(buf)
         filled = 0
         while filled < size:
             got = fh.readinto(view[filled:])
@@ -262,7 +263,7 @@ def read_file(path: str | os.PathLike[str]) -> np.ndarray:
             filled += got
         if filled != size or fh.read(1):
             raise FormatError(f"{os.fspath(path)} changed size while it was read")
-    return buf
+    return np.frombuffer(buf, dtype=np.uint8)
 
 
 def inspect(data: bytes | bytearray | memoryview | np.ndarray) -> CheckpointInfo:
