@@ -40,6 +40,10 @@ from fedstore.ipld.cid import CidBuilder, DagParams, parse_cid
 __all__ = ["FilesystemBackend", "default_root"]
 
 _READ = 1024 * 1024
+#: fetch() reads this much per worker-thread hop: each hop costs far more
+#: than copying a few MiB from the page cache (4 MiB: a quarter of the hops
+#: of 1 MiB, measured faster for 100 MB checkpoints; more buys nothing).
+_FETCH_READ = 4 * 1024 * 1024
 
 
 def default_root(env: Mapping[str, str] | None = None) -> Path:
@@ -151,7 +155,7 @@ class FilesystemBackend(StorageBackend):
         async with fh:
             while True:
                 try:
-                    block = await fh.read(_READ)
+                    block = await fh.read(_FETCH_READ)
                 except OSError as exc:
                     raise UnavailableError(
                         f"filesystem: read of {cid} failed: {exc}", backend=self.name
