@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PLUGIN_TESTS = '''
+PLUGIN_TESTS = """
 import pytest
 
 from fedstore.backends import StoredObject
@@ -44,7 +44,7 @@ class TestWrongSize(BackendConformance):
     @pytest.fixture
     async def backend(self):
         yield PaddedSize()
-'''
+"""
 
 
 def test_suite_runs_without_trio_mode_and_can_fail(tmp_path: Path) -> None:

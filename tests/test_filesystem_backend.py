@@ -68,7 +68,7 @@ async def test_corrupted_object_is_rejected_by_chain(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated", "emptied"])
 async def test_put_again_repairs_a_corrupted_object(tmp_path: Path, damage: str) -> None:
-    """Re-adding the bytes of a damaged object replaces it: success is never reported over garbage."""
+    """Re-adding the bytes of a damaged object replaces it: no success reported over garbage."""
     b = FilesystemBackend(tmp_path / "r")
     data = sample_bytes(300_000, "repair")
     cid = (await b.add(data)).cid

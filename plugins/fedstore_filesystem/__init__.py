@@ -13,9 +13,9 @@ Writes hash while copying into a private temporary file, fsync it, then
 (both write identical bytes; the last rename wins) and a crash never leaves a
 torn object under a CID name. Adding bytes that are already stored replaces
 the stored object with the freshly hashed copy, so a put repairs an object
-that was damaged on disk instead of reporting success over it. Every CID is parsed before it becomes a path, so
-no name can escape the root. Reads are verified by the core's backend chain;
-:meth:`FilesystemBackend.verify` re-hashes an object on demand.
+that was damaged on disk instead of reporting success over it. Every CID is
+parsed before it becomes a path, so no name can escape the root. Reads are
+verified by the core's backend chain, which rejects a damaged object.
 
 Settings: ``FEDSTORE_FS_ROOT`` (default: ``$XDG_DATA_HOME/fedstore/objects``,
 i.e. ``~/.local/share/fedstore/objects``).
