@@ -268,6 +268,10 @@ class Node:
     async def publish(self, topic: str, data: bytes) -> PublishResult:
         """Publish *data* on *topic*; above the inline limit it travels as a CID.
 
+        A payload sent by CID is stored by the chain's write policy first (the
+        first backend that accepts it, and bitswap), so subscribers on other
+        machines can fetch it from this node.
+
         On ``model-cids`` the bytes are sent verbatim (the compatibility
         format; use :meth:`announce` to send a validated announcement).
         Raises :class:`~fedstore.errors.SizeLimitError` for payloads peers
