@@ -20,6 +20,7 @@ Callers classify errors with ``isinstance``, never by class name.
 
     FedstoreError
     ├── ConfigError                 bad or missing configuration
+    │   └── StrategyError           strategy unknown, plugin broken, or bad settings
     ├── FormatError                 checkpoint bytes are not a valid checkpoint
     │   └── SizeLimitError          ...or would decode to more than allowed
     ├── InvalidCIDError             a string is not a CID fedstore understands
@@ -64,6 +65,7 @@ __all__ = [
     "QuotaError",
     "RateLimitedError",
     "SizeLimitError",
+    "StrategyError",
     "UnavailableError",
 ]
 
@@ -117,6 +119,17 @@ class Attempt:
 
 class ConfigError(FedstoreError):
     """Configuration is missing or malformed."""
+
+
+class StrategyError(ConfigError):
+    """A strategy name is unknown, its plugin failed to load, or its settings are invalid.
+
+    ``strategy`` names it when known.
+    """
+
+    def __init__(self, message: str, *, strategy: str | None = None) -> None:
+        super().__init__(message)
+        self.strategy = strategy
 
 
 class FormatError(FedstoreError):

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,11 +30,13 @@ from fedstore.catalog import migrate
 from fedstore.catalog.engine import WRITE_OPTION, make_engine, translate_errors
 from fedstore.catalog.models import (
     CHECKPOINT_STATUSES,
+    METRIC_SOURCES,
     PIN_STATES,
     Announcement,
     Checkpoint,
     Peer,
     Pin,
+    RoundMetric,
     utcnow,
 )
 from fedstore.catalog.readonly import read_only_query
@@ -45,6 +48,7 @@ from fedstore.catalog.records import (
     PinRecord,
     QueryResult,
     RoundHistoryRow,
+    RoundMetricRecord,
 )
 from fedstore.errors import CatalogError
 
@@ -527,6 +531,89 @@ class Catalog:
         with self._writing(f"delete pin of {cid} on {backend}") as s:
             res = s.execute(delete(Pin).where(Pin.cid == cid, Pin.backend == backend))
             return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # -- round metrics -------------------------------------------------------
+
+    def record_round_metrics(
+        self,
+        round: int,
+        cid: str,
+        *,
+        participants: int,
+        num_samples: int,
+        metrics: Mapping[str, Mapping[str, float]],
+        recorded_at: datetime | None = None,
+    ) -> int:
+        """Record a federated round's metrics: ``metrics[source][name] = value``.
+
+        ``source`` is one of ``trainers``, ``evaluate``, ``strategy``; names
+        are 1-64 characters; values finite (ValueError otherwise, before
+        anything is written). One transaction; a (round, cid, source, name)
+        recorded again gets the new value. Returns the number of rows written.
+        """
+        if round < 0:
+            raise ValueError(f"round must be >= 0, got {round}")
+        if participants < 0 or num_samples < 0:
+            raise ValueError("participants and num_samples must be >= 0")
+        when = recorded_at or utcnow()
+        rows: list[dict[str, Any]] = []
+        for source, values in metrics.items():
+            if source not in METRIC_SOURCES:
+                raise ValueError(
+                    f"metric source must be one of {', '.join(METRIC_SOURCES)}, got {source!r}"
+                )
+            for name, value in values.items():
+                if not isinstance(name, str) or not 1 <= len(name) <= 64:
+                    raise ValueError(f"metric name must be 1-64 characters, got {name!r:.80}")
+                v = float(value)
+                if not math.isfinite(v):
+                    raise ValueError(f"metric {source}/{name} is not finite: {value!r}")
+                rows.append(
+                    {
+                        "round": round,
+                        "cid": cid,
+                        "participants": participants,
+                        "num_samples": num_samples,
+                        "source": source,
+                        "name": name,
+                        "value": v,
+                        "recorded_at": when,
+                    }
+                )
+        if not rows:
+            return 0
+        with self._writing(f"record the metrics of round {round}") as s:
+            ins = sqlite_insert(RoundMetric)
+            s.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["round", "cid", "source", "name"],
+                    set_={
+                        "value": ins.excluded.value,
+                        "participants": ins.excluded.participants,
+                        "num_samples": ins.excluded.num_samples,
+                        "recorded_at": ins.excluded.recorded_at,
+                    },
+                ),
+                rows,
+            )
+        return len(rows)
+
+    def round_metrics(
+        self, *, round: int | None = None, source: str | None = None
+    ) -> list[RoundMetricRecord]:
+        """Recorded round metrics, by round, CID, source and name (optionally filtered)."""
+        stmt = select(RoundMetric)
+        if round is not None:
+            stmt = stmt.where(RoundMetric.round == round)
+        if source is not None:
+            if source not in METRIC_SOURCES:
+                raise ValueError(f"metric source must be one of {', '.join(METRIC_SOURCES)}")
+            stmt = stmt.where(RoundMetric.source == source)
+        stmt = stmt.order_by(
+            RoundMetric.round, RoundMetric.cid, RoundMetric.source, RoundMetric.name
+        )
+        with self._reading("list round metrics") as s:
+            return [r.to_record() for r in s.scalars(stmt)]
 
     # -- views and ad-hoc SQL ------------------------------------------------
 
