@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fedstore.backends.base import Health, Source, StorageBackend, StoredObject
-from fedstore.backends.chain import Attempt, BackendChain, ChainAddResult, FetchResult
+from fedstore.backends.chain import (
+    Attempt,
+    BackendChain,
+    ChainAddResult,
+    FetchResult,
+    WriteObserver,
+    aclosing_stream,
+)
 from fedstore.backends.registry import (
     ENTRY_POINT_GROUP,
     BackendInfo,
@@ -34,6 +41,8 @@ __all__ = [
     "Source",
     "StorageBackend",
     "StoredObject",
+    "WriteObserver",
+    "aclosing_stream",
     "available_backends",
     "build_backends",
     "build_chain",

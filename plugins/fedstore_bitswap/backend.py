@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Self
 
+from fedstore.backends import aclosing_stream
 from fedstore.backends.base import Health, Source, StorageBackend, StoredObject
 from fedstore.errors import FedstoreError, UnavailableError
 from fedstore.ipld.cid import DagParams, parse_cid
@@ -70,8 +71,10 @@ class BitswapBackend(StorageBackend):
     async def fetch(self, cid: str) -> AsyncIterator[bytes]:
         parsed = parse_cid(cid)
         try:
-            async for chunk in self.service.fetch(parsed):
-                yield chunk
+            # closed with this generator, so the fetch's cleanup (wants, tasks) runs now
+            async with aclosing_stream(self.service.fetch(parsed)) as stream:
+                async for chunk in stream:
+                    yield chunk
         except FedstoreError:
             raise
         except OSError as exc:

@@ -11,9 +11,11 @@ named by their CID (the CID Kubo's ``ipfs add`` would give the same bytes)::
 Writes hash while copying into a private temporary file, fsync it, then
 ``os.replace`` it into place, so concurrent writers of the same CID are safe
 (both write identical bytes; the last rename wins) and a crash never leaves a
-torn object under a CID name. Every CID is parsed before it becomes a path, so
-no name can escape the root. Reads are verified by the core's backend chain;
-:meth:`FilesystemBackend.verify` re-hashes an object on demand.
+torn object under a CID name. Adding bytes that are already stored replaces
+the stored object with the freshly hashed copy, so a put repairs an object
+that was damaged on disk instead of reporting success over it. Every CID is
+parsed before it becomes a path, so no name can escape the root. Reads are
+verified by the core's backend chain, which rejects a damaged object.
 
 Settings: ``FEDSTORE_FS_ROOT`` (default: ``$XDG_DATA_HOME/fedstore/objects``,
 i.e. ``~/.local/share/fedstore/objects``).
@@ -126,11 +128,11 @@ class FilesystemBackend(StorageBackend):
             final = self._object_path(cid)
             cid = final.name
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists() and final.stat().st_size == size:
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, final)
-                _fsync_dir(final.parent)
+            # Always replace: these bytes were hashed to the CID as they were written,
+            # while an object already there may have rotted (same size or not). Readers
+            # holding the old file keep it; concurrent writers wrote identical bytes.
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
             (self._pins / cid).touch()
             return cid, size
         except BaseException:

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import httpx
 
-from fedstore.backends import Health, Source, StorageBackend, StoredObject
+from fedstore.backends import Health, Source, StorageBackend, StoredObject, aclosing_stream
 from fedstore.backends.http import (
     Classifier,
     HeaderAuth,
@@ -346,7 +346,7 @@ class KuboBackend(StorageBackend):
             return self._client.build_request("POST", "cat", params=params)
 
         action = f"cat {cid}"
-        async for chunk in stream_download(
+        download = stream_download(
             self._client,
             make,
             backend="kubo",
@@ -355,8 +355,10 @@ class KuboBackend(StorageBackend):
             policy=self.retry,
             classify=_classifier(action, token_set=self._token_set),
             expected_length=_x_content_length,
-        ):
-            yield chunk
+        )
+        async with aclosing_stream(download) as stream:  # the response is released at once
+            async for chunk in stream:
+                yield chunk
 
     async def has(self, cid: str) -> bool:
         """Whether *cid* is pinned (recursively) on the node."""
