@@ -230,3 +230,17 @@ async def test_lifespan_nursery_passes_the_body_error_through_unwrapped() -> Non
             raise KeyError("from the body")
     ctx = BackendContext()
     assert ctx.in_node is False
+
+
+def test_unreadable_files_are_one_line_errors(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"FEDSTORE_ROLE=\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"\.env is not UTF-8 text"):
+        load_settings({}, cwd=tmp_path)
+    (tmp_path / ".env").unlink()
+    (tmp_path / "fedstore.toml").write_bytes(b'fedstore_role = "\xff"\n')
+    with pytest.raises(ConfigError, match="fedstore.toml is not UTF-8 text"):
+        load_settings({}, cwd=tmp_path)
+    (tmp_path / "fedstore.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="fedstore.toml") as info:
+        load_settings({}, cwd=tmp_path)
+    assert "\n" not in str(info.value)

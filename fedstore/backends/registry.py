@@ -6,10 +6,14 @@ Backends are plugins: any installed distribution can register one with::
     mybackend = "my_package:MyBackend"
 
 where ``MyBackend`` subclasses :class:`fedstore.backends.StorageBackend`. The
-core never imports a plugin by module name; it asks stevedore for the entry
-point named in the user's configuration. Errors are fedstore's own: an
-unknown name lists the installed names, and a plugin that fails to import
-names the plugin and the cause.
+core never imports a plugin by module name and knows no plugin's name or
+settings: it asks stevedore for the entry point named in the user's
+configuration, builds it with ``MyBackend.create(settings, ctx)`` after
+checking the values of ``MyBackend.settings``, and, when the user names no
+chain, asks every installed backend's ``detect`` whether and where it joins
+(:func:`default_backend_names`). Errors are fedstore's own: an unknown name
+lists the installed names, and a plugin that fails to import names the
+plugin and the cause.
 """
 
 from __future__ import annotations
