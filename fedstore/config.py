@@ -51,6 +51,7 @@ __all__ = [
     "ROLES",
     "NodeConfig",
     "Setting",
+    "core_setting",
     "load_node_config",
     "load_settings",
     "parse_bool",
@@ -58,6 +59,7 @@ __all__ = [
     "read_toml_settings",
     "resolve_settings",
     "settings_catalog",
+    "validate_core_settings",
 ]
 
 log = logging.getLogger(__name__)

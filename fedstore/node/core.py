@@ -531,9 +531,12 @@ async def open_node(
 ) -> AsyncIterator[Node]:
     """Start a node and yield it once it listens, has resumed and joined ``model-cids``.
 
-    *chain* replaces the configured backend chain (tests, embedding); it is
-    not closed on exit. Leaving the block stops every background task, the
-    host, the store and the catalog.
+    *chain* replaces the configured backend chain (tests, embedding); the
+    caller owns it: the node neither runs its backends' lifespans nor closes
+    it (``async with chain:`` around the node does both). Otherwise the chain
+    is built in the node's context (data directory, host) and runs for the
+    node's lifetime. Leaving the block stops every background task, the
+    chain, the host, the store and the catalog.
     """
     from fedstore.store import AsyncLocalStore
 
