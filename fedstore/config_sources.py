@@ -400,7 +400,6 @@ def resolve(
     aliases = catalog.aliases()
     given = {aliases.get(k, k): v for k, v in (flags or {}).items() if v is not None}
     warnings: list[str] = []
-    layers: list[_Layer] = []
 
     toml_path_text = str(
         toml_file or given.get("FEDSTORE_CONFIG") or env.get("FEDSTORE_CONFIG") or ""
