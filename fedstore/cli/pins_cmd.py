@@ -64,7 +64,7 @@ def _dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dir",
         metavar="DIR",
-        help="node data directory holding catalog.sqlite (default: $CHECKPOINT_DIR, "
+        help="node data directory holding catalog.sqlite (default: $FEDSTORE_DIR, "
         "else ./checkpoints_node)",
     )
 
