@@ -52,6 +52,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from fedstore.backends.settings import Setting
 from fedstore.errors import (
     AuthError,
     BackendError,
@@ -63,6 +64,7 @@ from fedstore.errors import (
 )
 
 __all__ = [
+    "RETRY_SETTINGS",
     "Classifier",
     "HeaderAuth",
     "RateLimiter",
@@ -585,25 +587,33 @@ class RetryPolicy:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RetryPolicy:
         """``FEDSTORE_HTTP_ATTEMPTS`` (tries per request, default 4) and
-        ``FEDSTORE_HTTP_BACKOFF`` (first delay in seconds, default 0.5).
+        ``FEDSTORE_HTTP_BACKOFF`` (first delay in seconds, default 0.5);
+        see :data:`RETRY_SETTINGS`, which HTTP backends add to their own settings.
 
         Lower values make a chain fall over to the next backend sooner.
         """
+        return cls(attempts=HTTP_ATTEMPTS.integer(env), base_delay=HTTP_BACKOFF.number(env))
 
-        def number(key: str, default: float, minimum: float) -> float:
-            raw = env.get(key, "").strip()
-            try:
-                value = float(raw) if raw else default
-            except ValueError:
-                raise ConfigError(f"{key}={raw!r} is not a number") from None
-            if value < minimum:
-                raise ConfigError(f"{key} must be at least {minimum:g}")
-            return value
 
-        return cls(
-            attempts=int(number("FEDSTORE_HTTP_ATTEMPTS", 4, 1)),
-            base_delay=number("FEDSTORE_HTTP_BACKOFF", 0.5, 0),
-        )
+HTTP_ATTEMPTS = Setting(
+    "FEDSTORE_HTTP_ATTEMPTS",
+    "4",
+    "attempts per request of the HTTP backends",
+    kind="int",
+    minimum=1,
+    maximum=100,
+)
+HTTP_BACKOFF = Setting(
+    "FEDSTORE_HTTP_BACKOFF",
+    "0.5",
+    "first retry delay of the HTTP backends, seconds",
+    kind="duration",
+    minimum=0,
+    maximum=600,
+)
+#: The retry settings every HTTP backend reads through :meth:`RetryPolicy.from_env`;
+#: list them in the backend's ``settings`` (``settings = (..., *RETRY_SETTINGS)``).
+RETRY_SETTINGS: tuple[Setting, ...] = (HTTP_ATTEMPTS, HTTP_BACKOFF)
 
 
 async def with_retries(

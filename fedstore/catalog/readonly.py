@@ -45,6 +45,7 @@ __all__ = [
     "MAX_TIMEOUT",
     "MAX_VALUE_BYTES",
     "ReadOnlyViolation",
+    "copy_read_only",
     "read_only_query",
 ]
 
@@ -182,6 +183,36 @@ def _verb(sql: str) -> str:
     return words[0].upper().rstrip(";") if words else "empty"
 
 
+def _ro_uri(db_path: Path) -> str:
+    return f"file:{quote(str(db_path.resolve()))}?mode=ro"
+
+
+def copy_read_only(db_path: Path, dest: Path) -> None:
+    """Copy the catalog at ``db_path`` to ``dest`` with SQLite's online backup, reading only.
+
+    The source is opened through a quoted ``file:...?mode=ro`` URI, so the
+    copy cannot change it (any path, spaces and ``?``/``#`` included); the
+    copy is consistent even while another process writes (WAL). ``dest`` is
+    replaced. CatalogError if the source is missing or unreadable.
+    """
+    if not db_path.is_file():
+        raise CatalogError(f"no catalog at {db_path}")
+    dest.unlink(missing_ok=True)
+    try:
+        src = sqlite3.connect(_ro_uri(db_path), uri=True, timeout=5.0)
+        try:
+            dst = sqlite3.connect(dest)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.Error as exc:
+        dest.unlink(missing_ok=True)
+        raise CatalogError(f"cannot copy catalog {db_path}: {exc}") from exc
+
+
 def read_only_query(
     db_path: Path,
     sql: str,
@@ -216,9 +247,8 @@ def read_only_query(
         raise CatalogError(f"max_bytes must be at least 1, got {max_bytes!r}")
     if not db_path.is_file():
         raise CatalogError(f"no catalog at {db_path}")
-    uri = f"file:{quote(str(db_path.resolve()))}?mode=ro"
     try:
-        con = sqlite3.connect(uri, uri=True, timeout=5.0)
+        con = sqlite3.connect(_ro_uri(db_path), uri=True, timeout=5.0)
     except sqlite3.Error as exc:
         raise CatalogError(f"cannot open catalog {db_path} read-only: {exc}") from exc
     guard = _Guard()

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "fedstore.cli.catalog_cmd",
     "fedstore.cli.db_cmd",
     "fedstore.cli.backends_cmd",
+    "fedstore.cli.config_cmd",
     "fedstore.cli.pins_cmd",
     "fedstore.cli.cid_cmd",
     "fedstore.cli.selftest_cmd",

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Run one SELECT statement (or a schema PRAGMA) on a read-only connection. "
             "Statements that would write (INSERT, UPDATE, DELETE, DROP, ATTACH, PRAGMA "
             "assignments...) are refused and the catalog is left untouched. Useful views: "
-            "round_history, latest_checkpoint, pin_status."
+            "round_history, latest_checkpoint, pin_status, round_summary."
         ),
     )
     sql.add_argument("query", metavar="SQL", help='e.g. "SELECT * FROM round_history"')

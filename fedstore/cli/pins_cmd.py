@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="show and repair where each CID is pinned, per storage backend",
         description=(
             "Each save records one pin row per backend it tried (pinned, failed with the "
-            "error, or pending). 'ls' shows them; 'retry' stores the failed ones again."
+            "error, or pending while it runs). 'ls' shows them; 'retry' stores the failed, "
+            "interrupted and missing ones again."
         ),
     )
     pins_sub = p.add_subparsers(dest="pins_command", metavar="SUBCOMMAND")
@@ -40,10 +41,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     retry = pins_sub.add_parser(
         "retry",
-        help="store failed pins again once their backend is back",
+        help="store failed, interrupted and missing pins again once their backend is back",
         description=(
-            "For every pin row in state 'failed', store the CID again on that backend: "
-            "from the local checkpoint file, else fetched (verified) from another backend. "
+            "For every pin row in state 'failed' or 'pending' (an attempt a crash "
+            "interrupted), store the CID again on that backend: from the local checkpoint "
+            "file, else fetched (verified) from another backend. A local checkpoint with no "
+            "pin row at all (the node stopped between the local save and the backend "
+            "chain's write) is stored by the chain's write policy. "
             "Exit status 1 if some remain failed."
         ),
     )
@@ -60,7 +64,7 @@ def _dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dir",
         metavar="DIR",
-        help="node data directory holding catalog.sqlite (default: $CHECKPOINT_DIR, "
+        help="node data directory holding catalog.sqlite (default: $FEDSTORE_DIR, "
         "else ./checkpoints_node)",
     )
 
@@ -150,7 +154,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     outcomes = trio.run(run)
     if not outcomes:
-        print("nothing to retry: no failed pins", file=sys.stderr)
+        print("nothing to retry: no failed, pending or missing pins", file=sys.stderr)
         return 0
     for o in outcomes:
         detail = o.backend_ref or "" if o.state == "pinned" else o.error or ""
