@@ -61,7 +61,7 @@ class BenchSizes:
     warmup: int = 2
     #: Catch-up: checkpoint size in MB and timed runs.
     catchup_mb: float = 100.0
-    catchup_runs: int = 3
+    catchup_runs: int = 5
     #: Start-up: interpreter launches per command (median reported).
     startup_runs: int = 21
 
@@ -118,6 +118,8 @@ class Target:
     op: Literal["<=", ">=", "<", ">"]
     threshold: float
     on: Literal["ratio", "value"] = "ratio"
+    #: How the threshold is shown when the row's unit would be awkward (``"0.2 ms"``).
+    shown: str | None = None
 
     def met(self, row: Row) -> bool | None:
         x = row.ratio if self.on == "ratio" else row.value
@@ -132,6 +134,8 @@ class Target:
 
     def text(self, unit: str) -> str:
         sym = {"<=": "≤", ">=": "≥", "<": "<", ">": ">"}[self.op]
+        if self.shown is not None:
+            return f"{sym} {self.shown}"
         if self.on == "ratio":
             return f"{sym} {self.threshold:g}×"
         return f"{sym} {self.threshold:g} {unit}"

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from fedstore.cli.output import clean
 from fedstore.config import ROLES, NodeConfig, load_node_config
 from fedstore.errors import ConfigError, FedstoreError, RoundConflictError
-from fedstore.p2p.messages import WireFormatError, validate_cid
+from fedstore.p2p.messages import WireFormatError, parse_round, validate_cid
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,7 +99,7 @@ class Output:
 
     def event(self, key: str, value: object) -> None:
         """Print one ``KEY=value`` line (machine) or its sentence (human)."""
-        text = str(value).replace("\n", " ")
+        text = clean(str(value).replace("\n", " "))  # values may quote peers: no escapes
         if self.machine:
             self._write(f"{key}={text}")
             if key == "RESUMED":
@@ -147,9 +148,10 @@ class UsageError(Exception):
 
 
 def _round_arg(text: str) -> int:
-    if not text.isdigit():
-        raise UsageError(f"round must be a non-negative integer, got {text!r}")
-    return int(text)
+    try:
+        return parse_round(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class CommandRunner:

@@ -310,9 +310,9 @@ async def _federate(
 
 async def _main(args: argparse.Namespace) -> int:
     import trio
-    from rich.console import Console
     from rich.live import Live
 
+    from fedstore.cli.output import console as pipe_safe_console
     from fedstore.demos.federation_state import DemoState, Proc
     from fedstore.demos.federation_view import finish, render
 
@@ -327,7 +327,7 @@ async def _main(args: argparse.Namespace) -> int:
 
     # fail here, in one line, rather than in the aggregator's process
     load_strategy(args.aggregator, parse_settings(args.strategy_setting))
-    console = Console(soft_wrap=True)
+    console = pipe_safe_console(soft_wrap=True)  # a closed pipe: quiet exit 141, no traceback
     live_view = console.is_terminal and not args.plain
     tmp = Path(tempfile.mkdtemp(prefix="fedstore-demo-"))
     (tmp / "logs").mkdir()
