@@ -104,6 +104,11 @@ def route_libp2p_logs() -> None:
     for handler in list(lib.handlers):
         if isinstance(handler, _ToFedstore):
             lib.removeHandler(handler)
-    lib.setLevel(level if level <= logging.INFO else logging.CRITICAL)
+    threshold = level if level <= logging.INFO else logging.CRITICAL
+    lib.setLevel(threshold)
     lib.propagate = False
-    lib.addHandler(_ToFedstore())
+    # the handler filters too: a py-libp2p module may set a lower level on its own
+    # logger (auto_connector says INFO), and propagation ignores the parent's level
+    handler = _ToFedstore()
+    handler.setLevel(threshold)
+    lib.addHandler(handler)

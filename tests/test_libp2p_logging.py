@@ -35,6 +35,9 @@ async def main():
         lib.debug("probe debug")
         lib.warning("probe warning\\nwith a second line")
         lib.critical("probe critical")
+        chatty = logging.getLogger("libp2p.fedstore_chatty")
+        chatty.setLevel(logging.INFO)  # as py-libp2p's auto_connector does at import
+        chatty.info("chatty info")
 
 trio.run(main)
 """
@@ -64,6 +67,7 @@ def test_debug_level_shows_libp2p_records_formatted_one_line_each(tmp_path: Path
         ln.endswith("WARNING libp2p.fedstore_probe: probe warning | with a second line")
         for ln in lines
     )
+    assert any(ln.endswith("INFO libp2p.fedstore_chatty: chatty info") for ln in lines)
     # py-libp2p's own debug lines (host start-up) come through too, not only the probe's
     own = [ln for ln in lines if " DEBUG libp2p." in ln and "fedstore_probe" not in ln]
     assert own, "no py-libp2p debug line at DEBUG level"
@@ -76,6 +80,7 @@ def test_default_level_hides_routine_libp2p_records_and_prints_nothing_bare(
     assert [ln for ln in lines if not FORMATTED.match(ln)] == []
     assert not any("probe debug" in ln or "probe warning" in ln for ln in lines)
     assert not any("second line" in ln for ln in lines)
+    assert not any("chatty info" in ln for ln in lines)  # its own INFO level does not leak
     assert any(ln.endswith("CRITICAL libp2p.fedstore_probe: probe critical") for ln in lines)
 
 
