@@ -65,12 +65,14 @@ arrays (and residuals) give the same bytes in any process.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -345,8 +347,7 @@ def _encode_int8(
         step = np.float64(scales[0])
     if not bool(np.isfinite(scales).all()):
         return None
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q64 = np.where(step > 0, np.rint(delta / step), 0.0)
+    q64 = np.where(step > 0, np.rint(delta / step), 0.0)
     q = np.clip(q64, -127, 127).astype(np.int8)
     value = _add(base, _int8_delta(q, scales, enc.block))
     return _Encoded(Mode.INT8, (scales.astype("<f4").tobytes(), b"", q.tobytes(), b""), value)
@@ -378,6 +379,23 @@ def _encode_topk(
     return _Encoded(mode, (b"", b"", gap_planes, _planes(vals)), _add_sparse(base, idx, vals))
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _quiet(fn: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Run ``fn`` with numpy's overflow/invalid warnings off: an overflow to Inf (or Inf - Inf)
+    is expected and handled here (raw fallback; the aggregator refuses non-finite values)."""
+
+    @functools.wraps(fn)
+    def quiet(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return fn(*args, **kwargs)
+
+    return quiet
+
+
+@_quiet
 def encode_update(
     base: Mapping[str, NDArray],
     new: Mapping[str, NDArray],
@@ -447,6 +465,7 @@ def _pack(enc: UpdateEncoding, encoded: list[_Encoded]) -> bytes:
 # -- decoding ------------------------------------------------------------------------------
 
 
+@_quiet
 def decode_update(
     data: bytes | memoryview, base: Mapping[str, NDArray], enc: UpdateEncoding
 ) -> dict[str, NDArray]:
@@ -596,6 +615,7 @@ class UpdateEncoder:
         self.error_feedback = error_feedback
         self.residual: dict[str, NDArray] = {}
 
+    @_quiet
     def encode(self, base: Mapping[str, NDArray], new: Mapping[str, NDArray]) -> bytes:
         """The payload of ``new`` against ``base``; updates the residuals. ValueError: see
         :func:`encode_update`."""
