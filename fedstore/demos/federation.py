@@ -311,8 +311,9 @@ async def _federate(
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.live import Live
+
+    from fedstore.cli.output import console as pipe_safe_console
 
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
@@ -327,7 +328,7 @@ async def _main(args: argparse.Namespace) -> int:
     # fail here, in one line, rather than in the aggregator's process
     load_strategy(args.aggregator, parse_settings(args.strategy_setting))
     args.update_encoding = UpdateEncoding.parse(args.update_encoding).text
-    console = Console(soft_wrap=True)
+    console = pipe_safe_console(soft_wrap=True)  # a closed pipe: quiet exit 141, no traceback
     live_view = console.is_terminal and not args.plain
     tmp = Path(tempfile.mkdtemp(prefix="fedstore-demo-"))
     (tmp / "logs").mkdir()
