@@ -74,7 +74,7 @@ def _federate(encoding: str, error_feedback: bool, rounds: int, seed: int) -> _R
     from fedstore.federation.messages import UpdateMessage, decode_message
     from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
     from fedstore.federation.trainer import follow_rounds
-    from fedstore.federation.update_codec import UpdateEncoding
+    from fedstore.federation.update_encoding import UpdateEncoding
 
     task = DigitsTask(TRAINERS, DigitsConfig(seed=seed))
     run = _Run()

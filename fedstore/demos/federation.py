@@ -323,7 +323,7 @@ async def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--late-round {args.late_round} is after the last round {args.rounds}")
     from fedstore.demos.federation_worker import parse_settings
     from fedstore.federation.strategies import load_strategy
-    from fedstore.federation.update_codec import UpdateEncoding
+    from fedstore.federation.update_encoding import UpdateEncoding
 
     # fail here, in one line, rather than in the aggregator's process
     load_strategy(args.aggregator, parse_settings(args.strategy_setting))

@@ -122,7 +122,7 @@ async def _run(args: argparse.Namespace) -> int:
     from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
     from fedstore.federation.strategies import load_strategy
     from fedstore.federation.trainer import follow_rounds
-    from fedstore.federation.update_codec import UpdateEncoding
+    from fedstore.federation.update_encoding import UpdateEncoding
     from fedstore.node import open_node
 
     strategy = (

@@ -84,7 +84,7 @@ from fedstore.federation.transport import (
     RoundMetrics,
     SavedModel,
 )
-from fedstore.federation.update_codec import ENCODING_CONFIG_KEY, UpdateEncoding
+from fedstore.federation.update_encoding import ENCODING_CONFIG_KEY, UpdateEncoding
 from fedstore.federation.validation import (
     ModelSpec,
     RejectionCounter,

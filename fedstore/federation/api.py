@@ -67,7 +67,7 @@ from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, Tra
 from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.registry import SettingValue, load_strategy
 from fedstore.federation.trainer import LegacyTrainFn, TrainFn, follow_rounds
-from fedstore.federation.update_codec import UpdateEncoding
+from fedstore.federation.update_encoding import UpdateEncoding
 
 if TYPE_CHECKING:
     from fedstore.config import NodeConfig

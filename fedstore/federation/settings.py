@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from fedstore.federation.messages import DEFAULT_INLINE_LIMIT
 from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.builtin import FedAvg
-from fedstore.federation.update_codec import FLOAT32, UpdateEncoding
+from fedstore.federation.update_encoding import FLOAT32, UpdateEncoding
 
 __all__ = ["AggregatorSettings", "QuorumSchedule", "TrainerSettings"]
 

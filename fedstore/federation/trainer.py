@@ -50,7 +50,8 @@ from fedstore.federation.messages import (
 from fedstore.federation.settings import TrainerSettings
 from fedstore.federation.strategies.base import RoundConfig
 from fedstore.federation.transport import Arrays, FederationPeer
-from fedstore.federation.update_codec import UpdateEncoder, split_round_config
+from fedstore.federation.update_codec import UpdateEncoder
+from fedstore.federation.update_encoding import split_round_config
 
 __all__ = ["LegacyTrainFn", "TrainFn", "TrainOutput", "as_train_fn", "follow_rounds"]
 

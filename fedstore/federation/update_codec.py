@@ -1,12 +1,14 @@
 """Lossy encodings of trainers' updates on ``fed-learn``: float16, int8, top-k.
 
-A federation chooses one encoding (:class:`UpdateEncoding`, text form
+A federation chooses one encoding
+(:class:`~fedstore.federation.update_encoding.UpdateEncoding`, text form
 ``float32``, ``float16``, ``int8``, ``int8:BLOCK`` or ``topk:FRACTION``) in
 :class:`~fedstore.federation.settings.AggregatorSettings`; the aggregator
 sends it to the trainers in every ``ROUND``'s config under
-:data:`ENCODING_CONFIG_KEY`, the trainers encode their updates with it and
-name it in the ``UPDATE`` header (``encoding``), and the aggregator decodes
-and validates them with :func:`decode_update` before the strategy sees them.
+:data:`~fedstore.federation.update_encoding.ENCODING_CONFIG_KEY`, the
+trainers encode their updates with it and name it in the ``UPDATE`` header
+(``encoding``), and the aggregator decodes and validates them with
+:func:`decode_update` before the strategy sees them.
 ``float32`` (the default) is the lossless path that existed before: the full
 arrays as a fedstore checkpoint, no ``encoding`` key. A federation using a
 lossy encoding still accepts float32 updates.
@@ -54,9 +56,10 @@ float16 low bytes, the int8 values, the top-k index gaps (byte planes); 3 the
 float16 high bytes, the top-k values (float32 byte planes).
 
 Decoding is strict and bounded: the prefix fixes every section's exact size
-(from the base model's shapes and the encoding), which must equal the body
-length, before the frame is checked (:func:`fedstore.format.zstd_frame.check_frame`)
-and decompressed; modes must fit the encoding and the tensor's dtype; scales
+(from the base model's shapes and the encoding); the frame must declare
+exactly that content size, which is checked
+(:func:`fedstore.format.zstd_frame.check_frame`) before anything is
+decompressed; modes must fit the encoding and the tensor's dtype; scales
 and values must be finite, int8 values in [-127, 127], top-k indices strictly
 increasing and in range. Every failure is a :class:`CodecError` whose
 ``reason`` is a rejection counter key. Encoding is deterministic: the same
@@ -66,20 +69,27 @@ arrays (and residuals) give the same bytes in any process.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 from typing import ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import zstandard
 
-from fedstore.errors import ConfigError, FormatError
+from fedstore.errors import FormatError
 from fedstore.federation.messages import MessageError
+from fedstore.federation.update_encoding import (
+    ENCODING_CONFIG_KEY,
+    FLOAT32,
+    MAX_ENCODING_TEXT,
+    EncodingKind,
+    UpdateEncoding,
+    split_round_config,
+)
 
 __all__ = [
     "ENCODING_CONFIG_KEY",
@@ -93,22 +103,14 @@ __all__ = [
     "split_round_config",
 ]
 
-log = logging.getLogger(__name__)
-
 NDArray = npt.NDArray[np.generic]
-
-#: name of the round-config entry that tells trainers the federation's encoding
-ENCODING_CONFIG_KEY = "fedstore.update_encoding"
 
 MAGIC = b"FSUE"
 VERSION = 1
 _HEAD = struct.Struct("<4sBB")
 _COUNT = struct.Struct("<I")
 _SECTIONS = 4
-_MAX_TEXT = 32
-_MAX_BLOCK = 1 << 24
 _F16_MAX = float(np.finfo(np.float16).max)
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class CodecError(MessageError):
@@ -116,93 +118,6 @@ class CodecError(MessageError):
 
     def __init__(self, message: str, *, reason: str = "bad_encoding") -> None:
         super().__init__(message, reason=reason)
-
-
-class EncodingKind(StrEnum):
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    INT8 = "int8"
-    TOPK = "topk"
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateEncoding:
-    """How a federation's updates travel; see the module docstring.
-
-    ``block`` (int8 only): elements per scale, 0 for one scale per tensor.
-    ``fraction`` (topk only): the share of each tensor's entries sent, in
-    (0, 1]. :meth:`parse` reads the text form, :attr:`text` writes it
-    (canonical: ``parse(e.text) == e`` and ``parse(t).text`` is one spelling).
-    """
-
-    kind: EncodingKind = EncodingKind.FLOAT32
-    block: int = 0
-    fraction: float = 1.0
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "kind", EncodingKind(self.kind))
-        except ValueError:
-            raise ConfigError(f"unknown update encoding kind {self.kind!r}") from None
-        if self.kind is not EncodingKind.INT8 and self.block != 0:
-            raise ConfigError(f"only int8 has a block size, not {self.kind}")
-        if self.kind is not EncodingKind.TOPK and self.fraction != 1.0:
-            raise ConfigError(f"only topk has a fraction, not {self.kind}")
-        if isinstance(self.block, bool) or not 0 <= self.block <= _MAX_BLOCK:
-            raise ConfigError(f"int8 block must be 1..{_MAX_BLOCK} elements, got {self.block}")
-        f = self.fraction
-        if isinstance(f, bool) or not isinstance(f, int | float):
-            raise ConfigError(f"topk fraction must be a number in (0, 1], got {f!r:.40}")
-        if not (math.isfinite(f) and 0.0 < f <= 1.0):
-            raise ConfigError(f"topk fraction must be a number in (0, 1], got {f!r}")
-        object.__setattr__(self, "fraction", float(f))
-
-    @property
-    def lossy(self) -> bool:
-        return self.kind is not EncodingKind.FLOAT32
-
-    @property
-    def text(self) -> str:
-        if self.kind is EncodingKind.INT8 and self.block:
-            return f"int8:{self.block}"
-        if self.kind is EncodingKind.TOPK:
-            return f"topk:{float(self.fraction)!r}"
-        return self.kind.value
-
-    def __str__(self) -> str:
-        return self.text
-
-    @classmethod
-    def parse(cls, text: str) -> UpdateEncoding:
-        """``float32``, ``float16``, ``int8``, ``int8:BLOCK`` or ``topk:FRACTION``; ConfigError."""
-        want = "expected float32, float16, int8, int8:BLOCK or topk:FRACTION (e.g. topk:0.05)"
-        if not isinstance(text, str) or len(text) > _MAX_TEXT:
-            raise ConfigError(f"update encoding {text!r:.40}: {want}")
-        name, sep, arg = text.strip().lower().partition(":")
-        try:
-            kind = EncodingKind(name)
-        except ValueError:
-            raise ConfigError(f"unknown update encoding {text!r}: {want}") from None
-        if kind is EncodingKind.TOPK:
-            if not sep:
-                raise ConfigError(f"topk needs a fraction, e.g. topk:0.05 ({want})")
-            try:
-                return cls(kind, fraction=float(arg))
-            except ValueError:
-                raise ConfigError(f"topk fraction {arg!r} is not a number") from None
-        if kind is EncodingKind.INT8 and sep:
-            if not arg.isdigit():
-                raise ConfigError(f"int8 block {arg!r} is not a whole number of elements")
-            block = int(arg)
-            if block < 1:
-                raise ConfigError("int8 block must be at least 1 element (int8 alone: per tensor)")
-            return cls(kind, block=block)
-        if sep:
-            raise ConfigError(f"update encoding {kind.value} takes no parameter ({want})")
-        return cls(kind)
-
-
-FLOAT32 = UpdateEncoding()
 
 
 class Mode(IntEnum):
@@ -487,13 +402,13 @@ def decode_update(
         raise CodecError("not an encoded update (bad magic)")
     if version != VERSION:
         raise CodecError(f"unsupported encoded-update version {version}")
-    if tlen > _MAX_TEXT or pos + tlen + _COUNT.size > len(view):
+    if tlen > MAX_ENCODING_TEXT or pos + tlen + _COUNT.size > len(view):
         raise CodecError("encoded update: encoding name out of bounds")
     text = bytes(view[pos : pos + tlen])
     pos += tlen
     if text != enc.text.encode("ascii"):
         raise CodecError(
-            f"payload is encoded as {text.decode('ascii', 'replace')[:_MAX_TEXT]!r}, "
+            f"payload is encoded as {text.decode('ascii', 'replace')[:MAX_ENCODING_TEXT]!r}, "
             f"the update says {enc.text}"
         )
     (count,) = _COUNT.unpack_from(view, pos)
@@ -638,25 +553,3 @@ class UpdateEncoder:
                 residual[name] = r.astype(_work_dtype(b.dtype))
         self.residual = residual
         return payload
-
-
-def split_round_config(
-    config: Mapping[str, str | int | float],
-) -> tuple[UpdateEncoding, dict[str, str | int | float]]:
-    """The update encoding a ROUND's config asks for, and the config without that entry.
-
-    No entry means float32. An entry this fedstore cannot read (a newer
-    encoding, a bad value) also gives float32, which every aggregator
-    accepts, with a warning.
-    """
-    rest = {k: v for k, v in config.items() if k != ENCODING_CONFIG_KEY}
-    text = config.get(ENCODING_CONFIG_KEY)
-    if text is None:
-        return FLOAT32, rest
-    try:
-        if not isinstance(text, str):
-            raise ConfigError(f"{ENCODING_CONFIG_KEY} must be text, got {text!r:.40}")
-        return UpdateEncoding.parse(text), rest
-    except ConfigError as exc:
-        log.warning("sending float32 updates: the round's update encoding is unusable: %s", exc)
-        return FLOAT32, rest
