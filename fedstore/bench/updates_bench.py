@@ -18,6 +18,14 @@ bytes of float32 and at most 0.005 below its accuracy; int8 at most 0.26x
 within 0.01. top-k at several fractions gives the bytes/accuracy curve, and
 once without error feedback to show what it is worth. The whole UPDATE
 message (JSON header included) is in the notes.
+
+The digits model has 2,410 parameters, so the payload's fixed costs and the
+statistics of one small trained model weigh in. A second part encodes one
+update of a ``model_mb`` MB :func:`~fedstore.bench.common.trained_like`
+model (N(0, 0.05) weights, a N(0, 0.001) step) with each encoding: its bytes
+against the float32 checkpoint's, and the median time to encode (trainer)
+and decode (aggregator) it, float32 being :func:`fedstore.format.encode` /
+``decode`` of the full arrays.
 """
 
 from __future__ import annotations
@@ -25,8 +33,21 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedstore.bench.common import BenchSizes, Row, SayFn, SectionResult, Target
+from fedstore.bench.common import (
+    MB,
+    BenchSizes,
+    Row,
+    SayFn,
+    SectionResult,
+    Target,
+    median_time,
+    trained_like,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NAME = "updates"
 TITLE = "Compressed updates"
@@ -47,12 +68,16 @@ VARIANTS: list[tuple[str, str, bool]] = [
 #: variant -> (bytes ratio target, allowed accuracy loss)
 TARGETS: dict[str, tuple[float, float]] = {"float16": (0.5, 0.005), "int8": (0.26, 0.01)}
 TRAINERS = 3
+Arrays = dict[str, "np.ndarray"]
+#: encodings of the large-model part
+LARGE = ["float32", "float16", "int8", "topk:0.01"]
 
 
 def describe(sizes: BenchSizes) -> str:
     return (
         f"digits task, {TRAINERS} trainers x {sizes.updates_rounds} rounds over the in-memory "
-        f"network, {len(VARIANTS)} encodings x {sizes.updates_seeds} seed(s)"
+        f"network, {len(VARIANTS)} encodings x {sizes.updates_seeds} seed(s); one update of a "
+        f"{sizes.model_mb:g} MB model per encoding, median of {sizes.format_runs}"
     )
 
 
@@ -194,4 +219,78 @@ def run(sizes: BenchSizes, workdir: Path, say: SayFn) -> SectionResult:
     rejected = sum(r.rejected for rs in runs.values() for r in rs)
     if rejected:
         result.notes.append(f"{rejected} update(s) were rejected by the aggregator")
+    _large_model(sizes, result, say)
     return result
+
+
+@dataclass(frozen=True)
+class _Codec:
+    size: int
+    encode: tuple[float, list[float]]  # median, samples
+    decode: tuple[float, list[float]]
+
+    def time(self, what: str) -> tuple[float, list[float]]:
+        return self.encode if what.startswith("encode") else self.decode
+
+
+def _time_codec(text: str, base: Arrays, new: Arrays, cap: int, runs: int) -> _Codec:
+    from fedstore.federation.messages import decode_tensors, encode_tensors
+    from fedstore.federation.update_codec import decode_update, encode_update
+    from fedstore.federation.update_encoding import UpdateEncoding
+
+    if text == BASELINE:
+        payload = encode_tensors(new)
+        return _Codec(
+            len(payload),
+            median_time(lambda: encode_tensors(new), runs),
+            median_time(lambda: decode_tensors(payload, max_decoded_size=cap), runs),
+        )
+    e = UpdateEncoding.parse(text)
+    payload = encode_update(base, new, e)[0]
+    return _Codec(
+        len(payload),
+        median_time(lambda: encode_update(base, new, e), runs),
+        median_time(lambda: decode_update(payload, base, e), runs),
+    )
+
+
+def _large_model(sizes: BenchSizes, result: SectionResult, say: SayFn) -> None:
+    import numpy as np
+
+    say(f"{sizes.model_mb:g} MB model")
+    base = trained_like(int(sizes.model_mb * MB))
+    rng = np.random.default_rng(1)
+    new = {k: (v + rng.normal(0, 0.001, v.shape).astype(np.float32)) for k, v in base.items()}
+    cap = 4 * int(sizes.model_mb * MB) + (1 << 20)
+    figures: dict[str, _Codec] = {}
+    for text in LARGE:
+        say(f"{sizes.model_mb:g} MB model, {text}")
+        figures[text] = _time_codec(text, base, new, cap, sizes.format_runs)
+    ref = figures[BASELINE]
+    for text in LARGE:
+        result.add(
+            Row(
+                f"bytes of one {sizes.model_mb:g} MB model's update",
+                text,
+                figures[text].size / MB,
+                "MB",
+                "bytes",
+                baseline=None if text == BASELINE else BASELINE,
+                ratio=None if text == BASELINE else figures[text].size / ref.size,
+            )
+        )
+    for what in ("encode (trainer)", "decode (aggregator)"):
+        for text in LARGE:
+            med, samples = figures[text].time(what)
+            result.add(
+                Row(
+                    f"{what}, {sizes.model_mb:g} MB model",
+                    text,
+                    med,
+                    "s",
+                    "time",
+                    baseline=None if text == BASELINE else BASELINE,
+                    ratio=None if text == BASELINE else med / ref.time(what)[0],
+                    samples=samples,
+                )
+            )

@@ -178,9 +178,15 @@ def _planes(arr: NDArray) -> bytes:
     return a.view(np.uint8).reshape(a.size, a.dtype.itemsize).T.tobytes()
 
 
-def _unplanes(data: memoryview, dtype: np.dtype[np.generic], count: int) -> NDArray:
-    planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, count)
-    out: NDArray = np.ascontiguousarray(planes.T).view(dtype.newbyteorder("<")).reshape(count)
+def _unplanes(planes: list[memoryview], dtype: np.dtype[np.generic], count: int) -> NDArray:
+    """Elements of ``dtype`` from their byte planes (``planes`` in order, or one buffer of all)."""
+    size = dtype.itemsize
+    if len(planes) == 1 and size > 1:
+        planes = [planes[0][i * count : (i + 1) * count] for i in range(size)]
+    out: NDArray = np.empty(count, dtype.newbyteorder("<"))
+    grid = out.view(np.uint8).reshape(count, size)
+    for i, plane in enumerate(planes):
+        grid[:, i] = np.frombuffer(plane, dtype=np.uint8)
     return out
 
 
@@ -481,7 +487,7 @@ def _decode_tensor(
         out: NDArray = raw.astype(base.dtype).reshape(base.shape)
         return out
     if mode is Mode.F16:
-        h = _unplanes(memoryview(bytes(chunks[2]) + bytes(chunks[3])), np.dtype(np.float16), n)
+        h = _unplanes([chunks[2], chunks[3]], np.dtype(np.float16), n)
         if not bool(np.isfinite(h).all()):
             raise CodecError(f"tensor {name!r} has NaN or Inf", reason="non_finite")
         out = h.astype(base.dtype).reshape(base.shape)
@@ -497,13 +503,13 @@ def _decode_tensor(
             raise CodecError(f"tensor {name!r}: int8 value -128 (the range is -127..127)")
         return _add(base, _int8_delta(q, scales, enc.block))
     k = _topk_count(enc, n)
-    gaps = _unplanes(chunks[2], _GAP_DTYPE[mode], k).astype(np.int64)
+    gaps = _unplanes([chunks[2]], _GAP_DTYPE[mode], k).astype(np.int64)
     if k > 1 and bool((gaps[1:] < 1).any()):
         raise CodecError(f"tensor {name!r}: top-k indices are not strictly increasing")
     idx = np.cumsum(gaps)
     if int(idx[-1]) >= n:
         raise CodecError(f"tensor {name!r}: top-k index {int(idx[-1])} out of range {n}")
-    vals = _unplanes(chunks[3], np.dtype(np.float32), k)
+    vals = _unplanes([chunks[3]], np.dtype(np.float32), k)
     if not bool(np.isfinite(vals).all()):
         raise CodecError(f"tensor {name!r} has NaN or Inf", reason="non_finite")
     return _add_sparse(base, idx, vals)
