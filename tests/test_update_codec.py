@@ -493,3 +493,38 @@ def test_random_damage_is_always_a_codec_error_or_a_valid_update() -> None:
                 k: (v.shape, v.dtype) for k, v in base.items()
             }
     assert outcomes["refused"] > 200
+
+
+# -- the UPDATE header names the encoding ------------------------------------------------
+
+
+def test_update_messages_carry_their_encoding() -> None:
+    from fedstore.federation.messages import MessageError, UpdateMessage, decode_message
+    from fedstore.ipld.cid import cid_of_bytes
+
+    base_cid = cid_of_bytes(b"base", 1)
+    msg = UpdateMessage(3, "peer-a", 5, b"FSUE..", base_cid=base_cid, encoding="topk:0.05")
+    back = decode_message(msg.encode())
+    assert isinstance(back, UpdateMessage) and back.encoding == "topk:0.05"
+    plain = decode_message(UpdateMessage(3, "peer-a", 5, b"x", base_cid=base_cid).encode())
+    assert isinstance(plain, UpdateMessage) and plain.encoding is None
+    with pytest.raises(MessageError, match="base_cid"):
+        UpdateMessage(3, "peer-a", 5, b"x", encoding="int8").encode()
+    for bad in ("INT8", "int8:" + "9" * 30, "", "a b", 8):
+        wire = msg.encode().replace(b'"topk:0.05"', json.dumps(bad).encode())
+        with pytest.raises(MessageError) as info:
+            decode_message(_reheader(wire))
+        assert info.value.reason == "bad_encoding"
+    no_base = msg.encode().replace(b'"base_cid":"' + base_cid.encode() + b'",', b"")
+    with pytest.raises(MessageError, match="base_cid") as info:
+        decode_message(_reheader(no_base))
+    assert info.value.reason == "bad_encoding"
+
+
+def _reheader(wire: bytes) -> bytes:
+    """``wire`` (a header without nested objects) with its header length fixed after an edit."""
+    import struct
+
+    end = wire.index(b"}") + 1
+    header = wire[8:end]
+    return wire[:6] + struct.pack(">H", len(header)) + header + wire[end:]

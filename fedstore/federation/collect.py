@@ -126,10 +126,10 @@ class Collector:
         def decode_and_check() -> tuple[Arrays, tuple[RejectReason, str] | None]:
             if msg.encoding is None:
                 arrays = decode_tensors(payload, max_decoded_size=max_decoded)
+            elif base is None:  # _encoding_ok refused it already; never decode without a base
+                raise CodecError("no base model to decode an encoded update against")
             else:
-                assert base is not None
-                encoding = self.settings.update_encoding
-                arrays = decode_update(payload, base, encoding)
+                arrays = decode_update(payload, base, self.settings.update_encoding)
             return arrays, v.spec.problem(arrays)
 
         try:  # decoding and the NaN/Inf scan read the whole update: off the event loop
