@@ -64,6 +64,9 @@ class BenchSizes:
     catchup_runs: int = 5
     #: Start-up: interpreter launches per command (median reported).
     startup_runs: int = 21
+    #: Compressed updates: digits rounds per federation, seeds per encoding.
+    updates_rounds: int = 10
+    updates_seeds: int = 3
 
     @classmethod
     def full(cls) -> BenchSizes:
@@ -84,6 +87,7 @@ class BenchSizes:
             warmup=1,
             catchup_mb=16.0,
             startup_runs=9,
+            updates_seeds=1,
         )
 
     def with_overrides(self, overrides: Mapping[str, str]) -> BenchSizes:
