@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedstore.cli.datadir import add_dir_argument, data_dir
 from fedstore.errors import CatalogError, ConfigError
 
 if TYPE_CHECKING:
@@ -29,25 +30,6 @@ def round_number(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_dir_argument(p: argparse.ArgumentParser) -> None:
-    """The ``--dir`` option shared by checkpoint, catalog and db commands."""
-    p.add_argument(
-        "--dir",
-        metavar="DIR",
-        help="node data directory (default: $CHECKPOINT_DIR, else ./checkpoints_node)",
-    )
-
-
-def data_dir(args: argparse.Namespace) -> Path:
-    """``--dir``, else CHECKPOINT_DIR from the environment/.env/fedstore.toml, else the default."""
-    if getattr(args, "dir", None):
-        return Path(args.dir).expanduser()
-    from fedstore.config import load_settings
-    from fedstore.store import default_checkpoint_dir
-
-    return default_checkpoint_dir("node", load_settings())
-
-
 def existing_catalog(directory: Path) -> Path:
     """The catalog file in ``directory``; CatalogError if there is none (never creates one)."""
     from fedstore.catalog import resolve_db_path
@@ -55,7 +37,7 @@ def existing_catalog(directory: Path) -> Path:
     db = resolve_db_path(directory)
     if not db.is_file():
         raise CatalogError(
-            f"no catalog at {db}: pass --dir with a node's data directory (or set CHECKPOINT_DIR)"
+            f"no catalog at {db}: pass --dir with a node's data directory (or set FEDSTORE_DIR)"
         )
     return db
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from fedstore.errors import CatalogError
+from fedstore.cli.datadir import add_dir_argument, data_dir
 
 __all__ = ["register"]
 
@@ -59,33 +59,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dir",
-        metavar="DIR",
-        help="node data directory holding catalog.sqlite (default: $FEDSTORE_DIR, "
-        "else ./checkpoints_node)",
-    )
+    add_dir_argument(p)
 
 
-def _catalog_path(args: argparse.Namespace, settings: dict[str, str]) -> Path:
-    from fedstore.catalog import resolve_db_path
-    from fedstore.store.paths import default_checkpoint_dir
+def _catalog_path(args: argparse.Namespace) -> Path:
+    from fedstore.cli.checkpoint_cmd import existing_catalog
 
-    location = Path(args.dir) if args.dir else default_checkpoint_dir("node", settings)
-    db = resolve_db_path(location)
-    if not db.is_file():
-        raise CatalogError(f"no catalog at {db}: pass --dir with a node's data directory")
-    return db
+    return existing_catalog(data_dir(args))
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from fedstore.catalog import Catalog
-    from fedstore.config import load_settings
 
-    settings = load_settings()
-    with Catalog.open(_catalog_path(args, settings)) as catalog:
+    with Catalog.open(_catalog_path(args)) as catalog:
         rows = catalog.pins(args.state)
     if args.json:
         for r in rows:
@@ -145,7 +133,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     wanted = parse_backend_list(args.backends) if args.backends else None
     names = default_backend_names(settings)
     names += [n for n in wanted or [] if n not in names]
-    db = _catalog_path(args, settings)
+    db = _catalog_path(args)
 
     async def run() -> list[PinOutcome]:
         catalog = AsyncCatalog(await trio.to_thread.run_sync(Catalog.open, db))

@@ -96,16 +96,22 @@ def make_node_config(
     role: str,
     data_dir: str | Path,
     bootstrap: Sequence[str] = (),
-    listen: str | None = None,
+    listen: str | Sequence[str] | None = None,
     backends: Sequence[str] | None = None,
     settings: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    announce: str | Sequence[str] | None = None,
 ) -> NodeConfig:
     """A :class:`~fedstore.config.NodeConfig` from explicit values over the environment.
 
     Precedence as everywhere in fedstore: these arguments, then the
     environment (``environ``, default ``os.environ``), ``.env`` and
     ``fedstore.toml``. ``settings`` adds variables (e.g. ``FEDSTORE_FS_ROOT``).
+    ``listen`` is what the node binds (``/ip4/0.0.0.0/tcp/4001`` to be
+    reachable from other hosts; default ``FEDSTORE_LISTEN``, else a free
+    loopback port); ``announce`` what it tells peers to dial (default:
+    the bound addresses, ``0.0.0.0`` replaced by this host's interface
+    addresses; see :mod:`fedstore.p2p.addresses`).
     """
     from fedstore.config import load_node_config
 
@@ -115,11 +121,18 @@ def make_node_config(
             "FEDSTORE_ROLE": role,
             "CHECKPOINT_DIR": str(data_dir),
             "BOOTSTRAP_ADDR": ",".join(bootstrap) if bootstrap else None,
-            "FEDSTORE_LISTEN": listen,
+            "FEDSTORE_LISTEN": _joined(listen),
+            "FEDSTORE_ANNOUNCE": _joined(announce),
             "FEDSTORE_BACKENDS": ",".join(backends) if backends else None,
         }
     )
     return load_node_config(flags, environ=environ)
+
+
+def _joined(value: str | Sequence[str] | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return ",".join(value) or None
 
 
 def _quorum(q: int | str | QuorumSchedule) -> QuorumSchedule:
@@ -155,6 +168,8 @@ async def aggregate(
     on_ready: Callable[[str], None] | None = None,
     metadata: Mapping[str, str] | None = None,
     update_encoding: UpdateEncoding | str = "float32",
+    listen: str | Sequence[str] | None = None,
+    announce: str | Sequence[str] | None = None,
 ) -> FederationResult:
     """Run a node as the federation's aggregator (bootstrap role) for ``rounds`` rounds.
 
@@ -167,6 +182,9 @@ async def aggregate(
     ``update_encoding`` (``float32``, ``float16``, ``int8``, ``int8:BLOCK``,
     ``topk:FRACTION``; see :mod:`fedstore.federation.update_codec`) is how
     trainers are asked to encode their updates; a bad one is a ConfigError.
+    ``listen``/``announce`` as in :func:`make_node_config` (ignored with
+    ``node=``): trainers on other hosts need ``listen="/ip4/0.0.0.0/tcp/4001"``
+    (or another address they can reach).
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
@@ -186,7 +204,9 @@ async def aggregate(
             else UpdateEncoding.parse(update_encoding)
         ),
     )
-    cfg = node or make_node_config(role="bootstrap", data_dir=data_dir, backends=backends)
+    cfg = node or make_node_config(
+        role="bootstrap", data_dir=data_dir, backends=backends, listen=listen, announce=announce
+    )
     async with open_node(cfg) as n:
         if on_ready is not None:
             on_ready(n.addrs()[0])
@@ -205,23 +225,32 @@ async def train(
     idle_timeout: float = 60.0,
     connect_timeout: float = 30.0,
     on_event: EventSink = noop_sink,
+    listen: str | Sequence[str] | None = None,
+    announce: str | Sequence[str] | None = None,
 ) -> TrainerResult:
     """Run a node as a trainer until the aggregator announces the end.
 
-    Waits up to ``connect_timeout`` seconds for a first peer, syncs the
-    network's head by CID, then runs ``train_fn(arrays, round, config)`` for
-    each round the aggregator opens.
+    Waits up to ``connect_timeout`` seconds for a bootstrap peer (else a
+    :class:`~fedstore.errors.NetworkError` naming the address tried and what
+    to check), syncs the network's head by CID, then runs
+    ``train_fn(arrays, round, config)`` for each round the aggregator opens.
+    ``listen``/``announce`` as in :func:`make_node_config`.
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
 
     cfg = node or make_node_config(
-        role="trainer", data_dir=data_dir, bootstrap=bootstrap, backends=backends
+        role="trainer",
+        data_dir=data_dir,
+        bootstrap=bootstrap,
+        backends=backends,
+        listen=listen,
+        announce=announce,
     )
     if not cfg.bootstrap:
         raise ConfigError("a trainer needs at least one bootstrap address (the aggregator's)")
     async with open_node(cfg) as n:
-        await n.wait_for_peers(1, timeout=connect_timeout)
+        await n.wait_for_bootstrap(connect_timeout)
         peer = NodePeer(n)
         settings = TrainerSettings(
             idle_timeout=idle_timeout, inline_limit=min(peer.inline_limit, 1 << 20)

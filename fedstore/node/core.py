@@ -37,7 +37,14 @@ import numpy as np
 import trio
 
 from fedstore.config import MAX_INLINE_LIMIT, NodeConfig
-from fedstore.errors import FedstoreError, NetworkError, ProtocolError, SizeLimitError
+from fedstore.errors import (
+    ConfigError,
+    FedstoreError,
+    NetworkError,
+    ProtocolError,
+    SizeLimitError,
+)
+from fedstore.node.bootstrap import BootstrapDialer
 from fedstore.node.events import (
     Announced,
     AutoSyncFailed,
@@ -86,9 +93,6 @@ log = logging.getLogger(__name__)
 
 #: Called with (topic, sender, payload) for every validated message from another peer.
 MessageSink = Callable[[str, str, bytes], None]
-#: Bootstrap dialling: first retry after this many seconds, doubling, for this long in total.
-_BOOTSTRAP_FIRST_RETRY = 0.25
-_BOOTSTRAP_GIVE_UP = 60.0
 #: seconds between prunings of old announcements from the catalog
 _PRUNE_INTERVAL = 60.0
 
@@ -170,7 +174,14 @@ class Node:
             store=self._store_fetched,
         )
         self._connected: set[str] = set()
-        self._peers_changed = trio.Event()
+        self._peers_changed = trio.Event()  # set at the next new connection
+        self._membership_changed = trio.Event()  # set at the next connection or disconnection
+        self._bootstrap = BootstrapDialer(
+            self.connect,
+            self.host.connected_peers,
+            lambda: self._membership_changed,
+            lambda addr, reason: self._emit(BootstrapFailed(addr, reason)),
+        )
         self._auto_sync_wanted = trio.Event()
 
     # -- identity and status -------------------------------------------------------------
@@ -224,6 +235,27 @@ class Node:
         except trio.TooSlowError:
             what = f"in the {topic} mesh" if topic else "connected"
             raise NetworkError(f"fewer than {count} peer(s) {what} after {timeout:g} s") from None
+
+    async def wait_for_bootstrap(self, timeout: float = 30.0) -> str:
+        """Wait until one configured bootstrap peer is connected; return its peer id.
+
+        Raises :class:`NetworkError` after *timeout* seconds with one line
+        naming the address tried, why it failed and what to check
+        (:func:`fedstore.node.bootstrap.explain`); :class:`ConfigError` if no
+        bootstrap address is configured.
+        """
+        from fedstore.p2p.host import parse_peer_multiaddr
+
+        if not self.config.bootstrap:
+            raise ConfigError("no bootstrap address configured (--bootstrap, FEDSTORE_BOOTSTRAP)")
+        wanted = {parse_peer_multiaddr(a)[0] for a in self.config.bootstrap}
+        with trio.move_on_after(timeout):
+            while True:
+                found = sorted(wanted & set(self.host.connected_peers()))
+                if found:
+                    return found[0]
+                await self._membership_changed.wait()
+        raise self._bootstrap.error(self.config.bootstrap, timeout)
 
     async def _wait_for_change(self, topic: str | None, have: set[str]) -> None:
         """Return when a peer connects or (with *topic*) a connected peer enters the mesh."""
@@ -483,6 +515,7 @@ class Node:
                 self._nursery.start_soon(self._greet, peer)
                 self._peers_changed.set()
                 self._peers_changed = trio.Event()
+                self._changed_membership()
             elif (
                 event.kind == "disconnected"
                 and peer in self._connected
@@ -490,6 +523,11 @@ class Node:
             ):
                 self._connected.discard(peer)
                 self._emit(PeerDisconnected(peer))
+                self._changed_membership()
+
+    def _changed_membership(self) -> None:
+        event, self._membership_changed = self._membership_changed, trio.Event()
+        event.set()
 
     async def _greet(self, peer: str) -> None:
         """Record a newly connected peer and, if it speaks the head protocol, ask for its head."""
@@ -540,24 +578,6 @@ class Node:
             except FedstoreError as exc:
                 self._emit(AutoSyncFailed(str(exc)))
 
-    async def _dial_bootstrap(self, addr: str) -> None:
-        delay, waited = _BOOTSTRAP_FIRST_RETRY, 0.0
-        while True:
-            try:
-                await self.connect(addr)
-                return
-            except NetworkError as exc:
-                if waited >= _BOOTSTRAP_GIVE_UP:
-                    self._emit(BootstrapFailed(addr, str(exc)))
-                    return
-                log.info("bootstrap %s not reachable yet (%s); retrying", addr, exc)
-            except FedstoreError as exc:
-                self._emit(BootstrapFailed(addr, str(exc)))
-                return
-            await trio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0)
-
     async def _start(self) -> None:
         # the head must be servable before any peer can ask for it; older rounds follow
         await self._complete_local_copies(limit=1)
@@ -577,7 +597,7 @@ class Node:
             log.info("Resumed from local checkpoint round %d", head.round)
             self._emit(Resumed(head.round))
         for addr in self.config.bootstrap:
-            self._nursery.start_soon(self._dial_bootstrap, addr)
+            self._nursery.start_soon(self._bootstrap.keep, addr)
 
 
 @asynccontextmanager
@@ -598,27 +618,65 @@ async def open_node(
     it (``async with chain:`` around the node does both). Otherwise the chain
     is built in the node's context (data directory, host) and runs for the
     node's lifetime. Leaving the block stops every background task, the
-    chain, the host, the store and the catalog.
+    chain, the host, the store and the catalog. One node per data directory:
+    a :class:`~fedstore.errors.ConfigError` names the process holding it
+    (:mod:`fedstore.node.lock`). An exception raised in the block comes out
+    as raised, not wrapped in an exception group by the node's nurseries.
     """
+    from fedstore.node.lock import acquire_node_lock
     from fedstore.store import AsyncLocalStore
 
-    identity = await trio.to_thread.run_sync(load_or_create_identity, config.data_dir)
-    async with AsyncExitStack() as stack:
-        store = await AsyncLocalStore.open(config.data_dir, peer_id=identity.peer_id)
-        stack.push_async_callback(store.aclose)
-        settings = GossipSettings(heartbeat_interval=config.heartbeat_interval)
-        host = await stack.enter_async_context(
-            open_host(identity, config.listen, announce_ip=config.announce_ip, settings=settings)
-        )
-        if chain is None:
-            chain = await _open_chain(config, host, stack)
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        node = Node(config, host, store, chain, nursery, on_event=on_event, on_message=on_message)
-        await node._start()
-        try:
-            yield node
-        finally:
-            nursery.cancel_scope.cancel()
+    lock = await trio.to_thread.run_sync(acquire_node_lock, config.data_dir)
+    raised: list[BaseException] = []
+    try:
+        async with AsyncExitStack() as stack:
+            stack.callback(lock.release)  # last: the directory is free once all is closed
+            identity = await trio.to_thread.run_sync(load_or_create_identity, config.data_dir)
+            store = await AsyncLocalStore.open(config.data_dir, peer_id=identity.peer_id)
+            stack.push_async_callback(store.aclose)
+            settings = GossipSettings(heartbeat_interval=config.heartbeat_interval)
+            host = await stack.enter_async_context(
+                open_host(
+                    identity,
+                    config.listen,
+                    announce=config.announce,
+                    announce_ip=config.announce_ip,
+                    settings=settings,
+                )
+            )
+            if chain is None:
+                chain = await _open_chain(config, host, stack)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            node = Node(
+                config, host, store, chain, nursery, on_event=on_event, on_message=on_message
+            )
+            await node._start()
+            try:
+                yield node
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the caller's own exception, wrapped by the node's nurseries on its way out:
+        # give it back as it was raised (one error, not a group around it)
+        if raised and _sole_leaf(group) is raised[0]:
+            raise raised[0] from None
+        raise
+
+
+def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside *group* besides trio's Cancelled, or None."""
+    found: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending and len(found) < 2:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            found.append(exc)
+    return found[0] if len(found) == 1 else None
 
 
 async def _open_chain(config: NodeConfig, host: P2PHost, stack: AsyncExitStack) -> BackendChain:
