@@ -79,7 +79,7 @@ class _Recorder(Output):
         super().__init__(machine=True, stream=io.StringIO())
         self.events: list[tuple[str, str]] = []
 
-    def event(self, key: str, value: object) -> None:
+    def event(self, key: str, value: object, human: str | None = None) -> None:
         self.events.append((key, str(value)))
 
     def since(self, mark: int, key: str) -> list[str]:

@@ -30,10 +30,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self, TypeVar
+from typing import IO, TYPE_CHECKING, Self, TypeVar
 
 from fedstore.node.events import NodeEvent
 from fedstore.node.status import parse_status
+
+if TYPE_CHECKING:
+    from fedstore.cli.control import Reply
 
 __all__ = ["CommandFailed", "NodeProcess", "NodeTimeout", "StatusLine", "python_env"]
 
@@ -62,7 +65,12 @@ class StatusLine:
 
 
 class NodeProcess:
-    """One ``python -m fedstore node`` subprocess with piped stdin/stdout."""
+    """One ``python -m fedstore node`` subprocess with piped stdin/stdout.
+
+    With ``command="daemon"`` it runs ``fedstore daemon`` instead: stdin is
+    ``/dev/null``, commands go through the control socket (:meth:`ctl`),
+    and :meth:`stop` sends SIGTERM.
+    """
 
     def __init__(
         self,
@@ -72,9 +80,11 @@ class NodeProcess:
         *,
         python: str = sys.executable,
         global_args: Sequence[str] = (),
+        command: str = "node",
     ) -> None:
         self.name = name
-        self.argv = [python, "-m", "fedstore", *global_args, "node", "--status", *args]
+        self.command = command
+        self.argv = [python, "-m", "fedstore", *global_args, command, "--status", *args]
         self.env = dict(os.environ if env is None else env)
         self.lines: list[StatusLine] = []
         self._cond = threading.Condition()
@@ -88,7 +98,7 @@ class NodeProcess:
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 (closed in stop)
         self._proc = subprocess.Popen(
             self.argv,
-            stdin=subprocess.PIPE,
+            stdin=subprocess.PIPE if self.command == "node" else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=self.env,
@@ -130,18 +140,30 @@ class NodeProcess:
         return code
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """Close stdin (the node exits at end of input); kill it if it does not."""
+        """Ask the node to stop (``exit``, then SIGTERM); kill it if it does not.
+
+        End of input alone no longer stops a node (it keeps running, as a
+        service would), so the driver says ``exit`` and closes stdin.
+        """
         if self._proc is None:
             return None
-        if self._proc.poll() is None:
+        if self._proc.poll() is None and self._proc.stdin is not None:
             with contextlib.suppress(OSError, ValueError):
-                assert self._proc.stdin is not None
+                self._proc.stdin.write("exit\n")
+                self._proc.stdin.flush()
+            with contextlib.suppress(OSError, ValueError):
                 self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=DEFAULT_TIMEOUT)
+        if self._proc.poll() is None:
+            first = None if self._proc.stdin is not None else signal.SIGTERM
+            for sig in (first, signal.SIGTERM, signal.SIGKILL):
+                if sig is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        self._proc.send_signal(sig)
+                try:
+                    self._proc.wait(timeout=timeout if sig != signal.SIGKILL else DEFAULT_TIMEOUT)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         self._join_reader()
         if self._proc.stdin is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -267,6 +289,17 @@ class NodeProcess:
         return [e for ln in lines if isinstance(e := ln.event(), kind)]
 
     # -- commands --------------------------------------------------------------------------
+    def data_dir(self) -> Path:
+        """The ``--dir`` this node was started with."""
+        i = self.argv.index("--dir")
+        return Path(self.argv[i + 1])
+
+    def ctl(self, *words: str, timeout: float = DEFAULT_TIMEOUT) -> Reply:
+        """Run a command through the node's control socket (what ``fedstore ctl`` does)."""
+        from fedstore.cli.control import call
+
+        return call(self.data_dir(), list(words), timeout=timeout)
+
     def send(self, command: str) -> int:
         """Write one command line; returns the output position before it."""
         assert self._proc is not None and self._proc.stdin is not None
