@@ -105,6 +105,11 @@ class AsyncCatalog(ThreadFacade[Catalog]):
     # round metrics
     record_round_metrics = in_thread(Catalog.record_round_metrics)
     round_metrics = in_thread(Catalog.round_metrics)
+    # node runs
+    record_node_start = in_thread(Catalog.record_node_start)
+    record_node_stop = in_thread(Catalog.record_node_stop)
+    node_runs = in_thread(Catalog.node_runs)
+    last_node_run = in_thread(Catalog.last_node_run)
     # queries
     round_history = in_thread(Catalog.round_history)
     read_only_query = in_thread(Catalog.read_only_query)

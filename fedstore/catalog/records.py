@@ -15,6 +15,7 @@ __all__ = [
     "AnnouncementRecord",
     "CheckpointRecord",
     "LatestAnnounced",
+    "NodeRunRecord",
     "PeerRecord",
     "PinRecord",
     "QueryResult",
@@ -122,6 +123,25 @@ class RoundMetricRecord:
     name: str
     value: float
     recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRunRecord:
+    """One run of a node on this data directory: a row of ``node_runs`` (see docs/CATALOG.md).
+
+    ``backends`` is the chain the node ran with, in order (what ``fedstore
+    pins retry`` retries without ``--backends``); ``addrs`` what it advertised;
+    ``stopped_at`` is None while it runs, or when it was killed.
+    """
+
+    id: int
+    peer_id: str
+    role: str
+    backends: tuple[str, ...]
+    addrs: tuple[str, ...]
+    version: str
+    started_at: datetime
+    stopped_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

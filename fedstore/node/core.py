@@ -646,6 +646,7 @@ async def open_node(
             )
             if chain is None:
                 chain = await _open_chain(config, host, stack)
+            await _record_run(store, config, host, chain, stack)
             nursery = await stack.enter_async_context(trio.open_nursery())
             node = Node(
                 config, host, store, chain, nursery, on_event=on_event, on_message=on_message
@@ -664,6 +665,35 @@ async def open_node(
         if raised and _sole_leaf(group) is raised[0]:
             raise raised[0] from None
         raise
+
+
+async def _record_run(
+    store: AsyncLocalStore,
+    config: NodeConfig,
+    host: P2PHost,
+    chain: BackendChain,
+    stack: AsyncExitStack,
+) -> None:
+    """Record this run in the catalog (``node_runs``: chain, role, addresses), and its
+    clean stop when the node closes."""
+    from fedstore import __version__
+
+    run_id = await store.catalog.record_node_start(
+        peer_id=host.peer_id,
+        role=config.role,
+        backends=chain.names,
+        addrs=host.addrs(),
+        version=__version__,
+    )
+
+    async def stopped() -> None:
+        with trio.CancelScope(shield=True):  # a stop by signal still records it
+            try:
+                await store.catalog.record_node_stop(run_id)
+            except FedstoreError as exc:
+                log.warning("could not record the node's stop: %s", exc)
+
+    stack.push_async_callback(stopped)
 
 
 def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
