@@ -181,6 +181,6 @@ class BootstrapDialer:
         """The one-line error for 'no bootstrap peer reached within *timeout* seconds'."""
         tried = [a for a in addrs if a in self.failures] or list(addrs)
         first = tried[0]
-        why = self.failures.get(first, "no connection yet")
+        why = self.failures.get(first) or explain(first, "no answer yet")
         more = f" (and {len(tried) - 1} more address(es))" if len(tried) > 1 else ""
         return NetworkError(f"cannot reach bootstrap {first}{more} after {timeout:g} s: {why}")
