@@ -135,6 +135,7 @@ async def test_fetch_from_two_peers_at_once(tmp_path: Path) -> None:
         assert await c.backend.has(stored.cid)
 
 
+@pytest.mark.slow
 async def test_fetched_file_is_served_onwards(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         a, b, c = await start_nodes(stack, tmp_path, 3)
@@ -233,6 +234,7 @@ async def test_a_directory_is_refused(tmp_path: Path) -> None:
             await BackendChain([c.backend]).fetch_bytes(str(empty_dir))
 
 
+@pytest.mark.slow
 async def test_peer_leaving_mid_transfer(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         small_window = BitswapLimits(window_bytes=4 * CHUNK, per_peer_inflight=2)
@@ -261,6 +263,7 @@ async def test_peer_leaving_mid_transfer(tmp_path: Path) -> None:
 # -- serving bounds -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_greedy_peer_is_bounded(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         bounded = BitswapLimits(
@@ -294,6 +297,7 @@ async def test_greedy_peer_is_bounded(tmp_path: Path) -> None:
         assert stats.peak_active_per_peer <= 2
 
 
+@pytest.mark.slow
 async def test_peer_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
     limits = BitswapLimits(send_timeout=1.0, max_serving_bytes=4 * CHUNK, max_block_size=CHUNK + 64)
     async with AsyncExitStack() as stack:
@@ -347,6 +351,7 @@ async def test_want_have_is_answered_with_a_presence(tmp_path: Path) -> None:
 # -- interop with plain py-libp2p -----------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_plain_py_libp2p_client_fetches_from_us(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         (a,) = await start_nodes(stack, tmp_path, 1)

@@ -30,6 +30,7 @@ def mean_weight(arrays: Mapping[str, npt.NDArray[np.generic]]) -> dict[str, floa
     return {"mean": float(np.mean(arrays["w"]))}
 
 
+@pytest.mark.slow
 async def test_aggregate_and_train_over_real_nodes(tmp_path: Path) -> None:
     settings = {"FEDSTORE_FS_ROOT": str(tmp_path / "objects")}
     agg_cfg = api.make_node_config(
