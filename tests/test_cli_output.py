@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedstore.cli.output import PIPE_WIDTH, table_console
+from fedstore.console import PIPE_WIDTH, table_console
 
 
 def test_piped_tables_are_wide(monkeypatch: pytest.MonkeyPatch) -> None:

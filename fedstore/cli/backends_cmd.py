@@ -82,7 +82,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from fedstore.backends import available_backends, default_backend_names, load_backend
-    from fedstore.cli.output import table_console
+    from fedstore.console import table_console
 
     installed = available_backends()
     table = Table(title="fedstore backends")

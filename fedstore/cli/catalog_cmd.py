@@ -106,7 +106,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
             table.add_column(col, overflow="fold")
         for row in result.rows:
             table.add_row(*(_cell(v) for v in row))
-        from fedstore.cli.output import table_console
+        from fedstore.console import table_console
 
         console = table_console()
         console.print(table)
@@ -142,7 +142,7 @@ def cmd_rounds(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from fedstore.cli.output import table_console
+    from fedstore.console import table_console
 
     console = table_console()
     if not rows:

@@ -154,7 +154,7 @@ def _open_store(args: argparse.Namespace, *, create: bool = False, **kw: object)
 
 def _console() -> Console:
 
-    from fedstore.cli.output import table_console
+    from fedstore.console import table_console
 
     return table_console()
 

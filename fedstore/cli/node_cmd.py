@@ -358,10 +358,7 @@ COMMANDS: dict[str, Command] = {
 async def _read_lines(source: IO[str], send: trio.MemorySendChannel[str | None]) -> None:
     async with send:
         while True:
-            # trio-stubs (trio_typing) predates abandon_on_cancel; trio 0.35 has it
-            line = await trio.to_thread.run_sync(  # type: ignore[call-arg]
-                source.readline, abandon_on_cancel=True
-            )
+            line = await trio.to_thread.run_sync(source.readline, abandon_on_cancel=True)
             if not line:
                 await send.send(None)
                 return

@@ -1,4 +1,4 @@
-"""Console output shared by the commands: tables that stay readable when piped."""
+"""Console output shared by the CLI commands and the demos: tables that stay whole when piped."""
 
 from __future__ import annotations
 
