@@ -46,7 +46,8 @@ account's files (list, pin by CID, delete) :mod:`fedstore_pinata.files`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any, Self
 
 import httpx
@@ -164,8 +165,11 @@ class PinataBackend(StorageBackend):
         keyvalues: Mapping[str, str] | None = None,
         page_size: int = 100,
         max_items: int | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """The account's public files (v3) or pins (legacy); see :func:`files.list_files`."""
+    ) -> AsyncGenerator[dict[str, Any]]:
+        """The account's public files (v3) or pins (legacy); see :func:`files.list_files`.
+
+        Close the generator (``contextlib.aclosing``) when stopping before its end.
+        """
         return files.list_files(
             self._api, cid=cid, keyvalues=keyvalues, page_size=page_size, max_items=max_items
         )
@@ -207,8 +211,9 @@ class PinataBackend(StorageBackend):
     async def has(self, cid: str) -> bool:
         """Whether the account has *cid* pinned (listing filtered by CID)."""
         parse_cid(cid)
-        async for _ in self.list_files(cid=cid, page_size=10, max_items=1):
-            return True
+        async with aclosing(self.list_files(cid=cid, page_size=10, max_items=1)) as items:
+            async for _ in items:
+                return True
         return False
 
     # -- contract: pins -------------------------------------------------------------
@@ -226,11 +231,12 @@ class PinataBackend(StorageBackend):
         background; ``backend_ref`` is the file id when already known.
         """
         parse_cid(cid)
-        async for item in self.list_files(cid=cid, max_items=1):
-            ref = item.get("id")
-            return StoredObject(
-                cid=cid, size=int(item.get("size") or -1), backend_ref=str(ref) if ref else None
-            )
+        async with aclosing(self.list_files(cid=cid, max_items=1)) as items:
+            async for item in items:
+                ref = item.get("id")
+                return StoredObject(
+                    cid=cid, size=int(item.get("size") or -1), backend_ref=str(ref) if ref else None
+                )
         await files.pin_by_cid(self._api, cid, name=(name or cid)[:200], labels=labels)
         return StoredObject(cid=cid, size=-1)
 
