@@ -61,13 +61,23 @@ class Node:
         return self.host.get_id()
 
 
+async def run_host(stack: AsyncExitStack, host: Any) -> None:
+    """Run *host* until *stack* closes, closing its connections while the swarm still runs.
+
+    py-libp2p tears a dialled socket down in ``host.close()`` only before
+    ``host.run()`` has stopped the swarm (as ``fedstore.p2p.host.open_host`` does).
+    """
+    await stack.enter_async_context(host.run(LOOPBACK))
+    stack.push_async_callback(host.close)
+
+
 async def start_nodes(
     stack: AsyncExitStack, tmp: Path, n: int, limits: Sequence[BitswapLimits | None] = ()
 ) -> list[Node]:
     nodes = []
     for i in range(n):
         host = make_host()
-        await stack.enter_async_context(host.run(LOOPBACK))
+        await run_host(stack, host)
         lim = limits[i] if i < len(limits) else None
         service = await stack.enter_async_context(attach(host, tmp / f"node{i}", limits=lim))
         nodes.append(Node(host, service))
@@ -195,7 +205,7 @@ async def test_peer_sending_wrong_blocks_is_dropped(tmp_path: Path) -> None:
         # E runs plain py-libp2p bitswap with a store that lies: the right root
         # block, but garbage under every leaf CID (MemoryBlockStore checks nothing).
         evil_host = make_host()
-        await stack.enter_async_context(evil_host.run(LOOPBACK))
+        await run_host(stack, evil_host)
         evil_store = MemoryBlockStore()
         blocks: list[tuple[bytes, bytes]] = []
         write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: blocks.append((c_, b_)))
@@ -309,7 +319,7 @@ async def test_peer_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
 
         # a peer that asks for every block and then never reads what it is sent
         slow = make_host()
-        await stack.enter_async_context(slow.run(LOOPBACK))
+        await run_host(stack, slow)
 
         async def never_read(stream: Any) -> None:
             await trio.sleep_forever()
@@ -361,7 +371,7 @@ async def test_plain_py_libp2p_client_fetches_from_us(tmp_path: Path) -> None:
         write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: blocks.append((c_, b_)))
 
         host = make_host()
-        await stack.enter_async_context(host.run(LOOPBACK))
+        await run_host(stack, host)
         nursery = await stack.enter_async_context(trio.open_nursery())
         client = BitswapClient(host, MemoryBlockStore())
         client.set_nursery(nursery)

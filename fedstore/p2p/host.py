@@ -496,6 +496,10 @@ async def open_host(
             raise NetworkError(
                 f"cannot listen on {', '.join(listen)}: address in use or not available"
             )
+        # Close the connections while the swarm still runs: py-libp2p's close()
+        # tears each socket down only then; after host.run() has stopped the
+        # swarm, dialled sockets are left open for the garbage collector.
+        stack.push_async_callback(host.close)
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
