@@ -1,6 +1,6 @@
 """A conformance suite every storage backend runs, shipped inside fedstore.
 
-Use it from a plugin's own tests (pytest with pytest-trio in ``trio_mode``)::
+Use it from a plugin's own tests (pytest with pytest-trio; ``trio_mode`` optional)::
 
     import pytest
     from fedstore.backends.testing import BackendConformance
@@ -53,6 +53,10 @@ async def _read_all(backend: StorageBackend, cid: str) -> bytes:
 
 class BackendConformance:
     """Mixin of contract tests. Subclasses provide a ``backend`` fixture."""
+
+    #: the tests and the async ``backend`` fixture run on trio with or without
+    #: pytest-trio's ``trio_mode`` in the plugin project's configuration
+    pytestmark = pytest.mark.trio
 
     #: whether pin()/unpin() are meaningful for this backend
     supports_pinning: bool = True
