@@ -54,8 +54,6 @@ from collections import defaultdict
 import pytest
 from hypothesis import settings
 
-pytest_plugins = ["pytester"]
-
 #: Unmarked tests slower than this (seconds) are listed at the end of a run.
 SLOW_HINT_SECONDS = 2.0
 

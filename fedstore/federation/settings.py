@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fedstore.federation.messages import DEFAULT_INLINE_LIMIT
+from fedstore.federation.strategies.base import Strategy
+from fedstore.federation.strategies.builtin import FedAvg
+from fedstore.federation.update_encoding import FLOAT32, UpdateEncoding
 
 __all__ = ["AggregatorSettings", "QuorumSchedule", "TrainerSettings"]
 
@@ -46,8 +49,14 @@ class QuorumSchedule:
 
 @dataclass(frozen=True, slots=True)
 class AggregatorSettings:
+    """How :func:`~fedstore.federation.aggregator.lead_rounds` runs a federation.
+
+    ``strategy`` is a :class:`~fedstore.federation.strategies.Strategy`
+    instance (by name: :func:`~fedstore.federation.strategies.load_strategy`).
+    """
+
     rounds: int
-    strategy: str = "fedavg"
+    strategy: Strategy = field(default_factory=FedAvg)
     quorum: QuorumSchedule = field(default_factory=lambda: QuorumSchedule(1))
     #: fewest updates a round may be aggregated with once the deadline passed
     min_updates: int = 1
@@ -59,10 +68,15 @@ class AggregatorSettings:
     linger: float = 1.5
     #: extra, deterministic metadata stored with every global checkpoint
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: how trainers encode their updates (sent in every ROUND's config when lossy);
+    #: float32 updates are accepted whatever this says
+    update_encoding: UpdateEncoding = FLOAT32
 
 
 @dataclass(frozen=True, slots=True)
 class TrainerSettings:
+    """How :func:`~fedstore.federation.trainer.follow_rounds` takes part."""
+
     #: give up when no message from an aggregator arrives for this long
     idle_timeout: float = 60.0
     inline_limit: int = DEFAULT_INLINE_LIMIT
@@ -70,3 +84,5 @@ class TrainerSettings:
     aggregator: str | None = None
     #: seconds after sending before a missing acknowledgement triggers a re-send
     resend_after: float = 1.5
+    #: with a lossy update encoding, carry what it dropped into the next update
+    error_feedback: bool = True
