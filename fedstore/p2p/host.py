@@ -600,12 +600,13 @@ async def open_host(
             raise NetworkError(
                 f"cannot listen on {', '.join(listen)}: address in use or not available"
             )
-        # Close the connections while the swarm still runs: py-libp2p's close()
-        # tears each socket down only then; after host.run() has stopped the
-        # swarm, dialled sockets are left open for the garbage collector.
-        stack.push_async_callback(host.close)
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
+        # Leaving: close the connections first, while the swarm and pubsub still
+        # run. py-libp2p's close() tears each socket down only while the swarm
+        # runs (after host.run() has stopped it, dialled sockets are left to the
+        # garbage collector), and no stream arrives for a stopped pubsub.
+        stack.push_async_callback(host.close)
         await pubsub.wait_until_ready()
         try:
             yield P2PHost(host, pubsub, gossipsub, receive, peerstore)
