@@ -175,6 +175,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_trainer_started_before_its_bootstrap_connects_when_it_comes_up(tmp_path: Path) -> None:
     """Was: py-libp2p's negative cache refused every redial for 60 s after the first failure."""
     env = python_env({"FEDSTORE_BACKENDS": "filesystem"}, root=tmp_path / "fs")
@@ -201,6 +203,8 @@ def test_trainer_started_before_its_bootstrap_connects_when_it_comes_up(tmp_path
             t.expect("CONNECTED", lambda v: v == boot_id, since=mark, timeout=TIMEOUT)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_unreachable_bootstrap_is_one_line_from_the_python_api(tmp_path: Path) -> None:
     port = _free_port()  # nothing listens there
     script = (

@@ -22,11 +22,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedstore.cli.control import MAX_CLIENTS, call, socket_path
+from fedstore.cli.control import MAX_CLIENTS, Reply, call, socket_path
 from fedstore.cli.node_commands import COMMANDS
 from fedstore.errors import NetworkError
 from fedstore.format.weight_files import save_weights_file
 from fedstore.node.driver import NodeProcess, python_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+
+def ctl(node: NodeProcess, *words: str) -> Reply:
+    """What ``fedstore ctl`` does: one command through the node's control socket."""
+    return call(node.data_dir(), list(words), timeout=60)
+
 
 FEDSTORE = [sys.executable, "-m", "fedstore"]
 TIMEOUT = 40.0
@@ -134,7 +142,7 @@ def test_daemon_started_with_setsid_serves_ctl_and_stops_on_sigterm(
         assert again.expect("PEER_ID", timeout=TIMEOUT) == peer_id
         assert again.expect("RESUMED", timeout=TIMEOUT) == "4"
         again.expect("READY", timeout=TIMEOUT)  # the control socket answers from here on
-        assert again.ctl("rounds").result == {"rounds": [4]}
+        assert ctl(again, "rounds").result == {"rounds": [4]}
 
 
 def _alive(pid: int) -> bool:
@@ -159,14 +167,14 @@ def daemon(tmp_path: Path) -> Iterator[NodeProcess]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_daemon_stops_cleanly_on_signals(daemon: NodeProcess, sig: int) -> None:
-    daemon.ctl("checkpoint_save", "1")
+    ctl(daemon, "checkpoint_save", "1")
     assert daemon.kill(sig) == 0
     assert daemon.values("EXIT") == ["0"]
     assert "Traceback" not in daemon.stderr_tail(200)
 
 
 def test_ctl_exit_is_answered_then_the_daemon_stops(daemon: NodeProcess) -> None:
-    reply = daemon.ctl("exit")
+    reply = ctl(daemon, "exit")
     assert reply.ok and reply.result == {"stopping": True}
     daemon.expect("EXIT", timeout=TIMEOUT)
     assert daemon.stop() == 0
@@ -189,11 +197,11 @@ def test_ctl_failures_and_usage(daemon: NodeProcess, tmp_path: Path) -> None:
     assert missing.stderr.startswith("fedstore: error: no node is running on ")
     assert len(missing.stderr.splitlines()) == 1
     # the daemon counted the failed command and still serves
-    assert daemon.ctl("rounds").ok
+    assert ctl(daemon, "rounds").ok
 
 
 def test_ctl_runs_the_prompts_command_table(daemon: NodeProcess) -> None:
-    reply = daemon.ctl("help")
+    reply = ctl(daemon, "help")
     assert [c["usage"] for c in reply.result["commands"]] == [c.usage for c in COMMANDS.values()]
     assert [v for k, v, _ in reply.lines if k == "HELP"] == [c.usage for c in COMMANDS.values()]
 
@@ -212,7 +220,7 @@ def test_second_node_on_the_same_directory_is_refused(daemon: NodeProcess, tmp_p
         f"fedstore: error: data directory {daemon.data_dir()} is in use by another node "
         f"(pid {daemon.pid}): stop it, or give this node its own --dir"
     ]
-    assert daemon.ctl("peers").ok  # the first one is untouched
+    assert ctl(daemon, "peers").ok  # the first one is untouched
 
 
 def test_control_socket_bounds(daemon: NodeProcess) -> None:
@@ -259,7 +267,7 @@ def test_long_data_directory_paths_still_get_a_socket(tmp_path: Path) -> None:
     assert len(str(socket_path(deep))) > 108
     with NodeProcess("deep", ["--dir", str(deep)], _env(tmp_path), command="daemon") as d:
         d.expect("READY", timeout=TIMEOUT)
-        assert d.ctl("rounds").result == {"rounds": []}
+        assert ctl(d, "rounds").result == {"rounds": []}
 
 
 def test_node_keeps_running_when_stdin_closes(tmp_path: Path) -> None:

@@ -20,9 +20,16 @@ from pathlib import Path
 import pytest
 
 from fedstore.bench.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
+from fedstore.cli.control import Reply, call
 from fedstore.node.driver import NodeProcess, python_env
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+def ctl(node: NodeProcess, *words: str) -> Reply:
+    """What ``fedstore ctl`` does: one command through the node's control socket."""
+    return call(node.data_dir(), list(words), timeout=60)
+
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.multiprocess]
 
 TIMEOUT = 60.0
 PORT = 4001
@@ -58,12 +65,12 @@ def test_the_printed_bootstrap_address_is_dialable_from_another_host(
         agg.expect("READY", timeout=TIMEOUT)
         printed = agg.values("LISTENING")
         assert printed == [f"/ip4/{lan.addrs['agg']}/tcp/{PORT}/p2p/{agg.values('PEER_ID')[0]}"]
-        status = agg.ctl("status").result  # ctl reaches the daemon in its namespace
+        status = ctl(agg, "status").result  # ctl reaches the daemon in its namespace
         assert status["bound"] == [f"/ip4/0.0.0.0/tcp/{PORT}"]
         trainer = _node(stack, lan, "trainer", tmp_path, ["--bootstrap", printed[0]])
         agg_id = agg.values("PEER_ID")[0]
         trainer.expect("CONNECTED", lambda v: v == agg_id, timeout=TIMEOUT)
-        peers = trainer.ctl("peers").result["peers"]
+        peers = ctl(trainer, "peers").result["peers"]
         assert [p["peer_id"] for p in peers] == [agg_id]
 
 

@@ -24,6 +24,8 @@ from fedstore.node.driver import NodeProcess, python_env
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect drives the prompt on a pty")
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 TIMEOUT = 40.0
 PROMPT = "Command>"
 

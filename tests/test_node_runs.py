@@ -17,6 +17,8 @@ from fedstore.catalog import Catalog
 from fedstore.config import NodeConfig
 from fedstore.node import open_node
 
+pytestmark = [pytest.mark.slow]
+
 
 def _config(tmp_path: Path, backends: tuple[str, ...]) -> NodeConfig:
     return NodeConfig(

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if reply.truncated:
         print("fedstore ctl: the answer was cut at the reply size limit", file=sys.stderr)
     if not reply.ok:
-        from fedstore.cli.output import clean
+        from fedstore.console import clean
 
         print(f"fedstore: error: {clean(reply.error or 'command failed')}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ with an :class:`Output` of its own. Both are a :class:`Sink`, which is all a
 command handler (:mod:`fedstore.cli.node_commands`) writes to.
 
 Values may quote peers (topics, error texts), so control characters are
-escaped (:func:`fedstore.cli.output.clean`) and newlines become spaces.
+escaped (:func:`fedstore.console.clean`) and newlines become spaces.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import IO, TYPE_CHECKING, Protocol
 
-from fedstore.cli.output import clean
+from fedstore.console import clean
 
 if TYPE_CHECKING:
     from fedstore.node.events import NodeEvent

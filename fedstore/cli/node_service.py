@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -84,10 +84,7 @@ class StdinSource:
             if self._echo:
                 sys.stdout.write("Command> ")
                 sys.stdout.flush()
-            # trio-stubs (trio_typing) predates abandon_on_cancel; trio 0.35 has it
-            line = await trio.to_thread.run_sync(  # type: ignore[call-arg]
-                self._stream.readline, abandon_on_cancel=True
-            )
+            line = await trio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
             if not line:
                 print(f"fedstore node: {KEEPS_RUNNING}", file=sys.stderr, flush=True)
                 return
@@ -109,7 +106,7 @@ class PromptSource:
         reader = PromptReader(self._history)
         running: list[trio.CancelScope] = []
 
-        async def on_ctrl_c(signals: trio.abc.ReceiveChannel[int]) -> None:
+        async def on_ctrl_c(signals: AsyncIterator[int]) -> None:
             async for _ in signals:  # the terminal is cooked while a command runs
                 if running:
                     running[0].cancel()
@@ -122,9 +119,7 @@ class PromptSource:
                 try:
                     while not session.stop_requested.is_set():
                         reader.completions = await completions_for(session)
-                        line = await trio.to_thread.run_sync(  # type: ignore[call-arg]
-                            reader.read, abandon_on_cancel=True
-                        )
+                        line = await trio.to_thread.run_sync(reader.read, abandon_on_cancel=True)
                         if line is None:  # Ctrl-D
                             session.stop_requested.set()
                             break
@@ -153,7 +148,7 @@ def exit_cleanly_on(signals: Sequence[int]) -> None:
         signal.signal(signum, _exit_now)
 
 
-async def _stop_on(signals: trio.abc.ReceiveChannel[int], scope: trio.CancelScope) -> None:
+async def _stop_on(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
     async for signum in signals:
         log.info("%s received: stopping", signal.Signals(signum).name)
         scope.cancel()

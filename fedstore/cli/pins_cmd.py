@@ -103,7 +103,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     from rich.text import Text
 
-    from fedstore.cli.output import cell, clean, table_console
+    from fedstore.console import cell, clean, table_console
 
     backends = sorted({r.backend for r in rows})
     by_cid: dict[str, dict[str, Text]] = {}
@@ -137,6 +137,7 @@ def _retry_chain(args: argparse.Namespace, db: Path, settings: dict[str, str]) -
     import fedstore.backends as registry
     from fedstore.backends import BackendContext, default_backend_names, parse_backend_list
     from fedstore.catalog import Catalog
+
     ctx = BackendContext(data_dir=db.parent)
     if args.backends:
         names = default_backend_names(settings, ctx)
@@ -160,8 +161,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     from fedstore.backends import parse_backend_list
     from fedstore.catalog import AsyncCatalog, Catalog
-    from fedstore.cli.output import clean
     from fedstore.config import load_settings
+    from fedstore.console import clean
     from fedstore.node.replication import retry_failed_pins
 
     settings = load_settings()

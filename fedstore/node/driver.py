@@ -30,13 +30,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Self, TypeVar
+from typing import IO, Self, TypeVar
 
 from fedstore.node.events import NodeEvent
 from fedstore.node.status import parse_status
-
-if TYPE_CHECKING:
-    from fedstore.cli.control import Reply
 
 __all__ = ["CommandFailed", "NodeProcess", "NodeTimeout", "StatusLine", "python_env"]
 
@@ -68,8 +65,9 @@ class NodeProcess:
     """One ``python -m fedstore node`` subprocess with piped stdin/stdout.
 
     With ``command="daemon"`` it runs ``fedstore daemon`` instead: stdin is
-    ``/dev/null``, commands go through the control socket (:meth:`ctl`),
-    and :meth:`stop` sends SIGTERM.
+    ``/dev/null``, commands go through the control socket
+    (``fedstore.cli.control.call(node.data_dir(), [...])``), and :meth:`stop`
+    sends SIGTERM.
     """
 
     def __init__(
@@ -293,12 +291,6 @@ class NodeProcess:
         """The ``--dir`` this node was started with."""
         i = self.argv.index("--dir")
         return Path(self.argv[i + 1])
-
-    def ctl(self, *words: str, timeout: float = DEFAULT_TIMEOUT) -> Reply:
-        """Run a command through the node's control socket (what ``fedstore ctl`` does)."""
-        from fedstore.cli.control import call
-
-        return call(self.data_dir(), list(words), timeout=timeout)
 
     def send(self, command: str) -> int:
         """Write one command line; returns the output position before it."""
