@@ -80,7 +80,8 @@ def daemon_shell(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         env=_env(tmp_path),
     )
     assert shell.stdout is not None
-    pid = int(shell.stdout.readline())
+    with shell.stdout:
+        pid = int(shell.stdout.readline())
     shell.wait(timeout=10)
     yield data, log
     try:

@@ -48,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
     from fedstore.cli.node_cmd import node_config
     from fedstore.cli.node_output import Output
-    from fedstore.cli.node_service import exit_cleanly_on, run_node
+    from fedstore.cli.node_service import exit_cleanly_on, run_node, stopped
 
     stop = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     exit_cleanly_on(stop)
     config = node_config(args)
     out = Output(bool(args.status or not sys.stdout.isatty()), role=config.role)
-    return trio.run(lambda: run_node(config, out, None, stop_signals=stop))
+    rc = trio.run(lambda: run_node(config, out, None, stop_signals=stop))
+    stopped(stop)
+    return rc

@@ -78,10 +78,12 @@ def run(args: argparse.Namespace) -> int:
         StdinSource,
         exit_cleanly_on,
         run_node,
+        stopped,
     )
     from fedstore.cli.prompt import HISTORY_NAME
 
-    exit_cleanly_on((signal.SIGTERM, signal.SIGHUP))
+    stop = (signal.SIGTERM, signal.SIGHUP)
+    exit_cleanly_on(stop)
     config = node_config(args)
     script: IO[str] | None = None
     if args.script:
@@ -99,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         source = StdinSource(sys.stdin, echo_prompt=not machine)
     out = Output(machine, role=config.role)
     try:
-        return trio.run(run_node, config, out, source)
+        rc = trio.run(run_node, config, out, source)
+        stopped(stop)
+        return rc
     finally:
         if script is not None:
             script.close()

@@ -38,6 +38,7 @@ __all__ = [
     "StdinSource",
     "exit_cleanly_on",
     "run_node",
+    "stopped",
 ]
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,21 @@ def _exit_now(signum: int, frame: object) -> None:
 
 
 def exit_cleanly_on(signals: Sequence[int]) -> None:
-    """Until the running node takes *signals* over (and after it gives them back), make
-    them end the process with status 0 instead of the default kill: a SIGTERM that
-    arrives while the node starts or after it stopped is still a clean stop."""
+    """Until the running node takes *signals* over, make them end the process with
+    status 0 instead of the default kill: a SIGTERM that arrives while the node
+    starts is still a clean stop. See :func:`stopped` for after."""
     for signum in signals:
         signal.signal(signum, _exit_now)
+
+
+def stopped(signals: Sequence[int]) -> None:
+    """The node has stopped and the process is ending: ignore *signals* from now on.
+
+    A SIGTERM arriving while the interpreter finalizes (Python resets its own
+    handlers then) would otherwise turn a clean stop into a kill by signal.
+    """
+    for signum in signals:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 async def _stop_on(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
