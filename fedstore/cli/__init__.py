@@ -43,6 +43,7 @@ COMMAND_MODULES = [
     "fedstore.cli.cid_cmd",
     "fedstore.cli.selftest_cmd",
     "fedstore.cli.bench_cmd",
+    "fedstore.cli.completion_cmd",
 ]
 
 log = logging.getLogger("fedstore")
