@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.add_argument("--revision", default="head", help="target revision (default: head)")
     up.add_argument("--no-backup", action="store_true", help="do not back up the catalog first")
+    up.add_argument("--json", action="store_true", help="print a JSON object")
     add_dir_argument(up)
     up.set_defaults(func=cmd_upgrade)
 
@@ -45,9 +47,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Print the revision stamped in the catalog and the newest one known.",
     )
     add_dir_argument(cur)
+    cur.add_argument("--json", action="store_true", help="print a JSON object")
     cur.set_defaults(func=cmd_current)
 
     hist = cmds.add_parser("history", help="list the schema revisions fedstore ships")
+    hist.add_argument("--json", action="store_true", help="one JSON object per revision")
     hist.set_defaults(func=cmd_history)
 
     schema = cmds.add_parser(
@@ -70,6 +74,16 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
     db = resolve_db_path(data_dir(args))
     result = migrate.upgrade(db, args.revision, backup=not args.no_backup)
+    if args.json:
+        doc = {
+            "catalog": str(db),
+            "changed": result.changed,
+            "from": result.from_revision,
+            "to": result.to_revision,
+            "backup": None if result.backup is None else str(result.backup),
+        }
+        print(json.dumps(doc))
+        return 0
     if not result.changed:
         print(f"catalog {db} is already at revision {result.to_revision}")
         return 0
@@ -91,6 +105,10 @@ def cmd_current(args: argparse.Namespace) -> int:
         "fresh": "empty: it gets the schema when first opened",
         "foreign": "not a fedstore catalog",
     }[state.status]
+    if args.json:
+        doc = {"catalog": str(db), "revision": state.current, "head": state.head}
+        print(json.dumps({**doc, "status": state.status, "meaning": explain}))
+        return 0
     print(f"catalog:  {db}")
     print(f"revision: {state.current or '(none)'}")
     print(f"head:     {state.head}")
@@ -105,8 +123,13 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     script = ScriptDirectory.from_config(migrate.alembic_config())
     for rev in script.walk_revisions():
+        title = rev.doc.splitlines()[0] if rev.doc else ""
+        if args.json:
+            doc = {"revision": rev.revision, "down_revision": rev.down_revision}
+            print(json.dumps({**doc, "head": rev.is_head, "title": title}))
+            continue
         head = " (head)" if rev.is_head else ""
-        print(f"{rev.revision}{head}  {rev.doc.splitlines()[0] if rev.doc else ''}")
+        print(f"{rev.revision}{head}  {title}")
     return 0
 
 

@@ -26,6 +26,7 @@ an optional ``on_event(event)`` callback; ``fedstore node`` prints them as
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -87,12 +88,18 @@ if TYPE_CHECKING:
     from fedstore.format import Checkpoint
     from fedstore.store import AsyncLocalStore
 
-__all__ = ["Head", "Node", "PublishResult", "open_node", "serve_node"]
+__all__ = ["SYNC_PROGRESS", "Head", "Node", "PublishResult", "open_node", "serve_node"]
 
 log = logging.getLogger(__name__)
 
 #: Called with (topic, sender, payload) for every validated message from another peer.
 MessageSink = Callable[[str, str, bytes], None]
+#: Set by a caller of :meth:`Node.sync` (the ``sync`` command) to hear how many verified
+#: bytes of the checkpoint being fetched have arrived; a context variable, so it applies
+#: to that call only.
+SYNC_PROGRESS: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "fedstore_sync_progress", default=None
+)
 #: seconds between prunings of old announcements from the catalog
 _PRUNE_INTERVAL = 60.0
 
@@ -170,7 +177,9 @@ class Node:
             local_head=self.head,
             ask_peers=self._ask_peers,
             known_claims=self._known_claims,
-            fetch=lambda cid: self.chain.fetch_bytes(cid, max_size=config.max_fetch_size),
+            fetch=lambda cid: self.chain.fetch_bytes(
+                cid, max_size=config.max_fetch_size, progress=SYNC_PROGRESS.get()
+            ),
             store=self._store_fetched,
         )
         self._connected: set[str] = set()
