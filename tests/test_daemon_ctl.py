@@ -303,3 +303,28 @@ def test_node_keeps_running_when_stdin_closes(tmp_path: Path) -> None:
 def test_ctl_without_a_node_is_a_network_error(tmp_path: Path) -> None:
     with pytest.raises(NetworkError, match="no node is running"):
         call(tmp_path, ["peers"], timeout=5)
+
+
+def test_sync_through_ctl_streams_progress_before_its_reply(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    weights = tmp_path / "big.npz"
+    save_weights_file(weights, {"w": np.random.default_rng(1).standard_normal(2_000_000)})
+    with NodeProcess("a", ["--dir", str(tmp_path / "a"), "--role", "bootstrap"], env,
+                     command="daemon") as a:  # fmt: skip
+        addr = a.expect("LISTENING", timeout=TIMEOUT)
+        a.expect("READY", timeout=TIMEOUT)
+        with NodeProcess("b", ["--dir", str(tmp_path / "b"), "--bootstrap", addr], env,
+                         command="daemon") as b:  # fmt: skip
+            b.expect("READY", timeout=TIMEOUT)
+            b.expect("CONNECTED", timeout=TIMEOUT)
+            saved = ctl(a, "checkpoint_save", "5", str(weights))
+            cid = next(v for k, v, _ in saved.lines if k == "SAVED").split(":", 1)[1]
+            b.expect("HEARD", lambda v: v.startswith(f"5:{cid}:"), timeout=TIMEOUT)
+            frames: list[tuple[str, int]] = []
+            reply = call(b.data_dir(), ["sync"], timeout=60,
+                         on_progress=lambda label, done: frames.append((label, done)))  # fmt: skip
+    assert reply.ok and reply.result["head"] == {"round": 5, "cid": cid}
+    assert ("SYNCED", f"5:{cid}", None) in reply.lines  # the node event, in the reply
+    assert frames and all(label == "syncing" for label, _ in frames)
+    sizes = [done for _, done in frames]
+    assert sizes == sorted(sizes) and 0 < sizes[-1] <= weights.stat().st_size * 2

@@ -13,6 +13,8 @@ runs on that directory. The protocol is one JSON line each way::
 ``value``, and the sentence shown to people, null for the default one;
 prose has an empty key), including the node events the command caused;
 ``result`` is the command's JSON result (:mod:`fedstore.cli.node_commands`).
+A long command (``sync``) may send progress frames before its reply, at
+most five a second: ``{"v": 1, "progress": {"label": "syncing", "done": <bytes>}}``.
 
 Bounds, so a client can never block or exhaust the node: a request is at
 most 64 KiB and must arrive within 10 s; a reply holds at most 20,000 lines
@@ -33,7 +35,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,14 +202,30 @@ async def _serve_one(session: Session, stream: trio.SocketStream, slots: Any) ->
                 reason = "no request within 10 s" if isinstance(exc, trio.TooSlowError) else exc
                 await _send(stream, {"v": PROTOCOL, "ok": False, "error": str(reason)})
                 return
-            capture = Capture()
+            frames_in, frames_out = trio.open_memory_channel[tuple[str, int]](1)
+
+            def on_progress(label: str, done: int) -> None:
+                try:
+                    frames_in.send_nowait((label, done))
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    pass  # the client reads slowly: this update is skipped
+
+            capture = Capture(on_progress)
             outcome = None
             with session.replying():
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_when_gone, stream, nursery.cancel_scope)
-                    outcome = await session.execute([name, *args], capture, capture=capture)
-                    nursery.cancel_scope.cancel()
-                capture.closed = True
+                    watch = trio.CancelScope()
+
+                    async def watch_client() -> None:
+                        with watch:
+                            await _cancel_when_gone(stream, nursery.cancel_scope)
+
+                    nursery.start_soon(watch_client)
+                    nursery.start_soon(_send_progress, stream, frames_out)
+                    async with frames_in:
+                        outcome = await session.execute([name, *args], capture, capture=capture)
+                    capture.closed = True
+                    watch.cancel()  # the progress frames already queued are still sent
                 if outcome is None:  # the client left: its command was cancelled
                     return
                 await _send(
@@ -226,6 +244,15 @@ async def _serve_one(session: Session, stream: trio.SocketStream, slots: Any) ->
         pass  # the client left
     finally:
         slots.release_on_behalf_of(stream)
+
+
+async def _send_progress(
+    stream: trio.SocketStream, frames: trio.MemoryReceiveChannel[tuple[str, int]]
+) -> None:
+    """Progress frames of a long command (``sync``) ahead of its reply."""
+    async with frames:
+        async for label, done in frames:
+            await _send(stream, {"v": PROTOCOL, "progress": {"label": label, "done": done}})
 
 
 async def _cancel_when_gone(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
@@ -265,10 +292,17 @@ class Reply:
         }
 
 
-def call(data_dir: Path, words: Sequence[str], *, timeout: float | None = 600.0) -> Reply:
+def call(
+    data_dir: Path,
+    words: Sequence[str],
+    *,
+    timeout: float | None = 600.0,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> Reply:
     """Run one command on the node serving *data_dir*; NetworkError if none answers.
 
-    *timeout* bounds the whole exchange (None: wait as long as the command runs).
+    *timeout* bounds the whole exchange (None: wait as long as the command runs);
+    *on_progress(label, bytes)* hears a long command's progress frames.
     """
     path = socket_path(data_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -288,7 +322,7 @@ def call(data_dir: Path, words: Sequence[str], *, timeout: float | None = 600.0)
             ) from None
         request = {"v": PROTOCOL, "command": words[0], "args": list(words[1:])}
         sock.sendall((json.dumps(request) + "\n").encode("utf-8"))
-        raw = _read_reply(sock)
+        raw = _read_reply(sock, on_progress)
     except TimeoutError:
         raise NetworkError(
             f"the node on {data_dir} did not answer {words[0]!r} within {timeout:g} s "
@@ -305,18 +339,25 @@ def call(data_dir: Path, words: Sequence[str], *, timeout: float | None = 600.0)
     return _reply(data, words[0])
 
 
-def _read_reply(sock: socket.socket) -> bytes:
+def _read_reply(sock: socket.socket, on_progress: Callable[[str, int], None] | None) -> bytes:
+    """The reply line, after any progress frames (handed to *on_progress*)."""
     buf = bytearray()
-    while b"\n" not in buf:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) > MAX_REPLY:
-            raise NetworkError(f"reply above {MAX_REPLY} bytes")
-    if not buf:
-        raise NetworkError("the node closed the control connection without a reply")
-    return bytes(buf.split(b"\n", 1)[0])
+    while True:
+        while b"\n" not in buf:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise NetworkError("the node closed the control connection without a reply")
+            buf += chunk
+            if len(buf) > MAX_REPLY:
+                raise NetworkError(f"reply above {MAX_REPLY} bytes")
+        line, _, rest = bytes(buf).partition(b"\n")
+        buf = bytearray(rest)
+        if line.startswith(b'{"v":1,"progress"'):
+            frame = json.loads(line)["progress"]
+            if on_progress is not None:
+                on_progress(str(frame.get("label", "")), int(frame.get("done", 0)))
+            continue
+        return line
 
 
 def _reply(data: Any, name: str) -> Reply:

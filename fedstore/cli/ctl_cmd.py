@@ -103,8 +103,16 @@ def run(args: argparse.Namespace) -> int:
     if n < cmd.min_args or (cmd.max_args is not None and n > cmd.max_args):
         print(f"fedstore ctl: usage: {cmd.usage}", file=sys.stderr)
         return 2
+    from fedstore.cli.progress import byte_progress
+
     words = [cmd.name, *_resolve_paths(cmd.name, list(args.args))]
-    reply = call(data_dir(args), words, timeout=args.timeout or None)
+    with byte_progress(f"{cmd.name} on the node") as progress:
+        reply = call(
+            data_dir(args),
+            words,
+            timeout=args.timeout or None,
+            on_progress=lambda label, done: progress(done),
+        )
     if args.json:
         print(json.dumps(reply.to_json(), indent=2))
     else:

@@ -448,7 +448,14 @@ async def _checkpoint_prune(s: Session, out: Sink, args: list[str]) -> JsonDict:
 
 
 async def _sync(s: Session, out: Sink, args: list[str]) -> JsonDict:
-    head = await s.node.sync()  # SYNCED= / HEAD= are node events
+    from fedstore.node.core import SYNC_PROGRESS
+
+    with out.progress_bar("syncing") as progress:
+        token = SYNC_PROGRESS.set(progress)
+        try:
+            head = await s.node.sync()  # SYNCED= / HEAD= are node events
+        finally:
+            SYNC_PROGRESS.reset(token)
     if head is None:
         out.event("SYNCED", "none")
     return {"head": _head_json(head)}

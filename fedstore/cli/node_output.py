@@ -14,7 +14,11 @@ escaped (:func:`fedstore.console.clean`) and newlines become spaces.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import IO, TYPE_CHECKING, Protocol
 
 from fedstore.console import clean
@@ -42,6 +46,10 @@ class Sink(Protocol):
 
     def info(self, text: str) -> None:
         """Prose for people (hints, headings); programs never see it."""
+
+    def progress_bar(self, label: str) -> AbstractContextManager[Callable[[int], None]]:
+        """``with out.progress_bar("syncing") as progress: progress(bytes_so_far)``."""
+        ...
 
 
 def _short(peer: str) -> str:
@@ -172,6 +180,12 @@ class Output:
         if not self._machine:
             self._write(clean(text))
 
+    def progress_bar(self, label: str) -> AbstractContextManager[Callable[[int], None]]:
+        """A transfer's progress on the terminal (people, large transfers only)."""
+        from fedstore.cli.progress import byte_progress
+
+        return byte_progress(label, enabled=None if not self._machine else False)
+
     def _write(self, line: str) -> None:
         stream = self._stream or sys.stdout  # looked up now: the prompt may have patched it
         stream.write(line + "\n")
@@ -187,8 +201,9 @@ class Capture:
     is dropped and ``truncated`` is set.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_progress: Callable[[str, int], None] | None = None) -> None:
         self.lines: list[tuple[str, str, str | None]] = []
+        self._on_progress = on_progress
         self.truncated = False
         #: set when the command has finished: events after that are not its own
         self.closed = False
@@ -208,6 +223,19 @@ class Capture:
 
     def info(self, text: str) -> None:
         self._add("", "", clean(text))
+
+    @contextlib.contextmanager
+    def progress_bar(self, label: str) -> Iterator[Callable[[int], None]]:
+        """Progress goes to *on_progress* (the ctl client's bar), at most 5 updates a second."""
+        last = [0.0]
+
+        def progress(done: int) -> None:
+            now = time.monotonic()
+            if self._on_progress is not None and not self.closed and now - last[0] >= 0.2:
+                last[0] = now
+                self._on_progress(label, done)
+
+        yield progress
 
     def node_event(self, event: NodeEvent) -> None:
         from fedstore.node.status import status_line
