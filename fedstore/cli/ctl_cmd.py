@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="give up waiting for the answer after this long (default 600; 0: no limit)",
     )
-    p.add_argument("command", metavar="COMMAND", choices=sorted(COMMANDS), help="a command")
+    p.add_argument(
+        "ctl_command", metavar="COMMAND", choices=sorted(COMMANDS), help="a node command"
+    )
     p.add_argument(
         "args",
         metavar="ARG",
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from fedstore.cli.node_output import Output, render
 
     _own_options(args)
-    cmd = COMMANDS[args.command]
+    cmd = COMMANDS[args.ctl_command]
     n = len(args.args)
     if n < cmd.min_args or (cmd.max_args is not None and n > cmd.max_args):
         print(f"fedstore ctl: usage: {cmd.usage}", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from fedstore.cli.node_cmd import add_node_arguments
 
@@ -36,6 +37,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_node_arguments(p)
     p.add_argument(
+        "--address-file",
+        metavar="FILE",
+        help="write the addresses peers should dial to FILE (one per line) once ready",
+    )
+    p.add_argument(
         "--status",
         action="store_true",
         help="print KEY=value status lines even when stdout is a terminal",
@@ -54,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     exit_cleanly_on(stop)
     config = node_config(args)
     out = Output(bool(args.status or not sys.stdout.isatty()), role=config.role)
-    rc = trio.run(lambda: run_node(config, out, None, stop_signals=stop))
+    address_file = Path(args.address_file) if args.address_file else None
+    rc = trio.run(lambda: run_node(config, out, None, stop_signals=stop, address_file=address_file))
     stopped(stop)
     return rc

@@ -159,6 +159,15 @@ def stopped(signals: Sequence[int]) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def _write_addresses(path: Path, addrs: Sequence[str]) -> None:
+    from fedstore.fsutil import write_atomic
+
+    text = "".join(f"{a}\n" for a in addrs).encode("ascii")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda fh: fh.write(text))
+    path.chmod(0o644)  # readers in other containers: mkstemp's 0600 would lock them out
+
+
 async def _stop_on(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
     async for signum in signals:
         log.info("%s received: stopping", signal.Signals(signum).name)
@@ -173,8 +182,14 @@ async def run_node(
     *,
     stop_signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP),
     control: bool = True,
+    address_file: Path | None = None,
 ) -> int:
-    """Run a node until it is asked to stop (see the module docstring); returns 0."""
+    """Run a node until it is asked to stop (see the module docstring); returns 0.
+
+    With *address_file*, the addresses peers should dial (one full multiaddr
+    per line) are written there, atomically, once the node is ready: how a
+    container or a script hands the bootstrap address to trainers.
+    """
     import trio
 
     from fedstore.cli.control import serve_control
@@ -191,6 +206,10 @@ async def run_node(
                     async with trio.open_nursery() as nursery:
                         if control:
                             await nursery.start(serve_control, session, config.data_dir)
+                        if address_file is not None:
+                            await trio.to_thread.run_sync(
+                                _write_addresses, address_file, node.addrs()
+                            )
                         out.event("READY", node.peer_id)
                         if not out.machine and source is not None:
                             out.info("Type 'help' for the commands, Tab to complete.")
