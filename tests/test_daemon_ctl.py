@@ -328,3 +328,38 @@ def test_sync_through_ctl_streams_progress_before_its_reply(tmp_path: Path) -> N
     assert frames and all(label == "syncing" for label, _ in frames)
     sizes = [done for _, done in frames]
     assert sizes == sorted(sizes) and 0 < sizes[-1] <= weights.stat().st_size * 2
+
+
+def test_ctl_into_a_closed_pipe_and_ctrl_c_are_quiet(daemon: NodeProcess, tmp_path: Path) -> None:
+    data = daemon.data_dir()
+    proc = subprocess.Popen(
+        [*FEDSTORE, "ctl", "--dir", str(data), "help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"HELP=")
+    proc.stdout.close()  # `| head -1`
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) in (0, 141) and b"Traceback" not in err, err
+    # Ctrl-C while ctl waits for a long command: one line, status 130, the node unharmed
+    waiting = subprocess.Popen(
+        [*FEDSTORE, "ctl", "--dir", str(data), "wait_peers", "5", "model-cids", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while not any(p.name.startswith("control") for p in data.iterdir()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(2)  # the request reached the node
+    waiting.send_signal(signal.SIGINT)
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 130
+    assert err.decode().strip().splitlines() == ["fedstore: interrupted"]
+    assert ctl(daemon, "peers").ok  # its command was cancelled, the node serves on

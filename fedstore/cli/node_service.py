@@ -137,14 +137,25 @@ class PromptSource:
                     nursery.cancel_scope.cancel()
 
 
+_early_stop: list[int] = []
+
+
 def _exit_now(signum: int, frame: object) -> None:
+    import trio.lowlevel
+
+    if trio.lowlevel.in_trio_run():  # the node starts or stops: let run_node see it
+        _early_stop.append(signum)
+        return
     raise SystemExit(0)
 
 
 def exit_cleanly_on(signals: Sequence[int]) -> None:
     """Until the running node takes *signals* over, make them end the process with
     status 0 instead of the default kill: a SIGTERM that arrives while the node
-    starts is still a clean stop. See :func:`stopped` for after."""
+    starts is still a clean stop (before trio runs it exits at once; inside
+    trio's loop, before :func:`run_node` listens for it, it is remembered and
+    acted on). See :func:`stopped` for after."""
+    _early_stop.clear()
     for signum in signals:
         signal.signal(signum, _exit_now)
 
@@ -199,6 +210,8 @@ async def run_node(
     with trio.open_signal_receiver(*map(signal.Signals, stop_signals)) as signals:
         async with trio.open_nursery() as top:
             top.start_soon(_stop_on, signals, top.cancel_scope)
+            if _early_stop:  # arrived before the receiver was in place
+                top.cancel_scope.cancel()
             router = EventRouter(out)
             async with open_node(config, on_event=router, on_message=out.message) as node:
                 session = Session(node)
