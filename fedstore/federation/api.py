@@ -140,7 +140,7 @@ _LIST_SETTINGS = frozenset({"FEDSTORE_BOOTSTRAP", "FEDSTORE_LISTEN", "FEDSTORE_B
 
 
 def _canonical_settings(settings: Mapping[str, str]) -> dict[str, str | None]:
-    """*settings* with the core's aliases (``CHECKPOINT_DIR``...) under their ``FEDSTORE_`` names."""
+    """*settings* with the core's aliases (``CHECKPOINT_DIR``...) under their canonical names."""
     from fedstore.config import core_setting
 
     out: dict[str, str | None] = {}
