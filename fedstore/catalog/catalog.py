@@ -27,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedstore.catalog import migrate
-from fedstore.catalog.engine import WRITE_OPTION, make_engine, translate_errors
+from fedstore.catalog.engine import WRITE_OPTION, is_writable, make_engine, translate_errors
 from fedstore.catalog.models import (
     CHECKPOINT_STATUSES,
     METRIC_SOURCES,
@@ -93,9 +93,17 @@ class Catalog:
     busy timeout), readers never wait for the writer (WAL).
     """
 
-    def __init__(self, db_path: Path, engine: Engine, opened: migrate.UpgradeResult) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        engine: Engine,
+        opened: migrate.UpgradeResult,
+        *,
+        read_only: bool = False,
+    ) -> None:
         """Internal; use :meth:`Catalog.open`."""
         self._path = db_path
+        self._read_only = read_only
         self._engine = engine
         self._read: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
         self._write: sessionmaker[Session] = sessionmaker(
@@ -108,21 +116,43 @@ class Catalog:
     # -- lifecycle ---------------------------------------------------------
 
     @classmethod
-    def open(cls, location: str | Path, *, auto_upgrade: bool | None = None) -> Catalog:
+    def open(
+        cls,
+        location: str | Path,
+        *,
+        auto_upgrade: bool | None = None,
+        read_only: bool | None = False,
+    ) -> Catalog:
         """Open (creating if needed) the catalog in directory ``location`` or at that file.
 
         A new catalog gets the head schema; an older one is backed up and
         upgraded under an exclusive file lock (safe when several processes
         open it at once) unless auto-upgrade is off, in which case
         :class:`CatalogError` names the ``fedstore db upgrade`` command. A
-        catalog from a newer fedstore, or a foreign SQLite file, is refused.
+        catalog from a newer fedstore, a foreign SQLite file and a
+        zero-length file (a truncated catalog: ``fedstore db rebuild``) are
+        refused, and so is a catalog in a directory that cannot be written,
+        with a message saying so.
+
+        ``read_only=True`` opens an existing, up-to-date catalog without
+        changing anything (every write raises :class:`CatalogError`);
+        ``read_only=None`` does so only when the directory cannot be written
+        (commands that only read use it, so they work on a read-only data
+        directory). :attr:`read_only` tells which it became.
         """
         db_path = resolve_db_path(location)
-        opened = migrate.ensure_schema(db_path, auto_upgrade=auto_upgrade)
+        if read_only is None:
+            read_only = db_path.is_file() and not is_writable(db_path)
+        opened = migrate.ensure_schema(db_path, auto_upgrade=auto_upgrade, read_only=read_only)
         if opened.changed:
             how = "created" if opened.from_revision is None else "upgraded"
             log.info("catalog %s %s at schema %s", db_path, how, opened.to_revision)
-        return cls(db_path, make_engine(db_path), opened)
+        return cls(db_path, make_engine(db_path, read_only=read_only), opened, read_only=read_only)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this catalog was opened read-only (every write raises CatalogError)."""
+        return self._read_only
 
     @property
     def path(self) -> Path:
@@ -160,6 +190,11 @@ class Catalog:
     def _writing(self, action: str) -> Iterator[Session]:
         if self._closed:
             raise CatalogError(f"cannot {action}: the catalog {self._path} is closed")
+        if self._read_only:
+            raise CatalogError(
+                f"cannot {action}: the catalog {self._path} is open read-only "
+                "(its data directory cannot be written)"
+            )
         with translate_errors(action), self._write() as session, session.begin():
             yield session
 

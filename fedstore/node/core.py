@@ -604,7 +604,10 @@ async def open_node(
 
     identity = await trio.to_thread.run_sync(load_or_create_identity, config.data_dir)
     async with AsyncExitStack() as stack:
-        store = await AsyncLocalStore.open(config.data_dir, peer_id=identity.peer_id)
+        # exclusive: a second node on this directory fails at once, naming our pid
+        store = await AsyncLocalStore.open(
+            config.data_dir, peer_id=identity.peer_id, exclusive=True
+        )
         stack.push_async_callback(store.aclose)
         settings = GossipSettings(heartbeat_interval=config.heartbeat_interval)
         host = await stack.enter_async_context(
