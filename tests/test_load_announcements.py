@@ -177,6 +177,7 @@ async def test_flood_of_10000_announcements_leaves_the_node_responsive_and_bound
         }
 
         # only valid announcements within each allowance were recorded
+        await node.recorded()
         anns = await node.catalog.announcements(limit=100_000)
         by_sender = {name: [a for a in anns if a.sender_peer == ids[name]] for name in FLOOD}
         for name, recorded in by_sender.items():

@@ -27,6 +27,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedstore.catalog import migrate
+from fedstore.catalog.claims import (
+    _TOUCH_PEER,
+    _UPSERT_ANNOUNCEMENT,
+    ClaimsMixin,
+    HeardAnnouncement,
+    _parse,
+    _ts,
+)
 from fedstore.catalog.engine import WRITE_OPTION, is_writable, make_engine, translate_errors
 from fedstore.catalog.models import (
     CHECKPOINT_STATUSES,
@@ -52,7 +60,13 @@ from fedstore.catalog.records import (
 )
 from fedstore.errors import CatalogError, RoundConflictError
 
-__all__ = ["CATALOG_FILENAME", "Catalog", "RoundConflictError", "resolve_db_path"]
+__all__ = [
+    "CATALOG_FILENAME",
+    "Catalog",
+    "HeardAnnouncement",
+    "RoundConflictError",
+    "resolve_db_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +99,7 @@ _LATEST_CHECKPOINT_SQL = (
 _LATEST_ROUND_SQL = "SELECT round FROM checkpoints WHERE status = 'ok' ORDER BY round DESC LIMIT 1"
 
 
-class Catalog:
+class Catalog(ClaimsMixin):
     """The node's SQLite catalog. Create it with :meth:`open`; close it with :meth:`close`.
 
     Usable as a context manager. All methods are safe to call from several
@@ -391,39 +405,25 @@ class Catalog:
         """
         if round < 0:
             raise ValueError(f"round must be >= 0, got {round}")
-        when = received_at or utcnow()
+        when = _ts(received_at or utcnow())
         with self._writing(f"record announcement of round {round}") as s:
-            self._touch_peer(s, sender, when)
-            ins = sqlite_insert(Announcement).values(
-                round=round,
-                cid=cid,
-                sender_peer=sender,
-                topic=topic,
-                received_at=when,
-                last_received_at=when,
-                times_heard=1,
-            )
-            s.execute(
-                ins.on_conflict_do_update(
-                    index_elements=["round", "cid", "sender_peer", "topic"],
-                    set_={
-                        "times_heard": Announcement.times_heard + 1,
-                        "last_received_at": func.max(
-                            Announcement.last_received_at, ins.excluded.last_received_at
-                        ),
-                        "received_at": func.min(Announcement.received_at, ins.excluded.received_at),
-                    },
-                )
-            )
-            row = s.scalars(
-                select(Announcement).where(
-                    Announcement.round == round,
-                    Announcement.cid == cid,
-                    Announcement.sender_peer == sender,
-                    Announcement.topic == topic,
-                )
+            conn = s.connection()
+            conn.exec_driver_sql(_TOUCH_PEER, (sender, when, when))
+            conn.exec_driver_sql(_UPSERT_ANNOUNCEMENT, (round, cid, sender, topic, when, when, 1))
+            row = conn.exec_driver_sql(
+                "SELECT received_at, last_received_at, times_heard FROM announcements "
+                "WHERE round = ? AND cid = ? AND sender_peer = ? AND topic = ?",
+                (round, cid, sender, topic),
             ).one()
-            return row.to_record()
+        return AnnouncementRecord(
+            round=round,
+            cid=cid,
+            sender_peer=sender,
+            topic=topic,
+            received_at=_parse(row[0]),
+            last_received_at=_parse(row[1]),
+            times_heard=int(row[2]),
+        )
 
     def announcements(
         self, *, round: int | None = None, cid: str | None = None, limit: int | None = None

@@ -60,6 +60,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from fedstore.errors import ConfigError, NetworkError
 from fedstore.logsetup import route_libp2p_logs
+from fedstore.p2p import pubsub_patches
 from fedstore.p2p.identity import Identity
 
 #: The py-libp2p release this adapter was written and tested against.
@@ -551,6 +552,7 @@ async def open_host(
     """
     route_libp2p_logs()
     _enlarge_subscription_queue()
+    pubsub_patches.apply()  # equivocation check keeps digests, not whole messages (0.8.1)
     settings = settings or GossipSettings()
     try:
         listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
