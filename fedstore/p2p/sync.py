@@ -24,7 +24,8 @@ trust before height:
    further failure up to ``retry_cap``);
 
 and within a tier the highest round first, then the CID the most distinct
-peers vouch for. Candidates still inside their back-off are not tried at all
+peers vouch for, spread so that no peer's claims come twice before every
+other claimer's first (one peer with many claims costs one attempt per pass). Candidates still inside their back-off are not tried at all
 (counted in :attr:`SyncOutcome.skipped`). So three claims of CIDs nobody has
 at round 10^12 cost one failed attempt each, once: after that the search
 goes on to older rounds, and a fresh claim from the same peer ranks below
@@ -176,7 +177,36 @@ def _rank(
         suspect = bool(peers) and peers <= suspects
         out.append(Candidate(round_, cid, frozenset(peers), attempts, suspect))
     out.sort(key=lambda c: (c.failures > 0, c.suspect, -c.round, -len(c.peers), c.cid))
-    return out, skipped
+    return _spread(out), skipped
+
+
+def _spread(ranked: list[Candidate]) -> list[Candidate]:
+    """Within each tier, no peer's claims come twice before every other claimer's first.
+
+    Passes over the tier in rank order, taking a candidate only if none of its
+    claimers was taken in this pass: one peer's many claims cost one attempt
+    each time round, not the whole sync.
+    """
+    out: list[Candidate] = []
+    start = 0
+    while start < len(ranked):
+        tier = (ranked[start].failures > 0, ranked[start].suspect)
+        end = start
+        while end < len(ranked) and (ranked[end].failures > 0, ranked[end].suspect) == tier:
+            end += 1
+        remaining = ranked[start:end]
+        while remaining:
+            used: set[str] = set()
+            later: list[Candidate] = []
+            for cand in remaining:
+                if cand.peers & used:
+                    later.append(cand)
+                else:
+                    out.append(cand)
+                    used |= cand.peers
+            remaining = later
+        start = end
+    return out
 
 
 class Syncer:
