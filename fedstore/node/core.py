@@ -204,6 +204,7 @@ class Node:
         self._connected: set[str] = set()
         self._peers_changed = trio.Event()
         self._auto_sync_wanted = trio.Event()
+        self._auto_sync_trusted = False  # a claim from a peer without failures is waiting
         #: auto-sync runs (tried something) and runs that fetched nothing
         self.auto_syncs = 0
         self.auto_syncs_failed = 0
@@ -409,20 +410,23 @@ class Node:
             self._emit(Heard(ann.round, ann.cid, sender))
         self.writer.announcement(ann.round, ann.cid, sender, ANNOUNCE_TOPIC)
         if self.config.auto_sync:
-            self._want_sync(ann.round, ann.cid)
+            self._want_sync(ann.round, ann.cid, sender)
 
     async def recorded(self) -> None:
         """Return once every announcement, head answer and peer heard so far is in the
         catalog (they are recorded in the background, after their events)."""
         await self.writer.wait_idle()
 
-    def _want_sync(self, round: int, cid: str | None = None) -> None:
+    def _want_sync(self, round: int, cid: str, sender: str) -> None:
         """Wake the auto-sync task if *round* is newer than the local head and the claim
-        is not in its failure back-off (no I/O: runs for every announcement)."""
+        is not in its failure back-off (no I/O: runs for every announcement). A claim
+        from a peer with no failed claim skips the back-off between failed syncs."""
         if self._head_round is not None and round <= self._head_round:
             return
-        if cid is not None and not self.syncer.worth_trying(round, cid):
+        if not self.syncer.worth_trying(round, cid):
             return
+        if not self.syncer.suspect(sender):
+            self._auto_sync_trusted = True
         self._auto_sync_wanted.set()
 
     async def _fetch_sized(self, cid: str, size: int) -> bytes:
@@ -573,7 +577,7 @@ class Node:
                 return
             head = await self._ask_head(peer)
             if head is not None and self.config.auto_sync:
-                self._want_sync(head.round, head.cid)
+                self._want_sync(head.round, head.cid, peer)
         except FedstoreError as exc:
             log.warning("could not record peer %s: %s", peer, exc)
         except Exception:  # one peer must never take the node down
@@ -616,7 +620,9 @@ class Node:
         A burst of announcements costs one sync (:data:`AUTO_SYNC_SETTLE`),
         syncs are at least :data:`AUTO_SYNC_MIN_INTERVAL` apart, and each sync
         that only failed doubles that gap (up to :data:`AUTO_SYNC_MAX_INTERVAL`):
-        bogus claims cannot make the node sync in a loop. Auto-sync never asks
+        bogus claims cannot make the node sync in a loop. A claim from a peer
+        with no failed claim on record waits only the minimum gap, so an
+        honest peer's new round is not held up by an attacker's failures. Auto-sync never asks
         peers for their heads (it acts on what it heard), so it never spends
         the node's head-request allowance at its bootstrap peer.
         """
@@ -624,8 +630,20 @@ class Node:
         last = -float("inf")
         while True:
             await self._auto_sync_wanted.wait()
-            await trio.sleep(max(AUTO_SYNC_SETTLE, last + interval - trio.current_time()))
+            while True:  # wait out the gap; a trusted peer's claim shortens it to the minimum
+                gap = AUTO_SYNC_MIN_INTERVAL if self._auto_sync_trusted else interval
+                wake = max(trio.current_time() + AUTO_SYNC_SETTLE, last + gap)
+                if self._auto_sync_trusted:
+                    await trio.sleep_until(wake)
+                    break
+                with trio.move_on_at(wake):
+                    while not self._auto_sync_trusted:
+                        self._auto_sync_wanted = trio.Event()
+                        await self._auto_sync_wanted.wait()
+                    continue
+                break
             self._auto_sync_wanted = trio.Event()
+            self._auto_sync_trusted = False
             last = trio.current_time()
             try:
                 await self.writer.wait_idle()  # the claims that woke us are recorded

@@ -249,6 +249,8 @@ class Syncer:
         self._lock = trio.Lock()
         #: (round, cid) -> (attempts, last failure): the failures the last sync saw
         self._cache: dict[tuple[int, str], tuple[int, float]] = {}
+        #: peers with a failed claim, as the last sync saw them
+        self._suspects: set[str] = set()
 
     async def _ranked(self, *, ask_peers: bool) -> tuple[Head | None, list[Candidate], int]:
         local = await self._local_head()
@@ -256,6 +258,7 @@ class Syncer:
         claims.extend(await self._known_claims())
         failures = list(await self._failures()) if self._failures is not None else []
         self._cache = {}
+        self._suspects = {f.peer for f in failures if f.peer}
         for f in failures:
             attempts, last = self._cache.get((f.round, f.cid), (0, 0.0))
             self._cache[(f.round, f.cid)] = (max(attempts, f.attempts), max(last, f.last_failed))
@@ -283,6 +286,10 @@ class Syncer:
         attempts, last = known
         wait = backoff(attempts, retry_after=self._retry_after, cap=self._retry_cap)
         return self._clock() - last >= wait
+
+    def suspect(self, peer: str) -> bool:
+        """Whether *peer* had a claim fail, by what the last sync knew (no I/O)."""
+        return peer in self._suspects
 
     async def sync(self, *, ask_peers: bool = True) -> SyncOutcome:
         """Fetch the best newer checkpoint, if any. One sync runs at a time."""
@@ -319,6 +326,7 @@ class Syncer:
         if self._record_failure is None:
             return
         self._cache[(cand.round, cand.cid)] = (cand.failures + 1, self._clock())
+        self._suspects |= cand.peers
         try:
             await self._record_failure(cand, error)
         except FedstoreError as exc:  # memory is an optimisation: never fail the sync for it
