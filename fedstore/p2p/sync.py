@@ -25,10 +25,11 @@ trust before height:
 
 and within a tier the highest round first, then the CID the most distinct
 peers vouch for, spread so that no peer's claims come twice before every
-other claimer's first (one peer with many claims costs one attempt per pass). Candidates still inside their back-off are not tried at all
+other claimer's first (one peer with many claims costs one attempt per
+pass). Candidates still inside their back-off are not tried at all
 (counted in :attr:`SyncOutcome.skipped`). So three claims of CIDs nobody has
-at round 10^12 cost one failed attempt each, once: after that the search
-goes on to older rounds, and a fresh claim from the same peer ranks below
+at round 10^12 cost one failed attempt, once: the same sync goes on to the
+honest peer's older round, and a fresh claim from the same peer ranks below
 every honest peer's. A candidate fetched after all has its failures cleared.
 
 The syncer fetches candidates in that order through the backend chain (which
