@@ -45,6 +45,14 @@ print("RELEASED", flush=True)
 """
 
 
+def wait_lines(node: NodeProcess, key: str, count: int, timeout: float = 30.0) -> int:
+    """Block (bounded) until *node* printed *count* ``KEY=`` lines; how many it did."""
+    deadline = time.monotonic() + timeout
+    while len(node.values(key)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(node.values(key))
+
+
 def count_announcements(db: Path) -> int:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
@@ -96,9 +104,7 @@ def test_a_catalog_locked_for_45_s_neither_stalls_the_prompt_nor_loses_announcem
 
                     await writer.send_at_rate(target, ann, count=COUNT, rate=RATE)
                 # every announcement is reported at once, lock or no lock
-                deadline = time.monotonic() + 30
-                while len(victim.values("HEARD")) < COUNT and time.monotonic() < deadline:
-                    await trio.sleep(0.1)
+                await trio.to_thread.run_sync(wait_lines, victim, "HEARD", COUNT)
                 heard_at = time.monotonic() - locked_at
                 assert len(victim.values("HEARD")) == COUNT
                 assert heard_at < LOCK_SECONDS, "HEARD waited for the catalog"

@@ -142,7 +142,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from fedstore.cli.output import clean
+    from fedstore.console import clean
     from fedstore.store.rebuild import rebuild_catalog
 
     directory = data_dir(args)

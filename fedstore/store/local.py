@@ -38,7 +38,7 @@ from fedstore.catalog import Catalog, CheckpointRecord, RoundConflictError, reso
 from fedstore.catalog.engine import is_writable
 from fedstore.errors import CatalogError, CheckpointNotFoundError, IntegrityError
 from fedstore.fsutil import fsync_dir, write_atomic
-from fedstore.p2p.messages import MAX_ROUND
+from fedstore.rounds import MAX_ROUND
 from fedstore.store.dirlock import DataDirLock
 from fedstore.store.paths import (
     CHECKPOINT_SUFFIX,
