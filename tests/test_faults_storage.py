@@ -60,6 +60,8 @@ def one_line_error(err: str) -> str:
 # ------------------------------------------------------------------ one node per directory
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_second_node_on_the_same_directory_is_refused_naming_the_first(tmp_path: Path) -> None:
     env = python_env({"FEDSTORE_BACKENDS": "filesystem"}, root=tmp_path / "objects")
     d = str(tmp_path / "node")
@@ -83,6 +85,8 @@ def test_a_second_node_on_the_same_directory_is_refused_naming_the_first(tmp_pat
         pass
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_the_lock_dies_with_a_sigkilled_holder(tmp_path: Path) -> None:
     d = tmp_path / "node"
     d.mkdir()

@@ -66,6 +66,7 @@ def count_announcements(db: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_catalog_locked_for_45_s_neither_stalls_the_prompt_nor_loses_announcements(
     tmp_path: Path,
 ) -> None:

@@ -20,11 +20,14 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import trio
 from hostile.gossip import GossipWriter
 
 from fedstore.node.driver import NodeProcess, python_env
 from fedstore.p2p.messages import TRAINING_TOPIC, encode_inline
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 MIB = 1 << 20
 SIZE = 700 * 1024

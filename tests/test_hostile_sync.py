@@ -26,6 +26,8 @@ from fedstore.node.events import HeadReceived, Heard, Synced, SyncFailed
 from fedstore.p2p.headproto import HEAD_PROTOCOL
 from fedstore.p2p.messages import ANNOUNCE_TOPIC, format_announcement
 
+pytestmark = pytest.mark.slow
+
 TOP = 10**12
 BOGUS = [(TOP - i, cid_of_bytes(f"nobody has this {i}".encode())) for i in range(3)]
 
