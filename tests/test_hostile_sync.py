@@ -18,6 +18,7 @@ import resource
 import time
 from pathlib import Path
 
+import pytest
 from hostile.gossip import GossipWriter
 from hostile.nodes import machine, weights
 
