@@ -95,6 +95,9 @@ class GossipWriter:
             await stack.enter_async_context(w.host.run(LOOPBACK))
             await stack.enter_async_context(background_trio_service(w.pubsub))
             await stack.enter_async_context(background_trio_service(w.gossipsub))
+            # close the connections while the swarm still runs (as fedstore's open_host
+            # does): after host.run() stops, dialled sockets are left to the collector
+            stack.push_async_callback(w.host.close)
             await w.pubsub.wait_until_ready()
             for topic in w.topics:
                 await w.pubsub.subscribe(topic)
