@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from hostile.gossip import GossipWriter
-from hostile.nodes import machine, weights
+from hostile.nodes import Events, machine, weights
 
 from fedstore.ipld.cid import cid_of_bytes
 from fedstore.node.events import HeadReceived, Heard, Synced, SyncFailed
@@ -33,11 +33,14 @@ TOP = 10**12
 BOGUS = [(TOP - i, cid_of_bytes(f"nobody has this {i}".encode())) for i in range(3)]
 
 
-async def announce_bogus(victim_addr: str, claims: list[tuple[int, str]]) -> str:
-    """Announce *claims* to the victim from a fresh hostile identity; its peer id."""
+async def announce_bogus(victim_addr: str, claims: list[tuple[int, str]], ev: Events) -> str:
+    """Announce *claims* to the victim from a fresh hostile identity, and stay until the
+    victim heard them all; the liar's peer id."""
     async with GossipWriter.start([ANNOUNCE_TOPIC]) as writer:
         target = await writer.connect(victim_addr)
         await writer.send(target, [(ANNOUNCE_TOPIC, format_announcement(r, c)) for r, c in claims])
+        for r, c in claims:
+            await ev.wait(Heard, lambda e, r=r, c=c: (e.round, e.cid) == (r, c))
         return writer.peer_id
 
 
@@ -49,9 +52,7 @@ async def test_bogus_claims_near_10_12_do_not_deny_sync_even_across_restarts(
         async with machine(tmp_path, "victim") as (victim, ev):
             await victim.connect(honest.addrs()[0])
             await ev.wait(HeadReceived, lambda e: e.round == 5)
-            liar = await announce_bogus(victim.addrs()[0], BOGUS)
-            for r, c in BOGUS:
-                await ev.wait(Heard, lambda e, r=r, c=c: (e.round, e.cid) == (r, c))
+            liar = await announce_bogus(victim.addrs()[0], BOGUS, ev)
             await victim.recorded()
 
             start = time.monotonic()

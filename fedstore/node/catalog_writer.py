@@ -139,6 +139,20 @@ class CatalogWriter:
             self._jobs.append(fn)
             self._poke()
 
+    def pending_claims(self, *, above: int | None, per_sender: int) -> list[tuple[int, str, str]]:
+        """``(round, cid, sender)`` of announcements not yet written, above *above*, at most
+        *per_sender* (the highest) per sender: what sync may use while the catalog is busy."""
+        best: dict[str, list[tuple[int, str]]] = {}
+        for round_, cid, sender, _topic in self._pending:
+            if above is not None and round_ <= above:
+                continue
+            best.setdefault(sender, []).append((round_, cid))
+        out = []
+        for sender, claims in best.items():
+            for round_, cid in sorted(claims, reverse=True)[:per_sender]:
+                out.append((round_, cid, sender))
+        return out
+
     @property
     def pending(self) -> int:
         """Announcements waiting to be written."""

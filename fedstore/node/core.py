@@ -509,12 +509,15 @@ class Node:
         return [(h.round, h.cid, h.peer_id) for h in await self.peer_heads()]
 
     async def _known_claims(self) -> list[Claim]:
+        """Claims recorded in the catalog, and those heard but not written yet (the catalog
+        may be busy: sync must not wait for it)."""
         local = await self.head()
-        return await self.catalog.sync_claims(
-            above=None if local is None else local.round,
-            per_sender=_CLAIMS_PER_SENDER,
-            limit=_CLAIMS_READ,
+        above = None if local is None else local.round
+        pending = self.writer.pending_claims(above=above, per_sender=_CLAIMS_PER_SENDER)
+        recorded = await self.catalog.sync_claims(
+            above=above, per_sender=_CLAIMS_PER_SENDER, limit=_CLAIMS_READ
         )
+        return recorded + pending
 
     async def _failed_claims(self) -> list[Failure]:
         recs = await self.catalog.failed_claims(limit=_FAILED_CLAIMS_READ)
@@ -646,7 +649,6 @@ class Node:
             self._auto_sync_trusted = False
             last = trio.current_time()
             try:
-                await self.writer.wait_idle()  # the claims that woke us are recorded
                 outcome = await self._sync(ask_peers=False)
             except FedstoreError as exc:
                 self._emit(AutoSyncFailed(str(exc)))
