@@ -40,6 +40,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from fedstore.ipld.blocks import write_dag_blocks
 from fedstore.ipld.cid import DagParams, cid_of_bytes
 from fedstore.node.driver import NodeProcess, python_env
+from fedstore.node.events import SyncFailed
 from fedstore.p2p.messages import (
     ANNOUNCE_TOPIC,
     TRAINING_TOPIC,
@@ -218,7 +219,7 @@ def test_a_node_under_every_attack_keeps_its_prompt_and_delivers_an_honest_updat
         cpu1, rss1 = proc_stats(victim.pid)
         drops = [ln.value for ln in victim.run("local") if ln.key == "DROPS"]
         rounds = [ln.value for ln in victim.run("rounds") if ln.key == "ROUNDS"]
-        failed_syncs = len(victim.values("SYNC_FAILED"))  # SyncFailed lines
+        failed_syncs = len(victim.events(SyncFailed))
         blocks = dir_bytes(data / "blocks") if (data / "blocks").exists() else 0
 
     worst = max(latencies, key=lambda x: x[1])
