@@ -16,7 +16,10 @@ Settings chosen against py-libp2p's defaults (see the reference notes):
   non-determinism;
 * ``strict_signing=True``: every message is signed by its origin and verified
   before validators run, so the sender a validator sees is the signer;
-* security: Noise only (the default offer list also contains plaintext).
+* security: Noise only (the default offer list also contains plaintext);
+* transport: py-libp2p 0.8.1's Noise and yamux layers run with the fixes in
+  :mod:`fedstore.p2p.libp2p_patches` (fewer frames, writes and reads per
+  byte; same bytes on the wire).
 """
 
 from __future__ import annotations
@@ -46,7 +49,11 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from fedstore.errors import ConfigError, NetworkError
+from fedstore.p2p import libp2p_patches
 from fedstore.p2p.identity import Identity
+
+# Noise/yamux fixes for py-libp2p 0.8.1 (fedstore/p2p/libp2p_patches.py; wire format unchanged)
+libp2p_patches.apply()
 
 #: py-libp2p 0.8.1 queues at most 32 validated messages per subscription
 #: (``SUBSCRIPTION_CHANNEL_SIZE``, read when a topic is subscribed) and drops

@@ -8,40 +8,61 @@ whatever the file size. Internal nodes are decoded as soon as they arrive and
 replaced in place by their children, which extends the look-ahead.
 
 For each block the fetch first looks in the node's block store (a file
-fetched or added before, or a resumed fetch), then asks the network:
+fetched or added before, or a resumed fetch), then asks the network. The
+rules are built so that many fetchers of one file form a swarm (each serves
+the others the blocks it already has) and so that a peer that lies or
+stalls costs one short timeout:
 
-* **Providers.** Peers are asked WANT_HAVE for the root; those answering
-  HAVE (or delivering any block) are providers. Peers that answered
-  DONT_HAVE, and new connections, are asked again every
-  ``rediscover_interval`` seconds, so a peer that finishes its own download
-  starts to help.
-* **Spreading.** Each block is requested (WANT_BLOCK, send_dont_have) from
-  one provider at a time: the one with the fewest outstanding requests, at
-  most ``per_peer_inflight`` each, so several peers serve one fetch at once
-  and faster peers end up serving more.
+* **Who has what.** Every block that enters the window is asked as
+  WANT_HAVE (send_dont_have) from every connected peer. Peers answer HAVE or
+  DONT_HAVE; a fedstore peer (or Kubo) that answered DONT_HAVE remembers the
+  want and sends HAVE the moment it stores the block (see
+  :mod:`fedstore_bitswap.serving`), so a peer that is itself still
+  downloading becomes a source block by block. A peer that answered HAVE for
+  the root and never DONT_HAVE is assumed to hold everything (it is asked
+  WANT_BLOCK directly, without the HAVE round trip).
+* **Which block next.** Rarest first: blocks known at the fewest peers
+  first, ties broken by a random key fixed per block, so fetchers of one file
+  do not all walk the DAG in the same order and the origin's upload goes to
+  blocks nobody else has yet. The output still streams in order; the window
+  bounds how far ahead the random order reaches.
+* **From whom.** Among the peers that have the block, the one expected to
+  answer first (its outstanding requests over its observed rate); each peer
+  gets as many outstanding requests as it delivers in ``inflight_horizon``
+  seconds (``initial_inflight`` before its first block; at most
+  ``per_peer_inflight``).
+* **Hedging and timeouts.** A request unanswered after ``hedge_after``
+  (or three times the peer's usual latency) is also sent to another peer
+  that has the block; the first copy wins and the other is cancelled. A
+  request the peer has made no progress on for ``provider_timeout`` (or four
+  times its usual latency, at most ``block_timeout``) counts as a timeout
+  there; ``max_peer_timeouts`` in a row drop the peer from this fetch and
+  demote it in the engine (later fetches try it last) for ``demote_for``.
 * **Verification.** The engine hashes every received block and hands it over
   only when its sha2-256 equals the digest of a CID this fetch asked for;
-  the block is then written to the block store (so it can be served to
-  others) and kept in memory until written out.
+  the block is then in the block store (so it is served onwards at once)
+  and kept in memory until written out.
 * **Misbehaviour.** A provider that sends a block nobody asked for (what
   wrong data for a CID looks like on the wire, where the CID is recomputed
-  from the bytes), sends an oversized block, or lets ``max_peer_timeouts``
-  requests in a row time out, is dropped for this fetch and its outstanding
-  requests go to other providers.
+  from the bytes) or an oversized block is dropped for this fetch (and
+  demoted); its outstanding requests go to other providers.
 * **Departures.** When a provider disconnects its requests are reassigned at
-  once. DONT_HAVE moves a request to another provider; a block every
-  provider said DONT_HAVE for is asked again after ``dont_have_retry``.
+  once. DONT_HAVE moves a request to another provider; blocks no peer has
+  are asked again (WANT_HAVE) every ``dont_have_retry`` seconds, for peers
+  that do not announce what they receive.
 
 Errors: :class:`~fedstore.errors.NotFoundError` when no connected peer has
 the root (nothing yielded yet), :class:`~fedstore.errors.UnavailableError`
-when the transfer stalls for ``stall_timeout`` seconds, and
-:class:`~fedstore.errors.FormatError` when the DAG is not a UnixFS file.
+when the transfer stalls for ``stall_timeout`` seconds or every provider is
+gone, and :class:`~fedstore.errors.FormatError` when the DAG is not a UnixFS
+file.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -53,6 +74,7 @@ from fedstore.ipld.cid import ParsedCid
 from fedstore_bitswap.blockstore import MAX_DEPTH
 from fedstore_bitswap.engine import FedstoreBitswapClient
 from fedstore_bitswap.limits import BitswapLimits
+from fedstore_bitswap.peers import PeerState
 
 __all__ = ["DagFetch", "FetchStats"]
 
@@ -64,7 +86,7 @@ _DEFAULT_LEAF = 262144
 #: Size assumed for an internal node (174 links of ~45 bytes, rounded up).
 _INTERNAL_NODE = 16384
 #: Longest wait between two looks at timeouts when nothing happens.
-_TICK = 0.25
+_TICK = 0.1
 
 
 @dataclass(slots=True)
@@ -79,8 +101,11 @@ class FetchStats:
     bytes_by_peer: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
     timeouts: int = 0
+    hedges: int = 0
     dont_haves: int = 0
+    duplicates: int = 0
     complete: bool = False
+    seconds: float = 0.0
 
 
 class _Node:
@@ -106,35 +131,34 @@ class _Node:
 
 
 class _Want:
+    """A block in the window that has not arrived yet."""
+
     __slots__ = (
         "asked",
         "avoid",
         "cid_bytes",
         "dont_have",
-        "dont_have_at",
+        "holders",
+        "key",
+        "last_ask",
         "local_checked",
-        "peer",
-        "sent_at",
+        "requests",
     )
 
-    def __init__(self, cid_bytes: bytes) -> None:
+    def __init__(self, cid_bytes: bytes, key: float) -> None:
         self.cid_bytes = cid_bytes
-        self.peer: ID | None = None
-        self.sent_at = 0.0
-        self.asked: set[ID] = set()
+        self.key = key
+        #: peers that said HAVE
+        self.holders: set[ID] = set()
         self.dont_have: set[ID] = set()
-        self.dont_have_at = 0.0
+        #: peers with a WANT_BLOCK outstanding -> when it was sent
+        self.requests: dict[ID, float] = {}
+        #: peers that were sent a WANT_HAVE or WANT_BLOCK (cancelled on arrival)
+        self.asked: set[ID] = set()
+        #: peers this block timed out at
         self.avoid: set[ID] = set()
+        self.last_ask = 0.0
         self.local_checked = False
-
-
-class _Peer:
-    __slots__ = ("delivered", "inflight", "timeouts_in_row")
-
-    def __init__(self) -> None:
-        self.inflight: set[bytes] = set()
-        self.delivered = 0
-        self.timeouts_in_row = 0
 
 
 class DagFetch:
@@ -150,9 +174,9 @@ class DagFetch:
         self._root_bytes = bytes(root)
         self.stats = FetchStats(cid=str(root))
         self._wants: dict[bytes, _Want] = {}
+        self._fresh: list[bytes] = []
         self._arrived: dict[bytes, bytes] = {}
-        self._peers: dict[ID, _Peer] = {}
-        self._providers: set[ID] = set()
+        self._peers: dict[ID, PeerState] = {}
         self._root_answers: dict[ID, bool] = {}
         self._dropped: dict[ID, str] = {}
         self._root_arrived = False
@@ -165,57 +189,81 @@ class DagFetch:
         self._next_discovery = 0.0
         self._no_peers_since: float | None = None
         self._priority = (1 << 31) - 1
+        self._random = random.Random()  # noqa: S311 (block order, not secrets)
 
     # -- engine callbacks (FetchListener) -----------------------------------------------
 
     def wants(self, digest: bytes) -> bool:
         return digest in self._wants
 
+    def wanted(self) -> Iterable[bytes]:
+        return self._wants.keys()
+
     def has_inflight(self, peer: ID) -> bool:
+        """Whether *peer* was asked for blocks of this fetch (WANT_BLOCK or WANT_HAVE)."""
         state = self._peers.get(peer)
-        return bool(state and state.inflight)
+        return bool(state and (state.inflight or state.introduced))
 
     def on_block(self, peer: ID, digest: bytes, data: bytes, stored: bool) -> None:
-        if digest not in self._wants:
+        want = self._wants.get(digest)
+        if want is None:
             return
+        now = trio.current_time()
         state = self._peer(peer)
-        state.delivered += 1
-        state.timeouts_in_row = 0
+        sent = state.remove(digest, now)
+        state.record_delivery(len(data), sent, now)
+        if state.demoted and peer not in self._dropped:
+            state.demoted = False
+            self._engine.reputation.forgive(peer)
         key = str(peer)
         self.stats.blocks_by_peer[key] = self.stats.blocks_by_peer.get(key, 0) + 1
         self.stats.bytes_by_peer[key] = self.stats.bytes_by_peer.get(key, 0) + len(data)
-        if peer not in self._dropped:
-            self._providers.add(peer)
-        self._arrive(digest, data, peer, stored)
+        self._arrive(digest, want, data, peer, stored)
 
     def on_presence(self, peer: ID, digest: bytes, have: bool) -> None:
-        if digest == self.root.digest:
+        want = self._wants.get(digest)
+        is_root = digest == self.root.digest
+        if want is None and not is_root:
+            return
+        state = self._peer(peer)
+        if not have:
+            state.refused = True
+            if state.likely_complete:
+                # no longer assumed to hold everything: ask it what it has, like the rest
+                state.likely_complete = False
+                state.introduced = False
+        if is_root:
             self._root_answers[peer] = have
+            if have and not state.refused and peer not in self._dropped:
+                state.likely_complete = True
+        if want is None:
+            return
         if have:
-            if peer not in self._dropped:
-                self._providers.add(peer)
+            want.holders.add(peer)
+            want.dont_have.discard(peer)
         else:
-            want = self._wants.get(digest)
-            if want is not None:
-                self.stats.dont_haves += 1
-                want.dont_have.add(peer)
-                want.dont_have_at = trio.current_time()
-                if want.peer == peer:
-                    self._unassign(digest, want)
+            self.stats.dont_haves += 1
+            want.holders.discard(peer)
+            want.dont_have.add(peer)
+            if peer in want.requests:
+                del want.requests[peer]
+                self._peer(peer).remove(digest, trio.current_time())
         self._poke()
 
     def on_wrong_block(self, peer: ID, reason: str) -> None:
         self._drop(peer, reason)
 
     def on_peer_gone(self, peer: ID) -> None:
-        self._providers.discard(peer)
         self._root_answers.pop(peer, None)
-        state = self._peers.get(peer)
+        state = self._peers.pop(peer, None)
         if state is not None:
             for digest in list(state.inflight):
                 want = self._wants.get(digest)
                 if want is not None:
-                    self._unassign(digest, want)
+                    want.requests.pop(peer, None)
+        for want in self._wants.values():
+            want.holders.discard(peer)
+            want.asked.discard(peer)
         self._poke()
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -223,16 +271,14 @@ class DagFetch:
     def _poke(self) -> None:
         self._changed.set()
 
-    def _peer(self, peer: ID) -> _Peer:
+    def _peer(self, peer: ID) -> PeerState:
         state = self._peers.get(peer)
         if state is None:
-            state = self._peers[peer] = _Peer()
+            now = trio.current_time()
+            state = self._peers[peer] = PeerState(
+                demoted=self._engine.reputation.is_demoted(peer, now)
+            )
         return state
-
-    def _unassign(self, digest: bytes, want: _Want) -> None:
-        if want.peer is not None:
-            self._peer(want.peer).inflight.discard(digest)
-            want.peer = None
 
     def _drop(self, peer: ID, reason: str) -> None:
         if peer in self._dropped:
@@ -240,25 +286,32 @@ class DagFetch:
         log.warning("bitswap fetch of %s: dropping peer %s: %s", self.root, peer, reason)
         self._dropped[peer] = reason
         self.stats.dropped[str(peer)] = reason
-        self._providers.discard(peer)
+        self._engine.reputation.demote(peer, trio.current_time(), reason)
         state = self._peers.get(peer)
         if state is not None:
+            state.demoted = True
+            state.likely_complete = False
+            now = trio.current_time()
             cancels = []
             for digest in list(state.inflight):
+                state.remove(digest, now)
                 want = self._wants.get(digest)
                 if want is not None:
+                    want.requests.pop(peer, None)
                     cancels.append(want.cid_bytes)
-                    self._unassign(digest, want)
             self._engine.send_cancels(peer, cancels)
         self._poke()
 
-    def _arrive(self, digest: bytes, data: bytes, peer: ID | None, stored: bool) -> None:
-        want = self._wants.pop(digest, None)
-        if want is None:
-            return
-        self._unassign(digest, want)
+    def _arrive(
+        self, digest: bytes, want: _Want, data: bytes, peer: ID | None, stored: bool
+    ) -> None:
+        del self._wants[digest]
+        now = trio.current_time()
         for other in want.asked:
             if other != peer:
+                state = self._peers.get(other)
+                if state is not None:
+                    state.remove(digest, now)
                 self._engine.send_cancels(other, [want.cid_bytes])
         self._arrived[digest] = data
         self._all_stored = self._all_stored and stored
@@ -267,7 +320,7 @@ class DagFetch:
             self.stats.blocks_local += 1
         if digest == self.root.digest:
             self._root_arrived = True
-        self._last_progress = trio.current_time()
+        self._last_progress = now
         self._poke()
 
     # -- the walk ---------------------------------------------------------------------------
@@ -280,6 +333,7 @@ class DagFetch:
         head = 0
         try:
             while True:
+                self._changed = trio.Event()
                 needs = self._scan(order, head)
                 while head < len(order):
                     node = order[head]
@@ -308,22 +362,23 @@ class DagFetch:
                         if want is not None:
                             want.local_checked = True
                     for d, data in found.items():
-                        self._arrive(d, data, None, True)
+                        want = self._wants.get(d)
+                        if want is not None:
+                            self._arrive(d, want, data, None, True)
                     if found:
                         continue
-                now = trio.current_time()
-                self._check_deadlines(now)
-                self._schedule([d for d in needs if d in self._wants], now)
+                self._tick(trio.current_time())
                 with trio.move_on_after(_TICK):
                     await self._changed.wait()
-                self._changed = trio.Event()
             self.stats.complete = True
+            self.stats.seconds = trio.current_time() - self._started
             log.info(
-                "bitswap fetched %s: %d bytes, %d blocks (%d local); from peers: %s%s",
+                "bitswap fetched %s: %d bytes, %d blocks (%d local) in %.2f s; from peers: %s%s",
                 self.root,
                 self.stats.bytes,
                 self.stats.blocks,
                 self.stats.blocks_local,
+                self.stats.seconds,
                 ", ".join(f"{p}={n}" for p, n in sorted(self.stats.blocks_by_peer.items()))
                 or "none",
                 self._dropped_note(),
@@ -334,9 +389,12 @@ class DagFetch:
                 )
         finally:
             self._engine.unregister(self)
-            for peer, state in self._peers.items():
-                cancels = [self._wants[d].cid_bytes for d in state.inflight if d in self._wants]
-                self._engine.send_cancels(peer, cancels)
+            cancels: dict[ID, list[bytes]] = {}
+            for want in self._wants.values():
+                for peer in want.asked:
+                    cancels.setdefault(peer, []).append(want.cid_bytes)
+            for peer, cids in cancels.items():
+                self._engine.send_cancels(peer, cids)
 
     def _load_local(self, digests: list[bytes]) -> dict[bytes, bytes]:
         found = {}
@@ -384,7 +442,8 @@ class DagFetch:
                     needs.append(node.digest)
                     if node.digest not in self._wants:
                         assert node.cid is not None
-                        self._wants[node.digest] = _Want(bytes(node.cid))
+                        self._wants[node.digest] = _Want(bytes(node.cid), self._random.random())
+                        self._fresh.append(node.digest)
                 i += 1
                 continue
             self._decode_into(order, i, node)
@@ -417,67 +476,172 @@ class DagFetch:
 
     # -- talking to peers ---------------------------------------------------------------------
 
-    def _schedule(self, digests: list[bytes], now: float) -> None:
-        limits = self._limits
+    def _tick(self, now: float) -> None:
+        """Timeouts, hedges, new peers, then assign requests; check the failure rules."""
         candidates = [p for p in self._engine.bitswap_peers() if p not in self._dropped]
-        connected = set(candidates)
-        if now >= self._next_discovery:
-            self._next_discovery = now + limits.rediscover_interval
-            for p in candidates:
-                if p not in self._providers:
-                    self._engine.send_wants(p, [self._root_bytes], have=True)
-        live = [p for p in self._providers if p in connected]
-        if not live:
+        self._check_requests(now)
+        self._schedule(now, candidates)
+        self._introduce(now, candidates)
+        self._check_failures(now, candidates)
+
+    def _introduce(self, now: float, candidates: list[ID]) -> None:
+        """WANT_HAVE for fresh wants to every peer; everything to peers seen the first time."""
+        fresh = [d for d in self._fresh if d in self._wants]
+        self._fresh.clear()
+        retry = now >= self._next_discovery
+        if retry:
+            self._next_discovery = now + self._limits.rediscover_interval
+        for p in candidates:
+            state = self._peer(p)
+            if not self._engine.speaks_presences(p):
+                continue
+            if not state.introduced:
+                state.introduced = True
+                digests = list(self._wants)
+            elif state.likely_complete:
+                continue  # asked WANT_BLOCK directly by the scheduler
+            else:
+                digests = fresh
+            cids = []
+            for d in digests:
+                want = self._wants.get(d)
+                if want is not None and p not in want.asked and p not in want.dont_have:
+                    want.asked.add(p)
+                    want.last_ask = now
+                    cids.append(want.cid_bytes)
+            self._engine.send_wants(p, cids, have=True)
+        # blocks nobody has: ask again (peers that do not announce what they receive)
+        retry_after = self._limits.dont_have_retry
+        asks: dict[ID, list[bytes]] = {}
+        for want in self._wants.values():
+            if want.holders or want.requests or now - want.last_ask < retry_after:
+                continue
+            if not want.dont_have:
+                continue
+            want.last_ask = now
+            for p in list(want.dont_have):
+                if p in self._peers and not self._peers[p].demoted:
+                    asks.setdefault(p, []).append(want.cid_bytes)
+            want.dont_have.clear()
+        for p, cids in asks.items():
+            self._engine.send_wants(p, cids, have=True)
+
+    def _holders(self, want: _Want, likely: list[ID]) -> set[ID]:
+        holders = set(want.holders)
+        for p in likely:
+            if p not in want.dont_have:
+                holders.add(p)
+        return holders
+
+    def _schedule(self, now: float, candidates: list[ID]) -> None:
+        """Rarest first (random tie-break); each block to the holder expected to answer first."""
+        limits = self._limits
+        block = self._leaf_estimate
+        free: dict[ID, int] = {}
+        likely: list[ID] = []
+        for p in candidates:
+            state = self._peer(p)
+            room = state.limit(limits, block, now) - len(state.inflight)
+            if room > 0:
+                free[p] = room
+            if state.likely_complete:
+                likely.append(p)
+        if not free:
             return
+        connected = set(candidates)
+        items: list[tuple[int, float, bytes, _Want, set[ID]]] = []
+        hedges: list[tuple[bytes, _Want, set[ID]]] = []
+        for digest, want in self._wants.items():
+            holders = self._holders(want, likely) & connected
+            if not holders:
+                continue
+            if want.requests:
+                # hedge: outstanding too long at every peer asked, and someone else has it
+                if len(want.requests) == 1:
+                    ((peer, sent),) = want.requests.items()
+                    if now - sent > self._peer(peer).hedge_delay(limits):
+                        others = holders - want.requests.keys() - want.avoid
+                        if others:
+                            hedges.append((digest, want, others))
+                continue
+            usable = holders - want.avoid
+            if not usable:
+                want.avoid.clear()  # it timed out everywhere: try them all again
+                usable = holders
+            items.append((len(holders), want.key, digest, want, usable))
         batches: dict[ID, list[bytes]] = {}
-        for digest in digests:
-            want = self._wants[digest]
-            if want.peer is not None:
-                continue
-            if want.dont_have and now - want.dont_have_at > limits.dont_have_retry:
-                want.dont_have.clear()
-            usable = [p for p in live if p not in want.dont_have]
-            choices = [
-                p
-                for p in usable
-                if p not in want.avoid and len(self._peer(p).inflight) < limits.per_peer_inflight
-            ]
+
+        def assign(digest: bytes, want: _Want, holders: set[ID]) -> bool:
+            choices = [p for p in holders if free.get(p, 0) > 0]
             if not choices:
-                if usable and all(p in want.avoid for p in usable):
-                    want.avoid.clear()  # every provider timed out once: try them again
-                continue
-            peer = min(
-                choices, key=lambda p: (len(self._peer(p).inflight), -self._peer(p).delivered)
-            )
-            want.peer = peer
-            want.sent_at = now
+                return False
+            peer = min(choices, key=lambda p: self._peers[p].expected(limits, block, now))
+            want.requests[peer] = now
             want.asked.add(peer)
-            self._peer(peer).inflight.add(digest)
+            self._peers[peer].add(digest, now)
+            free[peer] -= 1
+            if not free[peer]:
+                del free[peer]
             batches.setdefault(peer, []).append(want.cid_bytes)
+            return True
+
+        for digest, want, others in hedges:
+            if not free:
+                break
+            if assign(digest, want, others):
+                self.stats.hedges += 1
+        items.sort(key=lambda item: (item[0], item[1]))
+        for _, _, digest, want, usable in items:
+            if not free:
+                break
+            assign(digest, want, usable)
         for peer, cids in batches.items():
             self._priority = max(1, self._priority - len(cids))
             self._engine.send_wants(peer, cids, have=False, priority=self._priority)
 
-    def _check_deadlines(self, now: float) -> None:
+    def _check_requests(self, now: float) -> None:
+        """Requests a peer made no progress on for its timeout: counted, cancelled there."""
         limits = self._limits
-        for digest, want in list(self._wants.items()):
-            peer = want.peer
-            if peer is None or now - want.sent_at <= limits.block_timeout:
+        for peer, state in list(self._peers.items()):
+            if not state.inflight or peer in self._dropped:
                 continue
-            self.stats.timeouts += 1
-            self._unassign(digest, want)
-            want.avoid.add(peer)
-            self._engine.send_cancels(peer, [want.cid_bytes])
-            state = self._peer(peer)
-            state.timeouts_in_row += 1
+            timeout = state.timeout(limits)
+            expired = [
+                d for d, sent in state.inflight.items()
+                if now - max(sent, state.last_delivery) > timeout
+            ]  # fmt: skip
+            if not expired:
+                continue
+            cancels = []
+            for digest in expired:
+                state.remove(digest, now)
+                want = self._wants.get(digest)
+                if want is None:
+                    continue
+                self.stats.timeouts += 1
+                want.requests.pop(peer, None)
+                want.avoid.add(peer)
+                cancels.append(want.cid_bytes)
+            self._engine.send_cancels(peer, cancels)
+            state.timeouts_in_row += len(cancels)
             if state.timeouts_in_row >= limits.max_peer_timeouts:
-                self._drop(peer, f"{state.timeouts_in_row} requests in a row timed out")
-        candidates = [p for p in self._engine.bitswap_peers() if p not in self._dropped]
+                self._drop(
+                    peer,
+                    f"{state.timeouts_in_row} requests in a row unanswered for {timeout:.1f} s",
+                )
+
+    def _check_failures(self, now: float, candidates: list[ID]) -> None:
+        limits = self._limits
         if not candidates:
             if self._no_peers_since is None:
                 self._no_peers_since = now
         else:
             self._no_peers_since = None
+        providers = [
+            p
+            for p in candidates
+            if self._root_answers.get(p) or (p in self._peers and self._peers[p].delivered)
+        ]
         if not self._root_arrived:
             if not candidates:
                 raise NotFoundError(
@@ -488,7 +652,7 @@ class DagFetch:
                     f"bitswap: none of {len(candidates)} connected peer(s) has {self.root}",
                     backend=BACKEND,
                 )
-            if not self._providers and now - self._started > limits.root_timeout:
+            if not providers and now - self._started > limits.root_timeout:
                 raise NotFoundError(
                     f"bitswap: no peer said it has {self.root} within "
                     f"{limits.root_timeout:g} s (asked {len(candidates)})",
@@ -503,7 +667,7 @@ class DagFetch:
         if now - self._last_progress > limits.stall_timeout:
             raise UnavailableError(
                 f"bitswap: no block of {self.root} arrived for {limits.stall_timeout:g} s "
-                f"({len(self._providers)} provider(s){self._dropped_note()})",
+                f"({len(providers)} provider(s){self._dropped_note()})",
                 backend=BACKEND,
             )
 
