@@ -9,25 +9,19 @@ plain py-libp2p BitswapClient in both directions, and the node-only rule.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import multiaddr
 import pytest
 import trio
 import varint
-from fedstore_bitswap import BitswapBackend, BitswapLimits, BitswapService, attach
-from libp2p import new_host
+from _bitswap_hosts import CHUNK, LOOPBACK, make_host, payload, start_nodes
+from fedstore_bitswap import BitswapBackend, BitswapLimits, attach
 from libp2p.bitswap import BitswapClient, MemoryBlockStore
 from libp2p.bitswap.config import BITSWAP_PROTOCOLS
 from libp2p.bitswap.messages import create_message, create_wantlist_entry
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.utils import connect
 
 from fedstore.backends.chain import BackendChain
@@ -36,47 +30,6 @@ from fedstore.backends.testing import BackendConformance
 from fedstore.errors import FormatError, NotConfiguredError, NotFoundError, UnavailableError
 from fedstore.ipld.blocks import write_dag_blocks
 from fedstore.ipld.cid import DagParams, cid_of_bytes, parse_cid
-
-LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-CHUNK = 262144
-
-
-def make_host() -> Any:
-    key_pair = create_new_key_pair()
-    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise})
-
-
-@dataclass
-class Node:
-    host: Any
-    service: BitswapService
-
-    @property
-    def backend(self) -> BitswapBackend:
-        return BitswapBackend(self.service)
-
-    @property
-    def id(self) -> Any:
-        return self.host.get_id()
-
-
-async def start_nodes(
-    stack: AsyncExitStack, tmp: Path, n: int, limits: Sequence[BitswapLimits | None] = ()
-) -> list[Node]:
-    nodes = []
-    for i in range(n):
-        host = make_host()
-        await stack.enter_async_context(host.run(LOOPBACK))
-        lim = limits[i] if i < len(limits) else None
-        service = await stack.enter_async_context(attach(host, tmp / f"node{i}", limits=lim))
-        nodes.append(Node(host, service))
-    return nodes
-
-
-def payload(n: int) -> bytes:
-    return os.urandom(n)
-
 
 # -- the rule: only inside a node ----------------------------------------------------------
 

@@ -62,6 +62,9 @@ class BenchSizes:
     #: Catch-up: checkpoint size in MB and timed runs.
     catchup_mb: float = 100.0
     catchup_runs: int = 3
+    #: Swarm: model size in MB and the largest number of trainers (N = 1, 2, 4, ... up to it).
+    swarm_mb: float = 20.0
+    swarm_trainers: int = 8
 
     @classmethod
     def full(cls) -> BenchSizes:
@@ -81,6 +84,8 @@ class BenchSizes:
             announcements=10,
             warmup=1,
             catchup_mb=16.0,
+            swarm_mb=5.0,
+            swarm_trainers=4,
         )
 
     def with_overrides(self, overrides: Mapping[str, str]) -> BenchSizes:

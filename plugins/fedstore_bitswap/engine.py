@@ -175,6 +175,7 @@ class FedstoreBitswapClient(BitswapClient):
         self._fetches: set[FetchListener] = set()
         self._recent_wants: OrderedDict[bytes, None] = OrderedDict()
         self._cid_objects: dict[bytes, CIDObject] = {}
+        self._ids: dict[str, ID] = {}
         self.serve_stats = ServeStats()
         self._stats_changed = trio.Event()
         self.server = Server(self, store, self.limits, self.serve_stats, self._stats_updated)
@@ -201,8 +202,7 @@ class FedstoreBitswapClient(BitswapClient):
         """Connected peers that may speak bitswap (per Identify, when it has answered)."""
         me = self.host.get_id()
         if self._peers_provider is not None:
-            raw = list(self._peers_provider())
-            peers = [p if isinstance(p, ID) else ID.from_base58(str(p)) for p in raw]
+            peers = [self._peer_id(p) for p in self._peers_provider()]
             connected = set(self.host.get_connected_peers())
             peers = [p for p in peers if p in connected]
         else:
@@ -220,6 +220,18 @@ class FedstoreBitswapClient(BitswapClient):
                 continue
             out.append(p)
         return out
+
+    def _peer_id(self, peer: Any) -> ID:
+        """An ``ID`` for a peer given as ``ID`` or base58 text (decoded once, then cached)."""
+        if isinstance(peer, ID):
+            return peer
+        text = str(peer)
+        cached = self._ids.get(text)
+        if cached is None:
+            if len(self._ids) >= _CID_CACHE:
+                self._ids.clear()
+            cached = self._ids[text] = ID.from_base58(text)
+        return cached
 
     def speaks_presences(self, peer: ID) -> bool:
         """Whether *peer* understands WANT_HAVE / HAVE (bitswap 1.2.0), as far as known."""

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -102,6 +102,7 @@ class FetchStats:
     dropped: dict[str, str] = field(default_factory=dict)
     timeouts: int = 0
     hedges: int = 0
+    reroutes: int = 0
     dont_haves: int = 0
     duplicates: int = 0
     complete: bool = False
@@ -175,6 +176,8 @@ class DagFetch:
         self.stats = FetchStats(cid=str(root))
         self._wants: dict[bytes, _Want] = {}
         self._fresh: list[bytes] = []
+        #: wants requested from an origin that a partial holder has just announced
+        self._reroute: set[bytes] = set()
         self._arrived: dict[bytes, bytes] = {}
         self._peers: dict[ID, PeerState] = {}
         self._root_answers: dict[ID, bool] = {}
@@ -241,6 +244,14 @@ class DagFetch:
         if have:
             want.holders.add(peer)
             want.dont_have.discard(peer)
+            if (
+                want.requests
+                and peer not in want.requests
+                and not state.likely_complete
+                and not state.demoted
+                and all(p in self._peers and self._peers[p].likely_complete for p in want.requests)
+            ):
+                self._reroute.add(digest)  # a peer that just got it can spare the origin
         else:
             self.stats.dont_haves += 1
             want.holders.discard(peer)
@@ -373,12 +384,16 @@ class DagFetch:
             self.stats.complete = True
             self.stats.seconds = trio.current_time() - self._started
             log.info(
-                "bitswap fetched %s: %d bytes, %d blocks (%d local) in %.2f s; from peers: %s%s",
+                "bitswap fetched %s: %d bytes, %d blocks (%d local) in %.2f s, %d hedged, "
+                "%d rerouted, %d timed out; from peers: %s%s",
                 self.root,
                 self.stats.bytes,
                 self.stats.blocks,
                 self.stats.blocks_local,
                 self.stats.seconds,
+                self.stats.hedges,
+                self.stats.reroutes,
+                self.stats.timeouts,
                 ", ".join(f"{p}={n}" for p, n in sorted(self.stats.blocks_by_peer.items()))
                 or "none",
                 self._dropped_note(),
@@ -479,7 +494,7 @@ class DagFetch:
     def _tick(self, now: float) -> None:
         """Timeouts, hedges, new peers, then assign requests; check the failure rules."""
         candidates = [p for p in self._engine.bitswap_peers() if p not in self._dropped]
-        self._check_requests(now)
+        self._check_requests(now, candidates)
         self._schedule(now, candidates)
         self._introduce(now, candidates)
         self._check_failures(now, candidates)
@@ -549,10 +564,15 @@ class DagFetch:
         if not free:
             return
         connected = set(candidates)
+        trusted = {p for p in candidates if not self._peers[p].demoted}
+        demoted = connected - trusted
         items: list[tuple[int, float, bytes, _Want, set[ID]]] = []
         hedges: list[tuple[bytes, _Want, set[ID]]] = []
         for digest, want in self._wants.items():
             holders = self._holders(want, likely) & connected
+            if demoted and holders & demoted and trusted - want.dont_have:
+                # demoted peers serve only blocks no trusted peer can have
+                holders -= demoted
             if not holders:
                 continue
             if want.requests:
@@ -585,6 +605,7 @@ class DagFetch:
             batches.setdefault(peer, []).append(want.cid_bytes)
             return True
 
+        self._reroute_from_origins(now, assign, free)
         for digest, want, others in hedges:
             if not free:
                 break
@@ -599,17 +620,78 @@ class DagFetch:
             self._priority = max(1, self._priority - len(cids))
             self._engine.send_wants(peer, cids, have=False, priority=self._priority)
 
-    def _check_requests(self, now: float) -> None:
-        """Requests a peer made no progress on for its timeout: counted, cancelled there."""
+    def _alternatives(self, want: _Want, peer: ID, candidates: list[ID]) -> bool:
+        """Whether a trusted peer other than *peer* may serve *want*."""
+        for p in candidates:
+            if p == peer or p in want.dont_have or p in want.avoid:
+                continue
+            state = self._peers.get(p)
+            if state is None or state.demoted:
+                continue
+            if p in want.holders or state.likely_complete:
+                return True
+        return False
+
+    def _reroute_from_origins(
+        self, now: float, assign: Callable[[bytes, _Want, set[ID]], bool], free: dict[ID, int]
+    ) -> None:
+        """Move requests from a peer that holds everything to one that just announced the block.
+
+        Everyone asks the origin; a peer that received a block a moment ago
+        is idle for it. The request goes there and is cancelled at the origin
+        (whose upload then serves blocks no one else has).
+        """
+        for digest in list(self._reroute):
+            want = self._wants.get(digest)
+            if want is None or len(want.requests) != 1:
+                self._reroute.discard(digest)
+                continue
+            if not free:
+                return
+            ((origin, _),) = want.requests.items()
+            state = self._peers.get(origin)
+            if state is None or not state.likely_complete:
+                self._reroute.discard(digest)
+                continue
+            partial = {
+                p
+                for p in want.holders
+                if p in free
+                and p not in want.avoid
+                and not self._peers[p].likely_complete
+                and not self._peers[p].demoted
+            }
+            if partial and assign(digest, want, partial):
+                self._reroute.discard(digest)
+                del want.requests[origin]
+                state.remove(digest, now)
+                self._engine.send_cancels(origin, [want.cid_bytes])
+                self.stats.reroutes += 1
+
+    def _check_requests(self, now: float, candidates: list[ID]) -> None:
+        """Requests a peer made no progress on for its timeout: counted, cancelled there.
+
+        The short timeout applies when another peer may serve the block (the
+        request is moved there); a peer that is the only source is given
+        ``block_timeout`` (an honest but busy origin is not a liar).
+        """
         limits = self._limits
         for peer, state in list(self._peers.items()):
             if not state.inflight or peer in self._dropped:
                 continue
             timeout = state.timeout(limits)
-            expired = [
-                d for d, sent in state.inflight.items()
-                if now - max(sent, state.last_delivery) > timeout
-            ]  # fmt: skip
+            expired = []
+            long_quiet = False
+            for d, sent in state.inflight.items():
+                quiet = now - max(sent, state.last_delivery)
+                if quiet <= timeout:
+                    continue
+                want = self._wants.get(d)
+                if quiet > limits.block_timeout:
+                    long_quiet = True
+                elif want is not None and not self._alternatives(want, peer, candidates):
+                    continue
+                expired.append(d)
             if not expired:
                 continue
             cancels = []
@@ -625,10 +707,9 @@ class DagFetch:
             self._engine.send_cancels(peer, cancels)
             state.timeouts_in_row += len(cancels)
             if state.timeouts_in_row >= limits.max_peer_timeouts:
-                self._drop(
-                    peer,
-                    f"{state.timeouts_in_row} requests in a row unanswered for {timeout:.1f} s",
-                )
+                self._drop(peer, f"{state.timeouts_in_row} requests in a row unanswered")
+            elif long_quiet and not state.delivered:
+                self._drop(peer, f"nothing delivered in {limits.block_timeout:g} s")
 
     def _check_failures(self, now: float, candidates: list[ID]) -> None:
         limits = self._limits

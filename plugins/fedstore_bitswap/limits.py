@@ -30,7 +30,9 @@ class BitswapLimits:
       yet, remembered per peer (oldest forgotten first) so that the peer is
       told (HAVE, or the block for a want-block) as soon as the block arrives;
     * ``serve_batch_bytes``: queued blocks read together and sent in one
-      message, up to this many bytes (at least one block).
+      message, up to this many bytes (at least one block);
+    * ``defer_duplicates``: a block sent to some peer less than this many
+      seconds ago is served after the other queued wants (0: never deferred).
 
     Fetching:
 
@@ -67,6 +69,7 @@ class BitswapLimits:
     open_stream_timeout: float = 10.0
     max_pending_wants_per_peer: int = 4096
     serve_batch_bytes: int = 512 * 1024
+    defer_duplicates: float = 1.0
 
     per_peer_inflight: int = 16
     initial_inflight: int = 4
@@ -119,6 +122,8 @@ class BitswapLimits:
             value = getattr(self, name)
             if not (value > 0 and value < float("inf")):
                 raise ValueError(f"BitswapLimits.{name} must be a positive number of seconds")
+        if not 0 <= self.defer_duplicates < float("inf"):
+            raise ValueError("BitswapLimits.defer_duplicates must be a finite number >= 0")
         if self.serve_batch_bytes < 1:
             raise ValueError("serve_batch_bytes must be positive")
 

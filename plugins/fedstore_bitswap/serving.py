@@ -7,7 +7,10 @@ For every peer that sends a wantlist, a :class:`PeerServer` holds:
   ``max_queued_wants_per_peer``; beyond it the peer gets DONT_HAVE). A
   worker takes queued blocks up to ``serve_batch_bytes``, reads them in one
   worker-thread call under the global FIFO byte budget and sends them in one
-  message;
+  message. A block sent to another peer less than ``defer_duplicates``
+  seconds ago waits while other wants are served: that peer announces it,
+  and the asker usually gets it there and cancels here, so an origin's
+  upload goes to blocks no one else has yet;
 * ``pending``: wants for blocks this node does *not* have yet (want-have or
   want-block), as boxo's ledger keeps them: the peer got DONT_HAVE (if it
   asked for one), and the moment such a block is stored here (a fetch
@@ -53,6 +56,8 @@ log = logging.getLogger("fedstore.backends.bitswap")
 PRESENCE_PROTOCOLS = frozenset({str(BITSWAP_PROTOCOL_V120), "/ipfs/bitswap/1.3.0"})
 #: Presences per message (a CID is ~40 bytes; far below the 4 MiB message limit).
 _PRESENCES_PER_MESSAGE = 8192
+#: Blocks whose last send time is remembered.
+_RECENT_SENDS = 16384
 
 
 class _Queued(NamedTuple):
@@ -71,6 +76,8 @@ class PeerServer:
         #: digest -> (binary CID, it was a want-block)
         self.pending: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
         self.active = 0
+        #: set when wants are added or cancelled (wakes workers waiting on deferred blocks)
+        self.changed = trio.Event()
         self.outbox: list[tuple[bytes, bool]] = []
         self.flushing = False
 
@@ -95,6 +102,8 @@ class Server:
         self.peers: dict[ID, PeerServer] = {}
         #: digest -> peers with a pending want for it
         self._pending_index: dict[bytes, set[ID]] = {}
+        #: digest -> when it was last sent to a peer (duplicates wait, see _take_batch)
+        self._recent_sends: OrderedDict[bytes, float] = OrderedDict()
 
     # -- peers ---------------------------------------------------------------------------
 
@@ -173,6 +182,7 @@ class Server:
             self.stats.haves_pushed += len(presences)
             self.queue_presences(self.peers[peer], presences)
         for peer in queued:
+            self.peers[peer].changed.set()
             self._spawn_workers(self.peers[peer])
 
     async def recheck_pending(self) -> None:
@@ -234,6 +244,7 @@ class Server:
                     presences.append((cid_bytes, False))
             else:
                 ps.queue[digest] = _Queued(digest, cid_bytes, entry.sendDontHave, size)
+        ps.changed.set()
         self._spawn_workers(ps)
         if presences:
             self.queue_presences(ps, presences)
@@ -281,18 +292,40 @@ class Server:
             self.stats.peak_active_per_peer = max(self.stats.peak_active_per_peer, ps.active)
             nursery.start_soon(self._worker, ps)
 
-    def _take_batch(self, ps: PeerServer) -> list[_Queued]:
+    def _take_batch(self, ps: PeerServer, now: float) -> tuple[list[_Queued], float | None]:
+        """Queued blocks to send now, and when the first deferred one is due.
+
+        A block this node sent to some peer less than ``defer_duplicates``
+        seconds ago waits (other wants go first): the peer that got it
+        announces it, and the asker then usually fetches it there and
+        cancels here, which spares this node's upload for blocks no one
+        else has yet.
+        """
         batch: list[_Queued] = []
         total = 0
         cap = self._limits.serve_batch_bytes
-        while ps.queue:
-            head = next(iter(ps.queue.values()))
-            if batch and total + head.size > cap:
+        defer = self._limits.defer_duplicates
+        due: float | None = None
+        for digest in list(ps.queue):
+            q = ps.queue[digest]
+            sent = self._recent_sends.get(digest) if defer > 0 else None
+            if sent is not None and now - sent < defer:
+                due = sent + defer if due is None else min(due, sent + defer)
+                continue
+            if batch and total + q.size > cap:
                 break
-            ps.queue.popitem(last=False)
-            batch.append(head)
-            total += head.size
-        return batch
+            del ps.queue[digest]
+            batch.append(q)
+            total += q.size
+        return batch, due
+
+    def _sent(self, digests: list[bytes], now: float) -> None:
+        recent = self._recent_sends
+        for d in digests:
+            recent[d] = now
+            recent.move_to_end(d)
+        while len(recent) > _RECENT_SENDS:
+            recent.popitem(last=False)
 
     def _read_batch(self, batch: list[_Queued]) -> list[bytes | None]:
         return [self._store.get_block(q.digest) for q in batch]
@@ -300,7 +333,13 @@ class Server:
     async def _worker(self, ps: PeerServer) -> None:
         try:
             while ps.queue and not ps.sender.closed:
-                batch = self._take_batch(ps)
+                batch, due = self._take_batch(ps, trio.current_time())
+                if not batch:  # only recently sent blocks: wait for one to be due
+                    if ps.changed.is_set():
+                        ps.changed = trio.Event()
+                    with trio.move_on_at(due if due is not None else trio.current_time()):
+                        await ps.changed.wait()
+                    continue
                 total = sum(q.size for q in batch)
                 missing: list[tuple[bytes, bool]] = []
                 async with self.budget.hold(total):
@@ -314,6 +353,8 @@ class Server:
                     if blocks:
                         ok = await ps.sender.send(blocks_message(ps.sender.protocol, blocks))
                         if ok:
+                            self._sent([q.digest for q, d in zip(batch, datas, strict=True) if d],
+                                       trio.current_time())  # fmt: skip
                             self.stats.blocks_served += len(blocks)
                             self.stats.bytes_served += sum(len(d) for _, d in blocks)
                         else:
