@@ -20,11 +20,17 @@ unpacked into DIR): its child processes get ``PYTHONPATH=DIR:DIR/plugins``.
 Both are printed side by side, so a change is measured against its base in
 one run on the same machine at the same load.
 
+``--liar`` measures something else: an honest 1 MiB fetch (Kubo's 256 KiB
+chunks) with a lying peer connected (it answers HAVE to every want and never
+sends; ``tests/hostile/bitswap.py``), the liar dialled first, in one process
+on 127.0.0.1; with ``--baseline-src`` the same with the other tree.
+
 Usage::
 
     python benchmarks/bench_bitswap.py                 # 100 MB, 3 runs, 1 and 3 peers
     python benchmarks/bench_bitswap.py --size-mb 20 --runs 1 --peers 1
     python benchmarks/bench_bitswap.py --baseline-src /tmp/fedstore-main
+    python benchmarks/bench_bitswap.py --liar --runs 5 --baseline-src /tmp/fedstore-main
 
 Prints figures; asserts nothing about speed.
 """
@@ -122,6 +128,65 @@ async def fetch(cid: str, data_dir: str, addrs: list[str]) -> None:
         json.dumps({"seconds": elapsed, "cpu": cpu, "bytes": result.size, "spread": spread}),
         flush=True,
     )
+
+
+# -- an honest fetch with a liar connected (child process) -----------------------------------
+
+
+async def liar_run(workdir: str) -> None:
+    """One 1 MiB fetch from an honest peer with a liar dialled first; print its seconds."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fedstore_bitswap import BitswapBackend, attach
+    from hostile.bitswap import HostilePeer
+    from libp2p.tools.utils import connect
+
+    from fedstore.backends.chain import BackendChain
+
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    honest: Any = _make_host()
+    victim: Any = _make_host()
+    data = os.urandom(1024 * 1024)
+    async with AsyncExitStack() as stack:
+        for host in (honest, victim):
+            await stack.enter_async_context(host.run(listen))
+        served = await stack.enter_async_context(attach(honest, Path(workdir) / "honest"))
+        mine = await stack.enter_async_context(attach(victim, Path(workdir) / "victim"))
+        cid = (await BitswapBackend(served).add(data)).cid
+        liar = await stack.enter_async_context(HostilePeer.start("liar"))
+        await liar.connect_to(victim)
+        await connect(victim, honest)
+        start = time.perf_counter()
+        with trio.fail_after(120):
+            got = await BackendChain([BitswapBackend(mine)]).fetch_bytes(cid)
+        elapsed = time.perf_counter() - start
+        assert got == data
+    print(json.dumps({"seconds": elapsed}), flush=True)
+
+
+def liar_main(trees: list[tuple[str, str | None]], runs: int) -> None:
+    times: dict[str, list[float]] = {name: [] for name, _ in trees}
+    with tempfile.TemporaryDirectory(prefix="bench-bitswap-liar-") as tmp:
+        for i in range(runs):
+            for name, src in trees:  # interleaved
+                work = Path(tmp) / f"{name.replace(' ', '_')}{i}"
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--liar-run", str(work)],
+                    capture_output=True,
+                    text=True,
+                    env=child_env(src),
+                    timeout=300,
+                )
+                if proc.returncode != 0:
+                    raise SystemExit(f"liar run failed ({name}):\n{proc.stderr[-3000:]}")
+                times[name].append(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
+    print(f"honest 1 MiB fetch with a liar connected (dialled first), {runs} run(s), loopback")
+    for name, _ in trees:
+        t = times[name]
+        print(
+            f"{name:<11} median {statistics.median(t):6.2f} s   "
+            f"runs {' '.join(f'{x:.2f}' for x in t)}"
+        )
+    print("target: < 5 s (issue 15 item 2; the old block timeout alone was 15 s)")
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -239,8 +304,12 @@ def main() -> None:
     parser.add_argument(
         "--baseline-src", metavar="DIR", help="another fedstore source tree to compare with"
     )
+    parser.add_argument(
+        "--liar", action="store_true", help="time an honest fetch with a lying peer connected"
+    )
     parser.add_argument("--serve", nargs=2, metavar=("FILE", "DATA_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--fetch", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    parser.add_argument("--liar-run", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         trio.run(serve, *args.serve)
@@ -249,12 +318,18 @@ def main() -> None:
         cid, data_dir, *addrs = args.fetch
         trio.run(fetch, cid, data_dir, addrs)
         return
+    if args.liar_run:
+        trio.run(liar_run, args.liar_run)
+        return
 
     from fedstore.ipld.cid import cid_of_file
 
     trees: list[tuple[str, str | None]] = [("this tree", None)]
     if args.baseline_src:
         trees.insert(0, ("baseline", str(Path(args.baseline_src).resolve())))
+    if args.liar:
+        liar_main(trees, args.runs)
+        return
     size = int(args.size_mb * 1024 * 1024)
     rows: list[tuple[str, str, Runs]] = []
     with tempfile.TemporaryDirectory(prefix="bench-bitswap-") as tmp:

@@ -319,3 +319,139 @@ async def test_plain_py_libp2p_client_fetches_from_us(tmp_path: Path) -> None:
         await connect(host, a.host)
         got = await client.new_session().get_blocks_batch([c_ for c_, _ in blocks], timeout=20)
         assert got == dict(blocks)
+
+
+# -- what makes a swarm: announcements, partial holders, block order ---------------------
+
+
+class PresenceRecorder:
+    """A FetchListener that wants nothing and records the presences it is told about."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes, bool]] = []
+        self.changed = trio.Event()
+
+    def wants(self, digest: bytes) -> bool:
+        return False
+
+    def wanted(self) -> list[bytes]:
+        return []
+
+    def has_inflight(self, peer: Any) -> bool:
+        return False
+
+    def on_block(self, peer: Any, digest: bytes, data: bytes, stored: bool) -> None:
+        pass
+
+    def on_presence(self, peer: Any, digest: bytes, have: bool) -> None:
+        self.seen.append((str(peer), digest, have))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def on_wrong_block(self, peer: Any, reason: str) -> None:
+        pass
+
+    def on_peer_gone(self, peer: Any) -> None:
+        pass
+
+    async def wait_for(self, peer: Any, digest: bytes, have: bool) -> None:
+        while (str(peer), digest, have) not in self.seen:
+            await self.changed.wait()
+
+
+async def test_have_is_pushed_when_a_wanted_block_arrives(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, b, c = await start_nodes(stack, tmp_path, 3)
+        data = payload(4 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+        leaves: list[bytes] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: leaves.append(c_))
+        await connect(c.host, b.host)
+        recorder = PresenceRecorder()
+        c.service.engine.register(recorder)
+
+        # C asks B, which has nothing yet: DONT_HAVE, and B remembers the want
+        c.service.engine.send_wants(b.id, [leaves[2]], have=True)
+        with trio.fail_after(10):
+            await recorder.wait_for(b.id, leaves[2][-32:], False)
+        assert b.service.engine.server.pending_wants() == 1
+        # B fetches the file from A; as soon as it stores that leaf, C hears HAVE
+        await connect(b.host, a.host)
+        assert await BackendChain([b.backend]).fetch_bytes(cid) == data
+        with trio.fail_after(10):
+            await recorder.wait_for(b.id, leaves[2][-32:], True)
+        assert b.service.engine.serve_stats.haves_pushed == 1
+        assert b.service.engine.server.pending_wants() == 0
+
+
+async def test_want_block_for_a_missing_block_is_served_when_it_arrives(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        b, c = await start_nodes(stack, tmp_path, 2)
+        block = payload(1000)
+        cid = cid_of_bytes(block, 1, params=DagParams(cid_version=1, raw_leaves=True))
+        await connect(c.host, b.host)
+        c.service.engine.send_wants(b.id, [bytes(parse_cid(cid))], have=False)
+        with trio.fail_after(10):
+            await b.service.engine.wait_serve_stats(lambda st: st.presences_sent >= 1)  # DONT_HAVE
+        assert b.service.engine.serve_stats.blocks_served == 0
+        await b.service.add(block, DagParams(cid_version=1, raw_leaves=True))
+        with trio.fail_after(10):
+            await b.service.engine.wait_serve_stats(lambda st: st.blocks_served >= 1)
+
+
+async def test_a_partial_holder_serves_the_blocks_it_has(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, b, c = await start_nodes(stack, tmp_path, 3)
+        data = payload(16 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+        blocks: list[tuple[bytes, bytes]] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: blocks.append((c_, b_)))
+        for cid_bytes, block in blocks[:8]:  # B holds half of the leaves, not the file
+            b.service.store.put_block(cid_bytes[-32:], block)
+        assert not await b.backend.has(cid)
+        await connect(c.host, a.host)
+        await connect(c.host, b.host)
+        assert await BackendChain([c.backend]).fetch_bytes(cid) == data
+        stats = c.service.last_fetch
+        assert stats is not None
+        assert 1 <= stats.blocks_by_peer.get(str(b.id), 0) <= 8, stats.blocks_by_peer
+
+
+async def test_fetchers_take_blocks_in_different_orders_with_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    from fedstore_bitswap import DagFetch
+
+    class Recording(DagFetch):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.arrivals: list[bytes] = []
+            self.most_buffered = 0
+
+        def on_block(self, peer: Any, digest: bytes, data: bytes, stored: bool) -> None:
+            if self.wants(digest):
+                self.arrivals.append(digest)
+            super().on_block(peer, digest, data, stored)
+            self.most_buffered = max(self.most_buffered, len(self._arrived))
+
+    window = BitswapLimits(window_bytes=12 * CHUNK, max_window_blocks=12)
+    async with AsyncExitStack() as stack:
+        a, b, c = await start_nodes(stack, tmp_path, 3, [None, window, window])
+        data = payload(40 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+        leaves: list[bytes] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: leaves.append(c_[-32:]))
+        leaves = leaves[:-1]  # file order (the root comes last)
+        orders = []
+        for node in (b, c):
+            await connect(node.host, a.host)
+            fetch = Recording(node.service.engine, parse_cid(cid), window)
+            out = bytearray()
+            async for chunk in fetch.run():
+                out += chunk
+            assert bytes(out) == data  # streamed in order
+            assert fetch.most_buffered <= 12  # never more than the window ahead
+            orders.append([d for d in fetch.arrivals if d in set(leaves)])
+        assert sorted(orders[0]) == sorted(orders[1]) == sorted(leaves)
+        assert orders[0] != leaves and orders[1] != leaves  # not the DAG walk order
+        assert orders[0] != orders[1]  # and not the same order at both fetchers

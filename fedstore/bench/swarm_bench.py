@@ -320,7 +320,10 @@ def _rows(result: SectionResult, runs: list[SwarmRun]) -> None:
             f"({fed_top.seconds / by[('fedstore', 1)].seconds:.2f}x its N=1), star "
             f"{star_top.seconds:.1f} s ({star_top.seconds / by[('star', 1)].seconds:.2f}x); "
             f"the aggregator sent {fed_top.aggregator_bytes / model:.2f}x the model "
-            f"(star {star_top.aggregator_bytes / model:.2f}x)"
+            f"(star {star_top.aggregator_bytes / model:.2f}x); fedstore N={top}: "
+            f"{fed_top.blocks_from_aggregator()} blocks from the aggregator, "
+            f"{fed_top.blocks_from_trainers()} from other trainers; CPU of all nodes "
+            f"{fed_top.cpu_seconds:.1f} s (star {star_top.cpu_seconds:.1f} s)"
         )
     result.notes.append(
         f"links {RATE} each way (tc tbf, both directions); model {model / MB:.1f} MB stored; "

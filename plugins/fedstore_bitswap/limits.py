@@ -67,7 +67,7 @@ class BitswapLimits:
     max_serving_bytes: int = 32 * MiB
     send_timeout: float = 30.0
     open_stream_timeout: float = 10.0
-    max_pending_wants_per_peer: int = 4096
+    max_pending_wants_per_peer: int = 1024
     serve_batch_bytes: int = 512 * 1024
     defer_duplicates: float = 1.0
 
