@@ -25,6 +25,7 @@ import argparse
 import pickle
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import numpy as np
 import safetensors.numpy
 import zstandard
 
-from fedstore.format import decode, encode, zstd_frame
+from fedstore.format import decode, encode, pieces
 
 MB = 1_000_000
 # Layer shapes cycled until the model reaches the requested size.
@@ -169,7 +170,12 @@ def run(arrays: dict[str, np.ndarray], workdir: Path, runs: int, levels: list[in
     ]
     for level in levels:
         preset = zstd_level_parameters(level)
-        with mock.patch.object(zstd_frame, "compression_parameters", preset):
+        # pieces caches one compressor per thread: patch its reference and use
+        # a fresh thread-local so the sweep's parameters are the ones applied
+        with (
+            mock.patch.object(pieces, "compression_parameters", preset),
+            mock.patch.object(pieces, "_local", threading.local()),
+        ):
             rows.append(
                 bench(
                     f"  sweep: zstd {level} + shuffle",

@@ -7,10 +7,20 @@ chained with ``raise ... from exc`` so the cause stays visible in a traceback.
 Messages are written for the person running fedstore: they say what failed and
 what to do about it, and they never contain secrets (tokens, JWTs, keys).
 
+Like httpx's errors carry their ``request`` and ``response``, every fedstore
+error carries structured context for code that handles it, never parsed out
+of the message: ``cid`` (the object concerned), ``backend`` (the storage
+backend that failed) and ``attempts`` (for an operation across a backend
+chain: every backend tried, in order, each an :class:`Attempt` holding the
+error it raised). Each is ``None`` or empty when unknown. The backend chain
+fills in ``cid`` and ``backend`` on errors a backend raised without them.
+Callers classify errors with ``isinstance``, never by class name.
+
 ::
 
     FedstoreError
     ├── ConfigError                 bad or missing configuration
+    │   └── StrategyError           strategy unknown, plugin broken, or bad settings
     ├── FormatError                 checkpoint bytes are not a valid checkpoint
     │   └── SizeLimitError          ...or would decode to more than allowed
     ├── InvalidCIDError             a string is not a CID fedstore understands
@@ -32,7 +42,11 @@ what to do about it, and they never contain secrets (tokens, JWTs, keys).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 __all__ = [
+    "Attempt",
     "AuthError",
     "BackendError",
     "BackendLoadError",
@@ -51,16 +65,71 @@ __all__ = [
     "QuotaError",
     "RateLimitedError",
     "SizeLimitError",
+    "StrategyError",
     "UnavailableError",
 ]
 
 
 class FedstoreError(Exception):
-    """Root of every error fedstore raises on purpose."""
+    """Root of every error fedstore raises on purpose.
+
+    *cid*, *backend* and *attempts* are the structured context described in
+    the module docstring; the message is for people, the context for code.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        cid: str | None = None,
+        backend: str | None = None,
+        attempts: Sequence[Attempt] = (),
+    ) -> None:
+        super().__init__(message)
+        self.cid = cid
+        self.backend = backend
+        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One backend's outcome in one operation of a backend chain (a write or a read).
+
+    ``error`` is the fedstore error the backend's attempt ended with (a
+    foreign exception is translated first; see
+    :class:`fedstore.backends.BackendChain`), ``None`` when it succeeded;
+    ``backend_ref`` is the backend's handle for a stored object (e.g.
+    Pinata's file id), if any.
+    """
+
+    backend: str
+    error: FedstoreError | None = None
+    backend_ref: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def describe(self) -> str:
+        """``ok``, or the error's message (its class name when it has none)."""
+        if self.error is None:
+            return "ok"
+        return str(self.error) or type(self.error).__name__
 
 
 class ConfigError(FedstoreError):
     """Configuration is missing or malformed."""
+
+
+class StrategyError(ConfigError):
+    """A strategy name is unknown, its plugin failed to load, or its settings are invalid.
+
+    ``strategy`` names it when known.
+    """
+
+    def __init__(self, message: str, *, strategy: str | None = None) -> None:
+        super().__init__(message)
+        self.strategy = strategy
 
 
 class FormatError(FedstoreError):
@@ -98,10 +167,6 @@ class NetworkError(FedstoreError):
 class BackendError(FedstoreError):
     """A storage backend failed. ``backend`` names it when known."""
 
-    def __init__(self, message: str, *, backend: str | None = None) -> None:
-        super().__init__(message)
-        self.backend = backend
-
 
 class BackendLoadError(BackendError):
     """A backend name is unknown, or its plugin failed to import or construct."""
@@ -123,9 +188,15 @@ class RateLimitedError(UnavailableError):
     """The backend asked us to slow down (HTTP 429)."""
 
     def __init__(
-        self, message: str, *, backend: str | None = None, retry_after: float | None = None
+        self,
+        message: str = "",
+        *,
+        retry_after: float | None = None,
+        cid: str | None = None,
+        backend: str | None = None,
+        attempts: Sequence[Attempt] = (),
     ) -> None:
-        super().__init__(message, backend=backend)
+        super().__init__(message, cid=cid, backend=backend, attempts=attempts)
         self.retry_after = retry_after
 
 

@@ -60,11 +60,18 @@ def test_every_section_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
 
     fmt = report["sections"]["format"]["rows"]
     variants = {r["variant"] for r in fmt}
-    assert variants == {"pickle", "np.savez", "safetensors", "fedstore"}
+    assert variants == {
+        "pickle",
+        "pickle, file object",
+        "np.savez",
+        "safetensors",
+        "fedstore",
+        "fedstore, via bytes",
+    }
     fed_bytes = next(
         r for r in fmt if r["measure"] == "bytes stored" and r["variant"] == "fedstore"
     )
-    assert fed_bytes["baseline"] == "pickle" and fed_bytes["target"]["threshold"] == 0.86
+    assert fed_bytes["baseline"] == "pickle" and fed_bytes["target"]["threshold"] == 0.84
     assert isinstance(fed_bytes["met"], bool)
     # every timing figure kept its samples; medians are among them
     for r in fmt:

@@ -12,6 +12,7 @@ from fedstore.backends.base import Source
 from fedstore.backends.memory import MemoryBackend
 from fedstore.backends.testing import BackendConformance, sample_bytes
 from fedstore.errors import (
+    CIDMismatchError,
     IntegrityError,
     InvalidCIDError,
     NotConfiguredError,
@@ -66,7 +67,8 @@ async def test_write_goes_to_first_that_accepts() -> None:
     assert result.stored_on == "filesystem"
     assert result.cid == cid_of_bytes(data)
     assert [(a.backend, a.ok) for a in result.attempts] == [("pinata", False), ("filesystem", True)]
-    assert "down" in (result.attempts[0].error or "")
+    assert "down" in result.attempts[0].describe()
+    assert isinstance(result.attempts[0].error, UnavailableError)
     assert result.cid in mem.objects and result.cid not in down.objects
 
 
@@ -81,7 +83,9 @@ async def test_cid_mismatch_counts_as_failure() -> None:
     liar, good = WrongCidBackend("svc"), MemoryBackend("fs")
     result = await BackendChain([liar, good]).add(b"payload")
     assert result.stored_on == "fs"
-    assert result.attempts[0].error_type == "CIDMismatchError"
+    error = result.attempts[0].error
+    assert isinstance(error, CIDMismatchError)
+    assert (error.backend, error.cid) == ("svc", result.cid)
 
 
 async def test_read_falls_back_past_corrupt_copy(caplog: pytest.LogCaptureFixture) -> None:

@@ -62,6 +62,16 @@ def test_short_federation_demo(tmp_path: Path) -> None:
     with sqlite3.connect(out / "catalog.sqlite") as db:
         rows = db.execute("SELECT round, cid FROM checkpoints ORDER BY round").fetchall()
         pins = db.execute("SELECT DISTINCT backend FROM pins").fetchall()
+        losses = db.execute(
+            "SELECT round, cid, participants, value FROM round_metrics "
+            "WHERE source = 'trainers' AND name = 'train_loss' ORDER BY round"
+        ).fetchall()
     assert rows[-1] == (3, final)
     assert [r[0] for r in rows] == [0, 1, 2, 3]
     assert ("filesystem",) in pins
+    # the trainers' losses, combined per round, as the catalog stored them and the report shows
+    assert [(r, c, p) for r, c, p, _ in losses] == [
+        (r["round"], r["cid"], r["participants"]) for r in rounds
+    ]
+    assert [r["trainer_metrics"]["train_loss"] for r in rounds] == [v for *_, v in losses]
+    assert "trainers: train_loss" in (out / "summary.md").read_text()

@@ -88,10 +88,10 @@ async def test_save_falls_back_to_filesystem_and_retry_repins(
     result = await replicate(path, cid, chain, catalog, {"round": "3", "peer": "p1"}, name="r3")
 
     assert result.stored_on == "filesystem"
-    assert [(o.backend, o.state) for o in result.outcomes] == [
-        ("pinata", "failed"),
-        ("kubo", "failed"),
-        ("filesystem", "pinned"),
+    assert [(a.backend, a.ok) for a in result.attempts] == [
+        ("pinata", False),
+        ("kubo", False),
+        ("filesystem", True),
     ]
     rows = {r.backend: r for r in await catalog.pins_for(cid)}
     assert rows["pinata"].state == "failed"

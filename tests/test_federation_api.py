@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import types
 from collections.abc import Mapping
@@ -15,13 +17,20 @@ import trio
 
 from fedstore.errors import ConfigError
 from fedstore.federation import api
-from fedstore.federation.roles import Event, RoundClosed, TrainerSynced, TrainerUpdated
+from fedstore.federation.events import (
+    Event,
+    FederationResult,
+    RoundClosed,
+    TrainerSynced,
+    TrainerUpdated,
+)
+from fedstore.federation.strategies import FedAvg
 
 MODEL = {"w": np.zeros((16, 4), np.float32), "b": np.zeros(4, np.float32)}
 
 
 def add_one(
-    arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int
+    arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int, config: Mapping[str, object]
 ) -> tuple[dict[str, npt.NDArray[np.generic]], int, dict[str, float]]:
     return {k: v + np.float32(1.0) for k, v in arrays.items()}, 7, {"round": float(rnd)}
 
@@ -96,6 +105,143 @@ async def test_aggregate_and_train_over_real_nodes(tmp_path: Path) -> None:
         assert ckpt.metadata["fedstore.round"] == "2"
     finally:
         await store.aclose()
+    # the aggregator's catalog holds each round's metrics by source, and the view shows them
+    from fedstore.catalog import Catalog
+
+    with Catalog.open(tmp_path / "agg") as cat:
+        rows = cat.round_metrics()
+        summary = cat.read_only_query(
+            "SELECT round, cid, participants, num_samples, trainer_metrics, evaluate_metrics, "
+            "stored_locally FROM round_summary ORDER BY round"
+        ).rows
+    assert [(r.round, r.source, r.name, r.value) for r in rows] == [
+        (1, "evaluate", "mean", 1.0),
+        (1, "trainers", "round", 1.0),
+        (2, "evaluate", "mean", 2.0),
+        (2, "trainers", "round", 2.0),
+    ]
+    assert summary == [
+        (1, closed[0].cid, 1, 7, "round=1.0", "mean=1.0", 1),
+        (2, agg.final_cid, 1, 7, "round=2.0", "mean=2.0", 1),
+    ]
+    # ... and `fedstore catalog sql` reads the view
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedstore",
+            "catalog",
+            "sql",
+            "SELECT round, trainer_metrics FROM round_summary ORDER BY round",
+            "--json",
+            "--dir",
+            str(tmp_path / "agg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [
+        {"round": 1, "trainer_metrics": "round=1.0"},
+        {"round": 2, "trainer_metrics": "round=2.0"},
+    ]
+
+
+async def _federation(
+    tmp_path: Path, rounds: int, strategy: str, *, train_dir: str
+) -> tuple[FederationResult, list[Event]]:
+    """An aggregator on ``tmp_path/agg`` and one trainer on ``train_dir`` over real nodes."""
+    settings = {"FEDSTORE_FS_ROOT": str(tmp_path / "objects")}
+    agg_cfg = api.make_node_config(
+        role="bootstrap",
+        data_dir=tmp_path / "agg",
+        backends=["filesystem"],
+        settings=settings,
+        environ={},
+    )
+    events: list[Event] = []
+    ready = trio.Event()
+    addr: list[str] = []
+    out: list[FederationResult] = []
+
+    def on_ready(a: str) -> None:
+        addr.append(a)
+        ready.set()
+
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+
+            async def aggregator() -> None:
+                out.append(
+                    await api.aggregate(
+                        MODEL,
+                        rounds=rounds,
+                        strategy=strategy,
+                        strategy_settings={"lr": 0.5},
+                        node=agg_cfg,
+                        on_event=events.append,
+                        on_ready=on_ready,
+                    )
+                )
+
+            nursery.start_soon(aggregator)
+            await ready.wait()
+            trainer_cfg = api.make_node_config(
+                role="trainer",
+                data_dir=tmp_path / train_dir,
+                bootstrap=addr,
+                backends=["filesystem"],
+                settings=settings,
+                environ={},
+            )
+            await api.train(add_one, node=trainer_cfg, idle_timeout=30)
+    return out[0], events
+
+
+async def test_fedadam_state_survives_a_restart_over_real_nodes(tmp_path: Path) -> None:
+    """A restarted aggregator node finds the optimiser state through its catalog and chain."""
+    from fedstore.catalog import Catalog
+    from fedstore.federation.global_model import read_strategy_record
+    from fedstore.ipld import verify_bytes
+    from fedstore.store import AsyncLocalStore
+
+    first, _ = await _federation(tmp_path, 2, "fedadam", train_dir="t1")
+    assert first.status == "complete" and first.final_round == 2
+    second, events = await _federation(tmp_path, 3, "fedadam", train_dir="t2")
+    assert second.status == "complete"
+    assert [e.round for e in events if isinstance(e, RoundClosed)] == [3]
+    store = await AsyncLocalStore.open(tmp_path / "agg")
+    try:
+        metas = {r: (await store.load(r)).metadata for r in (1, 2, 3)}
+    finally:
+        await store.aclose()
+    records = {r: read_strategy_record(m) for r, m in metas.items()}
+    # the step counter went on from the stored state: 3, not 1
+    assert [records[r].state_values for r in (1, 2, 3)] == [{"step": 1}, {"step": 2}, {"step": 3}]
+    assert metas[3]["fedstore.base_cid"] == first.final_cid
+    assert json.loads(metas[3]["fedstore.strategy.settings"])["lr"] == 0.5
+    # every round's state blob is in the backend's store under its CID
+    stored = {p.name: p for p in (tmp_path / "objects").rglob("*") if p.is_file()}
+    for r in (1, 2, 3):
+        state_cid = records[r].state_cid
+        assert state_cid is not None and state_cid in stored
+        verify_bytes(state_cid, stored[state_cid].read_bytes())
+    with Catalog.open(tmp_path / "agg") as cat:
+        assert [m.round for m in cat.round_metrics(source="strategy")] == [1, 2, 3]
+
+
+def test_unknown_strategy_fails_before_the_node_starts(tmp_path: Path) -> None:
+    from fedstore.errors import StrategyError
+
+    with pytest.raises(StrategyError, match="unknown strategy 'krum'; installed strategies: "):
+        api.run_aggregator(MODEL, strategy="krum", data_dir=tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match="strategy_settings go with a strategy name"):
+        api.run_aggregator(
+            MODEL, strategy=FedAvg(), strategy_settings={"x": 1}, data_dir=tmp_path / "a"
+        )
 
 
 def test_trainer_needs_a_bootstrap_address(tmp_path: Path) -> None:

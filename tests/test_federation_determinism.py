@@ -12,35 +12,55 @@ import numpy as np
 import pytest
 
 from fedstore.demos.digits_task import DigitsConfig, DigitsTask
-from fedstore.federation.aggregators import AGGREGATORS, Update
+from fedstore.federation.global_model import aggregate_round, encode_global
 from fedstore.federation.messages import encode_tensors
-from fedstore.federation.roles import aggregate_round
+from fedstore.federation.strategies import RoundContext, Update, available_strategies
+from fedstore.federation.strategies import load_strategy as _load
+from fedstore.federation.strategies.base import NDArray
 from fedstore.ipld.cid import cid_of_bytes
 
 BASE_CID = cid_of_bytes(b"round 0")
+BASE = DigitsTask(4, DigitsConfig(hidden=16, epochs=1)).initial_arrays()
 
-# The other process: decode the updates from files, take them in REVERSED
-# order, aggregate, encode, print one CID per strategy.
+# The other process: decode the base and the updates from files, take the
+# updates in REVERSED order, aggregate, encode, print one CID per strategy.
 CHILD = r"""
 import json, sys
 from pathlib import Path
 from fedstore.ipld.cid import cid_of_bytes
-from fedstore.federation.aggregators import Update
-from fedstore.federation.roles import aggregate_round
+from fedstore.federation.global_model import aggregate_round, encode_global
+from fedstore.federation.strategies import RoundContext, Update, load_strategy
 from fedstore.format import decode
 
 d = Path(sys.argv[1])
 manifest = json.loads((d / "manifest.json").read_text())
+base = decode((d / "base.fsck").read_bytes()).arrays
 updates = []
 for row in reversed(manifest["updates"]):
     arrays = decode((d / row["file"]).read_bytes()).arrays
     updates.append(Update(row["sender"], row["num_samples"], arrays))
 out = {}
 for name in manifest["strategies"]:
-    _, _, data = aggregate_round(name, manifest["round"], manifest["base_cid"], updates, {})
+    ctx = RoundContext(manifest["round"], manifest["base_cid"], base)
+    data = encode_global(aggregate_round(load_strategy(name), ctx, updates, extra={}))
     out[name] = cid_of_bytes(data)
 print(json.dumps(out))
 """
+
+
+def aggregate_bytes(
+    name: str,
+    round: int,
+    base_cid: str,
+    updates: list[Update],
+    extra: dict[str, str],
+    base: dict[str, NDArray] = BASE,
+) -> tuple[dict[str, str], bytes]:
+    """The strategy's global checkpoint for the round: (metadata, encoded bytes)."""
+    outcome = aggregate_round(
+        _load(name), RoundContext(round, base_cid, base), updates, extra=extra
+    )
+    return outcome.metadata, encode_global(outcome)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +75,7 @@ def updates() -> list[Update]:
     ]
     out = []
     for i, sender in enumerate(senders, start=1):
-        arrays, n, _ = task.trainer(i)(start, 1)
+        arrays, n, _ = task.trainer(i)(start, 1, {})
         out.append(Update(sender, n, arrays))
     return out
 
@@ -66,13 +86,15 @@ def test_same_cid_in_another_process(updates: list[Update], tmp_path: Path) -> N
         name = f"update-{i}.fsck"
         (tmp_path / name).write_bytes(encode_tensors(u.arrays))
         rows.append({"file": name, "sender": u.sender, "num_samples": u.num_samples})
-    strategies = sorted(AGGREGATORS)
+    strategies = sorted(available_strategies())
+    assert {"fedavg", "median", "trimmed-mean"} <= set(strategies)
+    (tmp_path / "base.fsck").write_bytes(encode_tensors(BASE))
     (tmp_path / "manifest.json").write_text(
         json.dumps({"updates": rows, "round": 1, "base_cid": BASE_CID, "strategies": strategies})
     )
     here = {}
     for name in strategies:
-        _, _, data = aggregate_round(name, 1, BASE_CID, updates, {})
+        _, data = aggregate_bytes(name, 1, BASE_CID, updates, {})
         here[name] = cid_of_bytes(data)
     assert len(set(here.values())) == len(strategies), "strategies should differ"
 
@@ -92,22 +114,22 @@ def test_same_cid_in_another_process(updates: list[Update], tmp_path: Path) -> N
 
 def test_arrival_order_does_not_change_the_bytes(updates: list[Update]) -> None:
     rng = np.random.default_rng(7)
-    ref = aggregate_round("fedavg", 3, BASE_CID, updates, {"k": "v"})[2]
+    ref = aggregate_bytes("fedavg", 3, BASE_CID, updates, {"k": "v"})[1]
     for _ in range(5):
         order = [updates[i] for i in rng.permutation(len(updates))]
-        assert aggregate_round("fedavg", 3, BASE_CID, order, {"k": "v"})[2] == ref
+        assert aggregate_bytes("fedavg", 3, BASE_CID, order, {"k": "v"})[1] == ref
 
 
 def test_metadata_names_round_base_and_participants(updates: list[Update]) -> None:
     from fedstore.format import decode
 
-    _, meta, data = aggregate_round("median", 4, BASE_CID, updates, {"fedstore.task": "x"})
+    meta, data = aggregate_bytes("median", 4, BASE_CID, updates, {"fedstore.task": "x"})
     assert decode(data).metadata == meta
     assert meta["fedstore.round"] == "4"
     assert meta["fedstore.base_cid"] == BASE_CID
     assert meta["fedstore.participants"].split(",") == sorted(u.sender for u in updates)
-    assert meta["fedstore.aggregator"] == "median"
+    assert meta["fedstore.strategy"] == "median"
     assert meta["fedstore.task"] == "x"
     # a different base or round is a different checkpoint
-    other = aggregate_round("median", 5, BASE_CID, updates, {"fedstore.task": "x"})[2]
+    other = aggregate_bytes("median", 5, BASE_CID, updates, {"fedstore.task": "x"})[1]
     assert cid_of_bytes(other) != cid_of_bytes(data)

@@ -146,3 +146,47 @@ def test_arbitrary_bytes_never_crash(data: bytes) -> None:
             decode_message(candidate)
         except MessageError:
             pass
+
+
+def test_round_config_round_trips_and_is_omitted_when_empty() -> None:
+    config = {"lr": 0.05, "epochs": 3, "phase": "warm-up", "big": -(2**53)}
+    msg = RoundOpen(4, 3, CID_A, "agg", quorum=3, deadline=1.0, config=config)
+    back = decode_message(msg.encode())
+    assert isinstance(back, RoundOpen) and back == msg
+    assert type(back.config["epochs"]) is int and type(back.config["lr"]) is float
+    plain = RoundOpen(4, 3, CID_A, "agg", quorum=3, deadline=1.0)
+    assert b"config" not in plain.encode()  # messages without a config are unchanged
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"flag": True}, "booleans are not allowed"),
+        ({"x": "y" * 257}, "text longer than 256"),
+        ({"bad name": 1}, "bad config name"),
+        ({f"k{i}": i for i in range(33)}, "at most 32 entries"),
+        ({"n": 2**53 + 1}, "integer out of range"),
+        ({"n": float("inf")}, "not a finite number"),
+        ({"n": [1, 2]}, "must be a string or a number, got list"),
+        ([["lr", 1]], "must be an object"),
+    ],
+)
+def test_bad_round_configs_are_refused_both_ways(config: object, match: str) -> None:
+    with pytest.raises(MessageError, match=match) as info:
+        RoundOpen(4, 3, CID_A, "agg", quorum=3, deadline=1.0, config=config).encode()  # type: ignore[arg-type]
+    assert info.value.reason == "bad_config"
+    header = {
+        "round": 4,
+        "base_round": 3,
+        "base_cid": CID_A,
+        "aggregator": "agg",
+        "quorum": 3,
+        "deadline": 1.0,
+        "attempt": 1,
+        "received": [],
+        "config": config,
+    }
+    if isinstance(config, dict) and config.get("n") == float("inf"):
+        return  # JSON has no Infinity: the strict header parser refuses it before (tested above)
+    with pytest.raises(MessageError, match=match):
+        decode_message(_raw(2, header))

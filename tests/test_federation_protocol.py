@@ -11,20 +11,19 @@ import pytest
 import trio
 
 from fedstore.demos.digits_task import DigitsConfig, DigitsTask
-from fedstore.federation.fake import FakeNetwork
-from fedstore.federation.messages import UpdateMessage, decode_message
-from fedstore.federation.roles import (
-    AggregatorSettings,
+from fedstore.federation.aggregator import lead_rounds
+from fedstore.federation.events import (
     Event,
-    QuorumSchedule,
     RoundClosed,
     RoundFailed,
-    TrainerSettings,
     TrainerSynced,
     UpdateAccepted,
-    run_aggregator,
-    run_trainer,
 )
+from fedstore.federation.fake import FakeNetwork
+from fedstore.federation.messages import UpdateMessage, decode_message
+from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
+from fedstore.federation.strategies import load_strategy
+from fedstore.federation.trainer import follow_rounds
 
 Arrays = dict[str, npt.NDArray[np.generic]]
 MODEL: Arrays = {"w": np.zeros((8, 4), np.float32), "b": np.zeros(4, np.float32)}
@@ -33,7 +32,7 @@ MODEL: Arrays = {"w": np.zeros((8, 4), np.float32), "b": np.zeros(4, np.float32)
 def shift_trainer(delta: float, samples: int = 10):  # type: ignore[no-untyped-def]
     """A stand-in training function: adds ``delta`` to every weight."""
 
-    def train(arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int):  # type: ignore[no-untyped-def]
+    def train(arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int, config: Any):  # type: ignore[no-untyped-def]
         return (
             {k: (v + np.float32(delta)).astype(v.dtype) for k, v in arrays.items()},
             samples,
@@ -58,7 +57,7 @@ async def test_late_trainer_syncs_by_cid_and_everyone_ends_on_the_same_cid() -> 
 
     async def trainer(i: int, sink: list[Event] | None = None) -> None:
         peer = net.peer(f"trainer-{i}")
-        results[i] = await run_trainer(
+        results[i] = await follow_rounds(
             peer,
             task.trainer(i),
             TrainerSettings(idle_timeout=10),
@@ -74,7 +73,7 @@ async def test_late_trainer_syncs_by_cid_and_everyone_ends_on_the_same_cid() -> 
 
         nursery.start_soon(trainer, 1)
         nursery.start_soon(trainer, 2)
-        result = await run_aggregator(
+        result = await lead_rounds(
             net.peer("aggregator"),
             task.initial_arrays(),
             settings,
@@ -117,13 +116,13 @@ async def test_too_few_updates_is_reported_not_hung() -> None:
 
     async def lone_trainer() -> None:
         trainer_result.append(
-            await run_trainer(net.peer("t1"), shift_trainer(1.0), TrainerSettings(idle_timeout=5))
+            await follow_rounds(net.peer("t1"), shift_trainer(1.0), TrainerSettings(idle_timeout=5))
         )
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lone_trainer)
-            result = await run_aggregator(net.peer("agg"), MODEL, settings, on_event=events.append)
+            result = await lead_rounds(net.peer("agg"), MODEL, settings, on_event=events.append)
     assert result.status == "failed"
     assert result.final_round == 0
     assert "too few updates" in result.reason
@@ -147,9 +146,9 @@ async def test_partial_round_after_deadline_when_min_updates_met() -> None:
     async with trio.open_nursery() as nursery:
         for i, d in ((1, 1.0), (2, 3.0)):
             nursery.start_soon(
-                run_trainer, net.peer(f"t{i}"), shift_trainer(d), TrainerSettings(idle_timeout=5)
+                follow_rounds, net.peer(f"t{i}"), shift_trainer(d), TrainerSettings(idle_timeout=5)
             )
-        result = await run_aggregator(net.peer("agg"), MODEL, settings, on_event=events.append)
+        result = await lead_rounds(net.peer("agg"), MODEL, settings, on_event=events.append)
     closed = [e for e in events if isinstance(e, RoundClosed)]
     assert result.status == "complete"
     assert closed[0].partial and closed[0].participants == ("t1", "t2")
@@ -171,9 +170,9 @@ async def test_lost_update_is_resent_after_announcement() -> None:
     settings = AggregatorSettings(rounds=2, quorum=QuorumSchedule(2), min_updates=2, **FAST)
     tset = TrainerSettings(idle_timeout=5, resend_after=0.1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_trainer, net.peer("t1"), shift_trainer(1.0), tset)
-        nursery.start_soon(run_trainer, net.peer("t2"), shift_trainer(2.0), tset)
-        result = await run_aggregator(net.peer("agg"), MODEL, settings, on_event=events.append)
+        nursery.start_soon(follow_rounds, net.peer("t1"), shift_trainer(1.0), tset)
+        nursery.start_soon(follow_rounds, net.peer("t2"), shift_trainer(2.0), tset)
+        result = await lead_rounds(net.peer("agg"), MODEL, settings, on_event=events.append)
     assert dropped, "the test did not drop anything"
     closed = [e for e in events if isinstance(e, RoundClosed)]
     assert [e.participants for e in closed] == [("t1", "t2"), ("t1", "t2")]
@@ -185,10 +184,10 @@ async def test_bad_updates_are_rejected_and_counted() -> None:
     net = FakeNetwork()
     events: list[Event] = []
 
-    def nan_trainer(arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int):  # type: ignore[no-untyped-def]
+    def nan_trainer(arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int, config: Any):  # type: ignore[no-untyped-def]
         return {k: np.full_like(v, np.nan) for k, v in arrays.items()}, 10, {}
 
-    def wrong_shape(arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int):  # type: ignore[no-untyped-def]
+    def wrong_shape(arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int, config: Any):  # type: ignore[no-untyped-def]
         return {k: np.zeros((2, 2), np.float32) for k in arrays}, 10, {}
 
     # quorum 3 is never met (two updates are bad), so the round runs to its deadline
@@ -207,7 +206,7 @@ async def test_bad_updates_are_rejected_and_counted() -> None:
             ("evil1", nan_trainer),
             ("evil2", wrong_shape),
         ):
-            nursery.start_soon(run_trainer, net.peer(name), fn, TrainerSettings(idle_timeout=5))
+            nursery.start_soon(follow_rounds, net.peer(name), fn, TrainerSettings(idle_timeout=5))
         # a peer that publishes garbage and a spoofed update
         junk = net.peer("junk")
         spoof = UpdateMessage(1, "good1", 10, b"not a checkpoint").encode()
@@ -218,7 +217,7 @@ async def test_bad_updates_are_rejected_and_counted() -> None:
             await junk.publish(spoof)
 
         nursery.start_soon(noise)
-        result = await run_aggregator(net.peer("agg"), MODEL, settings, on_event=events.append)
+        result = await lead_rounds(net.peer("agg"), MODEL, settings, on_event=events.append)
     closed = next(e for e in events if isinstance(e, RoundClosed))
     assert closed.participants == ("good1", "good2") and closed.partial
     assert result.rejections.get("non_finite") == 1
@@ -233,18 +232,18 @@ async def test_large_update_goes_by_cid() -> None:
     big = {"w": np.zeros((256, 256), np.float32)}  # 256 KiB raw
     settings = AggregatorSettings(rounds=1, quorum=QuorumSchedule(1), **FAST)
 
-    def noisy(arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int):  # type: ignore[no-untyped-def]
+    def noisy(arrays: Mapping[str, npt.NDArray[np.generic]], rnd: int, config: Any):  # type: ignore[no-untyped-def]
         rng = np.random.default_rng(rnd)
         return {"w": rng.standard_normal((256, 256)).astype(np.float32)}, 5, {}
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            run_trainer,
+            follow_rounds,
             net.peer("t1"),
             noisy,
             TrainerSettings(idle_timeout=5, inline_limit=64 * 1024),
         )
-        await run_aggregator(net.peer("agg"), big, settings, on_event=events.append)
+        await lead_rounds(net.peer("agg"), big, settings, on_event=events.append)
     acc = [e for e in events if isinstance(e, UpdateAccepted)]
     assert len(acc) == 1 and acc[0].by_cid
 
@@ -275,9 +274,9 @@ async def test_aggregator_scans_updates_off_the_event_loop(monkeypatch: pytest.M
     async with trio.open_nursery() as nursery:
         for name, delta in (("t1", 1.0), ("t2", 2.0)):
             nursery.start_soon(
-                run_trainer, net.peer(name), shift_trainer(delta), TrainerSettings(idle_timeout=5)
+                follow_rounds, net.peer(name), shift_trainer(delta), TrainerSettings(idle_timeout=5)
             )
-        result = await run_aggregator(net.peer("agg"), MODEL, settings, on_event=events.append)
+        result = await lead_rounds(net.peer("agg"), MODEL, settings, on_event=events.append)
     assert result.status == "complete"
     assert len([e for e in events if isinstance(e, UpdateAccepted)]) == 2
     assert len(scanned_on) >= 2
@@ -287,22 +286,24 @@ async def test_aggregator_scans_updates_off_the_event_loop(monkeypatch: pytest.M
 @pytest.mark.parametrize("strategy", ["median", "trimmed-mean"])
 async def test_robust_strategies_over_the_protocol(strategy: str) -> None:
     net = FakeNetwork()
-    settings = AggregatorSettings(rounds=1, strategy=strategy, quorum=QuorumSchedule(3), **FAST)
+    settings = AggregatorSettings(
+        rounds=1, strategy=load_strategy(strategy), quorum=QuorumSchedule(3), **FAST
+    )
     events: list[Event] = []
     async with trio.open_nursery() as nursery:
         for name, d in (("a", 1.0), ("b", 2.0), ("c", 1000.0)):
             nursery.start_soon(
-                run_trainer, net.peer(name), shift_trainer(d), TrainerSettings(idle_timeout=5)
+                follow_rounds, net.peer(name), shift_trainer(d), TrainerSettings(idle_timeout=5)
             )
-        result = await run_aggregator(net.peer("agg"), MODEL, settings, on_event=events.append)
+        result = await lead_rounds(net.peer("agg"), MODEL, settings, on_event=events.append)
     from fedstore.format import decode
 
     final = decode(net.blobs[result.final_cid])
     if strategy == "median":
         assert np.all(final.arrays["w"] == 2.0)
-    else:  # beta=0.2 with 3 updates trims nothing: plain mean
+    else:  # trim=0.2 with 3 updates trims nothing: plain mean
         assert np.allclose(final.arrays["w"], (1 + 2 + 1000) / 3)
-    assert final.metadata["fedstore.aggregator"] == strategy
+    assert final.metadata["fedstore.strategy"] == strategy
     assert final.metadata["fedstore.participants"] == "a,b,c"
 
 
@@ -311,16 +312,16 @@ async def test_aggregator_resumes_from_head() -> None:
     settings = AggregatorSettings(rounds=2, quorum=QuorumSchedule(1), **FAST)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            run_trainer, net.peer("t"), shift_trainer(1.0), TrainerSettings(idle_timeout=5)
+            follow_rounds, net.peer("t"), shift_trainer(1.0), TrainerSettings(idle_timeout=5)
         )
-        first = await run_aggregator(net.peer("agg"), MODEL, settings)
+        first = await lead_rounds(net.peer("agg"), MODEL, settings)
     settings4 = AggregatorSettings(rounds=4, quorum=QuorumSchedule(1), **FAST)
     events: list[Event] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            run_trainer, net.peer("t"), shift_trainer(1.0), TrainerSettings(idle_timeout=5)
+            follow_rounds, net.peer("t"), shift_trainer(1.0), TrainerSettings(idle_timeout=5)
         )
-        second = await run_aggregator(net.peer("agg2"), MODEL, settings4, on_event=events.append)
+        second = await lead_rounds(net.peer("agg2"), MODEL, settings4, on_event=events.append)
     assert first.final_round == 2
     assert [e.round for e in events if isinstance(e, RoundClosed)] == [3, 4]
     from fedstore.format import decode

@@ -16,7 +16,8 @@ from fedstore.demos.digits_task import (
     train_local,
 )
 from fedstore.errors import ConfigError
-from fedstore.federation.aggregators import Update, fedavg
+from fedstore.federation.strategies import Update
+from fedstore.federation.strategies.builtin import fedavg
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,18 @@ def test_fast_loader_matches_scikit_learn() -> None:
     assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == len(y)
     per_class = np.bincount(y[test], minlength=NUM_CLASSES) / np.bincount(y)
     assert np.allclose(per_class, 0.25, atol=0.01)
+
+
+def test_round_config_sets_epochs_and_lr(task: DigitsTask) -> None:
+    fn = task.trainer(1)
+    a = init_model(task.cfg)
+    plain, _, _ = fn(a, 1, {})
+    same, _, _ = fn(a, 1, {"unrelated": "ignored"})
+    assert all(plain[k].tobytes() == same[k].tobytes() for k in plain)
+    longer, _, _ = fn(a, 1, {"epochs": task.cfg.epochs + 1})
+    slower, _, _ = fn(a, 1, {"lr": task.cfg.lr / 2})
+    assert any(plain[k].tobytes() != longer[k].tobytes() for k in plain)
+    assert any(plain[k].tobytes() != slower[k].tobytes() for k in plain)
+    for bad in ({"epochs": 0}, {"epochs": 1.5}, {"lr": 0}, {"lr": "fast"}):
+        with pytest.raises(ConfigError, match="round config"):
+            fn(a, 1, bad)

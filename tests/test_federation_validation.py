@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from fedstore.federation.aggregators import Update
+from fedstore.federation.strategies import Update
 from fedstore.federation.validation import (
     ModelSpec,
     RejectionCounter,

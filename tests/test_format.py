@@ -30,6 +30,7 @@ from fedstore.format import (
     inspect,
 )
 from fedstore.format.container import FIXED, FIXED_HEADER_SIZE
+from fedstore.format.pieces import scan_pieces
 from fedstore.format.shuffle import BLOCK_ELEMENTS, shuffle_into, unshuffle_into
 
 DTYPES = [
@@ -70,9 +71,16 @@ def assert_same_arrays(expected: dict[str, np.ndarray], got: dict[str, np.ndarra
 
 
 def frame_payload(blob: bytes) -> bytes:
-    """The decompressed payload of a checkpoint (test helper, trusts the blob)."""
-    meta_len = FIXED.unpack_from(blob)[6]
-    return zstandard.ZstdDecompressor().decompress(blob[FIXED_HEADER_SIZE + meta_len :])
+    """The decompressed payload of a checkpoint, v1 or v2 (test helper, trusts the blob)."""
+    _, version, _, _, _, count, meta_len = FIXED.unpack_from(blob)
+    body = memoryview(blob)[FIXED_HEADER_SIZE + meta_len :]
+    if version == 1:
+        return zstandard.ZstdDecompressor().decompress(body)
+    parts = []
+    for ref in scan_pieces(body, count):
+        data = bytes(body[ref.offset : ref.offset + ref.size])
+        parts.append(zstandard.ZstdDecompressor().decompress(data) if ref.method else data)
+    return b"".join(parts)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -278,7 +286,7 @@ def test_inspect_reports_header_tensors_and_metadata() -> None:
     blob = encode(arrays, {"round": "3", "model": "mlp"})
     info = inspect(blob)
     assert isinstance(info, CheckpointInfo)
-    assert info.format_version == 1 and info.codec == "zstd" and info.shuffled
+    assert info.format_version == 2 and info.codec == "zstd" and info.shuffled
     assert info.stored_size == len(blob)
     assert info.raw_size == len(frame_payload(blob))
     assert [t.name for t in info.tensors] == ["dense.b", "dense.w", "step"]

@@ -117,10 +117,26 @@ def u8_tensor_payload_head(raw_size: int) -> bytes:
     raise AssertionError("no stable index length")
 
 
+V1_SAMPLE = pathlib.Path(__file__).parent / "data" / "checkpoint_v1.fsck"
+
+
 @pytest.fixture
 def small_blob() -> bytes:
+    """A version 1 checkpoint written by fedstore before format version 2 (committed)."""
+    blob = V1_SAMPLE.read_bytes()
+    assert blob[4] == 1
+    return blob
+
+
+@pytest.fixture
+def blob_v2() -> bytes:
+    rng = np.random.default_rng(8)
     return encode(
-        {"w": np.arange(64, dtype=np.float32), "ids": np.arange(8, dtype=np.int64)},
+        {
+            "w": rng.normal(0, 0.05, 3000).astype(np.float32),
+            "ids": np.arange(8, dtype=np.int64),
+            "u": np.arange(50, dtype=np.uint8),
+        },
         {"round": "1"},
     )
 
@@ -321,7 +337,7 @@ def test_raw_size_too_small_and_inconsistent(small_blob: bytes) -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"version": 2}, "unsupported checkpoint format version 2"),
+        ({"version": 3}, "unsupported checkpoint format version 3"),
         ({"version": 0}, "version 0"),
         ({"codec": 9}, "unknown checkpoint codec"),
         ({"flags": 0x8000}, "unknown flags"),
@@ -333,13 +349,15 @@ def test_unsupported_header_fields(small_blob: bytes, changes: dict[str, int], m
         decode(_patched(small_blob, **changes))
 
 
-def test_trailing_and_missing_bytes(small_blob: bytes) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_trailing_and_missing_bytes(small_blob: bytes, blob_v2: bytes, version: int) -> None:
+    blob = small_blob if version == 1 else blob_v2
     with pytest.raises(FormatError, match="trailing"):
-        decode(small_blob + b"\x00")
+        decode(blob + b"\x00")
     with pytest.raises(FormatError, match="truncated"):
-        decode(small_blob[:-1])
+        decode(blob[:-1])
     with pytest.raises(FormatError, match="truncated"):
-        decode(small_blob[:10])
+        decode(blob[:10])
 
 
 def test_frame_with_junk_after_its_end_inside_the_declared_length() -> None:
@@ -357,11 +375,33 @@ def test_frame_without_checksum_is_refused() -> None:
 
 
 def test_corrupted_frame_data_is_caught_by_the_checksum() -> None:
+    # version 1: one frame, whose checksum covers raw (incompressible) blocks too
     rng = np.random.default_rng(0)
-    blob = bytearray(encode({"w": rng.integers(0, 256, 5000, dtype=np.uint8)}))
-    blob[len(blob) // 2] ^= 0x01  # inside a raw (incompressible) block
+    payload = st_payload({"w": entry("U8", [5000], 0, 5000)}, rng.bytes(5000))
+    blob = bytearray(blob_of_payload(payload))
+    blob[len(blob) // 2] ^= 0x01  # inside a raw block
     with pytest.raises(FormatError, match="corrupt"):
         decode(bytes(blob))
+
+
+def test_v2_compressed_pieces_are_checksummed_raw_pieces_are_covered_by_the_cid() -> None:
+    from fedstore.errors import IntegrityError
+    from fedstore.ipld.cid import cid_of_bytes, verify_bytes
+
+    rng = np.random.default_rng(0)
+    zeros_then_noise = {"a": np.zeros(5000, np.uint8), "b": rng.integers(0, 256, 5000, np.uint8)}
+    good = encode(zeros_then_noise)
+    cid = cid_of_bytes(good)
+    # "a" (all zeros) is a zstd piece near the start; "b" (noise) a raw piece at the end
+    compressed = bytearray(good)
+    compressed[-5000 - 9] ^= 0x01  # the last byte of a's frame (its checksum)
+    with pytest.raises(FormatError, match="piece 1: corrupt"):
+        decode(bytes(compressed))
+    raw = bytearray(good)
+    raw[-10] ^= 0x01
+    assert decode(bytes(raw)).arrays["b"][-10] != zeros_then_noise["b"][-10]
+    with pytest.raises(IntegrityError):
+        verify_bytes(cid, bytes(raw))
 
 
 @pytest.mark.parametrize(

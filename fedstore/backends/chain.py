@@ -1,20 +1,39 @@
-"""The backend chain: ordered fallback across storage backends, verify on read.
+"""The backend chain: the one place that walks storage backends (write policy, verified reads).
 
-Policy lives here, not in the backends:
+Policy lives here, not in the backends, and nowhere else in fedstore:
 
-* **Writes** go to the first backend that accepts them, in the configured
-  order (e.g. ``pinata, kubo, filesystem``). The CID is computed locally
-  first; a backend that answers with another CID counts as a failure
-  (:class:`~fedstore.errors.CIDMismatchError`). Every attempt is reported in
-  :class:`ChainAddResult.attempts` so callers can record pin state per backend.
+* **Writes** (:meth:`BackendChain.add`) go to the first backend that accepts
+  them, in the configured order (e.g. ``pinata, kubo, filesystem``), AND to
+  every backend after it that keeps a local copy
+  (:attr:`~fedstore.backends.StorageBackend.keeps_local_copy`: bitswap, which
+  serves the node's objects to its peers). So whatever a node adds (its
+  checkpoints, topic payloads sent by CID, federation updates) can be fetched
+  by peers on other machines. The CID is computed locally first; a backend
+  that answers with another CID (compared with :func:`fedstore.ipld.same_cid`)
+  counts as a failure (:class:`~fedstore.errors.CIDMismatchError`).
+  :meth:`BackendChain.keep_local_copies` runs the second half alone (for
+  objects the node obtained otherwise, e.g. fetched by a sync).
+* A :class:`WriteObserver` passed to a write hears about every backend attempt
+  as it happens (started, then finished with its :class:`Attempt`): this is
+  how the catalog's pin rows are kept (:mod:`fedstore.node.replication`).
 * **Reads** try each backend in order. Fetched bytes are streamed through a
   :class:`~fedstore.ipld.cid.CidVerifier`; data whose CID does not match is
   discarded, logged and the next backend is tried. No unverified byte ever
   reaches a caller: ``fetch_to_file`` writes to a temporary file and renames
-  it into place only after verification; ``fetch_bytes`` returns only
-  verified bytes.
-* Hashing and disk writes of fetched data run in worker threads in batches, so
-  a large fetch never blocks the trio event loop.
+  it into place (durably: file and directory are fsynced) only after
+  verification; ``fetch_bytes`` returns only verified bytes. A backend's byte
+  stream is closed deterministically (``aclose``) when a read stops early.
+* **Errors at the boundary**: a backend should raise fedstore errors only; a
+  foreign exception from a plugin (a bug, an untranslated library error) is
+  translated here the same way for reads and writes, into
+  :class:`~fedstore.errors.UnavailableError` chained to the original, recorded
+  as that backend's attempt, and the next backend is tried. Errors get their
+  ``cid``/``backend`` context filled in; the error raised when every backend
+  failed carries all ``attempts``, and its class follows from theirs
+  (``isinstance``, e.g. :class:`~fedstore.errors.NotFoundError` only when no
+  backend had the object).
+* Hashing, temporary files and disk writes of fetched data run in worker
+  threads, so a large fetch never blocks the trio event loop.
 """
 
 from __future__ import annotations
@@ -22,16 +41,18 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Protocol, TypeVar
 
 import trio
 
 from fedstore.backends.base import Health, Source, StorageBackend, StoredObject
 from fedstore.errors import (
-    BackendError,
+    Attempt,
     CIDMismatchError,
     FedstoreError,
     IntegrityError,
@@ -40,8 +61,17 @@ from fedstore.errors import (
     SizeLimitError,
     UnavailableError,
 )
+from fedstore.fsutil import fsync_dir
+from fedstore.ipld.cidstr import same_cid
 
-__all__ = ["Attempt", "BackendChain", "ChainAddResult", "FetchResult"]
+__all__ = [
+    "Attempt",
+    "BackendChain",
+    "ChainAddResult",
+    "FetchResult",
+    "WriteObserver",
+    "aclosing_stream",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +81,40 @@ _BATCH = 4 * 1024 * 1024
 DEFAULT_MAX_FETCH_BYTES = 2 * 1024**3
 
 ProgressFn = Callable[[int], None]
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One backend's outcome for one operation."""
+class WriteObserver(Protocol):
+    """Told about each backend attempt of one chain write, in order, as it happens.
 
-    backend: str
-    ok: bool
-    error: str | None = None
-    backend_ref: str | None = None
-    error_type: str | None = None
+    ``attempt_started`` runs just before a backend is asked to store *cid*,
+    ``attempt_finished`` right after, with the outcome. An exception raised by
+    the observer propagates out of the write (the observer is the caller's).
+    """
+
+    async def attempt_started(self, cid: str, backend: str) -> None: ...
+
+    async def attempt_finished(self, cid: str, attempt: Attempt) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class ChainAddResult:
+    """A write's outcome: *stored_on* is the backend that accepted it first.
+
+    *attempts* lists every backend tried, in order: those that failed before
+    *stored_on*, *stored_on* itself, then the local-copy backends after it.
+    """
+
     cid: str
     size: int
     stored_on: str
     backend_ref: str | None
     attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def copies(self) -> list[str]:
+        """Every backend that now holds the object."""
+        return [a.backend for a in self.attempts if a.ok]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,20 +125,72 @@ class FetchResult:
     attempts: list[Attempt] = field(default_factory=list)
 
 
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+@asynccontextmanager
+async def aclosing_stream(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """``contextlib.aclosing`` for anything typed ``AsyncIterator`` (a backend's byte stream).
+
+    On exit the stream's ``aclose()`` runs if it has one (async generators
+    do), so a read that stops early, fails or is cancelled runs the backend's
+    cleanup now, not whenever the garbage collector finalises the generator.
+    """
+    try:
+        yield stream
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def summarize(attempts: Sequence[Attempt]) -> str:
+    """``name: error; name: error`` for the attempts that failed."""
+    return "; ".join(f"{a.backend}: {a.describe()}" for a in attempts if not a.ok)
+
+
+def at_boundary(exc: Exception, backend: str, cid: str, doing: str) -> FedstoreError:
+    """The fedstore error that *exc*, raised by *backend* while *doing* (on) *cid*, becomes.
+
+    A fedstore error is kept, with its ``cid``/``backend`` context filled in
+    where the backend left it empty. Anything else is a plugin leaking a
+    foreign exception: it becomes an :class:`UnavailableError` whose
+    ``__cause__`` is the original.
+    """
+    if isinstance(exc, FedstoreError):
+        if exc.backend is None:
+            exc.backend = backend
+        if exc.cid is None:
+            exc.cid = cid
+        return exc
+    log.warning(
+        "backend %s raised a non-fedstore %s while %s %s",
+        backend,
+        type(exc).__name__,
+        doing,
+        cid,
+        exc_info=exc,
+    )
+    err = UnavailableError(
+        f"{backend} failed while {doing} {cid}: {type(exc).__name__}: {exc}",
+        backend=backend,
+        cid=cid,
+    )
+    err.__cause__ = exc
+    return err
 
 
 class BackendChain:
-    """An ordered list of backends with fallback and verification.
+    """An ordered list of backends: the write policy, fallback and verification.
 
-    The chain owns its backends: :meth:`aclose` closes them all.
+    The chain owns its backends: :meth:`aclose` closes them all. Entered as
+    ``async with chain:`` it also runs every backend's
+    :meth:`~fedstore.backends.StorageBackend.lifespan` (in chain order, left
+    in reverse) for the duration of the block, then closes them.
     """
 
     def __init__(self, backends: Sequence[StorageBackend]) -> None:
         if not backends:
             raise NotConfiguredError("the backend chain is empty: configure at least one backend")
         self._backends = list(backends)
+        self._lifespans: AsyncExitStack | None = None
 
     @property
     def backends(self) -> list[StorageBackend]:
@@ -107,6 +203,22 @@ class BackendChain:
     def __repr__(self) -> str:
         return f"<BackendChain {','.join(self.names)}>"
 
+    def subset(self, keep: Callable[[StorageBackend], bool]) -> BackendChain | None:
+        """A chain of this chain's backends for which *keep* is true (same order), or None.
+
+        The subset shares the backends: close this chain, not the subset.
+        """
+        chosen = [b for b in self._backends if keep(b)]
+        return BackendChain(chosen) if chosen else None
+
+    def get(self, name: str) -> StorageBackend:
+        for b in self._backends:
+            if b.name == name:
+                return b
+        raise NotConfiguredError(
+            f"backend {name!r} is not in the chain ({', '.join(self.names)})", backend=name
+        )
+
     # -- writes ---------------------------------------------------------
 
     async def add(
@@ -117,75 +229,132 @@ class BackendChain:
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
         expected_cid: str | None = None,
+        observer: WriteObserver | None = None,
     ) -> ChainAddResult:
-        """Store *source* on the first backend that accepts it.
+        """Store *source* by the write policy (module docstring): the first backend
+        that accepts it, then every later backend that keeps a local copy.
 
         *expected_cid* is the CID fedstore computed locally; when omitted it is
-        computed here (in a worker thread). Raises
-        :class:`~fedstore.errors.UnavailableError` listing every backend's
-        failure when none accepts; its ``attempts`` attribute holds them.
+        computed here (in a worker thread). Failures of local-copy backends
+        after the first acceptance are recorded in the result's ``attempts``
+        (and told to *observer*), never raised. Raises
+        :class:`~fedstore.errors.UnavailableError` with every backend's
+        failure in its ``attempts`` when none accepts.
         """
-        from fedstore.ipld.cid import cid_of_bytes, cid_of_file
+        cid = expected_cid or await _cid_of(source, cid_version)
+        attempts: list[Attempt] = []
+        accepted: tuple[Attempt, StoredObject] | None = None
+        for backend in self._backends:
+            if accepted is not None and not backend.keeps_local_copy:
+                continue
+            attempt, stored = await self._store_on(
+                backend, source, cid, cid_version, name, labels, observer
+            )
+            attempts.append(attempt)
+            if accepted is None and stored is not None:
+                accepted = (attempt, stored)
+                if len(attempts) > 1:
+                    log.info(
+                        "%s stored on %s after %d failed backend(s)",
+                        cid,
+                        backend.name,
+                        len(attempts) - 1,
+                    )
+        if accepted is None:
+            raise UnavailableError(
+                f"no backend accepted {cid} ({summarize(attempts)})", cid=cid, attempts=attempts
+            )
+        first, stored = accepted
+        return ChainAddResult(
+            cid=cid,
+            size=stored.size,
+            stored_on=first.backend,
+            backend_ref=first.backend_ref,
+            attempts=attempts,
+        )
 
-        if expected_cid is None:
-            if isinstance(source, bytes | bytearray | memoryview):
-                data = bytes(source)
-                expected_cid = await trio.to_thread.run_sync(cid_of_bytes, data, cid_version)
-            else:
-                path = os.fspath(source)
-                expected_cid = await trio.to_thread.run_sync(cid_of_file, path, cid_version)
+    async def keep_local_copies(
+        self,
+        source: Source,
+        cid: str,
+        *,
+        observer: WriteObserver | None = None,
+        missing_only: bool = False,
+        skip: Sequence[str] = (),
+    ) -> list[Attempt]:
+        """Store *source* (whose CID is *cid*) on every backend that keeps a local copy.
+
+        For objects the node holds without having written them through
+        :meth:`add` (fetched by a sync, or a copy a crash interrupted). With
+        *missing_only*, a backend whose ``has`` already reports *cid* is not
+        written to (its attempt succeeds at once). Backends named in *skip* are
+        left out.
+        Failures are returned (and told to *observer*), never raised.
+        """
+        from fedstore.ipld.cid import parse_cid
+
+        version = parse_cid(cid).version
         attempts: list[Attempt] = []
         for backend in self._backends:
-            try:
-                stored = await backend.add(
-                    source, cid_version=cid_version, name=name, labels=labels
-                )
-                if stored.cid != expected_cid:
-                    raise CIDMismatchError(
-                        f"{backend.name} stored the data as {stored.cid}, "
-                        f"but fedstore computes {expected_cid}",
-                        backend=backend.name,
-                    )
-            except FedstoreError as exc:
-                log.warning("backend %s did not store %s: %s", backend.name, expected_cid, exc)
-                attempts.append(
-                    Attempt(backend.name, False, _describe(exc), error_type=type(exc).__name__)
-                )
+            if not backend.keeps_local_copy or backend.name in skip:
                 continue
-            attempts.append(Attempt(backend.name, True, backend_ref=stored.backend_ref))
-            return ChainAddResult(
-                cid=expected_cid,
-                size=stored.size,
-                stored_on=backend.name,
-                backend_ref=stored.backend_ref,
-                attempts=attempts,
-            )
-        summary = "; ".join(f"{a.backend}: {a.error}" for a in attempts)
-        err = UnavailableError(f"no backend accepted {expected_cid} ({summary})")
-        err.attempts = attempts  # type: ignore[attr-defined]
-        raise err
+            if missing_only and await self._holds(backend, cid):
+                attempt = Attempt(backend.name)  # nothing to do: it holds the object already
+                if observer is not None:
+                    await observer.attempt_started(cid, backend.name)
+                    await observer.attempt_finished(cid, attempt)
+            else:
+                attempt, _ = await self._store_on(
+                    backend, source, cid, version, None, None, observer
+                )
+            attempts.append(attempt)
+        return attempts
 
-    async def add_to(
+    async def _store_on(
         self,
-        backend_name: str,
+        backend: StorageBackend,
         source: Source,
-        *,
-        cid_version: int = 0,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-    ) -> StoredObject:
-        """Store *source* on one named backend of the chain (used to re-pin)."""
-        return await self.get(backend_name).add(
-            source, cid_version=cid_version, name=name, labels=labels
-        )
+        cid: str,
+        cid_version: int,
+        name: str | None,
+        labels: Mapping[str, str] | None,
+        observer: WriteObserver | None,
+    ) -> tuple[Attempt, StoredObject | None]:
+        """One backend's write attempt, checked against *cid*, errors translated, observed."""
+        if observer is not None:
+            await observer.attempt_started(cid, backend.name)
+        stored: StoredObject | None = None
+        try:
+            stored = await backend.add(source, cid_version=cid_version, name=name, labels=labels)
+            if not same_cid(stored.cid, cid):
+                raise CIDMismatchError(
+                    f"{backend.name} stored the data as {stored.cid}, but fedstore computes {cid}",
+                    backend=backend.name,
+                    cid=cid,
+                )
+        except Exception as exc:  # recorded as this backend's attempt; the next one is tried
+            error = at_boundary(exc, backend.name, cid, "storing")
+            log.warning("backend %s did not store %s: %s", backend.name, cid, error)
+            attempt = Attempt(backend.name, error)
+            stored = None
+        else:
+            attempt = Attempt(backend.name, backend_ref=stored.backend_ref)
+        if observer is not None:
+            await observer.attempt_finished(cid, attempt)
+        return attempt, stored
 
-    def get(self, name: str) -> StorageBackend:
-        for b in self._backends:
-            if b.name == name:
-                return b
-        raise NotConfiguredError(
-            f"backend {name!r} is not in the chain ({', '.join(self.names)})", backend=name
-        )
+    @staticmethod
+    async def _holds(backend: StorageBackend, cid: str) -> bool:
+        try:
+            return await backend.has(cid)
+        except Exception as exc:  # cannot tell: treat as missing
+            log.info(
+                "%s: has(%s) failed: %s",
+                backend.name,
+                cid,
+                at_boundary(exc, backend.name, cid, "checking"),
+            )
+            return False
 
     # -- reads ----------------------------------------------------------
 
@@ -199,43 +368,51 @@ class BackendChain:
     ) -> FetchResult:
         """Fetch *cid* into *dest*, verified; *dest* appears only if verification passed.
 
-        Tries each backend in order. Raises :class:`NotFoundError` when no
-        backend has it, :class:`IntegrityError` when every copy found was
-        corrupt, else :class:`UnavailableError`.
+        Tries each backend in order. The bytes go to a temporary file beside
+        *dest*, which is fsynced and renamed into place after verification,
+        and the directory is fsynced so the rename survives a crash (all in
+        worker threads). Raises :class:`NotFoundError` when no backend has it,
+        :class:`IntegrityError` when every copy found was corrupt,
+        :class:`SizeLimitError` when every copy was too large, else
+        :class:`UnavailableError`; each with every ``attempts``.
         """
         from fedstore.ipld.cid import parse_cid
 
         parse_cid(cid)
         dest_path = Path(dest)
-        dest_dir = dest_path.parent if str(dest_path.parent) else Path(".")
         attempts: list[Attempt] = []
         for backend in self._backends:
-            fd, tmp_name = tempfile.mkstemp(
-                prefix=f".{dest_path.name}.", suffix=".part", dir=dest_dir
-            )
-            fh = os.fdopen(fd, "wb")
+            part = await trio.to_thread.run_sync(_PartFile.beside, dest_path)
             try:
-                size = await self._stream_verified(backend, cid, fh, max_size, progress)
-                await trio.to_thread.run_sync(_fsync_close, fh)
-                await trio.to_thread.run_sync(os.replace, tmp_name, dest_path)
-            except (FedstoreError, OSError) as exc:
-                fh.close()
-                _unlink_quietly(tmp_name)
-                self._log_fetch_failure(backend, cid, exc)
-                attempts.append(
-                    Attempt(backend.name, False, _describe(exc), error_type=type(exc).__name__)
+                size = await self._stream_verified(backend, cid, part.fh, max_size, progress)
+                await trio.to_thread.run_sync(part.commit, dest_path)
+            except BaseException as exc:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(part.discard)
+                if not isinstance(exc, FedstoreError | OSError):
+                    raise
+                error = (
+                    exc
+                    if isinstance(exc, FedstoreError)
+                    else UnavailableError(
+                        f"writing {cid} from {backend.name} to {dest_path} failed: "
+                        f"{exc.strerror or exc}",
+                        backend=backend.name,
+                        cid=cid,
+                    )
                 )
+                self._log_fetch_failure(backend, cid, error)
+                attempts.append(Attempt(backend.name, error))
                 continue
-            except BaseException:
-                fh.close()
-                _unlink_quietly(tmp_name)
-                raise
-            attempts.append(Attempt(backend.name, True))
+            attempts.append(Attempt(backend.name))
             return FetchResult(cid=cid, size=size, backend=backend.name, attempts=attempts)
         raise _fetch_failure(cid, attempts)
 
     async def fetch_bytes(self, cid: str, *, max_size: int = DEFAULT_MAX_FETCH_BYTES) -> bytes:
-        """Fetch *cid* into memory, verified. Refuses more than *max_size* bytes."""
+        """Fetch *cid* into memory, verified. Refuses more than *max_size* bytes.
+
+        Errors as for :meth:`fetch_to_file`.
+        """
         from fedstore.ipld.cid import parse_cid
 
         parse_cid(cid)
@@ -246,9 +423,7 @@ class BackendChain:
                 await self._stream_verified(backend, cid, sink, max_size, None)
             except FedstoreError as exc:
                 self._log_fetch_failure(backend, cid, exc)
-                attempts.append(
-                    Attempt(backend.name, False, _describe(exc), error_type=type(exc).__name__)
-                )
+                attempts.append(Attempt(backend.name, exc))
                 continue
             # joining the chunks copies the whole object: off the event loop
             return await trio.to_thread.run_sync(sink.getvalue)
@@ -262,6 +437,7 @@ class BackendChain:
         max_size: int | None,
         progress: ProgressFn | None,
     ) -> int:
+        """Stream *backend*'s copy of *cid* into *sink*, verified; fedstore errors only."""
         from fedstore.ipld.cid import CidVerifier
 
         verifier = CidVerifier(cid, max_size=max_size)
@@ -275,31 +451,32 @@ class BackendChain:
                 sink.write(c)
 
         try:
-            async for chunk in backend.fetch(cid):
-                if not chunk:
-                    continue
-                total += len(chunk)
-                if max_size is not None and total > max_size:
-                    raise SizeLimitError(
-                        f"{backend.name} sent more than {max_size} bytes for {cid}"
-                    )
-                batch.append(chunk)
-                pending += len(chunk)
-                if pending >= _BATCH:
-                    await trio.to_thread.run_sync(flush, batch)
-                    batch, pending = [], 0
-                    if progress is not None:
-                        progress(total)
+            async with aclosing_stream(backend.fetch(cid)) as stream:
+                async for chunk in stream:
+                    if not chunk:
+                        continue
+                    total += len(chunk)
+                    if max_size is not None and total > max_size:
+                        raise SizeLimitError(
+                            f"{backend.name} sent more than {max_size} bytes for {cid}",
+                            backend=backend.name,
+                            cid=cid,
+                        )
+                    batch.append(chunk)
+                    pending += len(chunk)
+                    if pending >= _BATCH:
+                        await trio.to_thread.run_sync(flush, batch)
+                        batch, pending = [], 0
+                        if progress is not None:
+                            progress(total)
             if batch:
                 await trio.to_thread.run_sync(flush, batch)
             await trio.to_thread.run_sync(verifier.verify)
-        except FedstoreError:
-            raise
-        except Exception as exc:  # a plugin leaked a foreign exception: translate it
-            raise UnavailableError(
-                f"{backend.name} failed while sending {cid}: {type(exc).__name__}: {exc}",
-                backend=backend.name,
-            ) from exc
+        except Exception as exc:  # the same translation as for writes
+            error = at_boundary(exc, backend.name, cid, "sending")
+            if error is exc:
+                raise
+            raise error from exc
         if progress is not None:
             progress(total)
         return total
@@ -316,15 +493,14 @@ class BackendChain:
     # -- the rest ---------------------------------------------------------
 
     async def has(self, cid: str) -> list[str]:
-        """Names of the backends that report holding *cid* (unreachable ones are skipped)."""
-        holders = []
-        for backend in self._backends:
-            try:
-                if await backend.has(cid):
-                    holders.append(backend.name)
-            except BackendError as exc:
-                log.info("%s: has(%s) failed: %s", backend.name, cid, exc)
-        return holders
+        """Names of the backends that report holding *cid* (ones that fail to say are skipped).
+
+        Raises :class:`~fedstore.errors.InvalidCIDError` for a malformed *cid*.
+        """
+        from fedstore.ipld.cid import parse_cid
+
+        parse_cid(cid)
+        return [b.name for b in self._backends if await self._holds(b, cid)]
 
     async def health(self) -> dict[str, Health]:
         out: dict[str, Health] = {}
@@ -332,7 +508,7 @@ class BackendChain:
             try:
                 out[backend.name] = await backend.health()
             except Exception as exc:  # health() must not raise; be defensive anyway
-                out[backend.name] = Health(reachable=False, detail=_describe(exc))
+                out[backend.name] = Health(reachable=False, detail=str(exc) or type(exc).__name__)
         return out
 
     async def aclose(self) -> None:
@@ -343,10 +519,42 @@ class BackendChain:
                 log.warning("closing backend %s failed: %s", backend.name, exc)
 
     async def __aenter__(self) -> BackendChain:
+        if self._lifespans is not None:
+            raise RuntimeError("this backend chain is already entered")
+        stack = AsyncExitStack()
+        try:
+            for backend in self._backends:
+                await stack.enter_async_context(backend.lifespan())
+        except BaseException:
+            try:
+                await stack.aclose()
+            finally:
+                await self.aclose()
+            raise
+        self._lifespans = stack
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._lifespans = self._lifespans, None
+        try:
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            await self.aclose()
+
+
+async def _cid_of(source: Source, cid_version: int) -> str:
+    """The CID of an ``add`` source, computed in a worker thread."""
+    from fedstore.ipld.cid import cid_of_bytes, cid_of_file
+
+    if isinstance(source, bytes | bytearray | memoryview):
+        return await trio.to_thread.run_sync(cid_of_bytes, bytes(source), cid_version)
+    return await trio.to_thread.run_sync(cid_of_file, os.fspath(source), cid_version)
 
 
 class _MemorySink:
@@ -361,26 +569,54 @@ class _MemorySink:
         return b"".join(self._parts)
 
 
-def _fsync_close(fh: IO[bytes]) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
-    fh.close()
+class _PartFile:
+    """A temporary ``.part`` file beside a fetch's destination. Blocking: use from a thread."""
 
+    def __init__(self, name: str, fh: IO[bytes]) -> None:
+        self.name = name
+        self.fh = fh
 
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    @classmethod
+    def beside(cls, dest: Path) -> _PartFile:
+        directory = dest.parent if str(dest.parent) else Path(".")
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=directory)
+        return cls(name, os.fdopen(fd, "wb"))
+
+    def commit(self, dest: Path) -> None:
+        """Make the verified bytes *dest*, durably: fsync the file, rename, fsync the directory."""
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.name, dest)
+        fsync_dir(dest.parent if str(dest.parent) else ".")
+
+    def discard(self) -> None:
+        self.fh.close()
+        try:
+            os.unlink(self.name)
+        except FileNotFoundError:
+            pass
 
 
 def _fetch_failure(cid: str, attempts: list[Attempt]) -> FedstoreError:
-    summary = "; ".join(f"{a.backend}: {a.error}" for a in attempts)
-    types = {a.error_type for a in attempts}
-    if types == {"NotFoundError"}:
-        return NotFoundError(f"no backend has {cid} ({summary})")
-    if "IntegrityError" in types and types <= {"IntegrityError", "NotFoundError"}:
-        return IntegrityError(f"every copy of {cid} found was corrupt ({summary})")
-    if "SizeLimitError" in types and types <= {"SizeLimitError", "NotFoundError"}:
-        return SizeLimitError(f"{cid} is larger than allowed ({summary})")
-    return UnavailableError(f"could not fetch {cid} ({summary})")
+    """The error for a read every backend failed, classified by what the backends raised."""
+    errors = [a.error for a in attempts if a.error is not None]
+
+    def only(*kinds: type[FedstoreError]) -> bool:
+        return all(isinstance(e, kinds) for e in errors)
+
+    def some(kind: type[FedstoreError]) -> bool:
+        return any(isinstance(e, kind) for e in errors)
+
+    summary = summarize(attempts)
+    if only(NotFoundError):
+        return NotFoundError(f"no backend has {cid} ({summary})", cid=cid, attempts=attempts)
+    if some(IntegrityError) and only(IntegrityError, NotFoundError):
+        return IntegrityError(
+            f"every copy of {cid} found was corrupt ({summary})", cid=cid, attempts=attempts
+        )
+    if some(SizeLimitError) and only(SizeLimitError, NotFoundError):
+        return SizeLimitError(
+            f"{cid} is larger than allowed ({summary})", cid=cid, attempts=attempts
+        )
+    return UnavailableError(f"could not fetch {cid} ({summary})", cid=cid, attempts=attempts)

@@ -61,7 +61,7 @@ class BenchSizes:
     warmup: int = 2
     #: Catch-up: checkpoint size in MB and timed runs.
     catchup_mb: float = 100.0
-    catchup_runs: int = 3
+    catchup_runs: int = 5
     #: Swarm: model size in MB and the largest number of trainers (N = 1, 2, 4, ... up to it).
     swarm_mb: float = 20.0
     swarm_trainers: int = 8
@@ -120,6 +120,8 @@ class Target:
     op: Literal["<=", ">=", "<", ">"]
     threshold: float
     on: Literal["ratio", "value"] = "ratio"
+    #: How the threshold is shown when the row's unit would be awkward (``"0.2 ms"``).
+    shown: str | None = None
 
     def met(self, row: Row) -> bool | None:
         x = row.ratio if self.on == "ratio" else row.value
@@ -134,6 +136,8 @@ class Target:
 
     def text(self, unit: str) -> str:
         sym = {"<=": "≤", ">=": "≥", "<": "<", ">": ">"}[self.op]
+        if self.shown is not None:
+            return f"{sym} {self.shown}"
         if self.on == "ratio":
             return f"{sym} {self.threshold:g}×"
         return f"{sym} {self.threshold:g} {unit}"

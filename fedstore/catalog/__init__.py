@@ -1,9 +1,10 @@
 """The SQLite catalog of a fedstore node (SQLAlchemy 2 + Alembic).
 
 One file, ``<data dir>/catalog.sqlite``, records local checkpoints, CID
-announcements heard from peers, the peers themselves, and pin states per
-storage backend. Queries return plain dataclasses. See docs/CATALOG.md for
-the tables and the views users can query with ``fedstore catalog sql``.
+announcements heard from peers, the peers themselves, pin states per
+storage backend, and the metrics of federated rounds. Queries return plain
+dataclasses. See docs/CATALOG.md for the tables and the views users can
+query with ``fedstore catalog sql``.
 
 Public API::
 
@@ -14,7 +15,7 @@ Public API::
 
 from fedstore.catalog.aio import AsyncCatalog
 from fedstore.catalog.catalog import CATALOG_FILENAME, Catalog, RoundConflictError, resolve_db_path
-from fedstore.catalog.readonly import ReadOnlyViolation, read_only_query
+from fedstore.catalog.readonly import ReadOnlyViolation, copy_read_only, read_only_query
 from fedstore.catalog.records import (
     AnnouncementRecord,
     CheckpointRecord,
@@ -23,6 +24,7 @@ from fedstore.catalog.records import (
     PinRecord,
     QueryResult,
     RoundHistoryRow,
+    RoundMetricRecord,
 )
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "ReadOnlyViolation",
     "RoundConflictError",
     "RoundHistoryRow",
+    "RoundMetricRecord",
+    "copy_read_only",
     "read_only_query",
     "resolve_db_path",
 ]

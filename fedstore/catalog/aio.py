@@ -12,7 +12,7 @@ first argument, for batches that should share one thread hop.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
@@ -28,6 +28,7 @@ from fedstore.catalog.records import (
     PinRecord,
     QueryResult,
     RoundHistoryRow,
+    RoundMetricRecord,
 )
 
 __all__ = ["AsyncCatalog"]
@@ -153,6 +154,31 @@ class AsyncCatalog:
 
     async def pins(self, state: str | None = None) -> list[PinRecord]:
         return await self._call(self.sync.pins, state)
+
+    async def record_round_metrics(
+        self,
+        round: int,
+        cid: str,
+        *,
+        participants: int,
+        num_samples: int,
+        metrics: Mapping[str, Mapping[str, float]],
+        recorded_at: datetime | None = None,
+    ) -> int:
+        return await self._call(
+            self.sync.record_round_metrics,
+            round,
+            cid,
+            participants=participants,
+            num_samples=num_samples,
+            metrics=metrics,
+            recorded_at=recorded_at,
+        )
+
+    async def round_metrics(
+        self, *, round: int | None = None, source: str | None = None
+    ) -> list[RoundMetricRecord]:
+        return await self._call(self.sync.round_metrics, round=round, source=source)
 
     async def round_history(self, *, limit: int | None = None) -> list[RoundHistoryRow]:
         return await self._call(self.sync.round_history, limit=limit)

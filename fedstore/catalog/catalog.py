@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,11 +30,13 @@ from fedstore.catalog import migrate
 from fedstore.catalog.engine import WRITE_OPTION, make_engine, translate_errors
 from fedstore.catalog.models import (
     CHECKPOINT_STATUSES,
+    METRIC_SOURCES,
     PIN_STATES,
     Announcement,
     Checkpoint,
     Peer,
     Pin,
+    RoundMetric,
     utcnow,
 )
 from fedstore.catalog.readonly import read_only_query
@@ -45,6 +48,7 @@ from fedstore.catalog.records import (
     PinRecord,
     QueryResult,
     RoundHistoryRow,
+    RoundMetricRecord,
 )
 from fedstore.errors import CatalogError
 
@@ -72,6 +76,17 @@ def _parse_ts(value: object) -> datetime | None:
     if value is None:
         return None
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+# Hand-written twins of the ORM queries, run by Catalog._read_one. The unique
+# index on round is walked backwards and stops at the first ok row.
+_CHECKPOINT_COLUMNS = (
+    "round, cid, cid_version, codec, raw_size, stored_size, created_at, created_by, path, status"
+)
+_LATEST_CHECKPOINT_SQL = (
+    f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE status = 'ok' ORDER BY round DESC LIMIT 1"
+)
+_LATEST_ROUND_SQL = "SELECT round FROM checkpoints WHERE status = 'ok' ORDER BY round DESC LIMIT 1"
 
 
 class Catalog:
@@ -221,25 +236,52 @@ class Catalog:
 
     def latest_checkpoint(self) -> CheckpointRecord | None:
         """The highest round whose checkpoint is ``ok`` (not missing or corrupt), or None."""
-        with self._reading("find the latest checkpoint") as s:
-            row = s.scalars(
-                select(Checkpoint)
-                .where(Checkpoint.status == "ok")
-                .order_by(Checkpoint.round.desc())
-                .limit(1)
-            ).one_or_none()
-            return None if row is None else row.to_record()
+        row = self._read_one("find the latest checkpoint", _LATEST_CHECKPOINT_SQL)
+        if row is None:
+            return None
+        ts = _parse_ts(row[6])
+        assert ts is not None  # NOT NULL column
+        return CheckpointRecord(
+            round=row[0],
+            cid=row[1],
+            cid_version=row[2],
+            codec=row[3],
+            raw_size=row[4],
+            stored_size=row[5],
+            created_at=ts,
+            created_by=row[7],
+            path=row[8],
+            status=row[9],
+        )
 
     def latest_round(self) -> int | None:
         """The highest round with an ``ok`` checkpoint, or None (one index lookup)."""
-        with self._reading("find the latest round") as s:
-            value = s.scalar(
-                select(Checkpoint.round)
-                .where(Checkpoint.status == "ok")
-                .order_by(Checkpoint.round.desc())
-                .limit(1)
-            )
-            return None if value is None else int(value)
+        row = self._read_one("find the latest round", _LATEST_ROUND_SQL)
+        return None if row is None else int(row[0])
+
+    def _read_one(self, action: str, sql: str) -> tuple[Any, ...] | None:
+        """First row of one read-only statement, straight through the pooled driver connection.
+
+        The latest-round lookups are the catalog's hottest reads (every
+        announcement, every status call): an ORM session costs ~0.3 ms around
+        a ~5 us query. A single SELECT needs no explicit transaction (SQLite
+        runs it in its own, seeing one snapshot); the pool's connection comes
+        with the same pragmas as every other.
+        """
+        if self._closed:
+            raise CatalogError(f"cannot {action}: the catalog {self._path} is closed")
+        with translate_errors(action):
+            conn = self._engine.raw_connection()
+            try:
+                cursor = conn.cursor()
+                try:
+                    cursor.execute(sql)
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+            finally:
+                conn.close()  # back to the pool
+        return None if row is None else tuple(row)
 
     def list_checkpoints(
         self, *, status: str | None = None, descending: bool = False, limit: int | None = None
@@ -527,6 +569,89 @@ class Catalog:
         with self._writing(f"delete pin of {cid} on {backend}") as s:
             res = s.execute(delete(Pin).where(Pin.cid == cid, Pin.backend == backend))
             return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # -- round metrics -------------------------------------------------------
+
+    def record_round_metrics(
+        self,
+        round: int,
+        cid: str,
+        *,
+        participants: int,
+        num_samples: int,
+        metrics: Mapping[str, Mapping[str, float]],
+        recorded_at: datetime | None = None,
+    ) -> int:
+        """Record a federated round's metrics: ``metrics[source][name] = value``.
+
+        ``source`` is one of ``trainers``, ``evaluate``, ``strategy``; names
+        are 1-64 characters; values finite (ValueError otherwise, before
+        anything is written). One transaction; a (round, cid, source, name)
+        recorded again gets the new value. Returns the number of rows written.
+        """
+        if round < 0:
+            raise ValueError(f"round must be >= 0, got {round}")
+        if participants < 0 or num_samples < 0:
+            raise ValueError("participants and num_samples must be >= 0")
+        when = recorded_at or utcnow()
+        rows: list[dict[str, Any]] = []
+        for source, values in metrics.items():
+            if source not in METRIC_SOURCES:
+                raise ValueError(
+                    f"metric source must be one of {', '.join(METRIC_SOURCES)}, got {source!r}"
+                )
+            for name, value in values.items():
+                if not isinstance(name, str) or not 1 <= len(name) <= 64:
+                    raise ValueError(f"metric name must be 1-64 characters, got {name!r:.80}")
+                v = float(value)
+                if not math.isfinite(v):
+                    raise ValueError(f"metric {source}/{name} is not finite: {value!r}")
+                rows.append(
+                    {
+                        "round": round,
+                        "cid": cid,
+                        "participants": participants,
+                        "num_samples": num_samples,
+                        "source": source,
+                        "name": name,
+                        "value": v,
+                        "recorded_at": when,
+                    }
+                )
+        if not rows:
+            return 0
+        with self._writing(f"record the metrics of round {round}") as s:
+            ins = sqlite_insert(RoundMetric)
+            s.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["round", "cid", "source", "name"],
+                    set_={
+                        "value": ins.excluded.value,
+                        "participants": ins.excluded.participants,
+                        "num_samples": ins.excluded.num_samples,
+                        "recorded_at": ins.excluded.recorded_at,
+                    },
+                ),
+                rows,
+            )
+        return len(rows)
+
+    def round_metrics(
+        self, *, round: int | None = None, source: str | None = None
+    ) -> list[RoundMetricRecord]:
+        """Recorded round metrics, by round, CID, source and name (optionally filtered)."""
+        stmt = select(RoundMetric)
+        if round is not None:
+            stmt = stmt.where(RoundMetric.round == round)
+        if source is not None:
+            if source not in METRIC_SOURCES:
+                raise ValueError(f"metric source must be one of {', '.join(METRIC_SOURCES)}")
+            stmt = stmt.where(RoundMetric.source == source)
+        stmt = stmt.order_by(
+            RoundMetric.round, RoundMetric.cid, RoundMetric.source, RoundMetric.name
+        )
+        with self._reading("list round metrics") as s:
+            return [r.to_record() for r in s.scalars(stmt)]
 
     # -- views and ad-hoc SQL ------------------------------------------------
 

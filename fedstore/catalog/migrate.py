@@ -70,7 +70,7 @@ AUTO_UPGRADE_ENV = "FEDSTORE_CATALOG_AUTO_UPGRADE"
 
 
 def migrations_dir() -> Path:
-    """Directory holding ``env.py`` and ``versions/`` (the ``fedstore.catalog.migrations`` package)."""
+    """Where ``env.py`` and ``versions/`` are (the ``fedstore.catalog.migrations`` package)."""
     spec = importlib.util.find_spec("fedstore.catalog.migrations")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))

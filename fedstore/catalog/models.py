@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import (
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -35,10 +36,17 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from fedstore.catalog.records import AnnouncementRecord, CheckpointRecord, PeerRecord, PinRecord
+from fedstore.catalog.records import (
+    AnnouncementRecord,
+    CheckpointRecord,
+    PeerRecord,
+    PinRecord,
+    RoundMetricRecord,
+)
 
 __all__ = [
     "CHECKPOINT_STATUSES",
+    "METRIC_SOURCES",
     "NAMING_CONVENTION",
     "PIN_STATES",
     "Announcement",
@@ -46,6 +54,7 @@ __all__ = [
     "Checkpoint",
     "Peer",
     "Pin",
+    "RoundMetric",
     "UTCDateTime",
     "utcnow",
 ]
@@ -64,6 +73,9 @@ NAMING_CONVENTION: dict[str, str] = {
 CHECKPOINT_STATUSES = ("ok", "missing", "corrupt")
 #: ``pins.state``.
 PIN_STATES = ("pending", "pinned", "failed")
+#: ``round_metrics.source``: combined trainer reports, the aggregator's
+#: evaluation, the strategy's own figures.
+METRIC_SOURCES = ("trainers", "evaluate", "strategy")
 
 
 def utcnow() -> datetime:
@@ -235,4 +247,42 @@ class Pin(Base):
             attempts=self.attempts,
             created_at=self.created_at,
             updated_at=self.updated_at,
+        )
+
+
+class RoundMetric(Base):
+    """One metric of one federated round's global model, by where it came from.
+
+    One row per (round, CID, source, name); recording it again replaces the
+    value. ``participants``/``num_samples`` describe the round's aggregate
+    and repeat on each of its rows.
+    """
+
+    __tablename__ = "round_metrics"
+    __table_args__ = (
+        UniqueConstraint("round", "cid", "source", "name"),
+        CheckConstraint("round >= 0", name="round_nonnegative"),
+        CheckConstraint("source IN ('trainers', 'evaluate', 'strategy')", name="source_valid"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, nullable=False)
+    cid: Mapped[str] = mapped_column(String(128), nullable=False)
+    participants: Mapped[int] = mapped_column(Integer, nullable=False)
+    num_samples: Mapped[int] = mapped_column(Integer, nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    name: Mapped[str] = mapped_column(String(64), nullable=False)
+    value: Mapped[float] = mapped_column(Float, nullable=False)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+
+    def to_record(self) -> RoundMetricRecord:
+        return RoundMetricRecord(
+            round=self.round,
+            cid=self.cid,
+            participants=self.participants,
+            num_samples=self.num_samples,
+            source=self.source,
+            name=self.name,
+            value=self.value,
+            recorded_at=self.recorded_at,
         )

@@ -19,6 +19,7 @@ __all__ = [
     "PinRecord",
     "QueryResult",
     "RoundHistoryRow",
+    "RoundMetricRecord",
 ]
 
 
@@ -102,6 +103,25 @@ class RoundHistoryRow:
     first_heard: datetime | None
     pinned_on: int
     pin_states: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoundMetricRecord:
+    """One metric of a federated round: a row of ``round_metrics`` (see docs/CATALOG.md).
+
+    ``source`` is ``trainers`` (the trainers' reports combined, by default
+    a mean weighted by samples), ``evaluate`` (the aggregator's evaluation of
+    the global model) or ``strategy`` (the strategy's own figures).
+    """
+
+    round: int
+    cid: str
+    participants: int
+    num_samples: int
+    source: str
+    name: str
+    value: float
+    recorded_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

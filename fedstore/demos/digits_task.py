@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -321,7 +321,7 @@ class DigitsTask:
 
     ``trainer(i)`` (``i`` from 1 to ``num_trainers``) returns a training
     function with the :mod:`fedstore.federation.api` signature
-    ``train(arrays, round) -> (arrays, num_samples, metrics)``;
+    ``train(arrays, round, config) -> (arrays, num_samples, metrics)``;
     ``evaluate`` is the matching evaluation function on the test set.
     """
 
@@ -367,7 +367,11 @@ class DigitsTask:
 
 @dataclass(frozen=True, slots=True)
 class TrainerFn:
-    """One trainer's local training function (picklable, deterministic per round)."""
+    """One trainer's local training function (picklable, deterministic per round).
+
+    The round's config may set ``epochs`` (an integer, 1-100) and ``lr``
+    (a number in (0, 10)) for that round; other names are ignored.
+    """
 
     cfg: DigitsConfig
     x: FloatArray
@@ -375,14 +379,29 @@ class TrainerFn:
     index: int
 
     def __call__(
-        self, arrays: Mapping[str, npt.NDArray[np.generic]], round: int
+        self,
+        arrays: Mapping[str, npt.NDArray[np.generic]],
+        round: int,
+        config: Mapping[str, str | int | float] | None = None,
     ) -> tuple[Arrays, int, dict[str, float]]:
+        cfg, epochs = self.cfg, self.cfg.epochs
+        config = config or {}
+        if "epochs" in config:
+            e = config["epochs"]
+            if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= 100:
+                raise ConfigError(f"round config epochs must be an integer 1-100, got {e!r}")
+            epochs = e
+        if "lr" in config:
+            lr = config["lr"]
+            if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < 10:
+                raise ConfigError(f"round config lr must be a number in (0, 10), got {lr!r}")
+            cfg = replace(cfg, lr=float(lr))
         new, metrics = train_local(
             arrays,
             self.x,
             self.y,
-            cfg=self.cfg,
-            epochs=self.cfg.epochs,
-            seed=[self.cfg.seed, self.index, round],
+            cfg=cfg,
+            epochs=epochs,
+            seed=[cfg.seed, self.index, round],
         )
         return new, len(self.y), metrics

@@ -54,8 +54,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--aggregator",
         default="fedavg",
-        choices=["fedavg", "median", "trimmed-mean"],
-        help="aggregation strategy (default fedavg)",
+        metavar="STRATEGY",
+        help="aggregation strategy: fedavg (default), median, trimmed-mean, fedadam, or any "
+        "installed in the fedstore.strategies entry-point group",
+    )
+    g.add_argument(
+        "--strategy-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the strategy, repeatable (e.g. trim=0.1 for trimmed-mean)",
     )
     g.add_argument(
         "--backends",
@@ -136,6 +144,7 @@ def _worker_argv(args: argparse.Namespace, proc: Proc, tmp: Path, quorum: str) -
             str(args.rounds),
             "--aggregator",
             args.aggregator,
+            *[f"--strategy-setting={item}" for item in args.strategy_setting],
             "--quorum",
             quorum,
             "--min-updates",
@@ -293,8 +302,9 @@ async def _federate(
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.live import Live
+
+    from fedstore.cli.output import console as pipe_safe_console
 
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
@@ -302,7 +312,12 @@ async def _main(args: argparse.Namespace) -> int:
         raise ConfigError("a late trainer needs another trainer for the rounds before it joins")
     if args.late_trainer and args.late_round > args.rounds:
         raise ConfigError(f"--late-round {args.late_round} is after the last round {args.rounds}")
-    console = Console(soft_wrap=True)
+    from fedstore.demos.federation_worker import parse_settings
+    from fedstore.federation.strategies import load_strategy
+
+    # fail here, in one line, rather than in the aggregator's process
+    load_strategy(args.aggregator, parse_settings(args.strategy_setting))
+    console = pipe_safe_console(soft_wrap=True)  # a closed pipe: quiet exit 141, no traceback
     live_view = console.is_terminal and not args.plain
     tmp = Path(tempfile.mkdtemp(prefix="fedstore-demo-"))
     (tmp / "logs").mkdir()

@@ -6,22 +6,34 @@
   same data (same number of epochs per round) as a dashed reference line and
   a marker where a late trainer joined (matplotlib, Agg backend, no display);
 * ``catalog.sqlite``: a consistent copy of the aggregator's catalog (SQLite
-  online backup, so it is complete even if the source used WAL);
+  online backup through the catalog's read-only API, so it is complete even
+  if the source used WAL, and the source is never written);
 * ``summary.json`` (everything, machine-readable) and ``summary.md`` (the
-  same for people: targets, per-round table, final CIDs of every peer).
+  same for people: targets, per-round table with the trainers' metrics as
+  the aggregator's catalog stored them, final CIDs of every peer).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import logging
 from collections.abc import Mapping, Sequence
-from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RoundRow", "RunSummary", "copy_catalog", "plot_accuracy", "write_report"]
+from fedstore.errors import CatalogError
+
+__all__ = [
+    "RoundRow",
+    "RunSummary",
+    "copy_catalog",
+    "plot_accuracy",
+    "stored_trainer_metrics",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +48,8 @@ class RoundRow:
     bytes_stored: int
     seconds: float
     partial: bool = False
+    #: the trainers' metrics for the round as the catalog stored them (weighted means)
+    trainer_metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -102,6 +116,7 @@ class RunSummary:
                     "bytes_stored": r.bytes_stored,
                     "seconds": r.seconds,
                     "partial": r.partial,
+                    "trainer_metrics": dict(r.trainer_metrics),
                 }
                 for r in self.rounds
             ],
@@ -153,16 +168,41 @@ def plot_accuracy(summary: RunSummary, path: Path, centralised: Sequence[float])
 
 
 def copy_catalog(src: Path, dest: Path) -> bool:
-    """Copy an SQLite catalog with the online-backup API; False if ``src`` does not exist."""
+    """Copy a catalog read-only (online backup); False if ``src`` does not exist."""
+    from fedstore.catalog import copy_read_only
+
     if not src.is_file():
         return False
-    dest.unlink(missing_ok=True)
-    with (
-        closing(sqlite3.connect(f"file:{src}?mode=ro", uri=True)) as source,
-        closing(sqlite3.connect(dest)) as target,
-    ):
-        source.backup(target)
+    copy_read_only(src, dest)
     return True
+
+
+def stored_trainer_metrics(catalog: Path) -> dict[tuple[int, str], dict[str, float]]:
+    """``(round, cid) -> {name: value}`` of the trainers' metrics stored in ``catalog``.
+
+    Read through the catalog's read-only query API. A catalog without the
+    ``round_metrics`` table (written by an older fedstore) has none: {}.
+    """
+    from fedstore.catalog import read_only_query
+
+    try:
+        _, rows = read_only_query(
+            catalog,
+            "SELECT round, cid, name, value FROM round_metrics WHERE source = 'trainers' "
+            "ORDER BY round, cid, name",
+        )
+    except CatalogError as exc:
+        log.info("no stored round metrics in %s: %s", catalog, exc)
+        return {}
+    out: dict[tuple[int, str], dict[str, float]] = {}
+    for rnd, cid, name, value in rows:
+        if isinstance(rnd, int) and isinstance(value, int | float):
+            out.setdefault((rnd, str(cid)), {})[str(name)] = float(value)
+    return out
+
+
+def _metric_names(summary: RunSummary) -> list[str]:
+    return sorted({name for r in summary.rounds for name in r.trainer_metrics})
 
 
 def _markdown(summary: RunSummary, catalog_copied: bool) -> str:
@@ -191,15 +231,28 @@ def _markdown(summary: RunSummary, catalog_copied: bool) -> str:
         "",
         "## Rounds",
         "",
-        "| round | participants | accuracy | centralised | CID | checkpoint bytes | stored total |",
-        "|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    names = _metric_names(summary)
+    if names:
+        lines += [
+            "Trainer metrics (`trainers: ...`) are the trainers' reports combined by the "
+            "strategy (mean weighted by samples), as stored in the aggregator's catalog "
+            "(table `round_metrics`).",
+            "",
+        ]
+    head = ["round", "participants", "accuracy", "centralised"]
+    head += [f"trainers: {n}" for n in names] + ["CID", "checkpoint bytes", "stored total"]
+    lines += [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" if h == "CID" else "---:" for h in head) + "|",
     ]
     for r in summary.rounds:
         cen = f"{r.centralised_accuracy:.4f}" if r.centralised_accuracy is not None else "-"
-        lines.append(
-            f"| {r.round} | {r.participants}{' (partial)' if r.partial else ''} | "
-            f"{r.accuracy:.4f} | {cen} | `{r.cid}` | {r.size} | {r.bytes_stored} |"
-        )
+        stored = [f"{r.trainer_metrics[n]:.4f}" if n in r.trainer_metrics else "-" for n in names]
+        cells = [str(r.round), f"{r.participants}{' (partial)' if r.partial else ''}"]
+        cells += [f"{r.accuracy:.4f}", cen, *stored]
+        cells += [f"`{r.cid}`", str(r.size), str(r.bytes_stored)]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Final CID of every peer", ""]
     lines += [f"- {name}: `{cid}`" for name, cid in sorted(summary.peer_final_cids.items())]
     if summary.rejections:
@@ -237,6 +290,10 @@ def write_report(
         copied = copy_catalog(catalog, out_dir / "catalog.sqlite")
         if copied:
             paths["catalog"] = out_dir / "catalog.sqlite"
+            stored = stored_trainer_metrics(paths["catalog"])
+            summary.rounds = [
+                replace(r, trainer_metrics=stored.get((r.round, r.cid), {})) for r in summary.rounds
+            ]
     doc = summary.to_json()
     doc["centralised_curve"] = list(centralised_curve)
     paths["summary_json"].write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

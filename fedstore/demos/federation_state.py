@@ -50,6 +50,8 @@ class RoundInfo:
     bytes_stored: int
     seconds: float
     partial: bool
+    #: the trainers' metrics combined by the strategy, as the aggregator reported them
+    trainer_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,12 +108,16 @@ def apply_event(
             bytes_stored=int(ev["bytes_stored"]),
             seconds=float(ev["seconds"]),
             partial=bool(ev["partial"]),
+            trainer_metrics={
+                str(k): float(v) for k, v in dict(ev.get("trainer_metrics") or {}).items()
+            },
         )
         state.rounds.append(info)
         plain(
             f"round {info.round:>2}: {len(info.participants)} participants "
             f"({' '.join(info.participants)}), test accuracy {info.accuracy:.3f}, "
-            f"CID {info.cid}, {info.bytes_stored} bytes stored"
+            + "".join(f"{k} {v:.3f}, " for k, v in sorted(info.trainer_metrics.items()))
+            + f"CID {info.cid}, {info.bytes_stored} bytes stored"
         )
     elif kind == "round_failed":
         msg = f"round {ev['round']} attempt {ev['attempt']} failed: {ev['reason']}"

@@ -37,6 +37,7 @@ def render(state: DemoState) -> Any:
         ("participants", "left"),
         ("test acc", "right"),
         ("centralised", "right"),
+        ("train loss", "right"),
         ("CID", "left"),
         ("stored", "right"),
         ("time", "right"),
@@ -49,6 +50,7 @@ def render(state: DemoState) -> Any:
             " ".join(r.participants) + (" (partial)" if r.partial else ""),
             f"{r.accuracy:.3f}",
             f"{cen:.3f}" if cen is not None else "…",
+            f"{r.trainer_metrics['train_loss']:.3f}" if "train_loss" in r.trainer_metrics else "-",
             short_cid(r.cid),
             _size(r.bytes_stored),
             f"{r.seconds:.2f}s",
@@ -57,6 +59,7 @@ def render(state: DemoState) -> Any:
         rounds.add_row(
             str(state.open_round),
             Text(f"{state.open_updates}/{state.open_quorum} updates…", style="dim"),
+            "",
             "",
             "",
             "",

@@ -21,13 +21,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from fedstore.errors import FedstoreError
+from fedstore.errors import ConfigError, FedstoreError
 
-__all__ = ["build_parser", "main"]
+if TYPE_CHECKING:
+    from fedstore.demos.digits_task import DigitsTask
+    from fedstore.federation.events import Event
+
+__all__ = ["build_parser", "main", "parse_settings"]
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -35,7 +39,7 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _event_sink(ev: Any) -> None:
+def _event_sink(ev: Event) -> None:
     from fedstore.federation.events import event_dict
 
     d = event_dict(ev)
@@ -63,7 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainers", type=int, default=3, help="size of the data split")
     p.add_argument("--index", type=int, default=1, help="this trainer's data part (1-based)")
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--aggregator", default="fedavg", dest="strategy")
+    p.add_argument("--aggregator", default="fedavg", dest="strategy", help="strategy name")
+    p.add_argument(
+        "--strategy-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the strategy (repeatable), e.g. trim=0.1",
+    )
     p.add_argument("--quorum", default="3", help="N or N,ROUND:M")
     p.add_argument("--min-updates", type=int, default=1)
     p.add_argument("--round-timeout", type=float, default=30.0)
@@ -77,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _task(args: argparse.Namespace) -> Any:
+def _task(args: argparse.Namespace) -> DigitsTask:
     from fedstore.demos.digits_task import DigitsConfig, DigitsTask
 
     overrides = {
@@ -88,14 +99,31 @@ def _task(args: argparse.Namespace) -> Any:
     return DigitsTask(args.trainers, DigitsConfig(**overrides))
 
 
+def parse_settings(items: Sequence[str]) -> dict[str, str]:
+    """``["trim=0.1", ...]`` -> ``{"trim": "0.1"}``; ConfigError for an item without ``=``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"strategy setting {item!r} is not KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
 async def _run(args: argparse.Namespace) -> int:
     from fedstore.federation import api
-    from fedstore.federation.aggregator import run_aggregator
+    from fedstore.federation.aggregator import lead_rounds
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
-    from fedstore.federation.trainer import run_trainer
+    from fedstore.federation.strategies import load_strategy
+    from fedstore.federation.trainer import follow_rounds
     from fedstore.node import open_node
 
+    strategy = (
+        load_strategy(args.strategy, parse_settings(args.strategy_setting))
+        if args.role == "aggregator"
+        else None
+    )
     task = await trio.to_thread.run_sync(_task, args)
     if args.go_from_stdin:
         _emit({"event": "waiting", "role": args.role})
@@ -126,17 +154,17 @@ async def _run(args: argparse.Namespace) -> int:
             }
         )
         peer = NodePeer(node)
-        if args.role == "aggregator":
+        if strategy is not None:
             meta = {
                 "fedstore.task": f"digits-{task.cfg.model_name}",
                 "fedstore.task_seed": str(task.cfg.seed),
             }
-            result = await run_aggregator(
+            result = await lead_rounds(
                 peer,
                 task.initial_arrays(),
                 AggregatorSettings(
                     rounds=args.rounds,
-                    strategy=args.strategy,
+                    strategy=strategy,
                     quorum=QuorumSchedule.parse(args.quorum),
                     min_updates=args.min_updates,
                     round_timeout=args.round_timeout,
@@ -159,7 +187,7 @@ async def _run(args: argparse.Namespace) -> int:
             )
             return 0 if result.status == "complete" else 1
         await node.wait_for_peers(1, timeout=30.0)
-        tres = await run_trainer(
+        tres = await follow_rounds(
             peer,
             task.trainer(args.index),
             TrainerSettings(

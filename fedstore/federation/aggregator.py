@@ -1,14 +1,43 @@
-"""The aggregator's side of the round protocol (see :mod:`fedstore.federation.roles`).
+"""The aggregator's side of the round protocol: :func:`lead_rounds`.
 
-:func:`run_aggregator` opens each round, admits updates through
-:class:`~fedstore.federation.validation.RoundValidator` until the quorum or
-the deadline, aggregates deterministically (:func:`aggregate_round`), saves
-the new global checkpoint and announces ``DONE`` after the last round.
+Round ``r``, as the aggregator runs it:
+
+1. It asks the strategy for the round's config
+   (:meth:`~fedstore.federation.strategies.Strategy.configure_round`) and
+   announces ``ROUND r`` (base model ``r-1`` by CID, quorum, seconds left,
+   senders received so far, the config) on the training topic, again every
+   ``announce_interval`` seconds while the round is open.
+2. Trainers that hear it load the base model by CID, run
+   ``train(arrays, round, config)`` and publish an ``UPDATE`` (tensors
+   inline, or by CID when too large); see :mod:`fedstore.federation.trainer`.
+3. The aggregator admits updates through
+   :class:`~fedstore.federation.validation.RoundValidator` until the quorum
+   is reached or the deadline passes. With at least ``min_updates`` it
+   aggregates with the strategy (deterministically,
+   :func:`~fedstore.federation.global_model.aggregate_round`), stores the
+   strategy's state blob if it has one, saves the new global checkpoint
+   (encoded once: local store, backend chain, announcement), evaluates it and
+   records the round's metrics (the trainers' combined, the evaluation's, the
+   strategy's) with the peer. With fewer updates, or when the strategy
+   declines, the round is reported as failed and re-opened, up to
+   ``max_attempts`` times, after which the federation ends with status
+   ``failed``: it never hangs.
+4. After the last round it announces ``DONE`` with the final CID for
+   ``linger`` seconds; trainers make sure they hold that checkpoint and stop.
+
+If the peer already knows a head (a restarted aggregator, or a network that
+ran before), the federation resumes from it, strategy state included (read
+from the head's metadata and state blob). Lost messages cost little: a
+trainer whose id is missing from a later ``ROUND`` announcement re-sends its
+update, and an identical re-sent update is recognised and ignored.
+
+Progress is reported through an ``on_event`` callback with the dataclasses
+of :mod:`fedstore.federation.events`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -17,166 +46,68 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from fedstore.errors import FedstoreError
-from fedstore.federation.aggregators import Update, get_aggregator
+from fedstore.errors import FedstoreError, FormatError, StrategyError
+from fedstore.federation.collect import Collector, collect_round
 from fedstore.federation.events import (
     EventSink,
     FederationResult,
     RoundClosed,
     RoundFailed,
     RoundOpened,
-    UpdateAccepted,
     noop_sink,
 )
+from fedstore.federation.global_model import (
+    ROUND_KEY,
+    RoundOutcome,
+    aggregate_round,
+    decode_state,
+    read_strategy_record,
+)
 from fedstore.federation.messages import (
-    MAX_HEADER_BYTES,
     Done,
     MessageError,
     RoundOpen,
-    UpdateMessage,
-    decode_message,
-    decode_tensors,
-    encode_tensors,
+    check_config,
 )
 from fedstore.federation.settings import AggregatorSettings
-from fedstore.federation.transport import Arrays, FederationPeer, Inbox
+from fedstore.federation.strategies.base import (
+    ConfigValue,
+    RoundContext,
+    Strategy,
+    StrategyState,
+    Update,
+)
+from fedstore.federation.transport import (
+    Arrays,
+    FederationPeer,
+    GlobalModel,
+    RoundMetrics,
+    SavedModel,
+)
 from fedstore.federation.validation import (
     ModelSpec,
     RejectionCounter,
-    RejectReason,
     RoundValidator,
 )
+from fedstore.ipld import same_cid
 
-__all__ = ["EvaluateFn", "aggregate_round", "run_aggregator"]
+__all__ = ["EvaluateFn", "lead_rounds", "publish_round"]
 
 log = logging.getLogger(__name__)
 
 NDArray = npt.NDArray[np.generic]
+#: ``evaluate(arrays) -> metrics`` of a global model (runs in a worker thread)
 EvaluateFn = Callable[[Arrays], Mapping[str, float]]
 
 
-def _checkpoint_metadata(
-    strategy: str, round: int, base_cid: str, updates: list[Update], extra: Mapping[str, str]
-) -> dict[str, str]:
-    meta = dict(extra)
-    meta.update(
-        {
-            "fedstore.aggregator": strategy,
-            "fedstore.base_cid": base_cid,
-            "fedstore.num_samples": str(sum(u.num_samples for u in updates)),
-            "fedstore.participants": ",".join(sorted(u.sender for u in updates)),
-            "fedstore.round": str(round),
-        }
-    )
-    return meta
-
-
-def aggregate_round(
-    strategy: str, round: int, base_cid: str, updates: list[Update], extra: Mapping[str, str]
-) -> tuple[dict[str, NDArray], dict[str, str], bytes]:
-    """Aggregate and encode one round: (arrays, metadata, checkpoint bytes). Deterministic."""
-    arrays = get_aggregator(strategy)(updates)
-    meta = _checkpoint_metadata(strategy, round, base_cid, updates, extra)
-    return arrays, meta, encode_tensors(arrays, meta)
-
-
-class _Collector:
-    """Admits UPDATE messages for one round attempt."""
-
-    def __init__(
-        self,
-        peer: FederationPeer,
-        validator: RoundValidator,
-        base_cid: str,
-        settings: AggregatorSettings,
-        on_event: EventSink,
-    ) -> None:
-        self.peer = peer
-        self.v = validator
-        self.base_cid = base_cid
-        self.settings = settings
-        self.on_event = on_event
-        self.digests: dict[str, bytes] = {}
-
-    async def handle(self, sender: str, data: bytes) -> None:
-        v = self.v
-        try:
-            msg = decode_message(data)
-        except MessageError as exc:
-            v.reject(RejectReason.MALFORMED, sender, v.round, str(exc))
-            return
-        if not isinstance(msg, UpdateMessage):
-            if msg.aggregator != self.peer.peer_id:
-                log.warning("ignoring %s from another aggregator %s", type(msg).__name__, sender)
-            return
-        digest = hashlib.sha256(data).digest()
-        if self.digests.get(msg.sender) == digest:
-            log.debug("ignoring re-sent update from %s for round %d", msg.sender, msg.round)
-            return
-        if (
-            v.check_header(
-                sender=msg.sender,
-                round=msg.round,
-                num_samples=msg.num_samples,
-                transport_sender=sender,
-            )
-            is not None
-        ):
-            return
-        if msg.base_cid is not None and msg.base_cid != self.base_cid:
-            v.reject(
-                RejectReason.UNKNOWN_ROUND,
-                msg.sender,
-                msg.round,
-                f"trained from {msg.base_cid}, round base is {self.base_cid}",
-            )
-            return
-        payload = msg.payload
-        if msg.cid is not None:
-            if msg.size > self.settings.max_update_bytes:
-                v.reject(
-                    RejectReason.FETCH_FAILED,
-                    msg.sender,
-                    msg.round,
-                    f"update of {msg.size} bytes exceeds {self.settings.max_update_bytes}",
-                )
-                return
-            try:
-                with trio.fail_after(max(5.0, self.settings.round_timeout / 2)):
-                    payload = await self.peer.get_blob(msg.cid, max_size=msg.size)
-            except (FedstoreError, trio.TooSlowError) as exc:
-                v.reject(RejectReason.FETCH_FAILED, msg.sender, msg.round, f"{msg.cid}: {exc}")
-                return
-        max_decoded = self._max_decoded()
-
-        def decode_and_check() -> tuple[Arrays, tuple[RejectReason, str] | None]:
-            arrays = decode_tensors(payload, max_decoded_size=max_decoded)
-            return arrays, v.spec.problem(arrays)
-
-        try:  # decoding and the NaN/Inf scan read the whole update: off the event loop
-            arrays, problem = await trio.to_thread.run_sync(decode_and_check)
-        except MessageError as exc:
-            v.reject(RejectReason.MALFORMED, msg.sender, msg.round, str(exc))
-            return
-        if problem is not None:
-            v.reject(problem[0], msg.sender, msg.round, problem[1])
-            return
-        update = Update(msg.sender, msg.num_samples, arrays, dict(msg.metrics))
-        if v.offer(update, round=msg.round, transport_sender=sender, tensors_checked=True):
-            self.digests[msg.sender] = digest
-            self.on_event(
-                UpdateAccepted(msg.round, msg.sender, msg.num_samples, msg.cid is not None)
-            )
-
-    def _max_decoded(self) -> int:
-        total = 0
-        for spec in self.v.spec.tensors.values():
-            total += math.prod(spec.shape) * int(np.dtype(spec.dtype).itemsize)
-        return total + 64 * 1024 + MAX_HEADER_BYTES
-
-
 def _announcement(
-    me: str, rnd: int, attempt: int, base_cid: str, quorum: int, validator: RoundValidator
+    me: str,
+    rnd: int,
+    attempt: int,
+    base_cid: str,
+    quorum: int,
+    validator: RoundValidator,
+    config: Mapping[str, ConfigValue],
 ) -> Callable[[float], RoundOpen]:
     """The ROUND message of an open round, given the seconds left (senders read live)."""
 
@@ -190,41 +121,120 @@ def _announcement(
             deadline=left,
             attempt=attempt,
             received=tuple(validator.senders),
+            config=config,
         )
 
     return announce
 
 
-async def _collect_round(
+def _round_config(strategy: Strategy, ctx: RoundContext) -> dict[str, ConfigValue]:
+    try:
+        return check_config(strategy.configure_round(ctx))
+    except MessageError as exc:
+        raise StrategyError(
+            f"strategy {strategy.name!r} configured round {ctx.round} with a config that "
+            f"cannot be sent: {exc}",
+            strategy=strategy.name,
+        ) from exc
+
+
+async def _resume_state(
+    peer: FederationPeer, strategy: Strategy, model: GlobalModel
+) -> StrategyState:
+    """The strategy state stored with the head ``model`` (empty if another strategy made it)."""
+    try:
+        record = read_strategy_record(model.metadata)
+    except FormatError as exc:
+        raise FedstoreError(
+            f"the head (round {model.round}, {model.cid}) has unreadable strategy metadata: {exc}"
+        ) from exc
+    if record.name != strategy.name:
+        if record.name is not None:
+            log.warning(
+                "round %d was aggregated with strategy %r; continuing with %r from a fresh state",
+                model.round,
+                record.name,
+                strategy.name,
+            )
+        return StrategyState()
+    if dict(record.settings) != dict(strategy.settings()):
+        log.info(
+            "strategy %r resumes with settings %s (round %d used %s)",
+            strategy.name,
+            dict(strategy.settings()),
+            model.round,
+            dict(record.settings),
+        )
+    if record.state_cid is None:
+        return StrategyState(dict(record.state_values))
+    data = await peer.get_blob(record.state_cid, max_size=record.state_size)
+    try:
+        return await trio.to_thread.run_sync(decode_state, record, data)
+    except FormatError as exc:
+        raise FedstoreError(
+            f"the strategy state {record.state_cid} of round {model.round} is unusable: {exc}"
+        ) from exc
+
+
+def _finite(source: str, metrics: Mapping[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            f = math.nan
+        if math.isfinite(f) and isinstance(name, str) and 1 <= len(name) <= 64:
+            out[name] = f
+        else:
+            log.warning(
+                "%s metric %r=%r is not recorded (not a finite number)", source, name, value
+            )
+    return out
+
+
+async def publish_round(
     peer: FederationPeer,
-    inbox: Inbox,
-    collector: _Collector,
-    announce: Callable[[float], RoundOpen],
-    quorum: int,
-    deadline: float,
-    interval: float,
-) -> None:
-    """Announce the round and admit updates until ``quorum`` or ``deadline`` (trio time)."""
-    v = collector.v
+    round: int,
+    outcome: RoundOutcome,
+    evaluate: EvaluateFn | None = None,
+) -> tuple[SavedModel, dict[str, float]]:
+    """Store what :func:`aggregate_round` computed; return the saved model and its evaluation.
 
-    async def announcer() -> None:
-        while True:
-            msg = announce(max(0.0, deadline - trio.current_time()))
-            await peer.publish(msg.encode())
-            await trio.sleep(interval)
+    The strategy's state blob first (the checkpoint names it), then the
+    global checkpoint - encoded once, by ``save_global`` - then
+    ``evaluate`` in a worker thread, then the round's metrics through
+    ``peer.record_round`` (a failure to record is logged, not fatal: the
+    model is saved and announced by then).
+    """
+    if outcome.arrays is None:
+        raise ValueError(f"round {round} was declined: nothing to publish")
+    if outcome.state_blob is not None and outcome.state_cid is not None:
+        stored = await peer.put_blob(outcome.state_blob)
+        if not same_cid(stored, outcome.state_cid):
+            raise FedstoreError(f"strategy state stored as {stored}, expected {outcome.state_cid}")
+    rec = await peer.save_global(round, outcome.arrays, outcome.metadata)
+    metrics = dict(await trio.to_thread.run_sync(evaluate, outcome.arrays)) if evaluate else {}
+    by_source = {
+        "trainers": _finite("trainer", outcome.trainer_metrics),
+        "evaluate": _finite("evaluate", metrics),
+        "strategy": _finite("strategy", outcome.strategy_metrics),
+    }
+    try:
+        await peer.record_round(
+            RoundMetrics(
+                round,
+                rec.cid,
+                outcome.participants,
+                outcome.num_samples,
+                {k: v for k, v in by_source.items() if v},
+            )
+        )
+    except FedstoreError as exc:
+        log.error("round %d: metrics not recorded: %s", round, exc)
+    return rec, metrics
 
-    with trio.move_on_at(deadline):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(announcer)
-            while len(v.accepted) < quorum:
-                sender, data = await inbox.receive()
-                if sender == peer.peer_id:
-                    continue
-                await collector.handle(sender, data)
-            nursery.cancel_scope.cancel()
 
-
-async def run_aggregator(
+async def lead_rounds(
     peer: FederationPeer,
     initial: Mapping[str, NDArray],
     settings: AggregatorSettings,
@@ -232,14 +242,14 @@ async def run_aggregator(
     evaluate: EvaluateFn | None = None,
     on_event: EventSink = noop_sink,
 ) -> FederationResult:
-    """Run the federation's rounds as aggregator; see the module docstring for the protocol.
+    """Run the federation's rounds as aggregator over ``peer``; see the module docstring.
 
     If the peer already knows a head (a restarted aggregator, or a network
     that ran before), the federation resumes from it: the head's arrays are
-    loaded by CID and the next round is ``head + 1``. Otherwise ``initial`` is
-    saved as round 0.
+    loaded by CID, the strategy's state from the head's metadata, and the
+    next round is ``head + 1``. Otherwise ``initial`` is saved as round 0.
     """
-    get_aggregator(settings.strategy)  # fail fast on an unknown name
+    strategy = settings.strategy
     spec = ModelSpec.of(initial)
     totals = RejectionCounter()
     history: list[RoundClosed] = []
@@ -247,33 +257,40 @@ async def run_aggregator(
     async with peer.messages() as inbox:
         head = await peer.head()
         if head is None:
-            rec = await peer.save_global(0, initial, {**settings.metadata, "fedstore.round": "0"})
+            rec = await peer.save_global(0, initial, {**settings.metadata, ROUND_KEY: "0"})
             base_round, base_cid = 0, rec.cid
+            base: Mapping[str, NDArray] = dict(initial)
+            state = StrategyState()
             bytes_stored += rec.size
         else:
             base_round, base_cid = head
-            arrays = await peer.load_global(base_round, base_cid)
-            if ModelSpec.of(arrays) != spec:
+            model = await peer.load_global(base_round, base_cid)
+            if ModelSpec.of(model.arrays) != spec:
                 raise FedstoreError(
                     f"the network's head (round {base_round}, {base_cid}) is not this model; "
                     "start with an empty data directory or the same model"
                 )
+            base = model.arrays
+            state = await _resume_state(peer, strategy, model)
             log.info("resuming from round %d (%s)", base_round, base_cid)
         rnd = base_round + 1
         while rnd <= settings.rounds:
             quorum = settings.quorum(rnd)
+            ctx = RoundContext(rnd, base_cid, base, state)
+            config = _round_config(strategy, ctx)
             closed: RoundClosed | None = None
+            outcome: RoundOutcome | None = None
             for attempt in range(1, settings.max_attempts + 1):
                 started = trio.current_time()
                 validator = RoundValidator(spec, rnd, totals=totals)
-                collector = _Collector(peer, validator, base_cid, settings, on_event)
-                on_event(RoundOpened(rnd, attempt, base_cid, quorum))
+                collector = Collector(peer, validator, base_cid, settings, on_event)
+                on_event(RoundOpened(rnd, attempt, base_cid, quorum, config))
 
-                await _collect_round(
+                await collect_round(
                     peer,
                     inbox,
                     collector,
-                    _announcement(peer.peer_id, rnd, attempt, base_cid, quorum, validator),
+                    _announcement(peer.peer_id, rnd, attempt, base_cid, quorum, validator, config),
                     quorum,
                     started + settings.round_timeout,
                     settings.announce_interval,
@@ -291,17 +308,35 @@ async def run_aggregator(
                         )
                     )
                     continue
-                updates = [validator.accepted[s] for s in validator.senders]
-                arrays, meta, _ = await trio.to_thread.run_sync(
-                    aggregate_round, settings.strategy, rnd, base_cid, updates, settings.metadata
+                updates: list[Update] = [validator.accepted[s] for s in validator.senders]
+                outcome = await trio.to_thread.run_sync(
+                    functools.partial(
+                        aggregate_round,
+                        strategy,
+                        ctx,
+                        updates,
+                        tuple(validator.log_rejections),
+                        config=config,
+                        extra=settings.metadata,
+                    )
                 )
-                rec = await peer.save_global(rnd, arrays, meta)
-                bytes_stored += rec.size
-                metrics = dict(await trio.to_thread.run_sync(evaluate, arrays)) if evaluate else {}
+                if outcome.arrays is None:
+                    on_event(
+                        RoundFailed(
+                            rnd,
+                            attempt,
+                            got,
+                            settings.min_updates,
+                            f"strategy {strategy.name} declined the round: {outcome.reason}",
+                        )
+                    )
+                    continue
+                rec, metrics = await publish_round(peer, rnd, outcome, evaluate)
+                bytes_stored += rec.size + len(outcome.state_blob or b"")
                 closed = RoundClosed(
                     round=rnd,
                     participants=tuple(validator.senders),
-                    num_samples=sum(u.num_samples for u in updates),
+                    num_samples=outcome.num_samples,
                     cid=rec.cid,
                     size=rec.size,
                     bytes_stored=bytes_stored,
@@ -309,14 +344,16 @@ async def run_aggregator(
                     partial=got < quorum,
                     rejected=dict(validator.rejections),
                     seconds=round(trio.current_time() - started, 3),
+                    trainer_metrics=dict(outcome.trainer_metrics),
+                    strategy_metrics=dict(outcome.strategy_metrics),
                 )
                 on_event(closed)
                 break
-            if closed is None:
+            if closed is None or outcome is None or outcome.arrays is None:
                 reason = (
                     f"round {rnd} failed {settings.max_attempts} time(s): too few updates "
-                    f"(need {settings.min_updates}); the last global model is round "
-                    f"{rnd - 1}, {base_cid}"
+                    f"(need {settings.min_updates}) or declined by the strategy; the last "
+                    f"global model is round {rnd - 1}, {base_cid}"
                 )
                 await _announce_done(peer, rnd - 1, base_cid, "failed", reason, settings)
                 return FederationResult(
@@ -324,6 +361,7 @@ async def run_aggregator(
                 )
             history.append(closed)
             base_round, base_cid = rnd, closed.cid
+            base, state = outcome.arrays, outcome.state
             rnd += 1
         await _announce_done(peer, base_round, base_cid, "complete", "", settings)
     return FederationResult("complete", base_round, base_cid, tuple(history), dict(totals))

@@ -2,8 +2,9 @@
 
 You write::
 
-    def train(arrays: dict[str, np.ndarray], round: int) -> tuple[dict[str, np.ndarray], int, dict]:
-        ...  # load arrays into your model, train on local data
+    def train(arrays: dict[str, np.ndarray], round: int, config: Mapping[str, str | int | float]
+              ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        ...  # load arrays into your model, train on local data (config: from the strategy)
         return new_arrays, num_examples, {"loss": loss}
 
     def evaluate(arrays: dict[str, np.ndarray]) -> dict[str, float]:
@@ -13,7 +14,9 @@ You write::
 and fedstore does the rest: the aggregator node saves every global model as
 a content-addressed checkpoint (local store, catalog, storage backends,
 announcement by CID), trainers fetch it by CID, train, and send updates back
-over libp2p gossipsub. Run one aggregator::
+over libp2p gossipsub; the trainers' metrics are combined (a mean weighted by
+``num_examples``) and recorded per round in the aggregator's catalog with the
+evaluation's. Run one aggregator::
 
     from fedstore.federation import api
 
@@ -26,33 +29,52 @@ and any number of trainers, each on its own data::
 
     api.run_trainer(train, bootstrap=[addr], data_dir="trainer-1")
 
-``run_*`` start their own trio loop; inside trio, await ``aggregate``/``train``
-instead. Both accept a ready :class:`~fedstore.config.NodeConfig` (``node=``)
-or the few fields the examples need. With PyTorch installed,
+``strategy`` is a registered name (``fedavg``, ``median``, ``trimmed-mean``,
+``fedadam``, or any installed plugin's; ``strategy_settings`` are its
+settings, e.g. ``{"trim": 0.1}``) or a
+:class:`~fedstore.federation.strategies.Strategy` instance. A ``train``
+function of the older form ``train(arrays, round)`` still works, with a
+:class:`FutureWarning` (see :func:`fedstore.federation.trainer.as_train_fn`).
+
+Layers, one name each: :func:`aggregate` / :func:`train` run a node in an
+existing trio loop; :func:`run_aggregator` / :func:`run_trainer` are the same
+calls, blocking (they start their own trio loop); underneath,
+:func:`fedstore.federation.aggregator.lead_rounds` and
+:func:`fedstore.federation.trainer.follow_rounds` run the round protocol over
+any :class:`~fedstore.federation.transport.FederationPeer`. Both entry points
+accept a ready :class:`~fedstore.config.NodeConfig` (``node=``) or the few
+fields the examples need. With PyTorch installed,
 :func:`arrays_from_state_dict` and :func:`state_dict_from_arrays` convert
 between a ``state_dict`` and the arrays these functions exchange.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import trio
 
 from fedstore.errors import ConfigError
-from fedstore.federation.aggregator import EvaluateFn
-from fedstore.federation.aggregator import run_aggregator as _run_aggregator_loop
+from fedstore.federation.aggregator import EvaluateFn, lead_rounds
 from fedstore.federation.events import EventSink, FederationResult, TrainerResult, noop_sink
 from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
-from fedstore.federation.trainer import TrainFn
-from fedstore.federation.trainer import run_trainer as _run_trainer_loop
+from fedstore.federation.strategies.base import Strategy
+from fedstore.federation.strategies.registry import SettingValue, load_strategy
+from fedstore.federation.trainer import LegacyTrainFn, TrainFn, follow_rounds
+
+if TYPE_CHECKING:
+    from fedstore.config import NodeConfig
 
 __all__ = [
     "EvaluateFn",
+    "LegacyTrainFn",
+    "TorchTensor",
     "TrainFn",
     "aggregate",
     "arrays_from_state_dict",
@@ -64,6 +86,8 @@ __all__ = [
 ]
 
 NDArray = npt.NDArray[np.generic]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def make_node_config(
@@ -75,7 +99,7 @@ def make_node_config(
     backends: Sequence[str] | None = None,
     settings: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
-) -> Any:
+) -> NodeConfig:
     """A :class:`~fedstore.config.NodeConfig` from explicit values over the environment.
 
     Precedence as everywhere in fedstore: these arguments, then the
@@ -105,16 +129,25 @@ def _quorum(q: int | str | QuorumSchedule) -> QuorumSchedule:
     return QuorumSchedule.parse(q)
 
 
+def _strategy(strategy: Strategy | str, settings: Mapping[str, SettingValue] | None) -> Strategy:
+    if isinstance(strategy, str):
+        return load_strategy(strategy, settings)
+    if settings:
+        raise ConfigError("strategy_settings go with a strategy name, not a Strategy instance")
+    return strategy
+
+
 async def aggregate(
     initial: Mapping[str, NDArray],
     *,
     evaluate: EvaluateFn | None = None,
     rounds: int = 10,
-    strategy: str = "fedavg",
+    strategy: Strategy | str = "fedavg",
+    strategy_settings: Mapping[str, SettingValue] | None = None,
     quorum: int | str | QuorumSchedule = 1,
     min_updates: int = 1,
     round_timeout: float = 30.0,
-    node: Any = None,
+    node: NodeConfig | None = None,
     data_dir: str | Path = "checkpoints_bootstrap",
     backends: Sequence[str] | None = None,
     on_event: EventSink = noop_sink,
@@ -125,34 +158,37 @@ async def aggregate(
 
     ``on_ready(multiaddr)`` is called once the node listens, with the
     address trainers should bootstrap from. ``quorum`` is a count, a
-    :class:`QuorumSchedule`, or its text form (``"2,5:3"``).
+    :class:`QuorumSchedule`, or its text form (``"2,5:3"``). ``strategy``
+    is a registered name (with ``strategy_settings``) or a Strategy;
+    an unknown name or bad setting raises
+    :class:`~fedstore.errors.StrategyError` before the node starts.
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
 
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1, got {rounds}")
-    cfg = node or make_node_config(role="bootstrap", data_dir=data_dir, backends=backends)
     settings = AggregatorSettings(
         rounds=rounds,
-        strategy=strategy,
+        strategy=_strategy(strategy, strategy_settings),
         quorum=_quorum(quorum),
         min_updates=min_updates,
         round_timeout=round_timeout,
         metadata=dict(metadata or {}),
     )
+    cfg = node or make_node_config(role="bootstrap", data_dir=data_dir, backends=backends)
     async with open_node(cfg) as n:
         if on_ready is not None:
             on_ready(n.addrs()[0])
-        return await _run_aggregator_loop(
+        return await lead_rounds(
             NodePeer(n), initial, settings, evaluate=evaluate, on_event=on_event
         )
 
 
 async def train(
-    train_fn: TrainFn,
+    train_fn: TrainFn | LegacyTrainFn,
     *,
-    node: Any = None,
+    node: NodeConfig | None = None,
     data_dir: str | Path = "checkpoints_trainer",
     bootstrap: Sequence[str] = (),
     backends: Sequence[str] | None = None,
@@ -163,7 +199,8 @@ async def train(
     """Run a node as a trainer until the aggregator announces the end.
 
     Waits up to ``connect_timeout`` seconds for a first peer, syncs the
-    network's head by CID, then trains each round the aggregator opens.
+    network's head by CID, then runs ``train_fn(arrays, round, config)`` for
+    each round the aggregator opens.
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
@@ -179,55 +216,89 @@ async def train(
         settings = TrainerSettings(
             idle_timeout=idle_timeout, inline_limit=min(peer.inline_limit, 1 << 20)
         )
-        return await _run_trainer_loop(peer, train_fn, settings, on_event=on_event)
+        return await follow_rounds(peer, train_fn, settings, on_event=on_event)
 
 
-def run_aggregator(initial: Mapping[str, NDArray], **kwargs: Any) -> FederationResult:
-    """Blocking :func:`aggregate` (starts a trio loop)."""
+def _blocking(fn: Callable[P, Awaitable[T]], name: str, doc: str) -> Callable[P, T]:
+    """``fn`` run to completion in a new trio loop, with ``fn``'s parameters."""
 
-    async def main() -> FederationResult:
-        return await aggregate(initial, **kwargs)
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return trio.run(functools.partial(fn, *args, **kwargs))
 
-    return trio.run(main)
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = doc
+    return run
 
 
-def run_trainer(train_fn: TrainFn, **kwargs: Any) -> TrainerResult:
-    """Blocking :func:`train` (starts a trio loop)."""
+run_aggregator = _blocking(
+    aggregate,
+    "run_aggregator",
+    """Blocking :func:`aggregate`: same parameters, runs its own trio loop until the end.
 
-    async def main() -> TrainerResult:
-        return await train(train_fn, **kwargs)
+    Returns the :class:`~fedstore.federation.events.FederationResult`. Not to
+    be confused with :func:`fedstore.federation.aggregator.lead_rounds`, the
+    round loop over a peer that this ends up running.
+    """,
+)
 
-    return trio.run(main)
+run_trainer = _blocking(
+    train,
+    "run_trainer",
+    """Blocking :func:`train`: same parameters, runs its own trio loop until the end.
+
+    Returns the :class:`~fedstore.federation.events.TrainerResult`.
+    """,
+)
 
 
 # -- PyTorch (optional) -----------------------------------------------------------
 
 
-def _torch() -> Any:
+class TorchTensor(Protocol):
+    """The part of ``torch.Tensor`` the converters use (fedstore does not import torch)."""
+
+    @property
+    def device(self) -> object: ...
+
+    @property
+    def dtype(self) -> object: ...
+
+    def detach(self) -> TorchTensor: ...
+
+    def cpu(self) -> TorchTensor: ...
+
+    def numpy(self) -> NDArray: ...
+
+    def to(self, *, device: object, dtype: object) -> TorchTensor: ...
+
+
+def _torch() -> ModuleType:
     try:
         import torch
     except ImportError as exc:
         raise ConfigError("PyTorch is not installed: pip install torch") from exc
-    return torch
+    mod: ModuleType = torch
+    return mod
 
 
-def arrays_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, NDArray]:
+def arrays_from_state_dict(state_dict: Mapping[str, TorchTensor]) -> dict[str, NDArray]:
     """A PyTorch ``state_dict`` as numpy arrays (copied to CPU, detached)."""
     _torch()
     return {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in state_dict.items()}
 
 
 def state_dict_from_arrays(
-    arrays: Mapping[str, NDArray], like: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+    arrays: Mapping[str, NDArray], like: Mapping[str, TorchTensor] | None = None
+) -> dict[str, TorchTensor]:
     """Numpy arrays as a ``state_dict`` of tensors (on ``like``'s devices and dtypes if given).
 
     Load it with ``model.load_state_dict(state_dict_from_arrays(arrays, model.state_dict()))``.
     """
     torch = _torch()
-    out: dict[str, Any] = {}
+    out: dict[str, TorchTensor] = {}
     for k, a in arrays.items():
-        t = torch.from_numpy(np.array(a, copy=True))
+        t: TorchTensor = torch.from_numpy(np.array(a, copy=True))
         if like is not None and k in like:
             t = t.to(device=like[k].device, dtype=like[k].dtype)
         out[k] = t

@@ -9,7 +9,7 @@ turns one into a JSON-ready dict (the demo prints them as JSON lines).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
@@ -36,6 +36,8 @@ class RoundOpened:
     attempt: int
     base_cid: str
     quorum: int
+    #: the strategy's config for the round, as sent to the trainers
+    config: Mapping[str, str | int | float] = field(default_factory=dict)
     kind: str = "round_opened"
 
 
@@ -54,12 +56,19 @@ class RoundClosed:
     participants: tuple[str, ...]
     num_samples: int
     cid: str
+    #: bytes of this round's global checkpoint
     size: int
+    #: bytes stored so far: every global checkpoint and strategy state blob of this run
     bytes_stored: int
+    #: the aggregator's evaluation of the new global model (``evaluate``)
     metrics: Mapping[str, float]
     partial: bool
     rejected: Mapping[str, int]
     seconds: float
+    #: the trainers' reported metrics, combined by the strategy (weighted mean by default)
+    trainer_metrics: Mapping[str, float] = field(default_factory=dict)
+    #: the strategy's own figures for the round
+    strategy_metrics: Mapping[str, float] = field(default_factory=dict)
     kind: str = "round_closed"
 
 

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import trio
 
 from fedstore.errors import NotFoundError, SizeLimitError
-from fedstore.federation.transport import Arrays, SavedModel
+from fedstore.federation.transport import GlobalModel, RoundMetrics, SavedModel
 
 __all__ = ["FakeNetwork", "FakePeer"]
 
@@ -82,6 +82,8 @@ class FakePeer:
     _peer_id: str
     local: dict[str, bytes] = field(default_factory=dict)
     saved: list[SavedModel] = field(default_factory=list)
+    #: what record_round was given, in order (a node keeps it in its catalog)
+    recorded: list[RoundMetrics] = field(default_factory=list)
 
     @property
     def peer_id(self) -> str:
@@ -118,7 +120,7 @@ class FakePeer:
         self.saved.append(rec)
         return rec
 
-    async def load_global(self, round: int, cid: str) -> Arrays:
+    async def load_global(self, round: int, cid: str) -> GlobalModel:
         from fedstore.format import decode
 
         data = self.local.get(cid)
@@ -126,7 +128,7 @@ class FakePeer:
             data = await self.get_blob(cid, max_size=1 << 30)
             self.local[cid] = data
         ckpt = await trio.to_thread.run_sync(decode, data)
-        return dict(ckpt.arrays)
+        return GlobalModel(round, cid, dict(ckpt.arrays), dict(ckpt.metadata))
 
     async def head(self) -> tuple[int, str] | None:
         await trio.lowlevel.checkpoint()
@@ -138,7 +140,7 @@ class FakePeer:
     async def put_blob(self, data: bytes) -> str:
         from fedstore.ipld.cid import cid_of_bytes
 
-        cid = await trio.to_thread.run_sync(cid_of_bytes, data)
+        cid = await trio.to_thread.run_sync(cid_of_bytes, data, 1)
         self.network.blobs[cid] = bytes(data)
         return cid
 
@@ -154,3 +156,7 @@ class FakePeer:
             raise SizeLimitError(f"object {cid} is {len(data)} bytes, limit {max_size}")
         await trio.to_thread.run_sync(verify_bytes, cid, data)
         return data
+
+    async def record_round(self, metrics: RoundMetrics) -> None:
+        await trio.lowlevel.checkpoint()
+        self.recorded.append(metrics)

@@ -19,9 +19,13 @@ depends on the kind. Three kinds exist:
     round ``round`` is open, starting from global model ``base_round`` /
     ``base_cid``; ``attempt`` counts re-openings after a failed round,
     ``quorum`` is how many updates close it, ``deadline`` the seconds left,
-    and ``received`` lists the senders already accepted (a trainer missing
+    ``received`` lists the senders already accepted (a trainer missing
     from it re-sends its update, so a lost message costs one announcement
-    interval, not the round).
+    interval, not the round), and the optional ``config`` is the strategy's
+    per-round config for ``train(arrays, round, config)``: at most
+    :data:`MAX_CONFIG` names (metric-name syntax) mapped to strings of at most
+    :data:`MAX_CONFIG_TEXT` characters, integers (|n| <= 2**53) or finite
+    floats.
 ``DONE`` (aggregator -> trainers)
     the federation ended at ``round`` with global model ``cid``;
     ``status`` is ``complete`` or ``failed`` (then ``reason`` says why).
@@ -53,6 +57,8 @@ from fedstore.errors import FormatError, InvalidCIDError, ProtocolError
 __all__ = [
     "DEFAULT_INLINE_LIMIT",
     "MAGIC",
+    "MAX_CONFIG",
+    "MAX_CONFIG_TEXT",
     "MAX_HEADER_BYTES",
     "MAX_METRICS",
     "MAX_MESSAGE_BYTES",
@@ -63,6 +69,7 @@ __all__ = [
     "MessageKind",
     "RoundOpen",
     "UpdateMessage",
+    "check_config",
     "decode_message",
     "decode_tensors",
     "encode_tensors",
@@ -80,6 +87,9 @@ MAX_ROUND = 10**12
 MAX_SAMPLES = 10**12
 MAX_METRICS = 32
 MAX_RECEIVED = 1024
+MAX_CONFIG = 32
+MAX_CONFIG_TEXT = 256
+_MAX_CONFIG_INT = 2**53
 MAX_REFERENCED_BYTES = 1 << 34
 _PREFIX = struct.Struct(">4sBBH")
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -114,10 +124,6 @@ class UpdateMessage:
     base_cid: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
 
-    @property
-    def inline(self) -> bool:
-        return self.cid is None
-
     def encode(self) -> bytes:
         header: dict[str, Any] = {
             "round": self.round,
@@ -150,9 +156,11 @@ class RoundOpen:
     deadline: float
     attempt: int = 1
     received: tuple[str, ...] = ()
+    #: the strategy's config for this round (``train(arrays, round, config)``)
+    config: Mapping[str, str | int | float] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        header = {
+        header: dict[str, Any] = {
             "round": self.round,
             "base_round": self.base_round,
             "base_cid": self.base_cid,
@@ -162,6 +170,8 @@ class RoundOpen:
             "attempt": self.attempt,
             "received": sorted(self.received),
         }
+        if self.config:
+            header["config"] = check_config(self.config)
         return _encode(MessageKind.ROUND, header, b"")
 
 
@@ -279,6 +289,47 @@ def _metrics(v: object) -> dict[str, float]:
     return out
 
 
+def check_config(v: object) -> dict[str, str | int | float]:
+    """A round config as sent and received; MessageError (reason ``bad_config``) otherwise.
+
+    At most :data:`MAX_CONFIG` entries, names matching :data:`METRIC_NAME_RE`,
+    values strings of at most :data:`MAX_CONFIG_TEXT` characters, integers
+    within +-2**53 or finite floats (booleans are refused: JSON cannot keep
+    them apart from numbers in every reader).
+    """
+    if not isinstance(v, Mapping) or len(v) > MAX_CONFIG:
+        raise MessageError(
+            f"config must be an object of at most {MAX_CONFIG} entries", reason="bad_config"
+        )
+    out: dict[str, str | int | float] = {}
+    for k, value in v.items():
+        if not isinstance(k, str) or not METRIC_NAME_RE.fullmatch(k):
+            raise MessageError(f"bad config name {k!r:.70}", reason="bad_config")
+        if isinstance(value, bool):
+            raise MessageError(f"config {k}: booleans are not allowed", reason="bad_config")
+        if isinstance(value, str):
+            if len(value) > MAX_CONFIG_TEXT:
+                raise MessageError(
+                    f"config {k}: text longer than {MAX_CONFIG_TEXT} characters",
+                    reason="bad_config",
+                )
+            out[k] = value
+        elif isinstance(value, int):
+            if abs(value) > _MAX_CONFIG_INT:
+                raise MessageError(f"config {k}: integer out of range", reason="bad_config")
+            out[k] = value
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise MessageError(f"config {k}: not a finite number", reason="bad_config")
+            out[k] = value
+        else:
+            raise MessageError(
+                f"config {k}: must be a string or a number, got {type(value).__name__}",
+                reason="bad_config",
+            )
+    return out
+
+
 def decode_message(data: bytes) -> Message:
     """Parse one ``fed-learn`` message strictly; raise :class:`MessageError` otherwise."""
     if len(data) > MAX_MESSAGE_BYTES:
@@ -352,7 +403,7 @@ def _decode_round(h: dict[str, Any]) -> RoundOpen:
             "attempt",
             "received",
         },
-        set(),
+        {"config"},
     )
     rnd = _int(h, "round", 1, MAX_ROUND)
     base_round = _int(h, "base_round", 0, rnd - 1)
@@ -369,6 +420,7 @@ def _decode_round(h: dict[str, Any]) -> RoundOpen:
         deadline=_float(h, "deadline", 0.0, 1e7),
         attempt=_int(h, "attempt", 1, 1_000_000),
         received=ids,
+        config=check_config(h["config"]) if "config" in h else {},
     )
 
 

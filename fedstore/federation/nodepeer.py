@@ -11,8 +11,10 @@ Maps the federation's needs onto :class:`fedstore.node.Node`:
   rounds it used;
 * ``head`` is ``node.sync()`` (ask connected peers for their head, fetch it
   by CID if newer than ours);
-* large updates are stored with ``chain.add`` and fetched with
-  ``node.fetch`` (verified, size-capped).
+* large updates and strategy state are stored with ``chain.add`` (CIDv1)
+  and fetched with ``chain.fetch_bytes`` (verified, size-capped);
+* a closed round's metrics go to the node's catalog
+  (``round_metrics``, see docs/CATALOG.md).
 """
 
 from __future__ import annotations
@@ -26,14 +28,13 @@ import numpy.typing as npt
 import trio
 
 from fedstore.errors import CheckpointNotFoundError, SizeLimitError
-from fedstore.federation.transport import Arrays, SavedModel
+from fedstore.federation.transport import GlobalModel, RoundMetrics, SavedModel
+from fedstore.p2p.messages import TRAINING_TOPIC
 
 if TYPE_CHECKING:
     from fedstore.node import Node
 
-__all__ = ["TRAINING_TOPIC", "NodePeer"]
-
-TRAINING_TOPIC = "fed-learn"
+__all__ = ["NodePeer"]
 
 
 class _SubscriptionInbox:
@@ -85,7 +86,7 @@ class NodePeer:
         rec = await self.node.save_checkpoint(round, dict(arrays), dict(metadata))
         return SavedModel(rec.round, rec.cid, int(rec.stored_size))
 
-    async def load_global(self, round: int, cid: str) -> Arrays:
+    async def load_global(self, round: int, cid: str) -> GlobalModel:
         store = self.node.store
         try:
             rec = await store.get(round)
@@ -95,7 +96,7 @@ class NodePeer:
             data = await self.node.fetch(cid)
             await store.save_encoded(round, data, cid, replace=True)
         ckpt = await store.load(round)
-        return dict(ckpt.arrays)
+        return GlobalModel(round, cid, dict(ckpt.arrays), dict(ckpt.metadata))
 
     async def head(self) -> tuple[int, str] | None:
         head = await self.node.sync()
@@ -114,3 +115,12 @@ class NodePeer:
                 f"{self.node.config.max_fetch_size}"
             )
         return bytes(await self.node.chain.fetch_bytes(cid, max_size=max_size))
+
+    async def record_round(self, metrics: RoundMetrics) -> None:
+        await self.node.catalog.record_round_metrics(
+            metrics.round,
+            metrics.cid,
+            participants=len(metrics.participants),
+            num_samples=metrics.num_samples,
+            metrics=metrics.metrics,
+        )

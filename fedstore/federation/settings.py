@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fedstore.federation.messages import DEFAULT_INLINE_LIMIT
+from fedstore.federation.strategies.base import Strategy
+from fedstore.federation.strategies.builtin import FedAvg
 
 __all__ = ["AggregatorSettings", "QuorumSchedule", "TrainerSettings"]
 
@@ -46,8 +48,14 @@ class QuorumSchedule:
 
 @dataclass(frozen=True, slots=True)
 class AggregatorSettings:
+    """How :func:`~fedstore.federation.aggregator.lead_rounds` runs a federation.
+
+    ``strategy`` is a :class:`~fedstore.federation.strategies.Strategy`
+    instance (by name: :func:`~fedstore.federation.strategies.load_strategy`).
+    """
+
     rounds: int
-    strategy: str = "fedavg"
+    strategy: Strategy = field(default_factory=FedAvg)
     quorum: QuorumSchedule = field(default_factory=lambda: QuorumSchedule(1))
     #: fewest updates a round may be aggregated with once the deadline passed
     min_updates: int = 1
@@ -63,6 +71,8 @@ class AggregatorSettings:
 
 @dataclass(frozen=True, slots=True)
 class TrainerSettings:
+    """How :func:`~fedstore.federation.trainer.follow_rounds` takes part."""
+
     #: give up when no message from an aggregator arrives for this long
     idle_timeout: float = 60.0
     inline_limit: int = DEFAULT_INLINE_LIMIT

@@ -1,15 +1,23 @@
-"""The trainer's side of the round protocol (see :mod:`fedstore.federation.roles`).
+"""The trainer's side of the round protocol: :func:`follow_rounds`.
 
-:func:`run_trainer` follows one aggregator: it syncs the base model of each
-announced round by CID, trains in a worker thread, publishes its update
-(inline or by CID) and re-sends it while the aggregator has not acknowledged
-it, until ``DONE``.
+:func:`follow_rounds` follows one aggregator (see
+:mod:`fedstore.federation.aggregator` for a round's steps): it syncs the base
+model of each announced round by CID, runs ``train(arrays, round, config)``
+in a worker thread with the round's config from the strategy, publishes its
+update (inline or by CID) with the metrics ``train`` reported, and re-sends
+it while the aggregator has not acknowledged it, until ``DONE``.
+
+A training function of the older two-argument form ``train(arrays, round)``
+still works: :func:`as_train_fn` wraps it (the config is then not passed) and
+warns once with a :class:`FutureWarning`; support for it will be removed.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -35,30 +43,85 @@ from fedstore.federation.messages import (
     encode_tensors,
 )
 from fedstore.federation.settings import TrainerSettings
+from fedstore.federation.strategies.base import RoundConfig
 from fedstore.federation.transport import Arrays, FederationPeer
 
-__all__ = ["TrainFn", "run_trainer"]
+__all__ = ["LegacyTrainFn", "TrainFn", "TrainOutput", "as_train_fn", "follow_rounds"]
 
 log = logging.getLogger(__name__)
 
 NDArray = npt.NDArray[np.generic]
-TrainFn = Callable[[Arrays, int], tuple[Mapping[str, NDArray], int, Mapping[str, float]]]
+#: what ``train`` returns: new arrays, the number of samples trained on, metrics
+TrainOutput = tuple[Mapping[str, NDArray], int, Mapping[str, float]]
+#: ``train(arrays, round, config) -> (arrays, num_samples, metrics)``
+TrainFn = Callable[[Arrays, int, RoundConfig], TrainOutput]
+#: the deprecated two-argument form ``train(arrays, round)``
+LegacyTrainFn = Callable[[Arrays, int], TrainOutput]
 
 
-async def run_trainer(
+def _positional_arity(fn: Callable[..., object]) -> int | None:
+    """How many positional arguments ``fn`` takes (None: any number, or unknown)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    n = 0
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return None
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            n += 1
+    return n
+
+
+def as_train_fn(train: TrainFn | LegacyTrainFn) -> TrainFn:
+    """``train`` as a three-argument :data:`TrainFn`.
+
+    A function taking ``(arrays, round, config)`` (or ``*args``) is returned
+    as is. One taking only ``(arrays, round)`` is wrapped, with a
+    :class:`FutureWarning`: the two-argument form is deprecated and will stop
+    working in a later release; add a ``config`` parameter. Anything else is a
+    :class:`TypeError`.
+    """
+    arity = _positional_arity(train)
+    if arity is None or arity >= 3:
+        return train  # type: ignore[return-value]
+    if arity == 2:
+        warnings.warn(
+            f"train function {getattr(train, '__qualname__', train)!r} takes (arrays, round); "
+            "that form is deprecated: accept the round's config too, "
+            "train(arrays, round, config)",
+            FutureWarning,
+            stacklevel=3,
+        )
+        legacy: LegacyTrainFn = train  # type: ignore[assignment]
+
+        def three(arrays: Arrays, round: int, config: RoundConfig) -> TrainOutput:
+            return legacy(arrays, round)
+
+        return three
+    raise TypeError(
+        f"train function {train!r} must take (arrays, round, config), it takes {arity} argument(s)"
+    )
+
+
+async def follow_rounds(
     peer: FederationPeer,
-    train: TrainFn,
+    train: TrainFn | LegacyTrainFn,
     settings: TrainerSettings | None = None,
     *,
     on_event: EventSink = noop_sink,
 ) -> TrainerResult:
     """Take part in rounds until the aggregator announces DONE; see the module docstring.
 
-    ``train(arrays, round) -> (arrays, num_samples, metrics)`` runs in a
-    worker thread. Returns when DONE arrives (after making sure the final
-    checkpoint is held locally), or with status ``failed`` after
-    ``idle_timeout`` seconds without any message from the aggregator.
+    ``train(arrays, round, config) -> (arrays, num_samples, metrics)`` runs
+    in a worker thread; ``config`` is the strategy's config for the round (an
+    empty mapping unless the strategy sends one). Returns when DONE arrives
+    (after making sure the final checkpoint is held locally), or with status
+    ``failed`` after ``idle_timeout`` seconds without any message from the
+    aggregator.
     """
+    train_fn = as_train_fn(train)
     settings = settings or TrainerSettings()
     me = peer.peer_id
     aggregator = settings.aggregator
@@ -69,7 +132,7 @@ async def run_trainer(
     async with peer.messages() as inbox:
         head = await peer.head()
         if head is not None:
-            arrays = await peer.load_global(*head)
+            arrays = (await peer.load_global(*head)).arrays
             current = head
             on_event(TrainerSynced(*head))
         while True:
@@ -107,7 +170,7 @@ async def run_trainer(
                 continue
             if isinstance(msg, Done):
                 if msg.status == "complete" and (current is None or current[1] != msg.cid):
-                    arrays = await peer.load_global(msg.round, msg.cid)
+                    arrays = (await peer.load_global(msg.round, msg.cid)).arrays
                     current = (msg.round, msg.cid)
                     on_event(TrainerSynced(msg.round, msg.cid))
                 return TrainerResult(msg.status, msg.round, msg.cid, tuple(trained), msg.reason)
@@ -123,11 +186,13 @@ async def run_trainer(
             if last is not None and msg.round < last[0]:
                 continue
             if current is None or current[1] != msg.base_cid or arrays is None:
-                arrays = await peer.load_global(msg.base_round, msg.base_cid)
+                arrays = (await peer.load_global(msg.base_round, msg.base_cid)).arrays
                 current = (msg.base_round, msg.base_cid)
                 on_event(TrainerSynced(msg.base_round, msg.base_cid))
             base = arrays
-            new, num_samples, metrics = await trio.to_thread.run_sync(train, base, msg.round)
+            new, num_samples, metrics = await trio.to_thread.run_sync(
+                train_fn, base, msg.round, dict(msg.config)
+            )
             out = await _make_update(peer, msg, new, int(num_samples), metrics, settings)
             wire = out.encode()
             await peer.publish(wire)

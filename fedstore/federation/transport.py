@@ -1,8 +1,9 @@
 """What the federation roles need from the network and storage: :class:`FederationPeer`.
 
-The trainer and aggregator loops (:mod:`fedstore.federation.roles`) are
-written against this small protocol, not against the node directly, so the
-round protocol can be exercised in one process over an in-memory fake
+The trainer and aggregator loops (:mod:`fedstore.federation.trainer`,
+:mod:`fedstore.federation.aggregator`) are written against this small
+protocol, not against the node directly, so the round protocol can be
+exercised in one process over an in-memory fake
 (:mod:`fedstore.federation.fake`) and run for real over a fedstore node
 (:class:`fedstore.federation.nodepeer.NodePeer`).
 """
@@ -17,9 +18,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FederationPeer", "Inbox", "SavedModel"]
+__all__ = ["METRIC_SOURCES", "FederationPeer", "GlobalModel", "Inbox", "RoundMetrics", "SavedModel"]
 
 Arrays = dict[str, npt.NDArray[np.generic]]
+
+#: where a round's metrics come from: the trainers' reports combined by the
+#: strategy, the aggregator's ``evaluate`` function, the strategy itself
+METRIC_SOURCES = ("trainers", "evaluate", "strategy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +34,28 @@ class SavedModel:
     round: int
     cid: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalModel:
+    """A global checkpoint as loaded: its arrays and metadata."""
+
+    round: int
+    cid: str
+    arrays: Arrays
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundMetrics:
+    """What a closed round is recorded with: its model, participants and metrics by source."""
+
+    round: int
+    cid: str
+    participants: tuple[str, ...]
+    num_samples: int
+    #: source (one of :data:`METRIC_SOURCES`) -> metric name -> finite value
+    metrics: Mapping[str, Mapping[str, float]]
 
 
 class Inbox(Protocol):
@@ -51,14 +78,17 @@ class FederationPeer(Protocol):
       unsubscribes on exit.
     * ``save_global`` stores a global checkpoint (local store, catalog,
       backend chain) and announces it; the CID is that of the encoded bytes.
-    * ``load_global`` returns the arrays of the checkpoint with that CID,
-      from the local store or fetched and verified through the backend chain,
-      and keeps it locally; raises a FedstoreError if it cannot.
+    * ``load_global`` returns the arrays and metadata of the checkpoint with
+      that CID, from the local store or fetched and verified through the
+      backend chain, and keeps it locally; raises a FedstoreError if it cannot.
     * ``head`` returns the newest ``(round, cid)`` the peer knows of or can
       learn from the network (syncing it locally), or None.
     * ``put_blob``/``get_blob`` store and fetch opaque bytes by CID through
-      the backend chain (updates too large for a pubsub message);
-      ``get_blob`` verifies the bytes and refuses more than ``max_size``.
+      the backend chain (updates too large for a pubsub message, strategy
+      state); ``put_blob`` returns the data's CIDv1; ``get_blob`` verifies
+      the bytes and refuses more than ``max_size``.
+    * ``record_round`` keeps a closed round's metrics where the peer's
+      rounds are recorded (a node's catalog, table ``round_metrics``).
     """
 
     @property
@@ -72,10 +102,12 @@ class FederationPeer(Protocol):
         self, round: int, arrays: Mapping[str, npt.NDArray[np.generic]], metadata: Mapping[str, str]
     ) -> SavedModel: ...
 
-    async def load_global(self, round: int, cid: str) -> Arrays: ...
+    async def load_global(self, round: int, cid: str) -> GlobalModel: ...
 
     async def head(self) -> tuple[int, str] | None: ...
 
     async def put_blob(self, data: bytes) -> str: ...
 
     async def get_blob(self, cid: str, *, max_size: int) -> bytes: ...
+
+    async def record_round(self, metrics: RoundMetrics) -> None: ...

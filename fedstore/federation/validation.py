@@ -20,7 +20,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from fedstore.federation.aggregators import Update
+from fedstore.federation.strategies.base import Update
 
 __all__ = [
     "ModelSpec",

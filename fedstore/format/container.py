@@ -1,17 +1,20 @@
-"""The fixed fedstore container header that precedes the zstd frame.
+"""The fixed fedstore container header that precedes the compressed body.
 
 Layout (all integers little-endian)::
 
     offset  size  field
     0       4     magic  b"FSCK"
-    4       1     format version (1)
+    4       1     format version (2 is written; 1 and 2 are read)
     5       1     codec id (1 = zstd)
     6       2     flags (bit 0: SHUFFLE; every other bit must be 0)
-    8       8     raw size: bytes the zstd frame decompresses to
-    16      8     frame size: bytes of the zstd frame
+    8       8     raw size: bytes of the (shuffled) safetensors payload
+    16      8     version 1: frame size F, bytes of the one zstd frame;
+                  version 2: piece count P (see fedstore.format.pieces)
     24      4     metadata length M (at most MAX_METADATA_BYTES)
     28      M     metadata: canonical JSON object of str -> str
-    28+M    F     the zstd frame; the blob ends exactly here
+    28+M          the body; the blob ends exactly where it does:
+                  version 1: one zstd frame of F bytes (fedstore.format.zstd_frame)
+                  version 2: P pieces, each raw or one zstd frame (fedstore.format.pieces)
 
 Canonical JSON means ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
 ensure_ascii=True)``; a blob whose metadata is not byte-identical to that
@@ -29,7 +32,10 @@ from dataclasses import dataclass
 from fedstore.errors import ConfigError, FormatError
 
 MAGIC = b"FSCK"
-FORMAT_VERSION = 1
+#: The version encode writes.
+FORMAT_VERSION = 2
+#: Every version decode reads (version 1: one zstd frame; version 2: pieces).
+READ_VERSIONS = (1, 2)
 CODEC_ZSTD = 1
 CODEC_NAMES: dict[int, str] = {CODEC_ZSTD: "zstd"}
 FLAG_SHUFFLE = 0x0001
@@ -53,9 +59,10 @@ class ContainerHeader:
     codec: int
     flags: int
     raw_size: int
-    frame_size: int
+    #: Field 16: the zstd frame's size in version 1, the piece count in version 2.
+    body_field: int
     metadata: dict[str, str]
-    frame_offset: int
+    body_offset: int
 
 
 def canonical_metadata(metadata: Mapping[str, str] | None) -> bytes:
@@ -86,19 +93,27 @@ def canonical_metadata(metadata: Mapping[str, str] | None) -> bytes:
     return encoded
 
 
-def pack_header(*, flags: int, raw_size: int, frame_size: int, metadata_json: bytes) -> bytes:
-    """Return the fixed header followed by the (already canonical) metadata JSON."""
-    fixed = FIXED.pack(
-        MAGIC, FORMAT_VERSION, CODEC_ZSTD, flags, raw_size, frame_size, len(metadata_json)
-    )
+def pack_header(
+    *,
+    flags: int,
+    raw_size: int,
+    body_field: int,
+    metadata_json: bytes,
+    version: int = FORMAT_VERSION,
+) -> bytes:
+    """Return the fixed header followed by the (already canonical) metadata JSON.
+
+    *body_field* is the frame size for version 1, the piece count for version 2.
+    """
+    fixed = FIXED.pack(MAGIC, version, CODEC_ZSTD, flags, raw_size, body_field, len(metadata_json))
     return fixed + metadata_json
 
 
 def parse_header(data: memoryview) -> ContainerHeader:
     """Parse and validate the container header of *data* (the whole blob).
 
-    Checks magic, version, codec, flags, metadata, and that the blob is exactly
-    as long as the header says. Does not look inside the zstd frame.
+    Checks magic, version, codec, flags, metadata, and (version 1) that the
+    blob is exactly as long as the header says. Does not look inside the body.
     Raises FormatError with a message saying what is wrong.
     """
     size = len(data)
@@ -109,11 +124,12 @@ def parse_header(data: memoryview) -> ContainerHeader:
             f"checkpoint is truncated: {size} bytes, shorter than the "
             f"{FIXED_HEADER_SIZE}-byte fedstore header"
         )
-    _, version, codec, flags, raw_size, frame_size, meta_len = FIXED.unpack_from(data)
-    if version != FORMAT_VERSION:
+    _, version, codec, flags, raw_size, body_field, meta_len = FIXED.unpack_from(data)
+    if version not in READ_VERSIONS:
+        readable = " and ".join(str(v) for v in READ_VERSIONS)
         raise FormatError(
-            f"unsupported checkpoint format version {version}; this fedstore reads version "
-            f"{FORMAT_VERSION} (upgrade fedstore to read newer checkpoints)"
+            f"unsupported checkpoint format version {version}; this fedstore reads versions "
+            f"{readable} (upgrade fedstore to read newer checkpoints)"
         )
     if codec not in CODEC_NAMES:
         raise FormatError(f"unknown checkpoint codec id {codec}; known: {sorted(CODEC_NAMES)}")
@@ -127,12 +143,12 @@ def parse_header(data: memoryview) -> ContainerHeader:
             f"checkpoint header declares {meta_len} bytes of metadata, above the "
             f"{MAX_METADATA_BYTES} byte limit"
         )
-    expected = FIXED_HEADER_SIZE + meta_len + frame_size
+    expected = FIXED_HEADER_SIZE + meta_len + (body_field if version == 1 else 0)
     if size < expected:
         raise FormatError(
             f"checkpoint is truncated: header declares {expected} bytes in all, got {size}"
         )
-    if size > expected:
+    if size > expected and version == 1:
         raise FormatError(
             f"checkpoint has {size - expected} unexpected trailing bytes after its zstd frame "
             f"(header declares {expected} bytes in all)"
@@ -145,9 +161,9 @@ def parse_header(data: memoryview) -> ContainerHeader:
         codec=codec,
         flags=flags,
         raw_size=raw_size,
-        frame_size=frame_size,
+        body_field=body_field,
         metadata=metadata,
-        frame_offset=FIXED_HEADER_SIZE + meta_len,
+        body_offset=FIXED_HEADER_SIZE + meta_len,
     )
 
 
@@ -191,8 +207,7 @@ def describe_foreign(prefix: bytes) -> str:
         return "it is a bare zstd frame without the fedstore header"
     if len(prefix) >= 9 and prefix[8:9] == b"{":
         return (
-            "it looks like a plain .safetensors file; "
-            "use fedstore.format.weight_files to load it"
+            "it looks like a plain .safetensors file; use fedstore.format.weight_files to load it"
         )
     if MAGIC.startswith(prefix[:4]):
         return f"only {len(prefix)} bytes, shorter than the fedstore magic"

@@ -24,15 +24,18 @@ Parsing and printing live in :mod:`fedstore.ipld.cidstr`; this module re-exports
 them (``from fedstore.ipld.cid import parse_cid`` works).
 
 Pure module: no trio, no I/O apart from :func:`cid_of_file` reading its file.
-Hashing runs at the speed of ``hashlib`` (OpenSSL); callers in async code run
-it in a worker thread.
+Hashing runs at the speed of ``hashlib`` (OpenSSL); a large update hashes its
+chunks on a few worker threads (leaves are independent; their order, and so
+the CID, is unchanged). Callers in async code run it in a worker thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fedstore.errors import ConfigError, IntegrityError, SizeLimitError
@@ -82,6 +85,25 @@ __all__ = [
 MAX_CHUNK_SIZE = 2 * 1024 * 1024
 #: Bytes read per call by cid_of_file (rounded to a whole number of chunks).
 READ_BLOCK = 1024 * 1024  # measured a little faster than 4 MiB (stays in cache)
+
+#: An update holding at least this many whole chunks hashes them on worker threads.
+_PARALLEL_LEAVES = 8
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _hash_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    """Threads for leaf hashing: the leaves of a file are independent, their order is kept."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_hash_threads(), thread_name_prefix="fedstore-cid")
+        return _pool
+
 
 #: Profile names accepted by DagParams.profile and the CLI.
 PROFILES = ("kubo", "unixfs-v0-2015", "unixfs-v1-2025")
@@ -229,11 +251,27 @@ class CidBuilder:
                 return
             self._leaf(buf)
             buf.clear()
+        whole = len(mv) // cs
+        if whole >= _PARALLEL_LEAVES and _hash_threads() > 1:
+            self._leaves_parallel(mv[: whole * cs])
+            mv = mv[whole * cs :]
         while len(mv) >= cs:
             self._leaf(mv[:cs])
             mv = mv[cs:]
         if mv:
             buf += mv
+
+    def _leaves_parallel(self, mv: memoryview) -> None:
+        """Hash the whole chunks of *mv* on worker threads (hashlib drops the GIL)."""
+        p = self.params
+        cs = p.chunk_size
+        env = self._full_env
+
+        def leaf(start: int) -> Link:
+            chunk = mv[start : start + cs]
+            return hash_leaf(chunk, raw=p.leaves_raw, cid_version=p.cid_version, envelope=env)
+
+        self._leaves.extend(_hash_pool().map(leaf, range(0, len(mv), cs)))
 
     def build(self) -> BuiltDag:
         """Finish and return the whole DAG description (idempotent)."""

@@ -268,6 +268,10 @@ class Node:
     async def publish(self, topic: str, data: bytes) -> PublishResult:
         """Publish *data* on *topic*; above the inline limit it travels as a CID.
 
+        A payload sent by CID is stored by the chain's write policy first (the
+        first backend that accepts it, and bitswap), so subscribers on other
+        machines can fetch it from this node.
+
         On ``model-cids`` the bytes are sent verbatim (the compatibility
         format; use :meth:`announce` to send a validated announcement).
         Raises :class:`~fedstore.errors.SizeLimitError` for payloads peers
@@ -363,7 +367,9 @@ class Node:
         return rec
 
     async def replicate(self, rec: CheckpointRecord) -> None:
-        """Store a local checkpoint through the chain, recording a pin row per backend tried.
+        """Store a local checkpoint by the chain's write policy (the first backend that
+        accepts it and every backend that keeps a local copy), recording a pin row
+        per backend tried.
 
         Delegates to :func:`fedstore.node.replication.replicate`; raises
         :class:`~fedstore.errors.UnavailableError` if no backend accepted it.
@@ -392,8 +398,27 @@ class Node:
 
         rec = await self.store.save_encoded(round, data, cid)
         # backends that serve peers (bitswap) keep a copy of what we fetched elsewhere
-        await keep_local_copies(self.chain, self.store.dir / rec.path, rec.cid, self.catalog)
+        await keep_local_copies(
+            self.chain, self.store.dir / rec.path, rec.cid, self.catalog, missing_only=True
+        )
         return Head(rec.round, rec.cid)
+
+    async def _complete_local_copies(self, *, limit: int | None = None) -> None:
+        """Give keep-local-copy backends (bitswap) the local checkpoints they lack.
+
+        A save killed between the local write and the bitswap copy leaves a
+        round the node would advertise but could not serve; this finishes it.
+        """
+        from fedstore.node.replication import complete_local_copies
+
+        try:
+            outcomes = await complete_local_copies(self.chain, self.catalog, limit=limit)
+        except FedstoreError as exc:
+            log.warning("could not complete local copies of checkpoints: %s", exc)
+            return
+        for o in outcomes:
+            if o.state == "failed":
+                log.warning("%s still lacks %s: %s", o.backend, o.cid, o.error)
 
     async def _ask_peers(self) -> list[Claim]:
         return [(h.round, h.cid, h.peer_id) for h in await self.peer_heads()]
@@ -503,6 +528,8 @@ class Node:
             delay = min(delay * 2, 5.0)
 
     async def _start(self) -> None:
+        # the head must be servable before any peer can ask for it; older rounds follow
+        await self._complete_local_copies(limit=1)
         self.host.set_stream_handler(HEAD_PROTOCOL, self.head_server.handle)
         self._emit("PEER_ID", self.peer_id)
         for addr in self.addrs():
@@ -511,6 +538,7 @@ class Node:
         self._nursery.start_soon(self._watch_connections)
         self._nursery.start_soon(self._reannounce)
         self._nursery.start_soon(self._prune_announcements)
+        self._nursery.start_soon(self._complete_local_copies)
         if self.config.auto_sync:
             self._nursery.start_soon(self._auto_sync)
         head = await self.head()
@@ -531,9 +559,12 @@ async def open_node(
 ) -> AsyncIterator[Node]:
     """Start a node and yield it once it listens, has resumed and joined ``model-cids``.
 
-    *chain* replaces the configured backend chain (tests, embedding); it is
-    not closed on exit. Leaving the block stops every background task, the
-    host, the store and the catalog.
+    *chain* replaces the configured backend chain (tests, embedding); the
+    caller owns it: the node neither runs its backends' lifespans nor closes
+    it (``async with chain:`` around the node does both). Otherwise the chain
+    is built in the node's context (data directory, host) and runs for the
+    node's lifetime. Leaving the block stops every background task, the
+    chain, the host, the store and the catalog.
     """
     from fedstore.store import AsyncLocalStore
 
@@ -557,26 +588,24 @@ async def open_node(
 
 
 async def _open_chain(config: NodeConfig, host: P2PHost, stack: AsyncExitStack) -> BackendChain:
-    """Build the configured chain; host-bound backends (bitswap) are attached to *host* first.
+    """Build the configured chain in the node's context and keep it running for the node's life.
 
-    A backend class with an ``attach(host, data_dir, peers=...)`` async context
-    manager needs a running host; the node enters it for the node's lifetime
-    before the chain constructs the backend.
+    Every backend is created with a :class:`~fedstore.backends.BackendContext`
+    holding the node's data directory and host (so backends that need the
+    peers, such as bitswap, can be built), and the chain is entered on
+    *stack*: each backend's lifespan runs until the node stops, then the
+    chain closes them.
     """
-    from fedstore.backends import build_chain, default_backend_names, load_backend_class
+    from fedstore.backends import BackendContext, build_chain, default_backend_names
 
-    env = {**config.settings, "CHECKPOINT_DIR": str(config.data_dir)}
-    names = list(config.backends) if config.backends else default_backend_names(env, in_node=True)
-    for name in names:
-        cls = await trio.to_thread.run_sync(load_backend_class, name)
-        attach = getattr(cls, "attach", None)
-        if attach is not None:
-            await stack.enter_async_context(
-                attach(host, config.data_dir, peers=host.connected_peers)
-            )
-    chain = await trio.to_thread.run_sync(build_chain, names, env)
-    stack.push_async_callback(chain.aclose)
-    return chain
+    ctx = BackendContext(data_dir=config.data_dir, host=host)
+    settings = config.settings
+    if config.backends:
+        names = list(config.backends)
+    else:
+        names = await trio.to_thread.run_sync(default_backend_names, settings, ctx)
+    chain = await trio.to_thread.run_sync(build_chain, names, settings, ctx)
+    return await stack.enter_async_context(chain)
 
 
 async def serve_node(

@@ -1,22 +1,31 @@
-"""Save with fallback, and re-pin what failed: the catalog's pin rows kept honest.
+"""Pin rows kept honest: an observer of the backend chain's writes, and the repair of what failed.
 
-:func:`replicate` stores a checkpoint file through a :class:`BackendChain`,
-trying its backends in order (e.g. ``pinata, kubo, filesystem``) until one
-accepts it, and records one pin row per backend it tried: ``pinned`` (with
-the backend's handle, e.g. Pinata's file id) or ``failed`` (with the error
-text, which never contains secrets: backends redact them). Backends after
-the one that accepted are not tried and get no row. A row is set to
-``pending`` just before each attempt, so a crash leaves a visible trace.
+The write policy (which backends get a checkpoint) is the chain's alone
+(:class:`fedstore.backends.BackendChain`); this module only records it and
+finishes what did not happen:
 
-:func:`retry_failed_pins` walks the ``failed`` rows and stores each CID again
-on its backend once that backend is back: from the local checkpoint file
-when the catalog knows one (or a *source* callback gives one), else fetched
-(verified) from another backend of the chain into a temporary file; as a last
-resort it asks the backend to pin the CID from the network. Rows flip to
-``pinned`` or stay ``failed`` with the new error.
+* :class:`PinRecorder` is a :class:`~fedstore.backends.chain.WriteObserver`:
+  for every backend the chain tries it sets the catalog's pin row to
+  ``pending`` just before the attempt (so a crash leaves a visible trace),
+  then ``pinned`` (with the backend's handle, e.g. Pinata's file id) or
+  ``failed`` (with the error text, which never contains secrets: backends
+  redact them). :func:`replicate` and :func:`keep_local_copies` are the
+  chain's two writes with a recorder attached.
+* :func:`complete_local_copies` (run by a node when it starts) gives every
+  ``keeps_local_copy`` backend (bitswap) the local checkpoints it lacks, e.g.
+  a copy a SIGKILL interrupted, so the node never advertises a round its
+  peers cannot fetch from it.
+* :func:`retry_failed_pins` (``fedstore pins retry``) stores again every CID
+  whose row is ``failed``, or ``pending`` (an attempt a crash interrupted), or
+  missing (a local checkpoint with no row at all, or none for a backend that
+  keeps local copies). The copy comes from the local checkpoint file when
+  the catalog knows one (or a *source* callback gives one), else fetched
+  (verified) from another backend of the chain; as a last resort the backend
+  is asked to pin the CID from the network.
 
-The catalog may be a :class:`fedstore.catalog.Catalog` (its blocking calls
-then run in worker threads) or a :class:`fedstore.catalog.AsyncCatalog`.
+The catalog may be a :class:`fedstore.catalog.Catalog` or a
+:class:`fedstore.catalog.AsyncCatalog`; its blocking calls run in worker
+threads either way.
 """
 
 from __future__ import annotations
@@ -28,20 +37,32 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from fedstore.backends.base import StorageBackend, StoredObject
-from fedstore.backends.chain import BackendChain
-from fedstore.backends.streaming import same_cid
-from fedstore.errors import CIDMismatchError, FedstoreError, UnavailableError
+from fedstore.backends.chain import (
+    Attempt,
+    BackendChain,
+    ChainAddResult,
+    WriteObserver,
+    at_boundary,
+)
+from fedstore.errors import FedstoreError, UnavailableError
 from fedstore.ipld.cid import parse_cid
 
 if TYPE_CHECKING:
+    from fedstore.backends.base import StorageBackend
     from fedstore.catalog import AsyncCatalog, Catalog, PinRecord
 
-__all__ = ["PinOutcome", "ReplicationResult", "replicate", "retry_failed_pins"]
+__all__ = [
+    "PinOutcome",
+    "PinRecorder",
+    "complete_local_copies",
+    "keep_local_copies",
+    "replicate",
+    "retry_failed_pins",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +82,49 @@ class PinOutcome:
     backend_ref: str | None = None
     error: str | None = None
 
+    @classmethod
+    def of(cls, cid: str, attempt: Attempt) -> PinOutcome:
+        if attempt.ok:
+            return cls(cid, attempt.backend, "pinned", backend_ref=attempt.backend_ref)
+        return cls(cid, attempt.backend, "failed", error=_error_text(attempt))
+
+
+def _error_text(attempt: Attempt) -> str:
+    return attempt.describe()[:MAX_ERROR_TEXT]
+
 
 @dataclass(frozen=True, slots=True)
-class ReplicationResult:
+class _Local:
+    """A local checkpoint file."""
+
+    round: int
     cid: str
-    stored_on: str
-    backend_ref: str | None
-    outcomes: list[PinOutcome]
+    path: Path
 
 
-class _Pins:
-    """The three catalog calls replication needs, awaitable for either catalog flavour."""
+#: SQL conditions on a checkpoint ``c`` for :meth:`_Catalog.checkpoints_lacking`.
+_LACKING = {
+    # no ``pinned`` row on :backend (none, or one left pending or failed)
+    "pinned": "NOT EXISTS (SELECT 1 FROM pins AS p WHERE p.cid = c.cid "
+    "AND p.backend = :backend AND p.state = 'pinned')",
+    # no row at all on :backend
+    "row": "NOT EXISTS (SELECT 1 FROM pins AS p WHERE p.cid = c.cid AND p.backend = :backend)",
+    # no row on any backend: never stored through the chain
+    "any row": "NOT EXISTS (SELECT 1 FROM pins AS p WHERE p.cid = c.cid)",
+}
+
+
+class _Catalog:
+    """The catalog calls this module needs, in worker threads, for either catalog flavour."""
 
     def __init__(self, catalog: Catalog | AsyncCatalog) -> None:
-        self._catalog: Any = catalog
-        self._async = hasattr(catalog, "sync")
+        # AsyncCatalog wraps a Catalog as ``.sync``; both are used through the plain one
+        self.sync: Catalog = catalog.sync if hasattr(catalog, "sync") else catalog
 
-    async def _call(self, name: str, *args: Any) -> Any:
-        method = getattr(self._catalog, name)
-        if self._async:
-            return await method(*args)
-        return await trio.to_thread.run_sync(lambda: method(*args))
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(lambda: fn(*args))
 
-    async def set(
+    async def set_pin(
         self,
         cid: str,
         backend: str,
@@ -91,18 +132,48 @@ class _Pins:
         backend_ref: str | None = None,
         error: str | None = None,
     ) -> None:
-        await self._call("set_pin", cid, backend, state, backend_ref, error)
+        await self.call(self.sync.set_pin, cid, backend, state, backend_ref, error)
 
-    async def failed(self) -> list[PinRecord]:
-        rows: list[PinRecord] = await self._call("pins", "failed")
+    async def pins(self, state: str | None = None) -> list[PinRecord]:
+        rows: list[PinRecord] = await self.call(self.sync.pins, state)
         return rows
+
+    async def checkpoints_lacking(
+        self, missing: str, backend: str | None = None, *, limit: int | None = None
+    ) -> list[_Local]:
+        """Local checkpoints (state ``ok``, file present) lacking a pin row, newest first.
+
+        *missing* is one of :data:`_LACKING`; *limit* restricts the search to
+        the newest *limit* checkpoints. One indexed SQL query over the
+        documented catalog schema (docs/CATALOG.md), so a catalog of 100,000
+        rounds costs milliseconds, not a load of every row.
+        """
+        sync = self.sync
+        newest = "SELECT * FROM checkpoints WHERE status = 'ok' ORDER BY round DESC"
+        params: dict[str, object] = {"backend": backend}
+        if limit is not None:
+            newest += " LIMIT :limit"
+            params["limit"] = limit
+        sql = (
+            f"SELECT c.round, c.cid, c.path FROM ({newest}) AS c "
+            f"WHERE {_LACKING[missing]} ORDER BY c.round DESC"
+        )
+
+        def find() -> list[_Local]:
+            base = Path(sync.path).parent
+            _, rows = sync.read_only_query(sql, params)
+            found = [_Local(cast(int, r), str(c), base / str(p)) for r, c, p in rows]
+            return [loc for loc in found if loc.path.is_file()]
+
+        out: list[_Local] = await trio.to_thread.run_sync(find)
+        return out
 
     async def local_path(self, cid: str) -> Path | None:
         """The local checkpoint file holding *cid*, if the catalog knows one that exists."""
-        sync = self._catalog.sync if self._async else self._catalog
-        base = Path(sync.path).parent
+        sync = self.sync
 
         def find() -> Path | None:
+            base = Path(sync.path).parent
             for record in sync.checkpoints_with_cid(cid):
                 path: Path = base / record.path
                 if record.status == "ok" and path.is_file():
@@ -112,34 +183,25 @@ class _Pins:
         try:
             found: Path | None = await trio.to_thread.run_sync(find)
             return found
-        except (FedstoreError, OSError, AttributeError) as exc:
+        except (FedstoreError, OSError) as exc:
             log.debug("no local file for %s: %s", cid, exc)
             return None
 
 
-def _error_text(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if not isinstance(exc, FedstoreError):
-        text = f"{type(exc).__name__}: {text}"
-    return text[:MAX_ERROR_TEXT]
+class PinRecorder(WriteObserver):
+    """Records each backend attempt of a chain write as the CID's pin row on that backend."""
 
+    def __init__(self, catalog: Catalog | AsyncCatalog) -> None:
+        self._catalog = _Catalog(catalog)
 
-async def _store_on(
-    backend: StorageBackend,
-    path: Path,
-    cid: str,
-    *,
-    cid_version: int,
-    name: str | None,
-    labels: Mapping[str, str] | None,
-) -> StoredObject:
-    stored = await backend.add(path, cid_version=cid_version, name=name, labels=labels)
-    if not same_cid(stored.cid, cid):
-        raise CIDMismatchError(
-            f"{backend.name} stored the data as {stored.cid}, but the checkpoint's CID is {cid}",
-            backend=backend.name,
-        )
-    return stored
+    async def attempt_started(self, cid: str, backend: str) -> None:
+        await self._catalog.set_pin(cid, backend, "pending")
+
+    async def attempt_finished(self, cid: str, attempt: Attempt) -> None:
+        if attempt.ok:
+            await self._catalog.set_pin(cid, attempt.backend, "pinned", attempt.backend_ref)
+        else:
+            await self._catalog.set_pin(cid, attempt.backend, "failed", error=_error_text(attempt))
 
 
 async def replicate(
@@ -150,43 +212,22 @@ async def replicate(
     labels: Mapping[str, str] | None = None,
     *,
     name: str | None = None,
-) -> ReplicationResult:
-    """Store *source_path* (whose CID fedstore computed as *cid*) on the first backend
-    of *chain* that accepts it, recording a pin row for every backend tried.
+) -> ChainAddResult:
+    """Store *source_path* (whose CID fedstore computed as *cid*) by the chain's write
+    policy, recording a pin row for every backend tried.
 
     Raises :class:`~fedstore.errors.UnavailableError` naming every backend's
     failure when none accepted it (the failed rows are recorded first, so
     ``fedstore pins retry`` can finish the job later).
     """
-    version = parse_cid(cid).version
-    path = Path(source_path)
-    pins = _Pins(catalog)
-    outcomes: list[PinOutcome] = []
-    for backend in chain.backends:
-        await pins.set(cid, backend.name, "pending")
-        try:
-            stored = await _store_on(
-                backend, path, cid, cid_version=version, name=name, labels=labels
-            )
-        except Exception as exc:  # any backend failure is recorded, then the next one tried
-            text = _error_text(exc)
-            if isinstance(exc, FedstoreError):
-                log.warning("%s did not store %s: %s", backend.name, cid, text)
-            else:
-                log.exception("%s failed unexpectedly storing %s", backend.name, cid)
-            await pins.set(cid, backend.name, "failed", error=text)
-            outcomes.append(PinOutcome(cid, backend.name, "failed", error=text))
-            continue
-        await pins.set(cid, backend.name, "pinned", backend_ref=stored.backend_ref)
-        outcomes.append(PinOutcome(cid, backend.name, "pinned", backend_ref=stored.backend_ref))
-        if len(outcomes) > 1:
-            log.info(
-                "%s stored on %s after %d failed backend(s)", cid, backend.name, len(outcomes) - 1
-            )
-        await keep_local_copies(chain, path, cid, catalog, skip=backend.name)
-        return ReplicationResult(cid, backend.name, stored.backend_ref, outcomes)
-    summary = "; ".join(f"{o.backend}: {o.error}" for o in outcomes)
-    raise UnavailableError(f"no backend accepted {cid} ({summary})")
+    return await chain.add(
+        Path(source_path),
+        cid_version=parse_cid(cid).version,
+        name=name,
+        labels=labels,
+        expected_cid=cid,
+        observer=PinRecorder(catalog),
+    )
 
 
 async def keep_local_copies(
@@ -195,35 +236,53 @@ async def keep_local_copies(
     cid: str,
     catalog: Catalog | AsyncCatalog | None = None,
     *,
-    skip: str | None = None,
+    missing_only: bool = False,
 ) -> list[PinOutcome]:
-    """Store *source_path* on every backend of *chain* that keeps a local copy.
+    """Give every ``keeps_local_copy`` backend of *chain* a copy of *source_path*.
 
-    Backends with ``keeps_local_copy`` (bitswap) serve the node's own copies
-    to its peers, so they must hold every checkpoint the node holds, whichever
-    backend took the write or served the fetch. Failures are logged and
-    recorded, never raised: the checkpoint is already safely stored elsewhere.
+    See :meth:`BackendChain.keep_local_copies`; with a *catalog*, each attempt
+    is recorded as a pin row. Failures are returned, never raised.
     """
-    version = parse_cid(cid).version
-    pins = _Pins(catalog) if catalog is not None else None
+    observer = PinRecorder(catalog) if catalog is not None else None
+    attempts = await chain.keep_local_copies(
+        Path(source_path), cid, observer=observer, missing_only=missing_only
+    )
+    return [PinOutcome.of(cid, a) for a in attempts]
+
+
+async def complete_local_copies(
+    chain: BackendChain, catalog: Catalog | AsyncCatalog, *, limit: int | None = None
+) -> list[PinOutcome]:
+    """Copy every local checkpoint into the ``keeps_local_copy`` backends that lack it.
+
+    A checkpoint is a candidate for a backend when its pin row there is not
+    ``pinned`` (missing, ``pending`` after a crash, or ``failed``); the backend
+    is written to only if ``has`` says it lacks the object. Newest rounds
+    first; *limit* caps how many checkpoints are considered. Failures are
+    recorded and returned, never raised.
+    """
+    local_names = {b.name for b in chain.backends if b.keeps_local_copy}
+    if not local_names:
+        return []
+    cat = _Catalog(catalog)
+    lacking: dict[str, tuple[_Local, set[str]]] = {}  # cid -> checkpoint, backends lacking it
+    for name in sorted(local_names):
+        for loc in await cat.checkpoints_lacking("pinned", name, limit=limit):
+            lacking.setdefault(loc.cid, (loc, set()))[1].add(name)
+    todo = sorted(lacking.values(), key=lambda item: -item[0].round)
     outcomes: list[PinOutcome] = []
-    for backend in chain.backends:
-        if not backend.keeps_local_copy or backend.name == skip:
-            continue
-        try:
-            stored = await _store_on(
-                backend, Path(source_path), cid, cid_version=version, name=None, labels=None
-            )
-        except Exception as exc:  # a local copy is best effort
-            text = _error_text(exc)
-            log.warning("%s could not keep a copy of %s: %s", backend.name, cid, text)
-            outcomes.append(PinOutcome(cid, backend.name, "failed", error=text))
-            if pins is not None:
-                await pins.set(cid, backend.name, "failed", error=text)
-            continue
-        outcomes.append(PinOutcome(cid, backend.name, "pinned", backend_ref=stored.backend_ref))
-        if pins is not None:
-            await pins.set(cid, backend.name, "pinned", backend_ref=stored.backend_ref)
+    for loc, names in todo:
+        attempts = await chain.keep_local_copies(
+            loc.path,
+            loc.cid,
+            observer=PinRecorder(catalog),
+            missing_only=True,
+            skip=sorted(local_names - names),
+        )
+        outcomes.extend(PinOutcome.of(loc.cid, a) for a in attempts)
+    copied = sum(o.state == "pinned" for o in outcomes)
+    if outcomes:
+        log.info("completed %d local cop%s of checkpoints", copied, "y" if copied == 1 else "ies")
     return outcomes
 
 
@@ -235,18 +294,30 @@ async def retry_failed_pins(
     source: SourceFn | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> list[PinOutcome]:
-    """Store again every CID whose pin row is ``failed`` on a backend of *chain*.
+    """Store again every CID whose pin on a backend of *chain* is failed, pending or missing.
+
+    * a ``failed`` or ``pending`` row (pending: an attempt a crash
+      interrupted) is retried on its backend;
+    * a local checkpoint with no pin row on a ``keeps_local_copy`` backend of
+      the chain is stored there;
+    * a local checkpoint with no pin row at all (the node stopped between
+      the local save and the chain's write) is stored by the chain's write
+      policy.
 
     *backends* limits the retry to those names. Rows of backends not in the
     chain are reported as ``skipped`` and left unchanged. Returns one outcome
-    per row considered, in catalog order.
+    per backend attempt (and skipped row).
     """
     wanted = set(backends) if backends is not None else None
-    pins = _Pins(catalog)
+    chosen = chain.subset(lambda b: wanted is None or b.name in wanted)
+    if chosen is None:
+        return []
+    cat = _Catalog(catalog)
+    recorder = PinRecorder(catalog)
     outcomes: list[PinOutcome] = []
-    rows = await pins.failed()
-    by_name = {b.name: b for b in chain.backends}
-    for row in rows:
+
+    by_name = {b.name: b for b in chosen.backends}
+    for row in await cat.pins("failed") + await cat.pins("pending"):
         if wanted is not None and row.backend not in wanted:
             continue
         backend = by_name.get(row.backend)
@@ -255,16 +326,34 @@ async def retry_failed_pins(
                 PinOutcome(row.cid, row.backend, "skipped", error="backend not in the chain")
             )
             continue
+        attempt = await _repin(chain, backend, row.cid, cat, recorder, source, labels)
+        outcomes.append(PinOutcome.of(row.cid, attempt))
+
+    # missing rows: never stored at all, or never copied to a keep-local-copy backend
+    for loc in await cat.checkpoints_lacking("any row"):
+        log.info("%s (round %d) was never stored through the chain", loc.cid, loc.round)
         try:
-            stored = await _repin(chain, backend, row.cid, pins, source, labels)
-        except Exception as exc:
-            text = _error_text(exc)
-            log.warning("re-pinning %s on %s failed: %s", row.cid, row.backend, text)
-            await pins.set(row.cid, row.backend, "failed", error=text)
-            outcomes.append(PinOutcome(row.cid, row.backend, "failed", error=text))
+            result = await chosen.add(
+                loc.path,
+                cid_version=parse_cid(loc.cid).version,
+                name=f"round-{loc.round}",
+                labels=labels,
+                expected_cid=loc.cid,
+                observer=recorder,
+            )
+            attempts = result.attempts
+        except FedstoreError as exc:
+            attempts = list(exc.attempts)
+        outcomes.extend(PinOutcome.of(loc.cid, a) for a in attempts)
+    for backend in chosen.backends:
+        if not backend.keeps_local_copy:
             continue
-        await pins.set(row.cid, row.backend, "pinned", backend_ref=stored.backend_ref)
-        outcomes.append(PinOutcome(row.cid, row.backend, "pinned", backend_ref=stored.backend_ref))
+        others = [b.name for b in chosen.backends if b is not backend]
+        for loc in await cat.checkpoints_lacking("row", backend.name):
+            for attempt in await chosen.keep_local_copies(
+                loc.path, loc.cid, observer=recorder, skip=others
+            ):
+                outcomes.append(PinOutcome.of(loc.cid, attempt))
     return outcomes
 
 
@@ -272,38 +361,63 @@ async def _repin(
     chain: BackendChain,
     backend: StorageBackend,
     cid: str,
-    pins: _Pins,
+    cat: _Catalog,
+    recorder: PinRecorder,
     source: SourceFn | None,
     labels: Mapping[str, str] | None,
-) -> StoredObject:
+) -> Attempt:
+    """Store *cid* on *backend* again through the chain (recorded); the final attempt."""
+    only = chain.subset(lambda b: b is backend)
+    assert only is not None
     version = parse_cid(cid).version
     path = await source(cid) if source is not None else None
     if path is None:
-        path = await pins.local_path(cid)
+        path = await cat.local_path(cid)
     if path is not None:
-        return await _store_on(backend, path, cid, cid_version=version, name=None, labels=labels)
-    others = [b for b in chain.backends if b is not backend]
-    if others:
+        return await _add_recorded(only, path, cid, version, labels, recorder)
+    others = chain.subset(lambda b: b is not backend)
+    if others is not None:
         tmpdir = await trio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="fedstore-repin-"))
         try:
             fetched = Path(tmpdir) / "object"
             try:
-                # Not closed here: the backends belong to *chain*.
-                await BackendChain(others).fetch_to_file(cid, fetched)
+                await others.fetch_to_file(cid, fetched)
             except FedstoreError as exc:
                 log.info("no other backend could provide %s: %s", cid, exc)
             else:
-                return await _store_on(
-                    backend, fetched, cid, cid_version=version, name=None, labels=labels
-                )
+                return await _add_recorded(only, fetched, cid, version, labels, recorder)
         finally:
             await trio.to_thread.run_sync(lambda: shutil.rmtree(tmpdir, ignore_errors=True))
     # Last resort: ask the backend to obtain the CID from the network itself.
-    stored = await backend.pin(cid, labels=labels)
-    if not await backend.has(cid):
-        raise UnavailableError(
-            f"no local copy of {cid} and no other backend has it; asked {backend.name} to pin "
-            "it from the network (still queued, will check again on the next retry)",
-            backend=backend.name,
+    await recorder.attempt_started(cid, backend.name)
+    try:
+        stored = await backend.pin(cid, labels=labels)
+        if not await backend.has(cid):
+            raise UnavailableError(
+                f"no local copy of {cid} and no other backend has it; asked {backend.name} to "
+                "pin it from the network (still queued, will check again on the next retry)",
+                backend=backend.name,
+                cid=cid,
+            )
+        attempt = Attempt(backend.name, backend_ref=stored.backend_ref)
+    except Exception as exc:  # recorded like any other attempt
+        attempt = Attempt(backend.name, at_boundary(exc, backend.name, cid, "pinning"))
+    await recorder.attempt_finished(cid, attempt)
+    return attempt
+
+
+async def _add_recorded(
+    only: BackendChain,
+    path: Path,
+    cid: str,
+    version: int,
+    labels: Mapping[str, str] | None,
+    recorder: PinRecorder,
+) -> Attempt:
+    try:
+        result = await only.add(
+            path, cid_version=version, labels=labels, expected_cid=cid, observer=recorder
         )
-    return stored
+    except FedstoreError as exc:
+        return exc.attempts[-1] if exc.attempts else Attempt(only.names[0], exc)
+    return result.attempts[-1]

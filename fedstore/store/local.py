@@ -27,16 +27,17 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import numpy as np
 
 from fedstore.catalog import Catalog, CheckpointRecord, RoundConflictError
 from fedstore.errors import CheckpointNotFoundError, IntegrityError
 from fedstore.fsutil import fsync_dir, write_atomic
+from fedstore.p2p.messages import MAX_ROUND
 from fedstore.store.paths import ROUNDS_DIR, TMP_DIR, checkpoint_filename
 from fedstore.store.reconcile import ReconcileReport, VerifyLevel, reconcile
 
@@ -49,9 +50,11 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "store.lock"
 
+_Data = TypeVar("_Data", bytes, np.ndarray)
+
 
 def _describe(data: bytes) -> tuple[str, int]:
-    """``(codec, raw_size)`` of checkpoint bytes, e.g. ``("fsck1+zstd+shuffle", 8448)``.
+    """``(codec, raw_size)`` of checkpoint bytes, e.g. ``("fsck2+zstd+shuffle", 8448)``.
 
     Raises FormatError if ``data`` is not a fedstore checkpoint, and
     SizeLimitError if it would decode past the size cap (a checkpoint nobody
@@ -170,6 +173,8 @@ class LocalStore:
 
         if round < 0:
             raise ValueError(f"round must be >= 0, got {round}")
+        if round > MAX_ROUND:  # peers could never be told of it (and SQLite's INTEGER ends)
+            raise ValueError(f"round must be at most {MAX_ROUND}, the highest peers accept")
         codec, raw_size = _describe(data)  # also rejects bytes that are not a checkpoint
         rel = f"{ROUNDS_DIR}/{checkpoint_filename(round, cid)}"
         with self._saving():
@@ -258,7 +263,7 @@ class LocalStore:
 
     def get(self, round: int) -> CheckpointRecord:
         """The row of ``round`` (CheckpointNotFoundError if none)."""
-        rec = self.catalog.get_checkpoint(round)
+        rec = self.catalog.get_checkpoint(round) if 0 <= round <= MAX_ROUND else None
         if rec is None:
             raise CheckpointNotFoundError(f"no checkpoint for round {round} in {self.dir}")
         return rec
@@ -291,11 +296,16 @@ class LocalStore:
         ``corrupt`` and raise IntegrityError. A flagged row whose file is
         intact again is set back to ``ok``.
         """
+        return self._read_verified(round, lambda path: path.read_bytes())
+
+    def _read_verified(
+        self, round: int | None, read: Callable[[Path], _Data]
+    ) -> tuple[CheckpointRecord, _Data]:
         from fedstore.ipld.cid import verify_bytes
 
         rec = self._resolve(round)
         try:
-            data = (self.dir / rec.path).read_bytes()
+            data = read(self.dir / rec.path)
         except FileNotFoundError:
             self.catalog.mark_checkpoint_status(rec.round, "missing", cid=rec.cid)
             raise CheckpointNotFoundError(
@@ -304,7 +314,7 @@ class LocalStore:
                 f"{rec.cid} again, or delete the round)"
             ) from None
         try:
-            verify_bytes(rec.cid, data)
+            verify_bytes(rec.cid, data if isinstance(data, bytes) else data.data)
         except IntegrityError as exc:
             self.catalog.mark_checkpoint_status(rec.round, "corrupt", cid=rec.cid)
             raise IntegrityError(
@@ -316,12 +326,15 @@ class LocalStore:
         return rec, data
 
     def load(self, round: int | None = None, *, max_decoded_size: int | None = None) -> Checkpoint:
-        """Decode the checkpoint of ``round`` (latest when None) after verifying its CID."""
+        """Decode the checkpoint of ``round`` (latest when None) after verifying its CID.
+
+        The file is read once into a numpy buffer (cheaper to fill than a
+        bytes object of the same size), hashed against the CID and decoded
+        from that same buffer, so the bytes decoded are the bytes verified.
+        """
         from fedstore import format as fmt
 
-        _rec, data = self.read_verified(round)
-        if max_decoded_size is None:
-            return fmt.decode(data)
+        _rec, data = self._read_verified(round, fmt.read_file)
         return fmt.decode(data, max_decoded_size=max_decoded_size)
 
     def reconcile(self, verify: VerifyLevel = "latest") -> ReconcileReport:

@@ -51,7 +51,15 @@ from typing import Any, Self
 
 import httpx
 
-from fedstore.backends import Health, Source, StorageBackend, StoredObject
+from fedstore.backends import (
+    BackendContext,
+    Detected,
+    Health,
+    Source,
+    StorageBackend,
+    StoredObject,
+    aclosing_stream,
+)
 from fedstore.backends.http import RateLimiter, RetryPolicy
 from fedstore.backends.streaming import (
     DEFAULT_CHUNK_SIZE,
@@ -72,7 +80,7 @@ from fedstore.errors import (
 from fedstore.ipld.cid import parse_cid
 from fedstore_pinata import files
 from fedstore_pinata.client import PinataClient
-from fedstore_pinata.config import PinataConfig
+from fedstore_pinata.config import SETTINGS, PinataConfig, credentials_reason
 from fedstore_pinata.upload import upload
 
 __all__ = ["PROBE_BLOB", "PinataBackend"]
@@ -88,6 +96,7 @@ class PinataBackend(StorageBackend):
 
     name = "pinata"
     supports_pinning = True
+    settings = SETTINGS
 
     def __init__(
         self,
@@ -111,13 +120,15 @@ class PinataBackend(StorageBackend):
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Self:
-        config = PinataConfig.from_env(env)
-        try:
-            retry = RetryPolicy.from_env(env)
-        except ConfigError as exc:
-            raise NotConfiguredError(f"pinata: {exc}", backend="pinata") from exc
-        return cls(config, retry=retry)
+    def create(cls, settings: Mapping[str, str], ctx: BackendContext) -> Self:
+        """From :data:`~fedstore_pinata.config.SETTINGS`; NotConfiguredError without credentials."""
+        return cls(PinataConfig.from_env(settings), retry=RetryPolicy.from_env(settings))
+
+    @classmethod
+    def detect(cls, settings: Mapping[str, str], ctx: BackendContext) -> Detected | None:
+        """First in the default chain (priority 300) when Pinata credentials are set."""
+        reason = credentials_reason(settings)
+        return None if reason is None else Detected(300, reason)
 
     def __repr__(self) -> str:
         c = self.config
@@ -190,7 +201,7 @@ class PinataBackend(StorageBackend):
         def make(_offset: int) -> httpx.Request:
             return api.http.build_request("GET", url)
 
-        async for chunk in stream_download(
+        download = stream_download(
             api.http,
             make,
             backend="pinata",
@@ -201,14 +212,17 @@ class PinataBackend(StorageBackend):
             auth=api.gateway_auth,
             expected_length=_content_length,
             ranged=True,
-        ):
-            yield chunk
+        )
+        async with aclosing_stream(download) as stream:  # the response is released at once
+            async for chunk in stream:
+                yield chunk
 
     async def has(self, cid: str) -> bool:
         """Whether the account has *cid* pinned (listing filtered by CID)."""
         parse_cid(cid)
-        async for _ in self.list_files(cid=cid, page_size=10, max_items=1):
-            return True
+        async with aclosing_stream(self.list_files(cid=cid, page_size=10, max_items=1)) as items:
+            async for _ in items:
+                return True
         return False
 
     # -- contract: pins -------------------------------------------------------------
@@ -226,11 +240,14 @@ class PinataBackend(StorageBackend):
         background; ``backend_ref`` is the file id when already known.
         """
         parse_cid(cid)
-        async for item in self.list_files(cid=cid, max_items=1):
-            ref = item.get("id")
-            return StoredObject(
-                cid=cid, size=int(item.get("size") or -1), backend_ref=str(ref) if ref else None
-            )
+        async with aclosing_stream(self.list_files(cid=cid, max_items=1)) as items:
+            async for item in items:
+                ref = item.get("id")
+                return StoredObject(
+                    cid=cid,
+                    size=int(item.get("size") or -1),
+                    backend_ref=str(ref) if ref else None,
+                )
         await files.pin_by_cid(self._api, cid, name=(name or cid)[:200], labels=labels)
         return StoredObject(cid=cid, size=-1)
 
@@ -305,7 +322,8 @@ class PinataBackend(StorageBackend):
         out = ["upload ok"]
         try:
             if self.config.gateway_url:
-                data = b"".join([c async for c in self.fetch(stored.cid)])
+                async with aclosing_stream(self.fetch(stored.cid)) as stream:
+                    data = b"".join([c async for c in stream])
                 if data != PROBE_BLOB:
                     raise IntegrityError("pinata gateway returned wrong bytes for the probe")
                 out.append("gateway read ok")
