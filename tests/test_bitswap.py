@@ -475,17 +475,21 @@ async def test_fetchers_take_blocks_in_different_orders_with_bounded_memory(
 ) -> None:
     from fedstore_bitswap import DagFetch
 
-    class Recording(DagFetch):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
-            self.arrivals: list[bytes] = []
-            self.most_buffered = 0
+    def recording(fetch: DagFetch) -> tuple[list[bytes], list[int]]:
+        """Record the order blocks arrive in, and the most blocks buffered ahead of the output."""
+        arrivals: list[bytes] = []
+        most = [0]
+        sched = fetch.scheduler
+        deliver = sched.on_block
 
-        def on_block(self, peer: Any, digest: bytes, data: bytes, stored: bool) -> None:
-            if self.wants(digest):
-                self.arrivals.append(digest)
-            super().on_block(peer, digest, data, stored)
-            self.most_buffered = max(self.most_buffered, len(self._arrived))
+        def on_block(peer: Any, digest: bytes, data: bytes, stored: bool) -> None:
+            if sched.wants(digest):
+                arrivals.append(digest)
+            deliver(peer, digest, data, stored)
+            most[0] = max(most[0], len(sched.arrived))
+
+        sched.on_block = on_block  # type: ignore[method-assign]
+        return arrivals, most
 
     window = BitswapLimits(window_bytes=12 * CHUNK, max_window_blocks=12)
     async with AsyncExitStack() as stack:
@@ -498,13 +502,14 @@ async def test_fetchers_take_blocks_in_different_orders_with_bounded_memory(
         orders = []
         for node in (b, c):
             await connect(node.host, a.host)
-            fetch = Recording(node.service.engine, parse_cid(cid), window)
+            fetch = DagFetch(node.service.engine, parse_cid(cid), window)
+            arrivals, most = recording(fetch)
             out = bytearray()
             async for chunk in fetch.run():
                 out += chunk
             assert bytes(out) == data  # streamed in order
-            assert fetch.most_buffered <= 12  # never more than the window ahead
-            orders.append([d for d in fetch.arrivals if d in set(leaves)])
+            assert most[0] <= 12  # never more than the window ahead
+            orders.append([d for d in arrivals if d in set(leaves)])
         assert sorted(orders[0]) == sorted(orders[1]) == sorted(leaves)
         assert orders[0] != leaves and orders[1] != leaves  # not the DAG walk order
         assert orders[0] != orders[1]  # and not the same order at both fetchers
