@@ -114,7 +114,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _fetched_from(node: NodeProcess, cid: str) -> dict[str, int]:
     """Blocks per peer from the node's ``bitswap fetched <cid>`` log line."""
-    for line in reversed(node.stderr_tail(400).splitlines()):
+    for line in reversed(node.stderr_tail(50_000).splitlines()):
         if f"bitswap fetched {cid}:" in line and "from peers: " in line:
             peers = line.split("from peers: ", 1)[1].split(";")[0]
             return {p: int(n) for p, n in re.findall(r"(\w+)=(\d+)", peers)}
