@@ -26,6 +26,7 @@ Callers classify errors with ``isinstance``, never by class name.
     ├── InvalidCIDError             a string is not a CID fedstore understands
     ├── IntegrityError              bytes do not match the CID they were fetched by
     ├── CatalogError                the SQLite catalog failed or is out of date
+    │   └── RoundConflictError      the round already has a different checkpoint
     ├── CheckpointNotFoundError     no local checkpoint for that round
     ├── ProtocolError               a peer sent something malformed
     ├── NetworkError                a peer could not be reached, or the p2p layer failed
@@ -64,6 +65,7 @@ __all__ = [
     "ProtocolError",
     "QuotaError",
     "RateLimitedError",
+    "RoundConflictError",
     "SizeLimitError",
     "StrategyError",
     "UnavailableError",
@@ -150,6 +152,14 @@ class IntegrityError(FedstoreError):
 
 class CatalogError(FedstoreError):
     """The SQLite catalog could not be opened, migrated or queried."""
+
+
+class RoundConflictError(CatalogError):
+    """The round already has a checkpoint with a different CID (and replace was not asked).
+
+    Defined here rather than beside the catalog so code that only catches it
+    (the command line) does not import SQLAlchemy.
+    """
 
 
 class CheckpointNotFoundError(FedstoreError, LookupError):

@@ -7,6 +7,8 @@ Sections (one module each; run in this order, each independent)::
     catalog   latest round and round listing from the catalog vs a directory scan
     announce  announcement delivery across peer processes (median, p95)
     catchup   an offline peer's fetch + verify + load vs read + sha256
+    updates   lossy update encodings (float16, int8, top-k) vs float32: bytes, accuracy
+    startup   `fedstore --help` and `--version` vs `python -c pass` (median wall time)
     swarm     N trainers fetch a new model over capped links: bitswap swarm vs star
 
 Use::

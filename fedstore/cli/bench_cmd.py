@@ -19,16 +19,8 @@ import argparse
 import shlex
 import sys
 
-from rich.console import Console
-
 from fedstore.bench.common import BenchSizes
-from fedstore.bench.runner import (
-    SECTIONS,
-    default_console,
-    print_report,
-    run_bench,
-    write_json,
-)
+from fedstore.bench.runner import SECTIONS
 
 __all__ = ["DEFAULT_JSON", "register", "run"]
 
@@ -62,7 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Measure, side by side in one run: checkpoint save/load against pickle, np.savez "
             "and safetensors; CID hashing against sha256sum and its peak memory; catalog "
             "lookups against a directory scan; announcement delivery across peer processes; "
-            "an offline peer's catch-up against reading and hashing the file. Prints a table "
+            "an offline peer's catch-up against reading and hashing the file; lossy update "
+            "encodings against float32 on the digits task (bytes, accuracy). Prints a table "
             "with ratios and writes a JSON report. Ratios are the result; absolute times vary "
             "between machines."
         ),
@@ -114,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fedstore bench: error: {exc}", file=sys.stderr)
         return 2
+    from rich.console import Console
+
+    from fedstore.bench.runner import default_console, print_report, run_bench, write_json
+
     command = _command_line(args)
     report = run_bench(
         sizes,

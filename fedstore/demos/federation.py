@@ -34,13 +34,14 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
-
-from fedstore.demos.federation_state import DemoState, Proc, apply_event
-from fedstore.demos.federation_view import finish, render
 from fedstore.errors import ConfigError
+
+if TYPE_CHECKING:  # trio and the demo's state load when it runs, not for `fedstore --help`
+    import trio
+
+    from fedstore.demos.federation_state import DemoState, Proc
 
 __all__ = ["add_arguments", "run"]
 
@@ -64,6 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a setting of the strategy, repeatable (e.g. trim=0.1 for trimmed-mean)",
+    )
+    g.add_argument(
+        "--update-encoding",
+        default="float32",
+        metavar="NAME",
+        help="how trainers encode their updates: float32 (default, lossless), float16, "
+        "int8, int8:BLOCK, topk:FRACTION (e.g. topk:0.05; with error feedback)",
     )
     g.add_argument(
         "--backends",
@@ -145,6 +153,8 @@ def _worker_argv(args: argparse.Namespace, proc: Proc, tmp: Path, quorum: str) -
             "--aggregator",
             args.aggregator,
             *[f"--strategy-setting={item}" for item in args.strategy_setting],
+            "--update-encoding",
+            args.update_encoding,
             "--quorum",
             quorum,
             "--min-updates",
@@ -172,6 +182,8 @@ async def _run_proc(
     argv: list[str],
     on_line: Callable[[Proc, dict[str, Any]], None],
 ) -> None:
+    import trio
+
     assert proc.log_path is not None
     proc.state = "starting"
     log = await trio.to_thread.run_sync(proc.log_path.open, "wb")
@@ -220,6 +232,10 @@ async def _federate(
     wait offline, without a node, for ``GO <aggregator address>`` on stdin.
     The late trainer gets it when the round before its first round closes.
     """
+    import trio
+
+    from fedstore.demos.federation_state import apply_event
+
     args = state.args
     n = args.trainers
     late = args.late_trainer if 1 <= args.late_trainer <= n and args.late_round > 1 else 0
@@ -302,9 +318,12 @@ async def _federate(
 
 
 async def _main(args: argparse.Namespace) -> int:
+    import trio
     from rich.live import Live
 
     from fedstore.cli.output import console as pipe_safe_console
+    from fedstore.demos.federation_state import DemoState, Proc
+    from fedstore.demos.federation_view import finish, render
 
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
@@ -314,9 +333,11 @@ async def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--late-round {args.late_round} is after the last round {args.rounds}")
     from fedstore.demos.federation_worker import parse_settings
     from fedstore.federation.strategies import load_strategy
+    from fedstore.federation.update_encoding import UpdateEncoding
 
     # fail here, in one line, rather than in the aggregator's process
     load_strategy(args.aggregator, parse_settings(args.strategy_setting))
+    args.update_encoding = UpdateEncoding.parse(args.update_encoding).text
     console = pipe_safe_console(soft_wrap=True)  # a closed pipe: quiet exit 141, no traceback
     live_view = console.is_terminal and not args.plain
     tmp = Path(tempfile.mkdtemp(prefix="fedstore-demo-"))
@@ -334,7 +355,8 @@ async def _main(args: argparse.Namespace) -> int:
 
     console.print(
         f"fedstore demo: {args.trainers} trainers + 1 aggregator on 127.0.0.1, "
-        f"{args.rounds} rounds, backends {args.backends}, work dir {tmp}",
+        f"{args.rounds} rounds, {args.update_encoding} updates, backends {args.backends}, "
+        f"work dir {tmp}",
         highlight=False,
     )
     try:
@@ -370,4 +392,6 @@ async def _main(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``fedstore demo`` (see the module docstring)."""
+    import trio
+
     return trio.run(_main, args)

@@ -84,6 +84,7 @@ from fedstore.federation.transport import (
     RoundMetrics,
     SavedModel,
 )
+from fedstore.federation.update_encoding import ENCODING_CONFIG_KEY, UpdateEncoding
 from fedstore.federation.validation import (
     ModelSpec,
     RejectionCounter,
@@ -127,9 +128,17 @@ def _announcement(
     return announce
 
 
-def _round_config(strategy: Strategy, ctx: RoundContext) -> dict[str, ConfigValue]:
+def _round_config(
+    strategy: Strategy, ctx: RoundContext, encoding: UpdateEncoding
+) -> dict[str, ConfigValue]:
+    """The strategy's config for the round, plus the update encoding when it is lossy."""
     try:
-        return check_config(strategy.configure_round(ctx))
+        config = check_config(strategy.configure_round(ctx))
+        if ENCODING_CONFIG_KEY in config:
+            raise MessageError(f"{ENCODING_CONFIG_KEY} is reserved for the update encoding")
+        if encoding.lossy:
+            config = check_config({**config, ENCODING_CONFIG_KEY: encoding.text})
+        return config
     except MessageError as exc:
         raise StrategyError(
             f"strategy {strategy.name!r} configured round {ctx.round} with a config that "
@@ -277,13 +286,13 @@ async def lead_rounds(
         while rnd <= settings.rounds:
             quorum = settings.quorum(rnd)
             ctx = RoundContext(rnd, base_cid, base, state)
-            config = _round_config(strategy, ctx)
+            config = _round_config(strategy, ctx, settings.update_encoding)
             closed: RoundClosed | None = None
             outcome: RoundOutcome | None = None
             for attempt in range(1, settings.max_attempts + 1):
                 started = trio.current_time()
                 validator = RoundValidator(spec, rnd, totals=totals)
-                collector = Collector(peer, validator, base_cid, settings, on_event)
+                collector = Collector(peer, validator, base_cid, settings, on_event, base=base)
                 on_event(RoundOpened(rnd, attempt, base_cid, quorum, config))
 
                 await collect_round(

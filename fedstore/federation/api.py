@@ -67,6 +67,7 @@ from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, Tra
 from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.registry import SettingValue, load_strategy
 from fedstore.federation.trainer import LegacyTrainFn, TrainFn, follow_rounds
+from fedstore.federation.update_encoding import UpdateEncoding
 
 if TYPE_CHECKING:
     from fedstore.config import NodeConfig
@@ -153,6 +154,7 @@ async def aggregate(
     on_event: EventSink = noop_sink,
     on_ready: Callable[[str], None] | None = None,
     metadata: Mapping[str, str] | None = None,
+    update_encoding: UpdateEncoding | str = "float32",
 ) -> FederationResult:
     """Run a node as the federation's aggregator (bootstrap role) for ``rounds`` rounds.
 
@@ -162,6 +164,9 @@ async def aggregate(
     is a registered name (with ``strategy_settings``) or a Strategy;
     an unknown name or bad setting raises
     :class:`~fedstore.errors.StrategyError` before the node starts.
+    ``update_encoding`` (``float32``, ``float16``, ``int8``, ``int8:BLOCK``,
+    ``topk:FRACTION``; see :mod:`fedstore.federation.update_codec`) is how
+    trainers are asked to encode their updates; a bad one is a ConfigError.
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
@@ -175,6 +180,11 @@ async def aggregate(
         min_updates=min_updates,
         round_timeout=round_timeout,
         metadata=dict(metadata or {}),
+        update_encoding=(
+            update_encoding
+            if isinstance(update_encoding, UpdateEncoding)
+            else UpdateEncoding.parse(update_encoding)
+        ),
     )
     cfg = node or make_node_config(role="bootstrap", data_dir=data_dir, backends=backends)
     async with open_node(cfg) as n:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import trio
@@ -30,6 +30,7 @@ from fedstore.federation.messages import (
 from fedstore.federation.settings import AggregatorSettings
 from fedstore.federation.strategies.base import Update
 from fedstore.federation.transport import Arrays, FederationPeer, Inbox
+from fedstore.federation.update_codec import CodecError, NDArray, decode_update
 from fedstore.federation.validation import RejectReason, RoundValidator
 
 __all__ = ["Collector", "collect_round"]
@@ -44,7 +45,10 @@ class Collector:
     drops re-sent copies, runs the header checks before any work, fetches an
     update sent by CID (size-capped, verified, bounded in time), decodes and
     scans the tensors in a worker thread, and offers the update to the
-    :class:`~fedstore.federation.validation.RoundValidator`.
+    :class:`~fedstore.federation.validation.RoundValidator`. An update in a
+    lossy encoding (:mod:`~fedstore.federation.update_codec`) must use the
+    federation's encoding and is decoded against ``base``, the round's base
+    model, into full arrays; float32 updates are always accepted.
     """
 
     def __init__(
@@ -54,8 +58,11 @@ class Collector:
         base_cid: str,
         settings: AggregatorSettings,
         on_event: EventSink,
+        *,
+        base: Mapping[str, NDArray] | None = None,
     ) -> None:
         self.peer = peer
+        self.base = base
         self.v = validator
         self.base_cid = base_cid
         self.settings = settings
@@ -95,6 +102,8 @@ class Collector:
                 f"trained from {msg.base_cid}, round base is {self.base_cid}",
             )
             return
+        if msg.encoding is not None and not self._encoding_ok(msg):
+            return
         payload = msg.payload
         if msg.cid is not None:
             if msg.size > self.settings.max_update_bytes:
@@ -112,13 +121,22 @@ class Collector:
                 v.reject(RejectReason.FETCH_FAILED, msg.sender, msg.round, f"{msg.cid}: {exc}")
                 return
         max_decoded = self._max_decoded()
+        base = self.base
 
         def decode_and_check() -> tuple[Arrays, tuple[RejectReason, str] | None]:
-            arrays = decode_tensors(payload, max_decoded_size=max_decoded)
+            if msg.encoding is None:
+                arrays = decode_tensors(payload, max_decoded_size=max_decoded)
+            elif base is None:  # _encoding_ok refused it already; never decode without a base
+                raise CodecError("no base model to decode an encoded update against")
+            else:
+                arrays = decode_update(payload, base, self.settings.update_encoding)
             return arrays, v.spec.problem(arrays)
 
         try:  # decoding and the NaN/Inf scan read the whole update: off the event loop
             arrays, problem = await trio.to_thread.run_sync(decode_and_check)
+        except CodecError as exc:
+            v.reject(_codec_reason(exc.reason), msg.sender, msg.round, str(exc))
+            return
         except MessageError as exc:
             v.reject(RejectReason.MALFORMED, msg.sender, msg.round, str(exc))
             return
@@ -132,11 +150,32 @@ class Collector:
                 UpdateAccepted(msg.round, msg.sender, msg.num_samples, msg.cid is not None)
             )
 
+    def _encoding_ok(self, msg: UpdateMessage) -> bool:
+        """A lossy update must use this federation's encoding; reject it otherwise."""
+        expected = self.settings.update_encoding
+        if msg.encoding != expected.text or not expected.lossy or self.base is None:
+            uses = expected.text if expected.lossy else "float32 updates only"
+            self.v.reject(
+                RejectReason.BAD_ENCODING,
+                msg.sender,
+                msg.round,
+                f"update encoded as {msg.encoding}; this federation uses {uses}",
+            )
+            return False
+        return True
+
     def _max_decoded(self) -> int:
         total = 0
         for spec in self.v.spec.tensors.values():
             total += math.prod(spec.shape) * int(np.dtype(spec.dtype).itemsize)
         return total + 64 * 1024 + MAX_HEADER_BYTES
+
+
+def _codec_reason(reason: str) -> RejectReason:
+    try:
+        return RejectReason(reason)
+    except ValueError:
+        return RejectReason.BAD_ENCODING
 
 
 async def collect_round(

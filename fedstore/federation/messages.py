@@ -14,7 +14,10 @@ depends on the kind. Three kinds exist:
     The tensors travel either *inline* as the payload (a checkpoint made by
     :func:`fedstore.format.encode`), or, when that would not fit under the
     pubsub limit, stored through the backend chain and referenced by ``cid``
-    and exact ``size`` with an empty payload.
+    and exact ``size`` with an empty payload. An optional ``encoding`` names
+    a lossy encoding of the payload relative to ``base_cid`` (text such as
+    ``int8`` or ``topk:0.05``, see :mod:`fedstore.federation.update_codec`);
+    without it the payload is a lossless checkpoint of the full arrays.
 ``ROUND`` (aggregator -> trainers)
     round ``round`` is open, starting from global model ``base_round`` /
     ``base_cid``; ``attempt`` counts re-openings after a failed round,
@@ -95,6 +98,8 @@ _PREFIX = struct.Struct(">4sBBH")
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 METRIC_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _CID_RE = re.compile(r"[A-Za-z0-9]{1,200}")
+#: syntax of an update's ``encoding`` (its meaning: fedstore.federation.update_codec)
+_ENCODING_RE = re.compile(r"[a-z0-9]{1,16}(?::[0-9a-z.+-]{1,24})?")
 
 
 class MessageError(ProtocolError):
@@ -123,6 +128,8 @@ class UpdateMessage:
     size: int = 0
     base_cid: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    #: lossy encoding of the payload relative to ``base_cid``; None: a float32 checkpoint
+    encoding: str | None = None
 
     def encode(self) -> bytes:
         header: dict[str, Any] = {
@@ -130,6 +137,10 @@ class UpdateMessage:
             "sender": self.sender,
             "num_samples": self.num_samples,
         }
+        if self.encoding is not None:
+            if self.base_cid is None:
+                raise MessageError("an encoded update names the base_cid it is relative to")
+            header["encoding"] = self.encoding
         if self.metrics:
             header["metrics"] = {k: float(v) for k, v in self.metrics.items()}
         if self.base_cid is not None:
@@ -371,12 +382,19 @@ def decode_message(data: bytes) -> Message:
 
 
 def _decode_update(h: dict[str, Any], payload: bytes) -> UpdateMessage:
-    _keys(h, {"round", "sender", "num_samples"}, {"metrics", "base_cid", "cid", "size"})
+    _keys(
+        h,
+        {"round", "sender", "num_samples"},
+        {"metrics", "base_cid", "cid", "size", "encoding"},
+    )
     rnd = _int(h, "round", 1, MAX_ROUND)
     sender = _peer_id(h, "sender")
     n = _int(h, "num_samples", 1, MAX_SAMPLES)
     metrics = _metrics(h["metrics"]) if "metrics" in h else {}
     base = check_cid(h["base_cid"], "base_cid") if "base_cid" in h else None
+    encoding = _encoding(h["encoding"]) if "encoding" in h else None
+    if encoding is not None and base is None:
+        raise MessageError("an encoded update must name its base_cid", reason="bad_encoding")
     if ("cid" in h) != ("size" in h):
         raise MessageError("cid and size go together")
     if "cid" in h:
@@ -384,10 +402,16 @@ def _decode_update(h: dict[str, Any], payload: bytes) -> UpdateMessage:
             raise MessageError("an update by CID must not carry an inline payload")
         cid = check_cid(h["cid"])
         size = _int(h, "size", 1, MAX_REFERENCED_BYTES)
-        return UpdateMessage(rnd, sender, n, b"", cid, size, base, metrics)
+        return UpdateMessage(rnd, sender, n, b"", cid, size, base, metrics, encoding)
     if not payload:
         raise MessageError("inline update without payload")
-    return UpdateMessage(rnd, sender, n, payload, None, 0, base, metrics)
+    return UpdateMessage(rnd, sender, n, payload, None, 0, base, metrics, encoding)
+
+
+def _encoding(v: object) -> str:
+    if not isinstance(v, str) or not _ENCODING_RE.fullmatch(v):
+        raise MessageError(f"encoding is not an encoding name: {v!r:.40}", reason="bad_encoding")
+    return v
 
 
 def _decode_round(h: dict[str, Any]) -> RoundOpen:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fedstore.federation.messages import DEFAULT_INLINE_LIMIT
 from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.builtin import FedAvg
+from fedstore.federation.update_encoding import FLOAT32, UpdateEncoding
 
 __all__ = ["AggregatorSettings", "QuorumSchedule", "TrainerSettings"]
 
@@ -67,6 +68,9 @@ class AggregatorSettings:
     linger: float = 1.5
     #: extra, deterministic metadata stored with every global checkpoint
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: how trainers encode their updates (sent in every ROUND's config when lossy);
+    #: float32 updates are accepted whatever this says
+    update_encoding: UpdateEncoding = FLOAT32
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +84,5 @@ class TrainerSettings:
     aggregator: str | None = None
     #: seconds after sending before a missing acknowledgement triggers a re-send
     resend_after: float = 1.5
+    #: with a lossy update encoding, carry what it dropped into the next update
+    error_feedback: bool = True

@@ -47,6 +47,7 @@ class RejectReason(StrEnum):
     WRONG_DTYPE = "wrong_dtype"
     NON_FINITE = "non_finite"  # NaN or Inf in a tensor
     FETCH_FAILED = "fetch_failed"  # an update by CID could not be fetched or verified
+    BAD_ENCODING = "bad_encoding"  # a lossy encoding not in use, or a payload that does not decode
 
 
 @dataclass(frozen=True, slots=True)
