@@ -42,7 +42,7 @@ import numpy as np
 
 from fedstore.bench.common import MB, BenchSizes, Row, SayFn, SectionResult, Target
 from fedstore.bench.netns import Lan, bridged_hosts, ns_argv, tx_bytes, unavailable_reason
-from fedstore.p2p.driver import NodeProcess, python_env
+from fedstore.node.driver import NodeProcess, python_env
 
 __all__ = [
     "NAME",
