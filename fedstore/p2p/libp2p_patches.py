@@ -32,7 +32,8 @@ described in ``docs/BITSWAP.md`` ("Transport fixes") so it can go upstream:
    round trips per message. It now reads up to :data:`RECV_SIZE` bytes at a
    time and cuts messages out of its buffer. Only the transport phase reads
    ahead (the handshake reader is unchanged, so no byte of the transport
-   phase can be swallowed by the handshake).
+   phase can be swallowed by the handshake). A message cut from the buffer
+   still yields to the scheduler once, as a socket read does.
 5. **SecureSession.read without BytesIO.** Reads of exactly one decrypted
    message return it without a copy; remainders are kept as (bytes, offset).
 
@@ -176,6 +177,7 @@ def _patch_yamux() -> None:
             event.set()
 
     setattr(ym.YamuxStream, "send_window", property(get_send_window, set_send_window))  # noqa: B010
+
     ym.YamuxStream.write = write  # type: ignore[method-assign]
     ym.Yamux._write_frame = write_frame  # type: ignore[method-assign]
 
@@ -198,6 +200,7 @@ def _patch_noise() -> None:
         conn = self.read_writer.read_write_closer
         need = 2
         length = -1
+        waited = False
         while True:
             have = len(buf) - pos
             if length < 0 and have >= 2:
@@ -205,6 +208,7 @@ def _patch_noise() -> None:
                 need = 2 + length
             if have >= need:
                 break
+            waited = True
             chunk = await conn.read(RECV_SIZE)
             if not chunk:
                 raise IncompleteReadError(
@@ -226,6 +230,10 @@ def _patch_noise() -> None:
             del buf[:pos]
             pos = 0
         self._fs_rpos = pos
+        if not waited:
+            # yield as a socket read would: tasks woken by the previous message
+            # (stream readers) run before the next one is handled
+            await trio.lowlevel.checkpoint()
         if prefix_encoded:
             body = body[len(self.prefix) :]
         return bytes(self.decrypt(body))
