@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -33,6 +33,9 @@ log = logging.getLogger("fedstore.backends.bitswap")
 BACKEND = "bitswap"
 #: Size assumed for a block whose size is not known yet (Kubo's chunk size).
 DEFAULT_LEAF = 262144
+#: A request moved off an origin may exceed the partial holder's limit by this much
+#: (queueing there is cheaper than a duplicate from the origin's upload).
+_REROUTE_SLACK = 2
 
 
 @dataclass(slots=True)
@@ -399,7 +402,7 @@ class Scheduler:
             batches.setdefault(peer, []).append(want.cid_bytes)
             return True
 
-        self._reroute_from_origins(now, assign, free)
+        self._reroute_from_origins(now, free)
         for digest, want, others in hedges:
             if not free:
                 break
@@ -426,9 +429,7 @@ class Scheduler:
                 return True
         return False
 
-    def _reroute_from_origins(
-        self, now: float, assign: Callable[[bytes, Want, set[ID]], bool], free: dict[ID, int]
-    ) -> None:
+    def _reroute_from_origins(self, now: float, free: dict[ID, int]) -> None:
         """Move requests from a peer that holds everything to one that just announced the block.
 
         Everyone asks the origin; a peer that received a block a moment ago
@@ -440,27 +441,38 @@ class Scheduler:
             if want is None or len(want.requests) != 1:
                 self._reroute.discard(digest)
                 continue
-            if not free:
-                return
             ((origin, _),) = want.requests.items()
             state = self._peers.get(origin)
             if state is None or not state.likely_complete:
                 self._reroute.discard(digest)
                 continue
-            partial = {
+            block = self.leaf_estimate
+            partial = [
                 p
                 for p in want.holders
-                if p in free
-                and p not in want.avoid
+                if p not in want.avoid
+                and p in self._peers
                 and not self._peers[p].likely_complete
                 and not self._peers[p].demoted
-            }
-            if partial and assign(digest, want, partial):
-                self._reroute.discard(digest)
-                del want.requests[origin]
-                state.remove(digest, now)
-                self._engine.send_cancels(origin, [want.cid_bytes])
-                self.stats.reroutes += 1
+                and len(self._peers[p].inflight)
+                < self._peers[p].limit(self._limits, block, now) + _REROUTE_SLACK
+            ]
+            if not partial:
+                continue
+            peer = min(partial, key=lambda p: self._peers[p].expected(self._limits, block, now))
+            self._reroute.discard(digest)
+            del want.requests[origin]
+            state.remove(digest, now)
+            self._engine.send_cancels(origin, [want.cid_bytes])
+            want.requests[peer] = now
+            want.asked.add(peer)
+            self._peers[peer].add(digest, now)
+            if peer in free:
+                free[peer] -= 1
+                if not free[peer]:
+                    del free[peer]
+            self._engine.send_wants(peer, [want.cid_bytes], have=False, priority=self._priority)
+            self.stats.reroutes += 1
 
     def _check_requests(self, now: float, candidates: list[ID]) -> None:
         """Requests a peer made no progress on for its timeout: counted, cancelled there.

@@ -104,6 +104,8 @@ class Server:
         self._pending_index: dict[bytes, set[ID]] = {}
         #: digest -> when it was last sent to a peer (duplicates wait, see _take_batch)
         self._recent_sends: OrderedDict[bytes, float] = OrderedDict()
+        #: digest -> sends of it under way now
+        self._sending: dict[bytes, int] = {}
 
     # -- peers ---------------------------------------------------------------------------
 
@@ -308,6 +310,9 @@ class Server:
         due: float | None = None
         for digest in list(ps.queue):
             q = ps.queue[digest]
+            if defer > 0 and digest in self._sending:  # on its way to another peer now
+                due = now + defer if due is None else min(due, now + defer)
+                continue
             sent = self._recent_sends.get(digest) if defer > 0 else None
             if sent is not None and now - sent < defer:
                 due = sent + defer if due is None else min(due, sent + defer)
@@ -317,15 +322,24 @@ class Server:
             del ps.queue[digest]
             batch.append(q)
             total += q.size
+        for q in batch:
+            self._sending[q.digest] = self._sending.get(q.digest, 0) + 1
         return batch, due
 
-    def _sent(self, digests: list[bytes], now: float) -> None:
-        recent = self._recent_sends
-        for d in digests:
-            recent[d] = now
-            recent.move_to_end(d)
-        while len(recent) > _RECENT_SENDS:
-            recent.popitem(last=False)
+    def _done_sending(self, batch: list[_Queued], now: float) -> None:
+        for q in batch:
+            left = self._sending.get(q.digest, 1) - 1
+            if left > 0:
+                self._sending[q.digest] = left
+            else:
+                self._sending.pop(q.digest, None)
+            self._recent_sends[q.digest] = now
+            self._recent_sends.move_to_end(q.digest)
+        while len(self._recent_sends) > _RECENT_SENDS:
+            self._recent_sends.popitem(last=False)
+        for ps in self.peers.values():  # deferred wants may be due now
+            if ps.queue:
+                ps.changed.set()
 
     def _read_batch(self, batch: list[_Queued]) -> list[bytes | None]:
         return [self._store.get_block(q.digest) for q in batch]
@@ -340,29 +354,10 @@ class Server:
                     with trio.move_on_at(due if due is not None else trio.current_time()):
                         await ps.changed.wait()
                     continue
-                total = sum(q.size for q in batch)
-                missing: list[tuple[bytes, bool]] = []
-                async with self.budget.hold(total):
-                    datas = await trio.to_thread.run_sync(self._read_batch, batch)
-                    blocks = [(q.cid_bytes, d) for q, d in zip(batch, datas, strict=True) if d]
-                    missing = [
-                        (q.cid_bytes, False)
-                        for q, d in zip(batch, datas, strict=True)
-                        if d is None and q.send_dont_have
-                    ]
-                    if blocks:
-                        ok = await ps.sender.send(blocks_message(ps.sender.protocol, blocks))
-                        if ok:
-                            self._sent([q.digest for q, d in zip(batch, datas, strict=True) if d],
-                                       trio.current_time())  # fmt: skip
-                            self.stats.blocks_served += len(blocks)
-                            self.stats.bytes_served += sum(len(d) for _, d in blocks)
-                        else:
-                            self.stats.send_failures += 1
-                            ps.queue.clear()  # the peer is gone or not reading
-                        self._stats_updated()
-                if missing:
-                    self.queue_presences(ps, missing)
+                try:
+                    await self._send_batch(ps, batch)
+                finally:
+                    self._done_sending(batch, trio.current_time())
         finally:
             ps.active -= 1
             key = str(ps.sender.peer)
@@ -370,3 +365,26 @@ class Server:
                 self.stats.active_by_peer[key] = ps.active
             else:
                 self.stats.active_by_peer.pop(key, None)
+
+    async def _send_batch(self, ps: PeerServer, batch: list[_Queued]) -> None:
+        """Read the batch's blocks (one worker-thread call) and send them in one message."""
+        total = sum(q.size for q in batch)
+        async with self.budget.hold(total):
+            datas = await trio.to_thread.run_sync(self._read_batch, batch)
+            blocks = [(q.cid_bytes, d) for q, d in zip(batch, datas, strict=True) if d]
+            if blocks:
+                ok = await ps.sender.send(blocks_message(ps.sender.protocol, blocks))
+                if ok:
+                    self.stats.blocks_served += len(blocks)
+                    self.stats.bytes_served += sum(len(d) for _, d in blocks)
+                else:
+                    self.stats.send_failures += 1
+                    ps.queue.clear()  # the peer is gone or not reading
+                self._stats_updated()
+        missing = [
+            (q.cid_bytes, False)
+            for q, d in zip(batch, datas, strict=True)
+            if d is None and q.send_dont_have
+        ]
+        if missing:
+            self.queue_presences(ps, missing)
