@@ -5,8 +5,8 @@ What is used from py-libp2p unchanged: protocol ids and negotiation
 (``create_message``), the per-peer outbound message queues that coalesce
 wantlist updates (``BitswapMessageQueue``), and the lifecycle
 (``start``/``stop``, network notifee that reaps per-peer state on
-disconnect). The Noise and yamux layers underneath run with the fixes in
-:mod:`fedstore.p2p.libp2p_patches`.
+disconnect). On a host fedstore opens, the Noise and yamux layers underneath
+run with the fixes in ``fedstore.p2p.libp2p_patches``.
 
 What is replaced, and why (details in ``docs/BITSWAP.md``):
 
@@ -61,7 +61,6 @@ from libp2p.peer.id import ID
 
 from fedstore.errors import InvalidCIDError
 from fedstore.ipld.cid import cid_from_bytes
-from fedstore.p2p import libp2p_patches
 from fedstore_bitswap.blockstore import BlockStore
 from fedstore_bitswap.limits import BitswapLimits, ByteBudget
 from fedstore_bitswap.peers import Reputation
@@ -78,9 +77,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("fedstore.backends.bitswap")
-
-# Noise/yamux fixes for py-libp2p 0.8.1, whichever host bitswap runs on (idempotent)
-libp2p_patches.apply()
 
 BITSWAP_PROTOCOL_IDS = frozenset(str(p) for p in BITSWAP_PROTOCOLS)
 #: Our outbound (wantlist) streams are closed after this long without a message.
