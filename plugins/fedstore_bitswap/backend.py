@@ -84,7 +84,8 @@ class BitswapBackend(StorageBackend):
     and data directory in its context (else
     :class:`~fedstore.errors.NotConfiguredError`), and the node runs
     :meth:`lifespan` (the protocol handlers) for its lifetime. It joins the
-    default chain there, last (priority 0). No settings.
+    default chain there, last (priority 0). Its settings bound the block
+    store's cache of what is not pinned.
     """
 
     name = "bitswap"
