@@ -98,7 +98,7 @@ def test_daemon_started_with_setsid_serves_ctl_and_stops_on_sigterm(
     while not (data / "node.lock").exists() or "READY=" not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
-    pid = int((data / "node.lock").read_text())
+    pid = int((data / "node.lock").read_text().split()[0])
     peer_id = next(
         ln.split("=", 1)[1] for ln in log.read_text().splitlines() if ln.startswith("PEER_ID=")
     )
@@ -218,8 +218,8 @@ def test_second_node_on_the_same_directory_is_refused(daemon: NodeProcess, tmp_p
     )
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
-        f"fedstore: error: data directory {daemon.data_dir()} is in use by another node "
-        f"(pid {daemon.pid}): stop it, or give this node its own --dir"
+        f"fedstore: error: the data directory {daemon.data_dir()} is in use by another "
+        f"fedstore node (pid {daemon.pid}); stop it first or choose another --dir"
     ]
     assert ctl(daemon, "peers").ok  # the first one is untouched
 

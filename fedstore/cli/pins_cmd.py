@@ -80,7 +80,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     from fedstore.catalog import Catalog
 
-    with Catalog.open(_catalog_path(args)) as catalog:
+    with Catalog.open(_catalog_path(args), read_only=None) as catalog:
         rows = catalog.pins(args.state)
     if args.json:
         for r in rows:
