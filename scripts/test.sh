@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up and run fedstore's whole test suite: tox on Python 3.11, 3.12, 3.13 and lint.
+# Set up and run fedstore's whole test suite: tox on Python 3.11, 3.12, 3.13, lint, and the
+# PyTorch example (env torch: Python 3.11 with the CPU build of torch).
 #   bash scripts/test.sh            # interpreters this machine lacks are skipped
 #   bash scripts/test.sh --ci       # every interpreter must be present (what CI runs)
 #   bash scripts/test.sh -e py311   # extra arguments go to tox
@@ -26,5 +27,5 @@ fi
 
 args=()
 if [ "$ci" = 1 ]; then args+=(--skip-missing-interpreters=false); fi
-if [ "$#" -eq 0 ]; then set -- -e py311,py312,py313,lint; fi
+if [ "$#" -eq 0 ]; then set -- -e py311,py312,py313,lint,torch; fi
 exec .venv-tox/bin/tox run "${args[@]}" "$@"

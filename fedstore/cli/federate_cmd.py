@@ -340,6 +340,13 @@ def run_aggregate(args: argparse.Namespace) -> int:
     strategy = app.load_strategy(STRATEGY.text(settings) or None, parse_settings(items))
     rounds = ROUNDS.integer(settings) if ROUNDS.is_set(settings) else app.rounds
     quorum = QUORUM.text(settings) or app.quorum
+    if isinstance(quorum, str):  # a bad one fails here, before the node starts
+        from fedstore.federation.settings import QuorumSchedule
+
+        try:
+            QuorumSchedule.parse(quorum)
+        except ValueError as exc:
+            raise ConfigError(f"--quorum: {exc}") from None
     encoding = UpdateEncoding.parse(UPDATE_ENCODING.text(settings) or app.update_encoding)
     if args.export is not None and args.export.is_dir():
         raise ConfigError(f"--export {args.export}: it is a directory (give a file name)")

@@ -140,7 +140,10 @@ def _quorum(q: int | str | QuorumSchedule) -> QuorumSchedule:
         return q
     if isinstance(q, int):
         return QuorumSchedule(q)
-    return QuorumSchedule.parse(q)
+    try:
+        return QuorumSchedule.parse(q)
+    except ValueError as exc:
+        raise ConfigError(f"quorum: {exc}") from None
 
 
 def _strategy(strategy: Strategy | str, settings: Mapping[str, SettingValue] | None) -> Strategy:
