@@ -17,7 +17,7 @@ torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed; 'tox -e torch' (run by scripts/test.sh) runs these"
 )
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.multiprocess]
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "pytorch_mlp"

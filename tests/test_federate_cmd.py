@@ -124,6 +124,8 @@ class Proc:
 # -- simulate -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_simulate_runs_the_numpy_example(tmp_path: Path) -> None:
     out = tmp_path / "report"
     export = tmp_path / "final.fsck"
@@ -164,6 +166,8 @@ def test_simulate_runs_the_numpy_example(tmp_path: Path) -> None:
 # -- aggregate and train ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_aggregate_and_train_from_federation_settings(tmp_path: Path) -> None:
     (tmp_path / "fedstore.toml").write_text(
         f'[federation]\napp = "{NUMPY_APP}"\nrounds = 2\nquorum = 2\ntrainers = 2\n'
@@ -238,6 +242,8 @@ def test_aggregate_and_train_from_federation_settings(tmp_path: Path) -> None:
     assert rows_by_name["FEDSTORE_APP"]["value"] == NUMPY_APP
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_ctrl_c_stops_the_aggregator_quietly(tmp_path: Path) -> None:
     env = python_env({"FEDSTORE_BACKENDS": "filesystem"}, root=tmp_path / "objects")
     agg = Proc("aggregator", ["aggregate", "--app", NUMPY_APP, "--log-json"], cwd=tmp_path, env=env)
@@ -261,6 +267,8 @@ app = App(initial={"w": np.zeros(2, np.float32)}, train=train, rounds=1, round_t
 """
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_an_error_in_the_apps_train_ends_the_trainer_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad_train.py").write_text(BAD_TRAIN)
     env = python_env({"FEDSTORE_BACKENDS": "filesystem"}, root=tmp_path / "objects")

@@ -12,8 +12,14 @@ from fedstore.demos.federation_report import RoundRow, RunSummary, write_report
 def _summary(final_acc: float, central: float, cids: dict[str, str]) -> RunSummary:
     rows = [
         RoundRow(
-            r, 2 if r < 3 else 3, {"accuracy": acc, "loss": 0.5}, central, f"QmCid{r}", 1000,
-            1000 * r, 0.1,
+            r,
+            2 if r < 3 else 3,
+            {"accuracy": acc, "loss": 0.5},
+            central,
+            f"QmCid{r}",
+            1000,
+            1000 * r,
+            0.1,
         )  # fmt: skip
         for r, acc in ((1, 0.6), (2, 0.8), (3, final_acc))
     ]

@@ -22,38 +22,20 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from fedstore.console import clean, metric_text, size_text
+from fedstore.console import short_id as short
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.status import Status
 
     from fedstore.federation.events import Event
 
-__all__ = ["Progress", "describe", "metric_text", "short", "size_text"]
-
-
-def short(text: str, keep: int = 8) -> str:
-    """A CID or peer id shortened for a line: head…tail."""
-    return text if len(text) <= 2 * keep + 3 else f"{text[:keep]}…{text[-keep:]}"
-
-
-def metric_text(value: float) -> str:
-    """A metric for people: 4 decimals, or 4 significant digits when large or tiny."""
-    if value == 0 or 1e-3 <= abs(value) < 1e4:
-        return f"{value:.4f}"
-    return f"{value:.4g}"
+__all__ = ["Progress", "describe"]
 
 
 def _metrics(values: Mapping[str, Any], prefix: str = "") -> str:
     return ", ".join(f"{prefix}{k} {metric_text(float(v))}" for k, v in sorted(values.items()))
-
-
-def size_text(n: float) -> str:
-    """``n`` bytes for people: ``812 B``, ``12.3 KiB``, ``1.5 MiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def describe(ev: Mapping[str, Any]) -> str:
@@ -121,7 +103,7 @@ class Progress:
         """JSON lines if asked, Rich on a terminal (unless ``plain``), else plain lines."""
         if json_lines:
             return cls("json", role)
-        from fedstore.cli.output import console
+        from fedstore.console import console
 
         con = console(soft_wrap=True)
         return cls("rich" if con.is_terminal and not plain else "plain", role, con)
@@ -152,12 +134,11 @@ class Progress:
         if self.mode == "json":
             return
         assert self._console is not None
-        if self.mode == "rich" and style:
-            from rich.text import Text
+        from rich.text import Text
 
-            self._console.print(Text(line, style=style), soft_wrap=True)
-        else:
-            self._console.print(line, highlight=False, markup=False, soft_wrap=True)
+        for part in line.split("\n"):  # peers' text never drives the terminal
+            text = Text(clean(part), style=style if self.mode == "rich" else "")
+            self._console.print(text, highlight=False, soft_wrap=True)
 
     def event(self, ev: Event) -> None:
         """An :data:`~fedstore.federation.events.EventSink`."""
@@ -175,8 +156,8 @@ class Progress:
             text = "waiting for trainers…" if self.role == "aggregator" else "waiting for a round…"
         elif kind == "round_opened":
             text = f"round {r}: collecting updates (quorum {ev['quorum']})…"
-        elif kind in ("trainer_synced",):
-            text = f"round {r}: training…"
+        elif kind == "trainer_synced":
+            text = f"training on round {r}'s model…"
         elif kind in ("round_closed", "trainer_updated"):
             text = "waiting for the next round…"
         else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedstore.cli.federate_progress import metric_text
+from fedstore.console import metric_text
 
 if TYPE_CHECKING:  # trio loads when the demo runs, not for `fedstore --help`
     import trio

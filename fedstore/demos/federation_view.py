@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedstore.cli.federate_progress import metric_text, size_text
+from fedstore.console import metric_text, size_text
 from fedstore.demos.federation_state import DemoState, short_cid
 
 __all__ = ["finish", "render"]

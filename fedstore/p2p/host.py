@@ -602,6 +602,11 @@ async def open_host(
             )
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
+        # Leaving: close the connections first, while the swarm and pubsub still
+        # run. py-libp2p's close() tears each socket down only while the swarm
+        # runs (after host.run() has stopped it, dialled sockets are left to the
+        # garbage collector), and no stream arrives for a stopped pubsub.
+        stack.push_async_callback(host.close)
         await pubsub.wait_until_ready()
         try:
             yield P2PHost(host, pubsub, gossipsub, receive, peerstore)
