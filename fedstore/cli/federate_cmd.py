@@ -358,7 +358,9 @@ def run_aggregate(args: argparse.Namespace) -> int:
 
     def ready(addr: str) -> None:
         progress.emit(_ready("aggregator", addr))
-        progress.say(f"trainers join with:\n  fedstore train --app {spec} --bootstrap {addr}")
+        split = " --trainer-index I --trainers N" if app.trainer is not None else ""
+        join = f"fedstore train --app {spec} --bootstrap {addr}{split}"
+        progress.say(f"trainers join with:\n  {join}")
 
     with progress:
         result = trio.run(

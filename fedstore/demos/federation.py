@@ -14,7 +14,7 @@ CID, and takes part from ``--late-round`` on.
 A live view shows each round (participants, the app's evaluation metrics,
 its baseline if it has one, the trainers' metrics, CID, bytes stored) and
 each process. At the end a report directory (``--out``) holds
-``accuracy.png`` (the primary metric per round, baseline dashed), a copy of
+``METRIC.png`` (the primary metric per round, baseline dashed), a copy of
 the aggregator's catalog, ``summary.json`` and ``summary.md``; ``--export
 FILE`` writes the final model as a weights file. Exit status 0 means the
 federation completed and every peer ended on the aggregator's final CID.

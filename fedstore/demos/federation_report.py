@@ -2,11 +2,11 @@
 
 :func:`write_report` writes, into one directory:
 
-* ``accuracy.png``: the run's primary evaluation metric per round (accuracy
-  when the app reports it), with the app's baseline (for the digits app:
-  centralised training on the same data and epochs) as a dashed reference
-  line and a marker where a late trainer joined (matplotlib, Agg backend, no
-  display);
+* ``METRIC.png`` (``accuracy.png`` for the digits app): the run's primary
+  evaluation metric per round (accuracy when the app reports it), with the
+  app's baseline (for the digits app: centralised training on the same data
+  and epochs) as a dashed reference line and a marker where a late trainer
+  joined (matplotlib, Agg backend, no display);
 * ``catalog.sqlite``: a consistent copy of the aggregator's catalog (SQLite
   online backup through the catalog's read-only API, so it is complete even
   if the source used WAL, and the source is never written);
@@ -28,7 +28,7 @@ from fedstore.errors import CatalogError
 
 __all__ = [
     "GAP_TOLERANCE",
-    "PLOT_NAME",
+    "plot_name",
     "RoundRow",
     "RunSummary",
     "copy_catalog",
@@ -39,8 +39,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The report's plot: the primary metric per round (the name predates other metrics).
-PLOT_NAME = "accuracy.png"
+
+def plot_name(metric: str) -> str:
+    """The report's plot file: the primary metric's name (``accuracy.png``, ``mse.png``)."""
+    stem = "".join(c if c.isalnum() or c in "_-." else "_" for c in metric).strip(".")
+    return f"{stem or 'metric'}.png"
 
 
 #: Largest shortfall against the baseline a targeted metric may have (see RunSummary).
@@ -336,7 +339,7 @@ def _markdown(summary: RunSummary, catalog_copied: bool) -> str:
         "",
         "## Files",
         "",
-        f"- `{PLOT_NAME}`: {metric or 'the metric'} per round, baseline dashed",
+        f"- `{plot_name(metric)}`: {metric or 'the metric'} per round, baseline dashed",
         "- `summary.json`: this summary, machine-readable",
     ]
     if catalog_copied:
@@ -357,7 +360,7 @@ def write_report(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "plot": out_dir / PLOT_NAME,
+        "plot": out_dir / plot_name(summary.metric),
         "summary_json": out_dir / "summary.json",
         "summary_md": out_dir / "summary.md",
     }
