@@ -21,7 +21,7 @@ __all__ = ["add_dir_argument", "data_dir", "existing_catalog", "register", "roun
 
 def round_number(text: str) -> int:
     """argparse type of ``--round``: ASCII digits, at most the highest round peers accept."""
-    from fedstore.p2p.messages import parse_round
+    from fedstore.rounds import parse_round
 
     try:
         return parse_round(text)
