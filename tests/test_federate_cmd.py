@@ -293,6 +293,42 @@ def test_an_error_in_the_apps_train_ends_the_trainer_in_one_line(tmp_path: Path)
         agg.close()
 
 
+OWN_STRATEGY = """
+import numpy as np
+from fedstore.app import App
+from fedstore.federation.strategies import FedAvg
+
+class HalfStep(FedAvg):
+    \"\"\"FedAvg under a name of its own, registered nowhere: the app hands over the instance.\"\"\"
+    name = "half-step"
+
+def train(arrays, round, config):
+    return {"w": arrays["w"] + np.float32(2.0)}, 3, {}
+
+def evaluate(arrays):
+    return {"w_mean": float(arrays["w"].mean())}
+
+app = App(initial={"w": np.zeros(4, np.float32)}, train=train, evaluate=evaluate,
+          strategy=HalfStep(), rounds=2)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_simulate_uses_the_apps_own_strategy_instance(tmp_path: Path) -> None:
+    (tmp_path / "own_strategy.py").write_text(OWN_STRATEGY)
+    out = tmp_path / "report"
+    proc = fedstore(
+        "simulate", "--app", "own_strategy.py", "--trainers", "1", "--plain", "--out", str(out),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 rounds, half-step, float32 updates" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategy"] == "half-step"
+    assert [r["metrics"]["w_mean"] for r in summary["rounds"]] == [2.0, 4.0]
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 

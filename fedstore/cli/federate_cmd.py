@@ -208,7 +208,7 @@ def _check_announce_port(text: str | None, listen: tuple[str, ...]) -> None:
 
 def _configure(args: argparse.Namespace, role: str) -> tuple[NodeConfig, dict[str, str]]:
     """The node's config and the merged settings, from flags > env > .env > fedstore.toml."""
-    from fedstore.config import APP, APP_CONFIG, load_node_config
+    from fedstore.config import APP, load_node_config
 
     flags: dict[str, str | None] = {
         "FEDSTORE_ROLE": role,
@@ -217,7 +217,6 @@ def _configure(args: argparse.Namespace, role: str) -> tuple[NodeConfig, dict[st
         "FEDSTORE_BOOTSTRAP": ",".join(args.bootstrap) if args.bootstrap else None,
         "FEDSTORE_BACKENDS": args.backends,
         APP.name: args.app,
-        APP_CONFIG.name: ",".join(args.app_config) if args.app_config else None,
         **announce_flags(args.announce),
         **_role_flags(args),
     }
@@ -258,18 +257,18 @@ def _role_flags(args: argparse.Namespace) -> dict[str, str | None]:
     return {name: text(v) for name, v in values.items()}
 
 
-def _load(settings: dict[str, str]) -> tuple[App, str]:
+def _load(settings: dict[str, str], flags: list[str]) -> tuple[App, str]:
+    """The app, with its config from FEDSTORE_APP_CONFIG and then each --app-config."""
     from fedstore.app import load_app
     from fedstore.config import APP, APP_CONFIG
     from fedstore.demos.federation_worker import parse_settings
 
     spec = APP.text(settings)
     if not spec:
-        raise ConfigError(
-            "no app: give --app MODULE:OBJ (or set FEDSTORE_APP, or [federation] app)"
-        )
+        raise ConfigError(NO_APP)
     items = [i.strip() for i in APP_CONFIG.text(settings).split(",") if i.strip()]
-    return load_app(spec, config=parse_settings(items, "app config")), spec
+    config = {**parse_settings(items, "app config"), **parse_settings(flags, "--app-config")}
+    return load_app(spec, config=config), spec
 
 
 def _progress(args: argparse.Namespace, role: str) -> Progress:
@@ -335,7 +334,7 @@ def run_aggregate(args: argparse.Namespace) -> int:
     from fedstore.federation.update_encoding import UpdateEncoding
 
     cfg, settings = _configure(args, "bootstrap")
-    app, spec = _load(settings)
+    app, spec = _load(settings, args.app_config)
     items = [i.strip() for i in STRATEGY_SETTINGS.text(settings).split(",") if i.strip()]
     strategy = app.load_strategy(STRATEGY.text(settings) or None, parse_settings(items))
     rounds = ROUNDS.integer(settings) if ROUNDS.is_set(settings) else app.rounds
@@ -403,7 +402,7 @@ def run_train(args: argparse.Namespace) -> int:
             "a trainer needs the aggregator's address: --bootstrap MULTIADDR "
             "(the line 'fedstore aggregate' prints)"
         )
-    app, _spec = _load(settings)
+    app, _spec = _load(settings, args.app_config)
     if not app.can_train:
         raise ConfigError(f"app {app.label} has no train function: App(train=...) or trainer=...")
     count = TRAINERS.integer(settings) if TRAINERS.is_set(settings) else 1

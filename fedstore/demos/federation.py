@@ -219,8 +219,8 @@ def _worker_argv(args: argparse.Namespace, proc: Proc, tmp: Path, quorum: str) -
         argv += [
             "--rounds",
             str(args.rounds),
-            "--strategy",
-            args.strategy,
+            # only what was asked for: the app's own strategy may be an instance
+            *(["--strategy", args.strategy_asked] if args.strategy_asked else []),
             *[f"--strategy-setting={item}" for item in args.strategy_setting],
             "--update-encoding",
             args.update_encoding,
@@ -487,8 +487,8 @@ def resolve_simulation(args: argparse.Namespace) -> App:
         raise ConfigError(f"--export {args.export}: it is a directory (give a file name)")
     # fail here, in one line, rather than in the aggregator's process
     strategy = app.load_strategy(args.strategy, parse_settings(args.strategy_setting))
+    args.strategy_asked = args.strategy  # None: the workers use the app's strategy
     args.strategy = strategy.name
-    args.strategy_setting = [f"{k}={v}" for k, v in sorted(strategy.settings().items())]
     args.update_encoding = UpdateEncoding.parse(args.update_encoding).text
     args.targets = dict(app.targets)
     return app
