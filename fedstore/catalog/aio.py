@@ -23,7 +23,9 @@ from fedstore.catalog.catalog import Catalog
 from fedstore.catalog.records import (
     AnnouncementRecord,
     CheckpointRecord,
+    FederationRoundRecord,
     LatestAnnounced,
+    ManifestRecord,
     PeerRecord,
     PinRecord,
     QueryResult,
@@ -179,6 +181,23 @@ class AsyncCatalog:
         self, *, round: int | None = None, source: str | None = None
     ) -> list[RoundMetricRecord]:
         return await self._call(self.sync.round_metrics, round=round, source=source)
+
+    async def record_manifest(self, cid: str, data: bytes) -> ManifestRecord:
+        return await self._call(self.sync.record_manifest, cid, data)
+
+    async def get_manifest(self, cid: str) -> ManifestRecord | None:
+        return await self._call(self.sync.get_manifest, cid)
+
+    async def record_federation_round(self, entry: FederationRoundRecord) -> None:
+        await self._call(self.sync.record_federation_round, entry)
+
+    async def federation_rounds(
+        self, *, manifest: str | None = None, session: str | None = None
+    ) -> list[FederationRoundRecord]:
+        return await self._call(self.sync.federation_rounds, manifest=manifest, session=session)
+
+    async def last_adopted_round(self, manifest: str) -> FederationRoundRecord | None:
+        return await self._call(self.sync.last_adopted_round, manifest)
 
     async def round_history(self, *, limit: int | None = None) -> list[RoundHistoryRow]:
         return await self._call(self.sync.round_history, limit=limit)

@@ -14,7 +14,12 @@ Maps the federation's needs onto :class:`fedstore.node.Node`:
 * large updates and strategy state are stored with ``chain.add`` (CIDv1)
   and fetched with ``chain.fetch_bytes`` (verified, size-capped);
 * a closed round's metrics go to the node's catalog
-  (``round_metrics``, see docs/CATALOG.md).
+  (``round_metrics``, see docs/CATALOG.md);
+* federations with a manifest: ``fetch_global`` is a verified fetch through
+  the chain that stores nothing, ``keep_global`` saves a verified model
+  locally (and gives backends that serve peers, bitswap, their copy); the
+  signer is the node's identity key; the ledger is the catalog's
+  ``manifests`` and ``federation_rounds`` tables.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ import numpy.typing as npt
 import trio
 
 from fedstore.errors import CheckpointNotFoundError, SizeLimitError
+from fedstore.federation.ledger import LedgerEntry
+from fedstore.federation.signing import KeySigner
 from fedstore.federation.transport import GlobalModel, RoundMetrics, SavedModel
 from fedstore.p2p.messages import TRAINING_TOPIC
 
 if TYPE_CHECKING:
+    from fedstore.catalog.aio import AsyncCatalog
     from fedstore.node import Node
 
 __all__ = ["NodePeer"]
@@ -60,8 +68,13 @@ class NodePeer:
     """Adapter from a running :class:`~fedstore.node.Node` to the federation's peer protocol."""
 
     def __init__(self, node: Node, *, topic: str = TRAINING_TOPIC) -> None:
+        from libp2p.crypto.keys import KeyPair
+
         self.node = node
         self.topic = topic
+        lh = node.host.libp2p_host
+        self._signer = KeySigner(KeyPair(lh.get_private_key(), lh.get_public_key()))
+        self._ledger = CatalogLedger(node.catalog)
 
     @property
     def peer_id(self) -> str:
@@ -116,6 +129,30 @@ class NodePeer:
             )
         return bytes(await self.node.chain.fetch_bytes(cid, max_size=max_size))
 
+    async def local_head(self) -> tuple[int, str] | None:
+        head = await self.node.head()
+        return None if head is None else (head.round, head.cid)
+
+    async def fetch_global(self, cid: str) -> bytes:
+        return bytes(await self.node.fetch(cid))
+
+    async def keep_global(self, round: int, cid: str, data: bytes) -> None:
+        await self.node.keep_checkpoint(round, data, cid)
+
+    def present(self) -> set[str]:
+        return set(self.node.peers())
+
+    @property
+    def signer(self) -> KeySigner:
+        return self._signer
+
+    @property
+    def ledger(self) -> CatalogLedger:
+        return self._ledger
+
+    def drop_counts(self) -> Mapping[str, int]:
+        return self.node.counters.snapshot()
+
     async def record_round(self, metrics: RoundMetrics) -> None:
         await self.node.catalog.record_round_metrics(
             metrics.round,
@@ -124,3 +161,19 @@ class NodePeer:
             num_samples=metrics.num_samples,
             metrics=metrics.metrics,
         )
+
+
+class CatalogLedger:
+    """The federation :class:`~fedstore.federation.ledger.Ledger` in a node's catalog."""
+
+    def __init__(self, catalog: AsyncCatalog) -> None:
+        self.catalog = catalog
+
+    async def record_manifest(self, cid: str, data: bytes) -> None:
+        await self.catalog.record_manifest(cid, data)
+
+    async def record(self, entry: LedgerEntry) -> None:
+        await self.catalog.record_federation_round(entry)
+
+    async def last_adopted(self, manifest: str) -> LedgerEntry | None:
+        return await self.catalog.last_adopted_round(manifest)

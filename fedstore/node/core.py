@@ -19,6 +19,11 @@ Start one with ``async with open_node(config) as node:`` or
 * records every valid announcement heard on ``model-cids`` (event ``HEARD``);
 * re-announces its own head every ``reannounce_interval`` seconds.
 
+With a peer filter (:meth:`Node.set_peer_filter`, e.g. a federation's
+membership), messages on every joined topic from peers it refuses are
+dropped inside the pubsub validator (counted as ``non_member``), and their
+head answers and announcements are neither asked for nor used by ``sync``.
+
 Events are reported to an optional ``on_event(key, value)`` callback; the
 runner prints them as ``KEY=value`` status lines (docs/NODE.md lists them).
 """
@@ -64,6 +69,8 @@ log = logging.getLogger(__name__)
 EventSink = Callable[[str, str], None]
 #: Called with (topic, sender, payload) for every validated message from another peer.
 MessageSink = Callable[[str, str, bytes], None]
+#: Which peers' messages and claims the node takes (peer id -> allowed).
+PeerFilter = Callable[[str], bool]
 #: Bootstrap dialling: first retry after this many seconds, doubling, for this long in total.
 _BOOTSTRAP_FIRST_RETRY = 0.25
 _BOOTSTRAP_GIVE_UP = 60.0
@@ -168,6 +175,22 @@ class Node:
     def joined_topics(self) -> list[str]:
         return self.topics.joined()
 
+    @property
+    def peer_filter(self) -> PeerFilter | None:
+        return self.topics.peer_filter
+
+    def set_peer_filter(self, allowed: PeerFilter | None) -> None:
+        """Take messages, announcements and head answers only from peers ``allowed`` accepts.
+
+        Applies at once to every joined topic (in the pubsub validator, before
+        any decoding: reason ``non_member``) and to sync. None removes it.
+        """
+        self.topics.peer_filter = allowed
+
+    def _allowed(self, peer: str) -> bool:
+        allowed = self.topics.peer_filter
+        return allowed is None or allowed(peer)
+
     def _emit(self, key: str, value: object) -> None:
         if self._on_event is not None:
             self._on_event(key, str(value))
@@ -238,6 +261,8 @@ class Node:
         return sorted(heads, key=lambda h: (-h.round, h.peer_id))
 
     async def _ask_head(self, peer: str) -> PeerHead | None:
+        if not self._allowed(peer):
+            return None
         try:
             head = await request_head(self.host.open_stream, peer, timeout=self.config.head_timeout)
         except (NetworkError, ProtocolError) as exc:
@@ -403,6 +428,21 @@ class Node:
         )
         return Head(rec.round, rec.cid)
 
+    async def keep_checkpoint(self, round: int, data: bytes, cid: str) -> Head:
+        """Keep checkpoint bytes fetched elsewhere as this node's copy of ``round``.
+
+        The bytes are verified against ``cid`` first; another checkpoint held
+        for that round is replaced. Backends that serve peers (bitswap) get
+        their copy, so this node can serve what it keeps.
+        """
+        from fedstore.node.replication import keep_local_copies
+
+        rec = await self.store.save_encoded(round, data, cid, replace=True)
+        await keep_local_copies(
+            self.chain, self.store.dir / rec.path, rec.cid, self.catalog, missing_only=True
+        )
+        return Head(rec.round, rec.cid)
+
     async def _complete_local_copies(self, *, limit: int | None = None) -> None:
         """Give keep-local-copy backends (bitswap) the local checkpoints they lack.
 
@@ -427,7 +467,9 @@ class Node:
         local = await self.head()
         anns = await self.catalog.announcements(limit=200)
         return [
-            (a.round, a.cid, a.sender_peer) for a in anns if local is None or a.round > local.round
+            (a.round, a.cid, a.sender_peer)
+            for a in anns
+            if (local is None or a.round > local.round) and self._allowed(a.sender_peer)
         ]
 
     async def sync(self) -> Head | None:

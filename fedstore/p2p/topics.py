@@ -5,6 +5,9 @@ one it installs a validator that runs inside libp2p *before* a message is
 delivered or forwarded, so bad input never reaches fedstore's code and is
 never relayed to other peers:
 
+* a peer the :attr:`TopicHub.peer_filter` refuses (a non-member of the
+  node's federation) is dropped with reason ``non_member``, before anything
+  else is looked at;
 * a peer over its rate (:class:`~fedstore.p2p.guard.PeerGuard`) is dropped
   with reason ``rate_limited``;
 * ``model-cids`` messages must parse as ``CID:<round>:<cid>``;
@@ -136,6 +139,8 @@ class TopicHub:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._subscribers: dict[str, list[trio.MemorySendChannel[TopicMessage]]] = {}
         self._fetch_limiter = trio.CapacityLimiter(MAX_CONCURRENT_FETCHES)
+        #: peer id -> whether its messages are taken at all (None: everyone's)
+        self.peer_filter: Callable[[str], bool] | None = None
 
     # -- joining -----------------------------------------------------------------------
     def joined(self) -> list[str]:
@@ -189,6 +194,10 @@ class TopicHub:
 
     def _validator(self, topic: str) -> Callable[[str, str, bytes], bool]:
         def validate(sender: str, forwarder: str, data: bytes) -> bool:
+            allowed = self.peer_filter
+            if allowed is not None and not allowed(sender):
+                self._drop(topic, "non_member", sender)
+                return False
             if not self._guard.allow(sender):
                 self._drop(topic, "rate_limited", sender)
                 return False
