@@ -55,6 +55,7 @@ from fedstore.federation.global_model import (
     SESSION_KEY,
     STRATEGY_KEY,
     Binding,
+    RoundOutcome,
     UpdateRef,
     aggregate_round,
     decode_state,
@@ -387,7 +388,7 @@ class Verifier:
         refs: Sequence[UpdateRef],
         payloads: Sequence[bytes],
         meta: Mapping[str, str],
-    ) -> tuple[object, bytes]:
+    ) -> tuple[RoundOutcome, bytes]:
         """Decode and admit the payloads, aggregate, encode (a worker thread runs this)."""
         from fedstore.ipld.cid import cid_of_bytes
 
