@@ -1,4 +1,4 @@
-"""Helpers for federation tests with a manifest: keys, manifests, trainers (tests/ is on sys.path)."""
+"""Helpers for federation tests with a manifest: keys, manifests, trainers (tests/ is on path)."""
 
 from __future__ import annotations
 

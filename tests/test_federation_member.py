@@ -31,9 +31,9 @@ from _federation import (
 
 from fedstore.federation.events import Event, MemberResult, UpdateAccepted
 from fedstore.federation.fake import FakeNetwork, FakePeer
-from fedstore.federation.messages import RoundOpen, encode_tensors
 from fedstore.federation.member import MemberOptions, take_part
 from fedstore.federation.membership import Membership
+from fedstore.federation.messages import RoundOpen, encode_tensors
 from fedstore.format import decode
 
 FAST = MemberOptions(announce_interval=0.05, linger=0.2, listen_first=0.2)
