@@ -117,6 +117,17 @@ VARIABLES: tuple[Variable, ...] = (
         "announcements kept in the catalog per sending peer (its newest rounds)",
     ),
     Variable("FEDSTORE_AUTO_SYNC", "false", "true: fetch every newer announced checkpoint at once"),
+    Variable(
+        "FEDSTORE_FEDERATION",
+        "",
+        "federation manifest (file or CID) this node is a member of (--federation); "
+        "empty: an open federation anyone may join",
+    ),
+    Variable(
+        "FEDSTORE_VERIFY",
+        "full",
+        "full: recompute every global model before adopting it; off: check its binding only",
+    ),
     Variable("FEDSTORE_ENV_FILE", "", "path of the .env file to read (--env-file)"),
     Variable("FEDSTORE_CONFIG", "", "path of the fedstore.toml file to read (--config)"),
     # -- store and catalog ------------------------------------------------------------
@@ -329,6 +340,10 @@ class NodeConfig:
     peer_burst: int = 40
     announcements_per_peer: int = 1000
     auto_sync: bool = False
+    #: Federation manifest (file path or CID); None: open federation.
+    federation: str | None = None
+    #: Recompute every global model before adopting it (FEDSTORE_VERIFY=full).
+    verify: bool = True
     #: Merged settings handed to storage backends (may hold secrets: not in repr).
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -343,6 +358,13 @@ def _number(settings: Mapping[str, str], name: str, kind: type, minimum: float) 
     if value < minimum:
         raise ConfigError(f"{name}={text!r} must be at least {minimum}")
     return value
+
+
+def _verify_mode(text: str) -> bool:
+    mode = text.strip().lower() or "full"
+    if mode not in ("full", "off"):
+        raise ConfigError(f"FEDSTORE_VERIFY={text!r}: expected full or off")
+    return mode == "full"
 
 
 def load_node_config(
@@ -393,5 +415,7 @@ def load_node_config(
         peer_burst=_number(settings, "FEDSTORE_PEER_BURST", int, 1),
         announcements_per_peer=_number(settings, "FEDSTORE_ANNOUNCEMENTS_PER_PEER", int, 1),
         auto_sync=parse_bool(settings.get("FEDSTORE_AUTO_SYNC", ""), name="FEDSTORE_AUTO_SYNC"),
+        federation=settings.get("FEDSTORE_FEDERATION", "").strip() or None,
+        verify=_verify_mode(settings.get("FEDSTORE_VERIFY", "")),
         settings=settings,
     )

@@ -95,3 +95,41 @@ def signed_update(
     )
     sig = signer.sign(UPDATE_DOMAIN, msg.claim())
     return replace(msg, sig=encode_signature(sig)).encode()
+
+
+# -- real nodes over loopback -------------------------------------------------------------
+
+
+def node_config(
+    tmp_path: Any,
+    name: str,
+    *,
+    bootstrap: Sequence[str] = (),
+    backends: Sequence[str] = ("filesystem",),
+    role: str = "trainer",
+    extra: Mapping[str, str] | None = None,
+) -> Any:
+    """A NodeConfig for a node ``name`` under ``tmp_path`` on 127.0.0.1 (shared fs root)."""
+    from fedstore.federation import api
+
+    settings = {
+        "FEDSTORE_FS_ROOT": str(tmp_path / "objects"),
+        "FEDSTORE_HEARTBEAT": "0.2",
+        "FEDSTORE_REANNOUNCE_INTERVAL": "0",
+        **(extra or {}),
+    }
+    return api.make_node_config(
+        role=role,
+        data_dir=tmp_path / name,
+        bootstrap=bootstrap,
+        backends=list(backends),
+        settings=settings,
+        environ={},
+    )
+
+
+def identity_of(tmp_path: Any, name: str) -> KeySigner:
+    """The signer of node ``name``'s identity (created now if the node never ran)."""
+    from fedstore.federation.signing import load_signer
+
+    return load_signer(tmp_path / name)

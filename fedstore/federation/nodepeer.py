@@ -24,6 +24,7 @@ Maps the federation's needs onto :class:`fedstore.node.Node`:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -40,9 +41,12 @@ from fedstore.p2p.messages import TRAINING_TOPIC
 
 if TYPE_CHECKING:
     from fedstore.catalog.aio import AsyncCatalog
+    from fedstore.federation.membership import Membership
     from fedstore.node import Node
 
-__all__ = ["NodePeer"]
+__all__ = ["CatalogLedger", "NodePeer", "join_federation"]
+
+log = logging.getLogger(__name__)
 
 
 class _SubscriptionInbox:
@@ -177,3 +181,58 @@ class CatalogLedger:
 
     async def last_adopted(self, manifest: str) -> LedgerEntry | None:
         return await self.catalog.last_adopted_round(manifest)
+
+
+async def join_federation(
+    node: Node, source: str | Membership | None = None, *, fetch_timeout: float = 30.0
+) -> Membership:
+    """Make ``node`` a member of the federation ``source`` names (default: its config's).
+
+    ``source`` is a manifest file, a manifest CID (looked up in the node's
+    catalog, then fetched through its backend chain - from peers over
+    bitswap - for up to ``fetch_timeout`` seconds), or a Membership. The
+    manifest's members become the node's peer filter, the manifest is kept in
+    the catalog and stored through the chain (so peers can fetch it by CID).
+    ManifestError if it cannot be had, or this node is not a member.
+    """
+    from fedstore.errors import FedstoreError, ManifestError
+    from fedstore.federation.manifest import MANIFEST_CID_VERSION
+    from fedstore.federation.membership import Membership, load_membership, manifest_source
+
+    if isinstance(source, Membership):
+        membership = source
+    else:
+        text = source or node.config.federation
+        if not text:
+            raise ManifestError("no federation manifest given (--federation FILE|CID)")
+        kind, value = manifest_source(text)
+        known = await node.catalog.get_manifest(value) if kind == "cid" else None
+
+        async def fetch(cid: str, max_size: int) -> bytes:
+            if known is not None:
+                return known.document.encode("ascii")
+            with trio.fail_after(fetch_timeout):
+                return bytes(await node.chain.fetch_bytes(cid, max_size=max_size))
+
+        try:
+            membership = await load_membership(text, fetch)
+        except trio.TooSlowError:
+            raise ManifestError(
+                f"manifest {value} not found within {fetch_timeout:g}s: give the manifest file "
+                "or connect to a peer that holds it"
+            ) from None
+    if not membership.allows(node.peer_id):
+        raise ManifestError(
+            f"this node ({node.peer_id}) is not a member of federation "
+            f"{membership.manifest.name!r} ({membership.cid}); ask its owner to add it"
+        )
+    node.set_peer_filter(membership.allows)
+    await node.catalog.record_manifest(membership.cid, membership.signed.data)
+    try:
+        await node.chain.add(
+            membership.signed.data, cid_version=MANIFEST_CID_VERSION, name="fedstore-manifest"
+        )
+    except FedstoreError as exc:  # peers can still be given the file
+        log.warning("manifest %s not stored for peers to fetch: %s", membership.cid, exc)
+    log.info("member of federation %r (%s)", membership.manifest.name, membership.cid)
+    return membership
