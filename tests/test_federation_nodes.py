@@ -124,9 +124,21 @@ async def test_members_over_real_nodes_verify_and_record_every_round(tmp_path: P
             assert [r.how for r in rows[1:]] == ["full", "full", "full"]
     # the CLI reads the manifest back from a node's catalog by CID
     proc = subprocess.run(
-        [sys.executable, "-m", "fedstore", "federation", "show", membership.cid, "--json",
-         "--dir", str(tmp_path / "c")],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "fedstore",
+            "federation",
+            "show",
+            membership.cid,
+            "--json",
+            "--dir",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)

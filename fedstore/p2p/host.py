@@ -434,6 +434,18 @@ def _check_port_free(maddr: multiaddr.Multiaddr) -> None:
             ) from exc
 
 
+#: seconds a stopping host spends closing its connections before its services stop
+_CLOSE_PEERS_TIMEOUT = 2.0
+
+
+async def _close_connections(host: Any) -> None:
+    for peer in list(host.get_connected_peers()):
+        try:
+            await host.disconnect(peer)
+        except Exception as exc:  # the peer may already be gone
+            log.debug("closing the connection to %s: %s", peer, exc)
+
+
 @asynccontextmanager
 async def open_host(
     identity: Identity,
@@ -503,3 +515,8 @@ async def open_host(
             yield P2PHost(host, pubsub, gossipsub, receive)
         finally:
             send.close()
+            # Close the connections before the pubsub services stop: py-libp2p 0.8.1
+            # keeps reading pubsub streams after its pubsub manager stopped, and a
+            # message still in flight then fails the swarm ("nursery is closed").
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_PEERS_TIMEOUT):
+                await _close_connections(host)
