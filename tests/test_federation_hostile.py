@@ -426,59 +426,57 @@ async def test_one_peer_cannot_fail_every_round_with_updates_a_liar_has(
         ):
             await liar.connect_to(agg.host.libp2p_host)
             boot = agg.addrs()[:1]
-            async with running(tmp_path, "evil", fed, bootstrap=boot, backends=bitswap) as evil:
-                async with trio.open_nursery() as noise:
-                    noise.start_soon(bogus_by_cid, evil, fed)
-                    async with trio.open_nursery() as nursery:
-                        if fed is not None:
-                            nursery.start_soon(
-                                functools.partial(member, agg, fed, results, "agg", initial=True)
+            async with (
+                running(tmp_path, "evil", fed, bootstrap=boot, backends=bitswap) as evil,
+                trio.open_nursery() as noise,
+            ):
+                noise.start_soon(bogus_by_cid, evil, fed)
+                async with trio.open_nursery() as nursery:
+                    if fed is not None:
+                        nursery.start_soon(
+                            functools.partial(member, agg, fed, results, "agg", initial=True)
+                        )
+                    else:
+                        from fedstore.federation.aggregator import lead_rounds
+                        from fedstore.federation.settings import (
+                            AggregatorSettings,
+                            QuorumSchedule,
+                        )
+
+                        async def lead() -> None:
+                            results["agg"] = await lead_rounds(
+                                NodePeer(agg),
+                                MODEL,
+                                AggregatorSettings(
+                                    rounds=2,
+                                    quorum=QuorumSchedule(2),
+                                    round_timeout=8.0,
+                                    announce_interval=0.1,
+                                    linger=0.5,
+                                ),
                             )
-                        else:
-                            from fedstore.federation.aggregator import lead_rounds
-                            from fedstore.federation.settings import (
-                                AggregatorSettings,
-                                QuorumSchedule,
-                            )
 
-                            async def lead() -> None:
-                                results["agg"] = await lead_rounds(
-                                    NodePeer(agg),
-                                    MODEL,
-                                    AggregatorSettings(
-                                        rounds=2,
-                                        quorum=QuorumSchedule(2),
-                                        round_timeout=8.0,
-                                        announce_interval=0.1,
-                                        linger=0.5,
-                                    ),
-                                )
+                        nursery.start_soon(lead)
+                    for n in ("t1", "t2"):
 
-                            nursery.start_soon(lead)
-                        for n in ("t1", "t2"):
+                        async def run(n: str = n) -> None:
+                            async with running(
+                                tmp_path, n, fed, bootstrap=boot, backends=bitswap
+                            ) as node:
+                                if fed is not None:
+                                    await member(node, fed, results, n, train=shift_trainer(1.0))
+                                else:
+                                    from fedstore.federation.settings import TrainerSettings
+                                    from fedstore.federation.trainer import follow_rounds
 
-                            async def run(n: str = n) -> None:
-                                async with running(
-                                    tmp_path, n, fed, bootstrap=boot, backends=bitswap
-                                ) as node:
-                                    if fed is not None:
-                                        await member(
-                                            node, fed, results, n, train=shift_trainer(1.0)
-                                        )
-                                    else:
-                                        from fedstore.federation.settings import TrainerSettings
-                                        from fedstore.federation.trainer import follow_rounds
+                                    results[n] = await follow_rounds(
+                                        NodePeer(node),
+                                        shift_trainer(1.0),
+                                        TrainerSettings(idle_timeout=30, aggregator=agg.peer_id),
+                                    )
 
-                                        results[n] = await follow_rounds(
-                                            NodePeer(node),
-                                            shift_trainer(1.0),
-                                            TrainerSettings(
-                                                idle_timeout=30, aggregator=agg.peer_id
-                                            ),
-                                        )
-
-                            nursery.start_soon(run)
-                    noise.cancel_scope.cancel()
+                        nursery.start_soon(run)
+                noise.cancel_scope.cancel()
             asked = liar.stats.wants
     agg_result = results["agg"]
     assert agg_result.status == "complete", agg_result.reason
@@ -522,16 +520,16 @@ async def test_a_done_replayed_from_an_earlier_run_is_dropped(tmp_path: Path) ->
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(capture)
-                async with running(run1, "t1", fed, bootstrap=agg.addrs()[:1]) as t1:
-                    async with trio.open_nursery() as inner:
-                        inner.start_soon(
-                            functools.partial(member, agg, fed, results, "agg", initial=True)
-                        )
-                        inner.start_soon(
-                            functools.partial(
-                                member, t1, fed, results, "t1", train=shift_trainer(1.0)
-                            )
-                        )
+                async with (
+                    running(run1, "t1", fed, bootstrap=agg.addrs()[:1]) as t1,
+                    trio.open_nursery() as inner,
+                ):
+                    inner.start_soon(
+                        functools.partial(member, agg, fed, results, "agg", initial=True)
+                    )
+                    inner.start_soon(
+                        functools.partial(member, t1, fed, results, "t1", train=shift_trainer(1.0))
+                    )
                 nursery.cancel_scope.cancel()
         assert captured, "the first run's DONE was not captured"
         first_final = results["agg"].final_cid
@@ -573,7 +571,7 @@ async def test_a_done_replayed_from_an_earlier_run_is_dropped(tmp_path: Path) ->
     assert dropped.get(f"{TOPIC}:other_run", 0) + dropped.get(f"{TOPIC}:before_join", 0) >= 1
 
 
-# -- forged round control ---------------------------------------------------------------------------
+# -- forged round control -----------------------------------------------------------------
 
 
 async def forge(node: Node, membership_cid: str | None, stop_round: int, cid: str) -> None:
@@ -682,16 +680,18 @@ async def test_open_trainer_pinned_to_its_aggregator_ignores_forgeries(
 
             nursery.start_soon(aggregate)
             await ready.wait()
-            async with running(tmp_path, "intruder", bootstrap=addr, extra=extra) as intruder:
-                async with trio.open_nursery() as noise:
-                    noise.start_soon(forge, intruder, None, 99, MISSING)
-                    out["t1"] = await api.train(
-                        shift_trainer(1.0),
-                        node=node_config(tmp_path, "t1", bootstrap=addr, extra=extra),
-                        aggregator=addr[0].rsplit("/", 1)[-1],
-                        idle_timeout=20,
-                    )
-                    noise.cancel_scope.cancel()
+            async with (
+                running(tmp_path, "intruder", bootstrap=addr, extra=extra) as intruder,
+                trio.open_nursery() as noise,
+            ):
+                noise.start_soon(forge, intruder, None, 99, MISSING)
+                out["t1"] = await api.train(
+                    shift_trainer(1.0),
+                    node=node_config(tmp_path, "t1", bootstrap=addr, extra=extra),
+                    aggregator=addr[0].rsplit("/", 1)[-1],
+                    idle_timeout=20,
+                )
+                noise.cancel_scope.cancel()
     assert out["agg"].status == out["t1"].status == "complete"
     assert out["t1"].final_cid == out["agg"].final_cid and out["t1"].rounds_trained == (1, 2)
     # the aggregator counted every forged ROUND/DONE it heard, and said so rarely

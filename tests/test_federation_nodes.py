@@ -1,4 +1,4 @@
-"""A federation with a manifest over real nodes on 127.0.0.1: API, CLI manifests, catalog records."""
+"""A federation with a manifest over real nodes on 127.0.0.1: API, CLI, catalog records."""
 
 from __future__ import annotations
 
