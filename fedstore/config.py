@@ -1,56 +1,68 @@
-"""Configuration: command-line flags > environment > ``.env`` file > ``fedstore.toml``.
+"""Configuration: the core's own settings, and a node's validated :class:`NodeConfig`.
 
-Every setting has one name, the environment variable's (see :data:`VARIABLES`
-and ``.env.example`` at the top of the repository, which lists them all).
-The same name is used in every source:
+Precedence: command-line flags > environment > ``.env`` file > ``fedstore.toml``
+(reading and merging: :mod:`fedstore.config_sources`). Every setting has one
+name, the environment variable's. The core declares its own here
+(:data:`CORE_SETTINGS`); each backend plugin declares its own settings on its
+class (:attr:`fedstore.backends.StorageBackend.settings`), so
+``.env.example``, ``fedstore backends`` and ``fedstore config show`` list
+what is installed.
 
-* **flags** of a command (``fedstore node --dir D`` sets ``CHECKPOINT_DIR``);
-* the **environment** of the process;
-* a **``.env`` file**: ``./.env`` if present, or the file named by
-  ``--env-file`` / ``FEDSTORE_ENV_FILE`` (then it must exist). Lines are
-  ``NAME=value`` or ``export NAME=value``; ``#`` starts a comment line, or an
-  inline comment after whitespace in an unquoted value; values may be single-
-  or double-quoted (double quotes understand ``\\n``, ``\\t``, ``\\"`` and
-  ``\\\\``). A malformed line is a :class:`~fedstore.errors.ConfigError`
-  naming the file and line;
-* **``fedstore.toml``**: ``./fedstore.toml`` if present, or the file named by
-  ``--config`` / ``FEDSTORE_CONFIG``. Keys are the same names, case-insensitive;
-  tables are flattened with ``_`` (``[pinata] jwt = "..."`` is ``PINATA_JWT``,
-  ``[fedstore] backends = ["kubo", "filesystem"]`` is
-  ``FEDSTORE_BACKENDS=kubo,filesystem``); lists become comma-separated text.
+The node's older unprefixed names are aliases of the ``FEDSTORE_`` names:
+``CHECKPOINT_DIR`` = ``FEDSTORE_DIR``, ``BOOTSTRAP_ADDR`` =
+``FEDSTORE_BOOTSTRAP``, ``IS_CLOUD`` = ``FEDSTORE_IS_CLOUD``, ``IP`` =
+``FEDSTORE_IP``. The prefixed name wins wherever it is set; an alias counts
+only when its prefixed name is set nowhere.
 
-:func:`load_settings` merges the three non-flag sources into one
-``dict[str, str]``; that mapping is what backends receive (so a Pinata JWT in
-``.env`` reaches the Pinata plugin). :func:`load_node_config` adds the flags
-and validates the node's own settings into a :class:`NodeConfig`. Values are
-never logged; :class:`NodeConfig`'s repr omits the settings mapping, which
-may hold secrets.
+:func:`load_settings` merges the non-flag sources into one ``dict[str, str]``;
+that mapping is what backends receive (so a Pinata JWT in ``.env`` reaches the
+Pinata plugin). :func:`load_node_config` adds the flags and validates every
+core setting into a :class:`NodeConfig`: a malformed, non-finite or
+out-of-range number is a one-line :class:`~fedstore.errors.ConfigError`
+naming the setting. Unknown names in ``.env`` and ``fedstore.toml`` are
+reported as one warning line each. Values are never logged; :class:`NodeConfig`'s
+repr omits the settings mapping, which may hold secrets.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
+from fedstore.backends.settings import Setting
+from fedstore.config_sources import (
+    ResolvedSettings,
+    SettingsCatalog,
+    parse_env_file,
+    read_toml,
+    resolve,
+    toml_settings,
+)
 from fedstore.errors import ConfigError
 
 __all__ = [
+    "CORE_GROUPS",
+    "CORE_SETTINGS",
     "DEFAULT_LISTEN",
     "MAX_INLINE_LIMIT",
     "ROLES",
-    "VARIABLES",
     "NodeConfig",
-    "Variable",
+    "Setting",
+    "core_setting",
     "load_node_config",
     "load_settings",
     "parse_bool",
     "parse_env_file",
     "read_toml_settings",
+    "resolve_settings",
+    "settings_catalog",
+    "validate_core_settings",
 ]
+
+log = logging.getLogger(__name__)
 
 ROLES = ("bootstrap", "trainer")
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
@@ -58,230 +70,236 @@ DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 #: protobuf framing under py-libp2p's 1 MiB per-message limit.
 MAX_INLINE_LIMIT = 1_000_000
 
-
-@dataclass(frozen=True, slots=True)
-class Variable:
-    """One documented setting: its name, default (as text, "" = unset) and meaning."""
-
-    name: str
-    default: str
-    help: str
-    secret: bool = False
-
-
-#: Every variable fedstore reads, in the order ``.env.example`` lists them.
-VARIABLES: tuple[Variable, ...] = (
-    # -- node -----------------------------------------------------------------------
-    Variable("FEDSTORE_ROLE", "trainer", "node role: bootstrap or trainer (--role)"),
-    Variable("CHECKPOINT_DIR", "", "node data directory (--dir); default ./checkpoints_<role>"),
-    Variable(
-        "FEDSTORE_LISTEN",
-        DEFAULT_LISTEN,
-        "listen multiaddr(s), comma-separated (--listen); tcp/0 picks a free port",
-    ),
-    Variable(
-        "BOOTSTRAP_ADDR",
-        "",
-        "full multiaddr(s) /ip4/../tcp/../p2p/.. of peers to connect to at start (--bootstrap)",
-    ),
-    Variable("IS_CLOUD", "false", "true: advertise IP instead of the bound listen address"),
-    Variable("IP", "", "public IP to advertise when IS_CLOUD is true"),
-    Variable("FEDSTORE_HEARTBEAT", "0.5", "gossipsub heartbeat interval, seconds"),
-    Variable(
-        "FEDSTORE_REANNOUNCE_INTERVAL",
-        "10",
-        "seconds between re-announcements of this node's head on model-cids (0: never)",
-    ),
-    Variable("FEDSTORE_HEAD_TIMEOUT", "5", "seconds to wait for a peer's head answer"),
-    Variable("FEDSTORE_CONNECT_TIMEOUT", "10", "seconds to wait when dialling a peer"),
-    Variable(
-        "FEDSTORE_INLINE_LIMIT",
-        "786432",
-        "largest payload sent inside a pubsub message; larger ones travel as a CID",
-    ),
-    Variable(
-        "FEDSTORE_MAX_FETCH_SIZE",
-        str(2 * 1024**3),
-        "largest object (checkpoint or referenced update) a node fetches, bytes",
-    ),
-    Variable(
-        "FEDSTORE_MAX_UPDATE_SIZE",
-        str(256 * 1024**2),
-        "largest payload a peer may send by reference on fed-learn (fetched into memory), bytes",
-    ),
-    Variable("FEDSTORE_PEER_RATE", "20", "messages per second accepted from one peer"),
-    Variable("FEDSTORE_PEER_BURST", "40", "burst of messages accepted from one peer"),
-    Variable(
-        "FEDSTORE_ANNOUNCEMENTS_PER_PEER",
-        "1000",
-        "announcements kept in the catalog per sending peer (its newest rounds)",
-    ),
-    Variable("FEDSTORE_AUTO_SYNC", "false", "true: fetch every newer announced checkpoint at once"),
-    Variable(
-        "FEDSTORE_FEDERATION",
-        "",
-        "federation manifest (file or CID) this node is a member of (--federation); "
-        "empty: an open federation anyone may join",
-    ),
-    Variable(
-        "FEDSTORE_VERIFY",
-        "full",
-        "full: recompute every global model before adopting it; off: check its binding only",
-    ),
-    Variable("FEDSTORE_ENV_FILE", "", "path of the .env file to read (--env-file)"),
-    Variable("FEDSTORE_CONFIG", "", "path of the fedstore.toml file to read (--config)"),
-    # -- store and catalog ------------------------------------------------------------
-    Variable(
-        "FEDSTORE_CATALOG_AUTO_UPGRADE",
-        "true",
-        "false: refuse to open a catalog with an older schema instead of upgrading it",
-    ),
-    Variable(
-        "FEDSTORE_MAX_CHECKPOINT_BYTES",
-        str(8 << 30),
-        "largest decoded checkpoint accepted (decompression-bomb guard), bytes",
-    ),
-    # -- storage backends -------------------------------------------------------------
-    Variable(
-        "FEDSTORE_BACKENDS",
-        "",
-        "backend chain, comma-separated (--backends); default: pinata,kubo when "
-        "configured, then filesystem",
-    ),
-    Variable(
-        "FEDSTORE_FS_ROOT",
-        "",
-        "filesystem backend root; default $XDG_DATA_HOME/fedstore/objects",
-    ),
-    Variable("XDG_DATA_HOME", "", "base of the filesystem backend's default root"),
-    Variable("FEDSTORE_HTTP_ATTEMPTS", "4", "attempts per request of the HTTP backends"),
-    Variable("FEDSTORE_HTTP_BACKOFF", "0.5", "first retry delay of the HTTP backends, seconds"),
-    Variable("FEDSTORE_KUBO_API", "", "Kubo RPC API, e.g. http://127.0.0.1:5001"),
-    Variable("FEDSTORE_KUBO_TOKEN", "", "bearer token for a protected Kubo RPC API", secret=True),
-    Variable(
-        "FEDSTORE_KUBO_FETCH_TIMEOUT",
-        "0",
-        "seconds Kubo may search the network for a CID it lacks (0: local blocks only)",
-    ),
-    Variable("FEDSTORE_KUBO_PIN_TIMEOUT", "60", "seconds a Kubo pin may take"),
-    Variable("IPFS_PATH", "", "Kubo repository (its 'api' file locates the daemon)"),
-    Variable("PINATA_JWT", "", "Pinata API JWT (preferred credential)", secret=True),
-    Variable("PINATA_API_KEY", "", "Pinata API key (with PINATA_API_SECRET)", secret=True),
-    Variable("PINATA_API_SECRET", "", "Pinata API secret", secret=True),
-    Variable("PINATA_MODE", "", "v3 (default with a JWT) or legacy (default with a key pair)"),
-    Variable("PINATA_API_URL", "https://api.pinata.cloud", "Pinata API base URL"),
-    Variable("PINATA_UPLOAD_URL", "https://uploads.pinata.cloud", "Pinata upload base URL"),
-    Variable(
-        "PINATA_GATEWAY_URL", "", "dedicated gateway for downloads (https://<name>.mypinata.cloud)"
-    ),
-    Variable("PINATA_GATEWAY_TOKEN", "", "sent as x-pinata-gateway-token", secret=True),
-    Variable("PINATA_GROUP_ID", "", "optional v3 group for uploads"),
-    Variable("PINATA_RATE_LIMIT", "60", "client-side Pinata requests per minute (0: off)"),
-    Variable("PINATA_TUS_THRESHOLD", "94371840", "bytes above which uploads are resumable (TUS)"),
-    Variable("PINATA_TUS_CHUNK", str(50 * 1024 * 1024), "TUS upload chunk size, bytes"),
-    Variable(
-        "PINATA_UPLOAD_FORMAT",
-        "car",
-        "v3 uploads up to the TUS threshold: car (fedstore's own CAR, same CID) or file",
-    ),
+ROLE = Setting(
+    "FEDSTORE_ROLE", "trainer", "node role: bootstrap or trainer (--role)", choices=ROLES
 )
+DIR = Setting(
+    "FEDSTORE_DIR",
+    help="node data directory (--dir); default ./checkpoints_<role>",
+    aliases=("CHECKPOINT_DIR",),
+    kind="path",
+)
+LISTEN = Setting(
+    "FEDSTORE_LISTEN",
+    DEFAULT_LISTEN,
+    "listen multiaddr(s), comma-separated (--listen); tcp/0 picks a free port",
+)
+BOOTSTRAP = Setting(
+    "FEDSTORE_BOOTSTRAP",
+    help="full multiaddr(s) /ip4/../tcp/../p2p/.. of peers to connect to at start (--bootstrap)",
+    aliases=("BOOTSTRAP_ADDR",),
+)
+IS_CLOUD = Setting(
+    "FEDSTORE_IS_CLOUD",
+    "false",
+    "true: advertise FEDSTORE_IP instead of the bound listen address",
+    aliases=("IS_CLOUD",),
+    kind="bool",
+)
+IP = Setting(
+    "FEDSTORE_IP", help="public IP to advertise when FEDSTORE_IS_CLOUD is true", aliases=("IP",)
+)
+HEARTBEAT = Setting(
+    "FEDSTORE_HEARTBEAT",
+    "0.5",
+    "gossipsub heartbeat interval, seconds",
+    kind="duration",
+    minimum=0.05,
+    maximum=60,
+)
+REANNOUNCE_INTERVAL = Setting(
+    "FEDSTORE_REANNOUNCE_INTERVAL",
+    "10",
+    "seconds between re-announcements of this node's head on model-cids (0: never)",
+    kind="duration",
+    minimum=0.1,
+    maximum=86400,
+    off=0,
+)
+HEAD_TIMEOUT = Setting(
+    "FEDSTORE_HEAD_TIMEOUT",
+    "5",
+    "seconds to wait for a peer's head answer",
+    kind="duration",
+    minimum=0.1,
+    maximum=3600,
+)
+CONNECT_TIMEOUT = Setting(
+    "FEDSTORE_CONNECT_TIMEOUT",
+    "10",
+    "seconds to wait when dialling a peer",
+    kind="duration",
+    minimum=0.1,
+    maximum=3600,
+)
+INLINE_LIMIT = Setting(
+    "FEDSTORE_INLINE_LIMIT",
+    "786432",
+    "largest payload sent inside a pubsub message; larger ones travel as a CID",
+    kind="int",
+    minimum=0,
+    maximum=MAX_INLINE_LIMIT,
+)
+MAX_FETCH_SIZE = Setting(
+    "FEDSTORE_MAX_FETCH_SIZE",
+    str(2 * 1024**3),
+    "largest object (checkpoint or referenced update) a node fetches, bytes",
+    kind="int",
+    minimum=1,
+)
+MAX_UPDATE_SIZE = Setting(
+    "FEDSTORE_MAX_UPDATE_SIZE",
+    str(256 * 1024**2),
+    "largest payload a peer may send by reference on fed-learn (fetched into memory), bytes",
+    kind="int",
+    minimum=1,
+)
+PEER_RATE = Setting(
+    "FEDSTORE_PEER_RATE",
+    "20",
+    "messages per second accepted from one peer",
+    kind="float",
+    minimum=0.001,
+    maximum=1_000_000,
+)
+PEER_BURST = Setting(
+    "FEDSTORE_PEER_BURST",
+    "40",
+    "burst of messages accepted from one peer",
+    kind="int",
+    minimum=1,
+    maximum=1_000_000,
+)
+ANNOUNCEMENTS_PER_PEER = Setting(
+    "FEDSTORE_ANNOUNCEMENTS_PER_PEER",
+    "1000",
+    "announcements kept in the catalog per sending peer (its newest rounds)",
+    kind="int",
+    minimum=1,
+    maximum=10_000_000,
+)
+AUTO_SYNC = Setting(
+    "FEDSTORE_AUTO_SYNC",
+    "false",
+    "true: fetch every newer announced checkpoint at once",
+    kind="bool",
+)
+FEDERATION = Setting(
+    "FEDSTORE_FEDERATION",
+    help="federation manifest (file or CID) this node is a member of (--federation); "
+    "unset: an open federation anyone may join",
+)
+VERIFY = Setting(
+    "FEDSTORE_VERIFY",
+    "full",
+    "full: recompute every global model before adopting it; off: check its binding only",
+    choices=("full", "off"),
+)
+ENV_FILE = Setting(
+    "FEDSTORE_ENV_FILE", help="path of the .env file to read (--env-file)", kind="path"
+)
+CONFIG_FILE = Setting(
+    "FEDSTORE_CONFIG", help="path of the fedstore.toml file to read (--config)", kind="path"
+)
+CATALOG_AUTO_UPGRADE = Setting(
+    "FEDSTORE_CATALOG_AUTO_UPGRADE",
+    "true",
+    "false: refuse to open a catalog with an older schema instead of upgrading it",
+    kind="bool",
+)
+MAX_CHECKPOINT_BYTES = Setting(
+    "FEDSTORE_MAX_CHECKPOINT_BYTES",
+    str(8 << 30),
+    "largest decoded checkpoint accepted (decompression-bomb guard), bytes",
+    kind="int",
+    minimum=0,
+)
+BACKENDS = Setting(
+    "FEDSTORE_BACKENDS",
+    help="backend chain, comma-separated (--backends); default: the installed backends that "
+    "detect their configuration ('fedstore backends' shows the chain and why)",
+)
+
+#: The core's settings in groups, in the order ``.env.example`` lists them.
+CORE_GROUPS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
+    (
+        "node",
+        (
+            ROLE,
+            DIR,
+            LISTEN,
+            BOOTSTRAP,
+            IS_CLOUD,
+            IP,
+            HEARTBEAT,
+            REANNOUNCE_INTERVAL,
+            HEAD_TIMEOUT,
+            CONNECT_TIMEOUT,
+            INLINE_LIMIT,
+            MAX_FETCH_SIZE,
+            MAX_UPDATE_SIZE,
+            PEER_RATE,
+            PEER_BURST,
+            ANNOUNCEMENTS_PER_PEER,
+            AUTO_SYNC,
+            FEDERATION,
+            VERIFY,
+            ENV_FILE,
+            CONFIG_FILE,
+        ),
+    ),
+    ("store and catalog", (CATALOG_AUTO_UPGRADE, MAX_CHECKPOINT_BYTES)),
+    ("backend chain", (BACKENDS,)),
+)
+#: Every setting the core reads (plugins declare theirs on their backend class).
+CORE_SETTINGS: tuple[Setting, ...] = tuple(s for _, group in CORE_GROUPS for s in group)
 
 
 def parse_bool(text: str, *, name: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"", "0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}={text!r} is not a boolean (use true or false)")
+    """``true/yes/on/1`` or ``false/no/off/0/""``; ConfigError naming *name* otherwise."""
+    return Setting(name, kind="bool").flag({name: text})
 
 
-_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "r": "\r"}
+# -- sources --------------------------------------------------------------------------
 
 
-def _unquote(value: str, *, where: str) -> str:
-    if value[:1] == '"':
-        out: list[str] = []
-        i = 1
-        while i < len(value):
-            ch = value[i]
-            if ch == "\\" and i + 1 < len(value):
-                out.append(_ESCAPES.get(value[i + 1], "\\" + value[i + 1]))
-                i += 2
-                continue
-            if ch == '"':
-                rest = value[i + 1 :].strip()
-                if rest and not rest.startswith("#"):
-                    raise ConfigError(f"{where}: text after closing quote")
-                return "".join(out)
-            out.append(ch)
-            i += 1
-        raise ConfigError(f"{where}: unterminated double quote")
-    if value[:1] == "'":
-        end = value.find("'", 1)
-        if end < 0:
-            raise ConfigError(f"{where}: unterminated single quote")
-        rest = value[end + 1 :].strip()
-        if rest and not rest.startswith("#"):
-            raise ConfigError(f"{where}: text after closing quote")
-        return value[1:end]
-    for marker in (" #", "\t#"):
-        cut = value.find(marker)
-        if cut >= 0:
-            value = value[:cut]
-    return value.strip()
+def _plugin_declarations() -> tuple[list[str], Callable[[str], Sequence[Setting]]]:
+    from fedstore.backends.registry import available_backends, backend_settings
+
+    return list(available_backends()), backend_settings
 
 
-def parse_env_file(path: Path) -> dict[str, str]:
-    """Parse a ``.env`` file (format in the module docstring)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read env file {path}: {exc.strerror or exc}") from exc
-    out: dict[str, str] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        name, sep, value = line.partition("=")
-        name = name.strip()
-        where = f"{path}:{lineno}"
-        if not sep or not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise ConfigError(f"{where}: expected NAME=value")
-        out[name] = _unquote(value.strip(), where=where)
-    return out
+def settings_catalog() -> SettingsCatalog:
+    """The core's settings plus every installed backend's (each plugin imported on demand)."""
+    return SettingsCatalog(CORE_SETTINGS, _plugin_declarations)
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, str], path: Path) -> None:
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            _flatten(f"{prefix}_{key}" if prefix else str(key), sub, out, path)
-        return
-    name = prefix.upper()
-    if isinstance(value, bool):
-        out[name] = "true" if value else "false"
-    elif isinstance(value, (int, float, str)):
-        out[name] = str(value)
-    elif isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value):
-        out[name] = ",".join(str(v) for v in value)
-    else:
-        raise ConfigError(f"{path}: {prefix} has a value of unsupported type")
+def resolve_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    flags: Mapping[str, str | None] | None = None,
+    env_file: str | os.PathLike[str] | None = None,
+    toml_file: str | os.PathLike[str] | None = None,
+    cwd: Path | None = None,
+    catalog: SettingsCatalog | None = None,
+    report: bool = True,
+) -> ResolvedSettings:
+    """Merge every source with provenance (see :func:`fedstore.config_sources.resolve`).
 
-
-def read_toml_settings(path: Path) -> dict[str, str]:
-    """Read ``fedstore.toml`` into flat ``NAME -> text`` settings."""
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    out: dict[str, str] = {}
-    _flatten("", doc, out, Path(path))
-    return out
+    With *report* the warnings (unknown names) are logged, one line each.
+    """
+    resolved = resolve(
+        catalog or settings_catalog(),
+        environ,
+        flags=flags,
+        env_file=env_file,
+        toml_file=toml_file,
+        cwd=cwd,
+    )
+    if report:
+        for line in resolved.warnings:
+            log.warning("%s", line)
+    return resolved
 
 
 def load_settings(
@@ -297,30 +315,47 @@ def load_settings(
     name files that must exist; otherwise ``.env`` and ``fedstore.toml`` in
     *cwd* (default: the current directory) are read if present.
     """
-    environ = dict(os.environ if environ is None else environ)
-    base = Path.cwd() if cwd is None else cwd
-    merged: dict[str, str] = {}
-    toml_path = toml_file or environ.get("FEDSTORE_CONFIG")
-    if toml_path:
-        merged.update(read_toml_settings(Path(toml_path)))
-    elif (base / "fedstore.toml").is_file():
-        merged.update(read_toml_settings(base / "fedstore.toml"))
-    env_path = env_file or environ.get("FEDSTORE_ENV_FILE") or merged.get("FEDSTORE_ENV_FILE")
-    if env_path:
-        merged.update(parse_env_file(Path(env_path)))
-    elif (base / ".env").is_file():
-        merged.update(parse_env_file(base / ".env"))
-    merged.update(environ)
-    return merged
+    return resolve_settings(environ, env_file=env_file, toml_file=toml_file, cwd=cwd).values
+
+
+def read_toml_settings(path: Path) -> dict[str, str]:
+    """Read ``fedstore.toml`` into flat ``NAME -> text`` settings (unknown names logged)."""
+    values, _where, warnings = toml_settings(read_toml(Path(path)), Path(path), settings_catalog())
+    for line in warnings:
+        log.warning("%s", line)
+    return values
+
+
+# -- the node -------------------------------------------------------------------------
 
 
 def _split(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.replace("\n", ",").split(",") if p.strip())
 
 
+#: NodeConfig fields checked against the range of the setting they come from.
+_RANGES: dict[str, Setting] = {
+    "heartbeat_interval": HEARTBEAT,
+    "reannounce_interval": REANNOUNCE_INTERVAL,
+    "head_timeout": HEAD_TIMEOUT,
+    "connect_timeout": CONNECT_TIMEOUT,
+    "inline_limit": INLINE_LIMIT,
+    "max_fetch_size": MAX_FETCH_SIZE,
+    "max_update_size": MAX_UPDATE_SIZE,
+    "peer_rate": PEER_RATE,
+    "peer_burst": PEER_BURST,
+    "announcements_per_peer": ANNOUNCEMENTS_PER_PEER,
+}
+
+
 @dataclass(frozen=True)
 class NodeConfig:
-    """Validated settings of one node. Build with :func:`load_node_config`."""
+    """Validated settings of one node. Build with :func:`load_node_config`.
+
+    Constructing one directly checks the numbers too: a non-finite or
+    out-of-range value is a :class:`~fedstore.errors.ConfigError` naming the
+    setting it corresponds to.
+    """
 
     role: str = "trainer"
     data_dir: Path = Path("checkpoints_trainer")
@@ -347,24 +382,28 @@ class NodeConfig:
     #: Merged settings handed to storage backends (may hold secrets: not in repr).
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"FEDSTORE_ROLE={self.role!r}: expected one of {', '.join(ROLES)}")
+        for f in fields(self):
+            setting = _RANGES.get(f.name)
+            if setting is not None:
+                value = getattr(self, f.name)
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ConfigError(f"{setting.name}: {value!r} is not a number")
+                setting.check(float(value))
 
-def _number(settings: Mapping[str, str], name: str, kind: type, minimum: float) -> Any:
-    default = next(v.default for v in VARIABLES if v.name == name)
-    text = settings.get(name, "").strip() or default
-    try:
-        value = kind(text)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={text!r} is not a {kind.__name__}") from exc
-    if value < minimum:
-        raise ConfigError(f"{name}={text!r} must be at least {minimum}")
-    return value
 
-
-def _verify_mode(text: str) -> bool:
-    mode = text.strip().lower() or "full"
-    if mode not in ("full", "off"):
-        raise ConfigError(f"FEDSTORE_VERIFY={text!r}: expected full or off")
-    return mode == "full"
+def validate_core_settings(settings: Mapping[str, str]) -> None:
+    """Check every core setting's value by its kind and range (one-line ConfigError)."""
+    text = INLINE_LIMIT.raw(settings)
+    if text.isdigit() and int(text) > MAX_INLINE_LIMIT:
+        raise ConfigError(
+            f"FEDSTORE_INLINE_LIMIT={text} is above {MAX_INLINE_LIMIT}: py-libp2p drops "
+            "pubsub messages over 1 MiB without a word; larger payloads travel as CIDs anyway"
+        )
+    for setting in CORE_SETTINGS:
+        setting.validate(settings)
 
 
 def load_node_config(
@@ -375,47 +414,56 @@ def load_node_config(
     toml_file: str | os.PathLike[str] | None = None,
     cwd: Path | None = None,
 ) -> NodeConfig:
-    """Build a :class:`NodeConfig`. *flags* maps variable names to flag values (None = unset)."""
-    settings = load_settings(environ, env_file=env_file, toml_file=toml_file, cwd=cwd)
-    settings.update({k: v for k, v in (flags or {}).items() if v is not None})
-    role = settings.get("FEDSTORE_ROLE", "").strip() or "trainer"
-    if role not in ROLES:
-        raise ConfigError(f"FEDSTORE_ROLE={role!r}: expected one of {', '.join(ROLES)}")
+    """Build a :class:`NodeConfig`. *flags* maps setting names to flag values (None = unset).
+
+    Flags may use an alias (``CHECKPOINT_DIR``); they still beat every
+    other source.
+    """
+    resolved = resolve_settings(
+        environ, flags=flags, env_file=env_file, toml_file=toml_file, cwd=cwd
+    )
+    settings = resolved.values
+    validate_core_settings(settings)
+    role = ROLE.text(settings).lower()
     base = Path.cwd() if cwd is None else cwd
-    data_dir = Path(settings.get("CHECKPOINT_DIR", "").strip() or f"checkpoints_{role}")
+    data_dir = Path(DIR.text(settings) or f"checkpoints_{role}").expanduser()
     if not data_dir.is_absolute():
         data_dir = base / data_dir
-    listen = _split(settings.get("FEDSTORE_LISTEN", "")) or (DEFAULT_LISTEN,)
-    is_cloud = parse_bool(settings.get("IS_CLOUD", ""), name="IS_CLOUD")
-    ip = settings.get("IP", "").strip() or None
+    is_cloud = IS_CLOUD.flag(settings)
+    ip = IP.text(settings) or None
     if is_cloud and not ip:
-        raise ConfigError("IS_CLOUD is true but IP is not set: set IP to the public address")
-    backends_text = settings.get("FEDSTORE_BACKENDS", "").strip()
-    inline_limit = _number(settings, "FEDSTORE_INLINE_LIMIT", int, 0)
-    if inline_limit > MAX_INLINE_LIMIT:
         raise ConfigError(
-            f"FEDSTORE_INLINE_LIMIT={inline_limit} is above {MAX_INLINE_LIMIT}: py-libp2p drops "
-            "pubsub messages over 1 MiB without a word; larger payloads travel as CIDs anyway"
+            "FEDSTORE_IS_CLOUD is true but FEDSTORE_IP is not set: set FEDSTORE_IP to the "
+            "public address"
         )
+    backends_text = BACKENDS.text(settings)
     return NodeConfig(
         role=role,
         data_dir=data_dir,
-        listen=listen,
-        bootstrap=_split(settings.get("BOOTSTRAP_ADDR", "")),
+        listen=_split(LISTEN.text(settings)) or (DEFAULT_LISTEN,),
+        bootstrap=_split(BOOTSTRAP.text(settings)),
         announce_ip=ip if is_cloud else None,
         backends=_split(backends_text) if backends_text else None,
-        heartbeat_interval=_number(settings, "FEDSTORE_HEARTBEAT", float, 0.05),
-        reannounce_interval=_number(settings, "FEDSTORE_REANNOUNCE_INTERVAL", float, 0.0),
-        head_timeout=_number(settings, "FEDSTORE_HEAD_TIMEOUT", float, 0.1),
-        connect_timeout=_number(settings, "FEDSTORE_CONNECT_TIMEOUT", float, 0.1),
-        inline_limit=inline_limit,
-        max_fetch_size=_number(settings, "FEDSTORE_MAX_FETCH_SIZE", int, 1),
-        max_update_size=_number(settings, "FEDSTORE_MAX_UPDATE_SIZE", int, 1),
-        peer_rate=_number(settings, "FEDSTORE_PEER_RATE", float, 0.001),
-        peer_burst=_number(settings, "FEDSTORE_PEER_BURST", int, 1),
-        announcements_per_peer=_number(settings, "FEDSTORE_ANNOUNCEMENTS_PER_PEER", int, 1),
-        auto_sync=parse_bool(settings.get("FEDSTORE_AUTO_SYNC", ""), name="FEDSTORE_AUTO_SYNC"),
-        federation=settings.get("FEDSTORE_FEDERATION", "").strip() or None,
-        verify=_verify_mode(settings.get("FEDSTORE_VERIFY", "")),
+        heartbeat_interval=HEARTBEAT.number(settings),
+        reannounce_interval=REANNOUNCE_INTERVAL.number(settings),
+        head_timeout=HEAD_TIMEOUT.number(settings),
+        connect_timeout=CONNECT_TIMEOUT.number(settings),
+        inline_limit=INLINE_LIMIT.integer(settings),
+        max_fetch_size=MAX_FETCH_SIZE.integer(settings),
+        max_update_size=MAX_UPDATE_SIZE.integer(settings),
+        peer_rate=PEER_RATE.number(settings),
+        peer_burst=PEER_BURST.integer(settings),
+        announcements_per_peer=ANNOUNCEMENTS_PER_PEER.integer(settings),
+        auto_sync=AUTO_SYNC.flag(settings),
+        federation=FEDERATION.text(settings) or None,
+        verify=VERIFY.text(settings).lower() != "off",
         settings=settings,
     )
+
+
+def core_setting(name: str) -> Setting:
+    """The core setting declared as *name* (or under that alias); KeyError if none."""
+    for setting in CORE_SETTINGS:
+        if name == setting.name or name in setting.aliases:
+            return setting
+    raise KeyError(name)

@@ -24,6 +24,7 @@ TINY = [
     "warmup=0",
     "catchup_mb=1",
     "catchup_runs=1",
+    "updates_rounds=2",
 ]
 
 

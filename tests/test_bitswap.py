@@ -30,10 +30,17 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.utils import connect
 
+from fedstore.backends import BackendContext
 from fedstore.backends.chain import BackendChain
-from fedstore.backends.registry import load_backend
+from fedstore.backends.registry import default_backend_names, load_backend
 from fedstore.backends.testing import BackendConformance
-from fedstore.errors import FormatError, NotConfiguredError, NotFoundError, UnavailableError
+from fedstore.errors import (
+    ConfigError,
+    FormatError,
+    NotConfiguredError,
+    NotFoundError,
+    UnavailableError,
+)
 from fedstore.ipld.blocks import write_dag_blocks
 from fedstore.ipld.cid import DagParams, cid_of_bytes, parse_cid
 
@@ -78,6 +85,24 @@ def payload(n: int) -> bytes:
     return os.urandom(n)
 
 
+@dataclass
+class BareHost:
+    """A bare py-libp2p host seen through the NodeHost protocol a backend context carries."""
+
+    libp2p_host: Any
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.libp2p_host.get_id().to_base58())
+
+    def connected_peers(self) -> list[str]:
+        return [p.to_base58() for p in self.libp2p_host.get_connected_peers()]
+
+
+def bitswap_handlers(host: Any) -> set[str]:
+    return {str(p) for p in host.get_mux().handlers if "bitswap" in str(p)}
+
+
 # -- the rule: only inside a node ----------------------------------------------------------
 
 
@@ -86,13 +111,33 @@ def test_backend_outside_a_node_is_not_configured() -> None:
         load_backend("bitswap", {})
 
 
-async def test_backend_found_by_data_dir(tmp_path: Path) -> None:
-    async with AsyncExitStack() as stack:
-        a, b = await start_nodes(stack, tmp_path, 2)
-        backend = load_backend("bitswap", {"CHECKPOINT_DIR": str(tmp_path / "node1")})
-        assert isinstance(backend, BitswapBackend) and backend.service is b.service
-        with pytest.raises(NotConfiguredError, match="CHECKPOINT_DIR"):
-            load_backend("bitswap", {})  # two nodes run here: ambiguous
+async def test_backend_built_from_the_node_context(tmp_path: Path) -> None:
+    """The context's host and data dir, no process-wide lookup; the lifespan runs the handlers."""
+    host = make_host()
+    async with host.run(LOOPBACK):
+        ctx = BackendContext(data_dir=tmp_path / "node", host=BareHost(host))
+        assert default_backend_names({"IPFS_PATH": str(tmp_path / "none")}, ctx) == [
+            "filesystem",
+            "bitswap",
+        ]
+        backend = load_backend("bitswap", {}, ctx)
+        assert isinstance(backend, BitswapBackend)
+        assert backend.service.host is host
+        assert backend.service.store.root == tmp_path / "node" / "blocks"
+        assert bitswap_handlers(host) == set()
+        async with backend.lifespan():
+            assert "/ipfs/bitswap/1.2.0" in bitswap_handlers(host)
+            with pytest.raises(ConfigError, match="already running"):
+                async with backend.lifespan():
+                    pass  # pragma: no cover
+            data = payload(3 * CHUNK)
+            stored = await backend.add(data)
+            assert await BackendChain([backend]).fetch_bytes(stored.cid) == data
+        assert bitswap_handlers(host) == set()
+        await backend.aclose()
+        # two nodes in one process: each backend holds its own service
+        other = load_backend("bitswap", {}, BackendContext(tmp_path / "other", BareHost(host)))
+        assert isinstance(other, BitswapBackend) and other.service is not backend.service
 
 
 # -- the contract, on a single node (local block store only) ---------------------------------
@@ -106,6 +151,12 @@ class TestConformance(BackendConformance):
             backend = BitswapBackend(service)
             yield backend
             await backend.aclose()
+
+    @pytest.fixture
+    async def backend_context(self, tmp_path: Path) -> AsyncIterator[BackendContext]:
+        host = make_host()  # a host of its own: fresh backends run their lifespan on it
+        async with host.run(LOOPBACK):
+            yield BackendContext(data_dir=tmp_path / "fresh", host=BareHost(host))
 
 
 # -- fetching across peers ----------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fedstore.backends import StorageBackend
+from fedstore.backends import BackendContext, StorageBackend
 from fedstore.backends.testing import BackendConformance
 from fedstore.config import NodeConfig
 from fedstore.node import open_node
@@ -42,3 +42,11 @@ class TestBitswapInANode(BackendConformance):
             backend = a.chain.get("bitswap")
             assert backend.keeps_local_copy
             yield backend
+
+    @pytest.fixture
+    async def backend_context(self, tmp_path: Path) -> AsyncIterator[BackendContext]:
+        # Fresh backends run their own lifespan, so they need a host of their own:
+        # a second node's (only the construction and lifespan checks ask for it).
+        async with open_node(config(tmp_path, "b")) as b:
+            yield BackendContext(data_dir=tmp_path / "fresh", host=b.host)
+

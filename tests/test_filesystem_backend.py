@@ -22,6 +22,10 @@ class TestFilesystemConformance(BackendConformance):
         yield b
         await b.aclose()
 
+    @pytest.fixture
+    def backend_settings(self, tmp_path: Path) -> dict[str, str]:
+        return {"FEDSTORE_FS_ROOT": str(tmp_path / "fresh-root")}
+
 
 def test_root_from_env(tmp_path: Path) -> None:
     b = load_backend("filesystem", {"FEDSTORE_FS_ROOT": str(tmp_path / "x")})

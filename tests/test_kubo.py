@@ -14,7 +14,7 @@ from fedstore_kubo.address import api_url_from_env, api_url_from_text
 from fedstore_kubo.testing import FakeKubo
 from pytest_httpx import HTTPXMock
 
-from fedstore.backends import BackendChain
+from fedstore.backends import BackendChain, BackendContext
 from fedstore.backends.http import RetryPolicy
 from fedstore.backends.streaming import read_multipart
 from fedstore.backends.testing import BackendConformance, sample_bytes
@@ -58,12 +58,27 @@ def kubo_error(message: str, code: int = 0) -> dict[str, object]:
 # --------------------------------------------------------------------------- conformance
 
 
+def _fake_kubo_backend(**kw: object) -> KuboBackend:
+    fake = FakeKubo(**kw)  # type: ignore[arg-type]
+    token = kw.get("token")
+    return KuboBackend(
+        API,
+        token=str(token) if token else None,
+        transport=fake,
+        retry=RetryPolicy(sleep=Sleeps()),
+    )
+
+
 class TestKuboConformance(BackendConformance):
     @pytest.fixture
     async def backend(self):  # type: ignore[no-untyped-def,override]
-        b = KuboBackend(API, transport=FakeKubo(), retry=RetryPolicy(sleep=Sleeps()))
+        b = _fake_kubo_backend()
         yield b
         await b.aclose()
+
+    @pytest.fixture
+    def new_backend(self):  # type: ignore[no-untyped-def,override]
+        return _fake_kubo_backend
 
 
 class TestKuboConformanceWithToken(BackendConformance):
@@ -71,10 +86,13 @@ class TestKuboConformanceWithToken(BackendConformance):
 
     @pytest.fixture
     async def backend(self, tmp_path: Path):  # type: ignore[no-untyped-def,override]
-        fake = FakeKubo(token=TOKEN, blob_dir=tmp_path)
-        b = KuboBackend(API, token=TOKEN, transport=fake, retry=RetryPolicy(sleep=Sleeps()))
+        b = _fake_kubo_backend(token=TOKEN, blob_dir=tmp_path)
         yield b
         await b.aclose()
+
+    @pytest.fixture
+    def new_backend(self, tmp_path: Path):  # type: ignore[no-untyped-def,override]
+        return lambda: _fake_kubo_backend(token=TOKEN, blob_dir=tmp_path)
 
 
 # --------------------------------------------------------------------------- add
@@ -548,12 +566,13 @@ def test_api_discovery_order(tmp_path: Path) -> None:
 
 
 async def test_from_env_builds_backend_and_redacts(tmp_path: Path) -> None:
-    backend = KuboBackend.from_env(
+    backend = KuboBackend.create(
         {
             "FEDSTORE_KUBO_API": "/ip4/127.0.0.1/tcp/5001",
             "FEDSTORE_KUBO_TOKEN": TOKEN,
             "FEDSTORE_KUBO_FETCH_TIMEOUT": "30",
-        }
+        },
+        BackendContext(),
     )
     assert backend.api_url == "http://127.0.0.1:5001"
     assert backend.fetch_timeout == 30
@@ -561,9 +580,15 @@ async def test_from_env_builds_backend_and_redacts(tmp_path: Path) -> None:
     await backend.aclose()
     await backend.aclose()
     with pytest.raises(NotConfiguredError):
-        KuboBackend.from_env({"FEDSTORE_KUBO_API": "/unix/x"})
-    with pytest.raises(NotConfiguredError):
-        KuboBackend.from_env({"FEDSTORE_KUBO_PIN_TIMEOUT": "soon"})
+        KuboBackend.create({"FEDSTORE_KUBO_API": "/unix/x"}, BackendContext())
+    with pytest.raises(ConfigError, match="FEDSTORE_KUBO_PIN_TIMEOUT='soon' is not a number"):
+        KuboBackend.create({"FEDSTORE_KUBO_PIN_TIMEOUT": "soon"}, BackendContext())
+    for bad in ("nan", "-1", "inf"):
+        with pytest.raises(ConfigError, match="FEDSTORE_KUBO_FETCH_TIMEOUT"):
+            KuboBackend.create({"FEDSTORE_KUBO_FETCH_TIMEOUT": bad}, BackendContext())
+    assert (
+        KuboBackend.create({"FEDSTORE_KUBO_PIN_TIMEOUT": "30s"}, BackendContext()).pin_timeout == 30
+    )
 
 
 async def test_basic_auth_token(httpx_mock: HTTPXMock) -> None:

@@ -19,7 +19,7 @@ import pytest
 from fedstore_kubo import KuboBackend
 from fedstore_pinata import PinataBackend
 
-from fedstore.backends import BackendChain
+from fedstore.backends import BackendChain, BackendContext
 from fedstore.backends.testing import BackendConformance, sample_bytes
 from fedstore.errors import CIDMismatchError
 from fedstore.ipld.cid import cid_of_bytes
@@ -40,7 +40,7 @@ needs_gateway = pytest.mark.skipif(
 class TestLiveKubo(BackendConformance):
     @pytest.fixture
     async def backend(self):  # type: ignore[no-untyped-def,override]
-        b = KuboBackend.from_env(os.environ)
+        b = KuboBackend.create(os.environ, BackendContext())
         yield b
         await b.aclose()
 
@@ -64,7 +64,7 @@ class TestLiveKubo(BackendConformance):
 class TestLivePinata:
     @pytest.fixture
     async def backend(self):  # type: ignore[no-untyped-def]
-        b = PinataBackend.from_env(os.environ)
+        b = PinataBackend.create(os.environ, BackendContext())
         yield b
         await b.aclose()
 
@@ -78,7 +78,9 @@ class TestLivePinata:
         self, version: int, upload_format: str
     ) -> None:
         """``car`` must match by construction; ``file`` shows whether Pinata's chunker is Kubo's."""
-        backend = PinataBackend.from_env({**os.environ, "PINATA_UPLOAD_FORMAT": upload_format})
+        backend = PinataBackend.create(
+            {**os.environ, "PINATA_UPLOAD_FORMAT": upload_format}, BackendContext()
+        )
         data = sample_bytes(262144 + 1234, f"live-pinata-{os.urandom(4).hex()}")
         try:
             try:
@@ -112,6 +114,6 @@ class TestLivePinataConformance(BackendConformance):
 
     @pytest.fixture
     async def backend(self):  # type: ignore[no-untyped-def,override]
-        b = PinataBackend.from_env(os.environ)
+        b = PinataBackend.create(os.environ, BackendContext())
         yield b
         await b.aclose()

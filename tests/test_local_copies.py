@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedstore.backends import BackendChain, default_backend_names
+from fedstore.backends import BackendChain, BackendContext, default_backend_names
 from fedstore.backends.memory import MemoryBackend
 from fedstore.backends.testing import sample_bytes
 from fedstore.catalog import Catalog
@@ -53,13 +53,23 @@ async def test_local_copy_failure_is_recorded_not_raised(tmp_path: Path) -> None
         assert "block store full" in (catalog.pins_for(cid)[0].last_error or "")
 
 
+class _StandInHost:
+    """Enough of a node's host for detection (no backend is built from it here)."""
+
+    peer_id = "12D3KooWstandin"
+    libp2p_host = None
+
+    def connected_peers(self) -> list[str]:
+        return []
+
+
 def test_node_default_chain_ends_with_the_peers(tmp_path: Path) -> None:
     env = {"IPFS_PATH": str(tmp_path / "none")}
+    in_node = BackendContext(data_dir=tmp_path / "node", host=_StandInHost())  # type: ignore[arg-type]
     assert default_backend_names(env) == ["filesystem"]
-    assert default_backend_names(env, in_node=True) == ["filesystem", "bitswap"]
-    assert default_backend_names({**env, "PINATA_JWT": "x"}, in_node=True) == [
+    assert default_backend_names(env, in_node) == ["filesystem", "bitswap"]
+    assert default_backend_names({**env, "PINATA_JWT": "x"}, in_node) == [
         "pinata",
-        "kubo",
         "filesystem",
         "bitswap",
     ]

@@ -107,10 +107,11 @@ def test_selftest_part_a_reports_full_pass(
 
 
 def test_node_doc_lists_every_command_and_variable() -> None:
-    from fedstore.config import VARIABLES
+    from fedstore.config import CORE_SETTINGS
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "NODE.md").read_text()
     missing = [f"`{c.usage.split()[0]}" for c in COMMANDS.values()]
     missing = [m for m in missing if m not in doc]
-    missing += [v.name for v in VARIABLES if f"`{v.name}`" not in doc]
+    names = [n for v in CORE_SETTINGS for n in (v.name, *v.aliases)]
+    missing += [n for n in names if f"`{n}`" not in doc]
     assert missing == []

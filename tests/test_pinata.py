@@ -16,7 +16,7 @@ from fedstore_pinata.backend import PROBE_BLOB
 from fedstore_pinata.testing import FakePinata
 from pytest_httpx import HTTPXMock
 
-from fedstore.backends import BackendChain
+from fedstore.backends import BackendChain, BackendContext
 from fedstore.backends.http import RetryPolicy, Secret
 from fedstore.backends.streaming import read_multipart
 from fedstore.backends.testing import BackendConformance, sample_bytes
@@ -114,6 +114,10 @@ class TestPinataV3Conformance(BackendConformance):
         yield b
         await b.aclose()
 
+    @pytest.fixture
+    def new_backend(self):  # type: ignore[no-untyped-def,override]
+        return lambda: _fake_backend(FakePinata(jwt=JWT, gateway_token=GW_TOKEN))
+
 
 class TestPinataV3FileConformance(BackendConformance):
     @pytest.fixture
@@ -121,6 +125,11 @@ class TestPinataV3FileConformance(BackendConformance):
         b = _fake_backend(FakePinata(jwt=JWT, gateway_token=GW_TOKEN), upload_format="file")
         yield b
         await b.aclose()
+
+    @pytest.fixture
+    def new_backend(self):  # type: ignore[no-untyped-def,override]
+        fake = FakePinata(jwt=JWT, gateway_token=GW_TOKEN)
+        return lambda: _fake_backend(fake, upload_format="file")
 
 
 class TestPinataTusConformance(BackendConformance):
@@ -130,6 +139,11 @@ class TestPinataTusConformance(BackendConformance):
         b = _fake_backend(fake, tus_threshold=50_000, tus_chunk=65536)
         yield b
         await b.aclose()
+
+    @pytest.fixture
+    def new_backend(self, tmp_path: Path):  # type: ignore[no-untyped-def,override]
+        fake = FakePinata(jwt=JWT, gateway_token=GW_TOKEN, blob_dir=tmp_path)
+        return lambda: _fake_backend(fake, tus_threshold=1000, tus_chunk=1024)
 
 
 class TestPinataLegacyConformance(BackendConformance):
@@ -146,6 +160,18 @@ class TestPinataLegacyConformance(BackendConformance):
         )
         yield b
         await b.aclose()
+
+    @pytest.fixture
+    def new_backend(self):  # type: ignore[no-untyped-def,override]
+        fake = FakePinata(jwt=None, api_key="legacy-key-123", api_secret="legacy-secret-456")
+        return lambda: _fake_backend(
+            fake,
+            jwt=None,
+            api_key=Secret("legacy-key-123"),
+            api_secret=Secret("legacy-secret-456"),
+            mode="legacy",
+            gateway_token=None,
+        )
 
 
 # --------------------------------------------------------------------------- v3 upload
@@ -662,10 +688,10 @@ async def test_deep_health_uploads_reads_and_deletes_probe() -> None:
 
 def test_from_env() -> None:
     with pytest.raises(NotConfiguredError, match="PINATA_JWT"):
-        PinataBackend.from_env({})
+        PinataBackend.create({}, BackendContext())
     with pytest.raises(NotConfiguredError, match="PINATA_JWT"):
-        PinataBackend.from_env(
-            {"PINATA_API_KEY": "k", "PINATA_API_SECRET": "s", "PINATA_MODE": "v3"}
+        PinataBackend.create(
+            {"PINATA_API_KEY": "k", "PINATA_API_SECRET": "s", "PINATA_MODE": "v3"}, BackendContext()
         )
     cfg = PinataConfig.from_env(
         {
@@ -715,7 +741,7 @@ def test_credential_with_a_line_break_is_refused_unquoted(setting: str) -> None:
     """httpx would refuse the header later and quote it (the credential) in its error."""
     env = {"PINATA_JWT": JWT, "PINATA_GATEWAY_URL": GW, setting: "cred-part-one\ncred-part-two"}
     with pytest.raises(ConfigError) as info:
-        PinataBackend.from_env(env)
+        PinataBackend.create(env, BackendContext())
     assert "line break" in str(info.value)
     assert "cred-part-one" not in str(info.value) and "cred-part-two" not in str(info.value)
 

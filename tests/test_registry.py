@@ -15,10 +15,11 @@ from fedstore.backends import (
     available_backends,
     build_backends,
     default_backend_names,
+    detect_default_chain,
     load_backend,
     parse_backend_list,
 )
-from fedstore.errors import BackendLoadError, NotConfiguredError
+from fedstore.errors import BackendLoadError, ConfigError, NotConfiguredError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,16 +45,40 @@ def test_parse_backend_list() -> None:
 
 def test_default_chain_depends_on_configuration(tmp_path: Path) -> None:
     home = {"IPFS_PATH": str(tmp_path / "noipfs")}
+    kubo = {"FEDSTORE_KUBO_API": "/ip4/127.0.0.1/tcp/5001"}
     assert default_backend_names(home) == ["filesystem"]
-    assert default_backend_names({**home, "FEDSTORE_KUBO_API": "/ip4/127.0.0.1/tcp/5001"}) == [
+    assert default_backend_names({**home, **kubo}) == ["kubo", "filesystem"]
+    # each backend decides on its own evidence: Pinata credentials do not imply a Kubo daemon
+    assert default_backend_names({**home, "PINATA_JWT": "x"}) == ["pinata", "filesystem"]
+    assert default_backend_names({**home, "PINATA_API_KEY": "k"}) == ["filesystem"]
+    assert default_backend_names({**home, "PINATA_API_KEY": "k", "PINATA_API_SECRET": "s"}) == [
+        "pinata",
+        "filesystem",
+    ]
+    assert default_backend_names({**home, **kubo, "PINATA_JWT": "x"}) == [
+        "pinata",
         "kubo",
         "filesystem",
     ]
-    assert default_backend_names({**home, "PINATA_JWT": "x"}) == ["pinata", "kubo", "filesystem"]
     assert default_backend_names({**home, "FEDSTORE_BACKENDS": "filesystem"}) == ["filesystem"]
     (tmp_path / "ipfs").mkdir()
     (tmp_path / "ipfs" / "api").write_text("/ip4/127.0.0.1/tcp/5001")
-    assert default_backend_names({"IPFS_PATH": str(tmp_path / "ipfs")})[0] == "kubo"
+    assert default_backend_names({"IPFS_PATH": str(tmp_path / "ipfs")}) == ["kubo", "filesystem"]
+
+
+def test_default_chain_says_why(tmp_path: Path) -> None:
+    members = detect_default_chain({"IPFS_PATH": str(tmp_path), "PINATA_JWT": "x"})
+    assert [(m.name, m.priority) for m in members] == [("pinata", 300), ("filesystem", 100)]
+    assert members[0].reason == "PINATA_JWT is set"
+    assert "PINATA_JWT" not in members[1].reason and members[0].reason != "x"
+
+
+def test_invalid_setting_value_is_refused_before_create(tmp_path: Path) -> None:
+    env = {"PINATA_JWT": "jwt-secret-value", "PINATA_RATE_LIMIT": "nan"}
+    with pytest.raises(ConfigError, match="PINATA_RATE_LIMIT='nan' is not a finite number"):
+        load_backend("pinata", env)
+    with pytest.raises(ConfigError, match="FEDSTORE_HTTP_ATTEMPTS='0' must be between 1 and 100"):
+        build_backends(["filesystem", "kubo"], {"FEDSTORE_HTTP_ATTEMPTS": "0"})
 
 
 def test_build_backends_skips_unconfigured(
@@ -70,7 +95,7 @@ def test_build_backends_skips_unconfigured(
 def test_all_unconfigured_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from fedstore.backends import registry
 
-    def refuse(name: str, env: object) -> object:
+    def refuse(name: str, env: object, ctx: object = None) -> object:
         raise NotConfiguredError(f"{name} needs settings")
 
     monkeypatch.setattr(registry, "load_backend", refuse)

@@ -450,7 +450,7 @@ def test_round_numbers_cannot_carry_paths(capsys: pytest.CaptureFixture[str]) ->
         checkpoint_filename(-1, cid)
     with pytest.raises(SystemExit):
         main(["checkpoint", "save", "--round", "../1", "--dir", "x", "--weights", "w.npz"])
-    assert "invalid int value" in capsys.readouterr().err
+    assert "argument --round: a round is a whole number" in capsys.readouterr().err
 
 
 def test_tensor_names_with_path_separators_stay_names(tmp_path: pathlib.Path) -> None:
@@ -491,7 +491,7 @@ def saved_node(tmp_path: pathlib.Path) -> pathlib.Path:
     [
         ("model.pkl", "cannot save weights as '.pkl'"),
         ("model.pt", "cannot save weights as '.pt'"),
-        ("node", "cannot save weights as ''"),  # the data directory itself
+        ("node", "cannot write node: it is a directory"),  # the data directory itself
     ],
 )
 def test_cli_out_refuses_pickle_formats_and_directories(

@@ -42,9 +42,10 @@ import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Protocol, TypeVar
 
 import trio
@@ -179,13 +180,17 @@ def at_boundary(exc: Exception, backend: str, cid: str, doing: str) -> FedstoreE
 class BackendChain:
     """An ordered list of backends: the write policy, fallback and verification.
 
-    The chain owns its backends: :meth:`aclose` closes them all.
+    The chain owns its backends: :meth:`aclose` closes them all. Entered as
+    ``async with chain:`` it also runs every backend's
+    :meth:`~fedstore.backends.StorageBackend.lifespan` (in chain order, left
+    in reverse) for the duration of the block, then closes them.
     """
 
     def __init__(self, backends: Sequence[StorageBackend]) -> None:
         if not backends:
             raise NotConfiguredError("the backend chain is empty: configure at least one backend")
         self._backends = list(backends)
+        self._lifespans: AsyncExitStack | None = None
 
     @property
     def backends(self) -> list[StorageBackend]:
@@ -514,10 +519,33 @@ class BackendChain:
                 log.warning("closing backend %s failed: %s", backend.name, exc)
 
     async def __aenter__(self) -> BackendChain:
+        if self._lifespans is not None:
+            raise RuntimeError("this backend chain is already entered")
+        stack = AsyncExitStack()
+        try:
+            for backend in self._backends:
+                await stack.enter_async_context(backend.lifespan())
+        except BaseException:
+            try:
+                await stack.aclose()
+            finally:
+                await self.aclose()
+            raise
+        self._lifespans = stack
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._lifespans = self._lifespans, None
+        try:
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            await self.aclose()
 
 
 async def _cid_of(source: Source, cid_version: int) -> str:

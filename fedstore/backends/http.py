@@ -52,6 +52,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from fedstore.backends.settings import Setting
 from fedstore.errors import (
     AuthError,
     BackendError,
@@ -63,9 +64,11 @@ from fedstore.errors import (
 )
 
 __all__ = [
+    "RETRY_SETTINGS",
     "Classifier",
     "HeaderAuth",
     "RateLimiter",
+    "REDACT_RUN",
     "Redactor",
     "RetryPolicy",
     "Secret",
@@ -146,27 +149,168 @@ def display_url(text: str) -> str:
     return f"{scheme}{host}{port}{parts.path}{hidden}"
 
 
+#: Shortest run of a secret's characters that is redacted wherever it appears.
+REDACT_RUN = 8
+#: Layers of escaping undone when looking for secrets (``\\\\u0041`` is two).
+_DECODE_LEVELS = 2
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+_SIMPLE_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "b": "\b",
+    "f": "\f",
+    "/": "/",
+    "\\": "\\",
+    '"': '"',
+    "'": "'",
+}
+
+
+def _decoded_view(text: str) -> tuple[str, list[int], list[int]]:
+    """*text* with escapes undone, and where each of its characters came from.
+
+    Undoes JSON/Python escapes (``\\uXXXX``, ``\\xXX``, ``\\/``, ``\\n``...),
+    URL percent-encoding (``%XX``) and HTML character references
+    (``&#NN;``, ``&#xNN;``), one level. Returns the decoded text and, for each
+    of its characters, the start and end offsets of its source in *text*.
+    """
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch, j = text[i], i + 1
+        if ch == "\\" and i + 1 < n:
+            nxt = text[i + 1]
+            if nxt == "u" and set(text[i + 2 : i + 6]) <= _HEX and i + 6 <= n:
+                ch, j = chr(int(text[i + 2 : i + 6], 16)), i + 6
+            elif nxt == "x" and set(text[i + 2 : i + 4]) <= _HEX and i + 4 <= n:
+                ch, j = chr(int(text[i + 2 : i + 4], 16)), i + 4
+            elif nxt in _SIMPLE_ESCAPES:
+                ch, j = _SIMPLE_ESCAPES[nxt], i + 2
+        elif ch == "%" and i + 3 <= n and set(text[i + 1 : i + 3]) <= _HEX:
+            ch, j = chr(int(text[i + 1 : i + 3], 16)), i + 3
+        elif ch == "&" and text.startswith("&#", i):
+            end = text.find(";", i + 2, i + 12)
+            body = text[i + 2 : end] if end > 0 else ""
+            try:
+                code = int(body[1:], 16) if body[:1] in ("x", "X") else int(body, 10)
+                ch, j = chr(code), end + 1
+            except ValueError:
+                pass
+        out.append(ch)
+        starts.append(i)
+        ends.append(j)
+        i = j
+    return "".join(out), starts, ends
+
+
+def _secret_forms(raw: str) -> set[str]:
+    """*raw* and the encodings of it a service may echo instead (base64 at each of the
+    three byte alignments, standard and URL-safe alphabets, padding dropped)."""
+    import base64
+
+    forms = {raw}
+    data = raw.encode("utf-8", "surrogatepass")
+    for shift in range(3):
+        chunk = data[shift:]
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(chunk).decode("ascii").rstrip("=")
+            # the last group may encode a partial triple: keep only whole ones
+            forms.add(text[: len(text) - len(text) % 4] if len(text) % 4 else text)
+    return {f for f in forms if f}
+
+
 class Redactor:
-    """Replace every known secret (and its non-trivial pieces) in a text with ``***``."""
+    """Hide every trace of the known secrets in a text, as ``***``.
+
+    Not only whole secrets: a service that echoes a credential may cut it,
+    escape it or encode it. Redacted are
+
+    * every run of :data:`REDACT_RUN` (8) or more characters of a secret,
+      wherever it starts or ends (a token minus its last characters, one
+      segment of a JWT, a line-wrapped echo); a secret shorter than that is
+      redacted whole;
+    * the same runs written with escapes: JSON/Python ``\\u``/``\\x``
+      escapes, URL percent-encoding, HTML character references, up to two
+      layers deep (and the backends redact again after decoding a JSON
+      body);
+    * runs of the secret's base64 encodings (standard and URL-safe).
+
+    Matching is by the set of the secrets' 8-character pieces, so the cost is
+    linear in the text and ordinary text is untouched unless it shares eight
+    characters in a row with a credential. Secrets shorter than 4 characters
+    are ignored (they would mask ordinary words).
+    """
 
     def __init__(self, secrets: Iterable[Secret | str | None] = ()) -> None:
-        values: set[str] = set()
+        grams: set[str] = set()
+        whole: set[str] = set()
         for s in secrets:
             raw = s.reveal() if isinstance(s, Secret) else s
-            if raw and len(raw) >= 4:
-                values.add(raw)
-                # A JWT is header.payload.signature: a service may echo one segment.
-                values.update(part for part in raw.split(".") if len(part) >= 8)
-        self._values = sorted(values, key=len, reverse=True)
+            if not raw or len(raw) < 4:
+                continue
+            for form in _secret_forms(raw):
+                if len(form) < REDACT_RUN:
+                    whole.add(form)
+                    continue
+                grams.update(form[k : k + REDACT_RUN] for k in range(len(form) - REDACT_RUN + 1))
+        self._grams = frozenset(grams)
+        self._whole = sorted(whole, key=len, reverse=True)
+        self._count = len(grams) + len(whole)
+
+    def _spans(self, view: str) -> list[tuple[int, int]]:
+        """Spans of *view* covered by a secret piece, merged."""
+        spans: list[tuple[int, int]] = []
+        grams, run = self._grams, REDACT_RUN
+        if grams:
+            for k in range(len(view) - run + 1):
+                if view[k : k + run] in grams:
+                    if spans and spans[-1][1] >= k:
+                        spans[-1] = (spans[-1][0], k + run)
+                    else:
+                        spans.append((k, k + run))
+        for value in self._whole:
+            start = view.find(value)
+            while start >= 0:
+                spans.append((start, start + len(value)))
+                start = view.find(value, start + 1)
+        return spans
 
     def __call__(self, text: str) -> str:
-        for value in self._values:
-            if value in text:
-                text = text.replace(value, "***")
-        return text
+        if not self._count or not text:
+            return text
+        covered = list(self._spans(text))
+        view = text
+        starts, ends = list(range(len(text))), list(range(1, len(text) + 1))
+        for _level in range(_DECODE_LEVELS):
+            decoded, s2, e2 = _decoded_view(view)
+            if len(decoded) == len(view):  # nothing (more) was escaped
+                break
+            # positions in the new view -> positions in the original text
+            view, starts, ends = decoded, [starts[i] for i in s2], [ends[j - 1] for j in e2]
+            covered += [(starts[a], ends[b - 1]) for a, b in self._spans(view)]
+        if not covered:
+            return text
+        covered.sort()
+        out: list[str] = []
+        pos = 0
+        for a, b in covered:
+            if b <= pos:
+                continue
+            if a > pos:
+                out.append(text[pos:a])
+                out.append("***")
+            elif not out or out[-1] != "***":
+                out.append("***")
+            pos = b
+        out.append(text[pos:])
+        return "".join(out)
 
     def __repr__(self) -> str:
-        return f"<Redactor secrets={len(self._values)}>"
+        return f"<Redactor pieces={self._count}>"
 
 
 class HeaderAuth(httpx.Auth):
@@ -310,14 +454,35 @@ def error_from_response(
     backend: str,
     action: str,
     classify: Classifier | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> BackendError:
     """Map a non-2xx response to fedstore's error tree.
 
-    *body* must already be redacted. The classifier gets the first word;
+    *body* must already be redacted; with *redact*, the error's final text
+    passes through it again, since the message is built from the body's
+    decoded JSON (where ``\\u`` escapes the first pass could not see as a
+    secret are undone). The classifier gets the first word;
     otherwise: 401/403 → AuthError, 404/410 → NotFoundError, 402/413/507 →
     QuotaError, 429 → RateLimitedError (with ``retry_after``), 408/425/5xx →
     UnavailableError (retried), other 4xx → BackendError (not retried).
     """
+    err = _error_for(response, body, backend=backend, action=action, classify=classify)
+    if redact is not None:
+        text = str(err)
+        scrubbed = redact(text)
+        if scrubbed != text:
+            err.args = (scrubbed,)
+    return err
+
+
+def _error_for(
+    response: httpx.Response,
+    body: str,
+    *,
+    backend: str,
+    action: str,
+    classify: Classifier | None,
+) -> BackendError:
     if classify is not None:
         specific = classify(response, body)
         if specific is not None:
@@ -422,25 +587,33 @@ class RetryPolicy:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RetryPolicy:
         """``FEDSTORE_HTTP_ATTEMPTS`` (tries per request, default 4) and
-        ``FEDSTORE_HTTP_BACKOFF`` (first delay in seconds, default 0.5).
+        ``FEDSTORE_HTTP_BACKOFF`` (first delay in seconds, default 0.5);
+        see :data:`RETRY_SETTINGS`, which HTTP backends add to their own settings.
 
         Lower values make a chain fall over to the next backend sooner.
         """
+        return cls(attempts=HTTP_ATTEMPTS.integer(env), base_delay=HTTP_BACKOFF.number(env))
 
-        def number(key: str, default: float, minimum: float) -> float:
-            raw = env.get(key, "").strip()
-            try:
-                value = float(raw) if raw else default
-            except ValueError:
-                raise ConfigError(f"{key}={raw!r} is not a number") from None
-            if value < minimum:
-                raise ConfigError(f"{key} must be at least {minimum:g}")
-            return value
 
-        return cls(
-            attempts=int(number("FEDSTORE_HTTP_ATTEMPTS", 4, 1)),
-            base_delay=number("FEDSTORE_HTTP_BACKOFF", 0.5, 0),
-        )
+HTTP_ATTEMPTS = Setting(
+    "FEDSTORE_HTTP_ATTEMPTS",
+    "4",
+    "attempts per request of the HTTP backends",
+    kind="int",
+    minimum=1,
+    maximum=100,
+)
+HTTP_BACKOFF = Setting(
+    "FEDSTORE_HTTP_BACKOFF",
+    "0.5",
+    "first retry delay of the HTTP backends, seconds",
+    kind="duration",
+    minimum=0,
+    maximum=600,
+)
+#: The retry settings every HTTP backend reads through :meth:`RetryPolicy.from_env`;
+#: list them in the backend's ``settings`` (``settings = (..., *RETRY_SETTINGS)``).
+RETRY_SETTINGS: tuple[Setting, ...] = (HTTP_ATTEMPTS, HTTP_BACKOFF)
 
 
 async def with_retries(
@@ -557,6 +730,8 @@ async def send(
                 ) from exc
             return response
         body = await read_error_body(response, redact)
-        raise error_from_response(response, body, backend=backend, action=action, classify=classify)
+        raise error_from_response(
+            response, body, backend=backend, action=action, classify=classify, redact=redact
+        )
     finally:
         await response.aclose()

@@ -6,10 +6,14 @@ Backends are plugins: any installed distribution can register one with::
     mybackend = "my_package:MyBackend"
 
 where ``MyBackend`` subclasses :class:`fedstore.backends.StorageBackend`. The
-core never imports a plugin by module name; it asks stevedore for the entry
-point named in the user's configuration. Errors are fedstore's own: an
-unknown name lists the installed names, and a plugin that fails to import
-names the plugin and the cause.
+core never imports a plugin by module name and knows no plugin's name or
+settings: it asks stevedore for the entry point named in the user's
+configuration, builds it with ``MyBackend.create(settings, ctx)`` after
+checking the values of ``MyBackend.settings``, and, when the user names no
+chain, asks every installed backend's ``detect`` whether and where it joins
+(:func:`default_backend_names`). Errors are fedstore's own: an unknown name
+lists the installed names, and a plugin that fails to import names the
+plugin and the cause.
 """
 
 from __future__ import annotations
@@ -23,18 +27,30 @@ from dataclasses import dataclass
 from stevedore import driver
 from stevedore.exception import MultipleMatches, NoMatches
 
-from fedstore.backends.base import StorageBackend
+from fedstore.backends.base import BackendContext, StorageBackend
+from fedstore.backends.settings import Setting
 from fedstore.errors import BackendLoadError
 
 __all__ = [
+    "BACKENDS_SETTING",
     "ENTRY_POINT_GROUP",
     "BackendInfo",
+    "ChainMember",
     "available_backends",
+    "backend_settings",
+    "build_backends",
+    "default_backend_names",
+    "detect_default_chain",
+    "installed_classes",
     "load_backend",
     "load_backend_class",
+    "parse_backend_list",
+    "validate_backend_settings",
 ]
 
 ENTRY_POINT_GROUP = "fedstore.backends"
+#: The setting naming the chain explicitly (declared with the core's settings).
+BACKENDS_SETTING = "FEDSTORE_BACKENDS"
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +135,34 @@ def load_backend_class(name: str) -> type[StorageBackend]:
     return cls
 
 
-def load_backend(name: str, env: Mapping[str, str] | None = None) -> StorageBackend:
-    """Construct the backend registered as *name* from *env* (default: ``os.environ``).
+def backend_settings(name: str) -> tuple[Setting, ...]:
+    """The settings the backend registered as *name* declares (imports its plugin)."""
+    return tuple(load_backend_class(name).settings)
 
+
+def validate_backend_settings(cls: type[StorageBackend], settings: Mapping[str, str]) -> None:
+    """Check every declared setting of *cls* by its kind and range (ConfigError, one line)."""
+    for setting in cls.settings:
+        setting.validate(settings)
+
+
+def load_backend(
+    name: str, env: Mapping[str, str] | None = None, ctx: BackendContext | None = None
+) -> StorageBackend:
+    """Construct the backend registered as *name* from settings *env* (default: ``os.environ``).
+
+    The backend's declared settings are validated first
+    (:class:`~fedstore.errors.ConfigError` naming the setting), then
+    ``create(env, ctx)`` runs (*ctx* default: no data directory, no host).
     Raises :class:`BackendLoadError` for unknown or broken plugins and
     :class:`~fedstore.errors.NotConfiguredError` when the backend lacks
     required settings.
     """
     cls = load_backend_class(name)
     settings = os.environ if env is None else env
+    validate_backend_settings(cls, settings)
     try:
-        return cls.from_env(settings)
+        return cls.create(settings, BackendContext() if ctx is None else ctx)
     except BackendLoadError:
         raise
     except Exception as exc:
@@ -143,7 +176,7 @@ def load_backend(name: str, env: Mapping[str, str] | None = None) -> StorageBack
 
 
 def parse_backend_list(text: str) -> list[str]:
-    """``"pinata, kubo,filesystem"`` -> ``["pinata", "kubo", "filesystem"]`` (deduplicated)."""
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (deduplicated, order kept)."""
     names: list[str] = []
     for part in text.split(","):
         part = part.strip()
@@ -152,55 +185,101 @@ def parse_backend_list(text: str) -> list[str]:
     return names
 
 
+@dataclass(frozen=True, slots=True)
+class ChainMember:
+    """A backend of the default chain and why it joined (see :func:`detect_default_chain`)."""
+
+    name: str
+    priority: int
+    reason: str
+
+
+def installed_classes() -> tuple[dict[str, type[StorageBackend]], dict[str, str]]:
+    """Every installed backend class by name, and the load error of each broken plugin."""
+    classes: dict[str, type[StorageBackend]] = {}
+    broken: dict[str, str] = {}
+    for name in available_backends():
+        try:
+            classes[name] = load_backend_class(name)
+        except BackendLoadError as exc:
+            broken[name] = str(exc)
+    return classes, broken
+
+
+def detect_default_chain(
+    env: Mapping[str, str] | None = None, ctx: BackendContext | None = None
+) -> list[ChainMember]:
+    """Ask every installed backend whether it joins the default chain; ordered, highest first.
+
+    A plugin that fails to import, or whose ``detect`` raises, is left out
+    with one warning line: a broken third-party plugin must not stop the
+    built-in ones.
+    """
+    settings = os.environ if env is None else env
+    context = BackendContext() if ctx is None else ctx
+    classes, broken = installed_classes()
+    for message in broken.values():
+        log.warning("%s; left out of the default chain", message)
+    members: list[ChainMember] = []
+    for name, cls in classes.items():
+        try:
+            found = cls.detect(settings, context)
+        except Exception as exc:
+            log.warning(
+                "backend %s: detection failed (%s: %s); left out of the default chain",
+                name,
+                type(exc).__name__,
+                exc,
+            )
+            continue
+        if found is not None:
+            members.append(ChainMember(name, found.priority, found.reason))
+    members.sort(key=lambda m: (-m.priority, m.name))
+    return members
+
+
 def default_backend_names(
-    env: Mapping[str, str] | None = None, *, in_node: bool = False
+    env: Mapping[str, str] | None = None, ctx: BackendContext | None = None
 ) -> list[str]:
     """The chain used when the user names none.
 
-    ``FEDSTORE_BACKENDS`` wins when set. Otherwise the embedded default is the
-    ``filesystem`` backend, preceded by ``kubo`` when a Kubo API is
-    configured or discoverable, and by ``pinata, kubo`` when Pinata
-    credentials are set (hosted pinning first, the local daemon as the
-    fallback, the filesystem next). Inside a running node (*in_node*), the
-    peers themselves come last: ``bitswap`` (when installed) after the
-    filesystem, so a read tries the cheap local lookup before the network.
-    Names only; no plugin is imported here.
+    ``FEDSTORE_BACKENDS`` wins when set. Otherwise every installed backend's
+    :meth:`~fedstore.backends.StorageBackend.detect` decides whether and
+    where it joins (:func:`detect_default_chain`). With the built-in plugins
+    this gives ``filesystem``, preceded by ``kubo`` when a Kubo API is
+    configured or discoverable and by ``pinata`` when Pinata credentials are
+    set; inside a running node (*ctx* with a host) the peers come last.
     """
-    env = os.environ if env is None else env
-    explicit = env.get("FEDSTORE_BACKENDS", "").strip()
+    settings = os.environ if env is None else env
+    explicit = settings.get(BACKENDS_SETTING, "").strip()
     if explicit:
         return parse_backend_list(explicit)
-    names = ["filesystem"]
-    ipfs_path = env.get("IPFS_PATH") or os.path.join(os.path.expanduser("~"), ".ipfs")
-    if env.get("FEDSTORE_KUBO_API") or os.path.exists(os.path.join(ipfs_path, "api")):
-        names.insert(0, "kubo")
-    if env.get("PINATA_JWT") or (env.get("PINATA_API_KEY") and env.get("PINATA_API_SECRET")):
-        names = ["pinata", "kubo", *[n for n in names if n != "kubo"]]
-    if in_node and "bitswap" in available_backends():
-        names.append("bitswap")
-    return names
+    return [m.name for m in detect_default_chain(settings, ctx)]
 
 
 def build_backends(
-    names: list[str] | str | None = None, env: Mapping[str, str] | None = None
+    names: list[str] | str | None = None,
+    env: Mapping[str, str] | None = None,
+    ctx: BackendContext | None = None,
 ) -> list[StorageBackend]:
     """Construct the named backends, skipping unconfigured ones with one log line each.
 
-    Unknown or broken plugins raise :class:`BackendLoadError`: a typo in the
+    Unknown or broken plugins raise :class:`BackendLoadError` and invalid
+    setting values :class:`~fedstore.errors.ConfigError`: a typo in the
     configuration must not silently fall back to another store.
     """
     from fedstore.errors import NotConfiguredError
 
     settings = os.environ if env is None else env
     if names is None:
-        names = default_backend_names(settings)
+        names = default_backend_names(settings, ctx)
     elif isinstance(names, str):
         names = parse_backend_list(names)
     backends: list[StorageBackend] = []
     skipped: list[str] = []
     for name in names:
         try:
-            backends.append(load_backend(name, settings))
+            backends.append(load_backend(name, settings, ctx))
         except NotConfiguredError as exc:
             log.warning("skipping backend %s: %s", name, exc)
             skipped.append(f"{name} ({exc})")

@@ -202,7 +202,12 @@ async def stream_download(
                 if not response.is_success:
                     body = await read_error_body(response, redact)
                     raise error_from_response(
-                        response, body, backend=backend, action=action, classify=classify
+                        response,
+                        body,
+                        backend=backend,
+                        action=action,
+                        classify=classify,
+                        redact=redact,
                     )
                 skip = offset if (offset and ranged and response.status_code != 206) else 0
                 total = expected_length(response) if expected_length is not None else None

@@ -21,20 +21,33 @@ Every check here is part of the contract documented in
 :class:`fedstore.backends.StorageBackend`; in particular ``add`` reports the
 exact content size, and a fetch stopped early is closed at once with
 ``aclose()`` (the chain does that) and must release what it holds.
+
+The construction and lifespan checks build fresh instances with the
+``new_backend`` fixture: by default ``type(backend).create(backend_settings,
+backend_context)`` with empty settings and a context holding a temporary data
+directory. Override ``backend_settings`` (e.g. a root directory),
+``backend_context`` (e.g. a running host, as bitswap needs) or ``new_backend``
+itself (a backend that needs a fake transport)::
+
+    @pytest.fixture
+    def new_backend(self):
+        return lambda: MyBackend(transport=FakeService())
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from fedstore.backends.base import Health, StorageBackend
+from fedstore.backends.base import BackendContext, Detected, Health, StorageBackend
 from fedstore.backends.chain import BackendChain, aclosing_stream
+from fedstore.backends.settings import Setting
 from fedstore.errors import FedstoreError, InvalidCIDError, NotFoundError
 from fedstore.ipld.cid import CidVerifier, cid_of_bytes
 from fedstore.ipld.cidstr import same_cid
@@ -210,3 +223,75 @@ class BackendConformance:
     async def test_aclose_twice(self, backend: StorageBackend) -> None:
         await backend.aclose()
         await backend.aclose()
+
+    # -- construction, detection and lifespan --------------------------------------------
+
+    @pytest.fixture
+    def backend_settings(self) -> Mapping[str, str]:
+        """Settings :meth:`StorageBackend.create` gets in the checks below (default: none)."""
+        return {}
+
+    @pytest.fixture
+    def backend_context(self, tmp_path: Path) -> BackendContext:
+        """The context ``create`` and ``detect`` get (default: a temporary data dir, no host)."""
+        return BackendContext(data_dir=tmp_path / "node")
+
+    @pytest.fixture
+    def new_backend(
+        self,
+        backend: StorageBackend,
+        backend_settings: Mapping[str, str],
+        backend_context: BackendContext,
+    ) -> Callable[[], StorageBackend]:
+        """Builds fresh instances, configured like *backend* and not yet running."""
+        cls = type(backend)
+        return lambda: cls.create(backend_settings, backend_context)
+
+    async def test_declared_settings_are_well_formed(self, backend: StorageBackend) -> None:
+        declared = type(backend).settings
+        assert isinstance(declared, tuple)
+        assert all(isinstance(s, Setting) for s in declared)
+        names = [n for s in declared for n in (s.name, *s.aliases)]
+        assert len(names) == len(set(names)), f"a setting name is declared twice: {names}"
+        keys = [s.toml_key(backend.name) for s in declared]
+        assert len(keys) == len(set(keys)), f"two settings share a fedstore.toml key: {keys}"
+        for setting in declared:
+            assert setting.help, f"{setting.name} has no help text"
+            setting.validate({})  # the default itself is valid
+
+    async def test_detect_answers_without_raising(
+        self, backend: StorageBackend, backend_context: BackendContext
+    ) -> None:
+        cls = type(backend)
+        for ctx in (backend_context, BackendContext()):
+            found = cls.detect({}, ctx)
+            assert found is None or (
+                isinstance(found, Detected) and isinstance(found.priority, int) and found.reason
+            ), found
+
+    async def test_lifespan_brackets_use(self, new_backend: Callable[[], StorageBackend]) -> None:
+        fresh = new_backend()
+        data = sample_bytes(3000, "lifespan")
+        async with fresh.lifespan():
+            cid = (await fresh.add(data)).cid
+            assert await _read_all(fresh, cid) == data
+        await fresh.aclose()
+        await fresh.aclose()
+
+    async def test_lifespan_passes_errors_through(
+        self, new_backend: Callable[[], StorageBackend]
+    ) -> None:
+        class Boom(Exception):
+            pass
+
+        fresh = new_backend()
+        with pytest.raises(Boom):
+            async with fresh.lifespan():
+                raise Boom("raised inside the lifespan")
+        await fresh.aclose()
+
+    async def test_chain_runs_lifespans(self, new_backend: Callable[[], StorageBackend]) -> None:
+        data = sample_bytes(2000, "chain-lifespan")
+        async with BackendChain([new_backend()]) as chain:
+            result = await chain.add(data)
+            assert await chain.fetch_bytes(result.cid) == data

@@ -62,6 +62,9 @@ class BenchSizes:
     #: Catch-up: checkpoint size in MB and timed runs.
     catchup_mb: float = 100.0
     catchup_runs: int = 5
+    #: Compressed updates: digits rounds per federation, seeds per encoding.
+    updates_rounds: int = 10
+    updates_seeds: int = 3
 
     @classmethod
     def full(cls) -> BenchSizes:
@@ -81,6 +84,7 @@ class BenchSizes:
             announcements=10,
             warmup=1,
             catchup_mb=16.0,
+            updates_seeds=1,
         )
 
     def with_overrides(self, overrides: Mapping[str, str]) -> BenchSizes:

@@ -51,6 +51,7 @@ SECTIONS: dict[str, str] = {
     "catalog": "fedstore.bench.catalog_bench",
     "announce": "fedstore.bench.announce_bench",
     "catchup": "fedstore.bench.catchup_bench",
+    "updates": "fedstore.bench.updates_bench",
 }
 
 SectionFn = Callable[[BenchSizes, Path, SayFn], SectionResult]
@@ -206,6 +207,10 @@ def format_value(row: Row) -> str:
         return f"{v * 1000:.3f} ms"
     if row.unit == "ms":
         return f"{v:.1f} ms"
+    if row.unit == "accuracy":
+        return f"{v:.4f}"
+    if row.unit == "B":
+        return f"{v:,.0f} B"
     if row.unit in ("MB/s",):
         return f"{v:,.0f} {row.unit}"
     return f"{v:,.1f} {row.unit}"

@@ -18,10 +18,18 @@ statement form ``PRAGMA table_info(t)``.
 
 A progress handler aborts queries that run longer than ``timeout`` seconds.
 Only one statement is accepted per call.
+
+Memory is bounded too, so one query cannot exhaust the machine (``SELECT
+randomblob(300000000)`` once took 4.4 GB): the connection's SQLite limits
+cap any string or blob a query builds or returns at :data:`MAX_VALUE_BYTES`
+and a result row at :data:`MAX_COLUMNS` columns, and the rows handed back
+may hold at most ``max_bytes`` (default :data:`MAX_RESULT_BYTES`) of values.
+Each bound fails the query with a :class:`CatalogError` that says which.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import time
@@ -31,7 +39,28 @@ from urllib.parse import quote
 from fedstore.catalog.records import QueryResult
 from fedstore.errors import CatalogError
 
-__all__ = ["ReadOnlyViolation", "copy_read_only", "read_only_query"]
+__all__ = [
+    "MAX_COLUMNS",
+    "MAX_RESULT_BYTES",
+    "MAX_TIMEOUT",
+    "MAX_VALUE_BYTES",
+    "ReadOnlyViolation",
+    "copy_read_only",
+    "read_only_query",
+]
+
+#: Longest string or blob a query may build or return (SQLITE_LIMIT_LENGTH); the
+#: catalog's own values are CIDs, names and error texts, far below it.
+MAX_VALUE_BYTES = 1 << 20
+#: Most columns in a result row (SQLITE_LIMIT_COLUMN): with the value cap, one
+#: row stays under 64 MiB.
+MAX_COLUMNS = 64
+#: Default bound on the bytes of all values a query returns.
+MAX_RESULT_BYTES = 64 << 20
+#: Longest ``timeout`` accepted, seconds.
+MAX_TIMEOUT = 24 * 3600.0
+#: Rows fetched from SQLite at a time while the result's size is counted.
+_BATCH = 256
 
 
 class ReadOnlyViolation(CatalogError):
@@ -191,13 +220,31 @@ def read_only_query(
     *,
     max_rows: int | None = None,
     timeout: float = 30.0,
+    max_bytes: int = MAX_RESULT_BYTES,
 ) -> QueryResult:
     """Run one SQL statement on the catalog at ``db_path`` without any chance of writing.
 
+    ``max_rows`` (at least 0) cuts the result short and sets ``truncated``;
+    ``timeout`` (seconds, finite, above 0, at most :data:`MAX_TIMEOUT`) and
+    ``max_bytes`` (the values' total size: text in UTF-8, blobs, 8 per
+    number) stop the query with an error.
+
     Raises :class:`ReadOnlyViolation` (a :class:`CatalogError`) for a statement
     that would write, and :class:`CatalogError` for SQL errors, a missing
-    catalog, several statements, or a query exceeding ``timeout`` seconds.
+    catalog, several statements, a bad limit, or a query exceeding ``timeout``
+    seconds or one of the memory bounds of the module docstring.
     """
+    if isinstance(timeout, bool) or not (
+        isinstance(timeout, int | float) and math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT
+    ):
+        raise CatalogError(
+            f"query timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, "
+            f"got {timeout!r}"
+        )
+    if max_rows is not None and (isinstance(max_rows, bool) or max_rows < 0):
+        raise CatalogError(f"max_rows must be 0 or more, got {max_rows!r}")
+    if isinstance(max_bytes, bool) or max_bytes < 1:
+        raise CatalogError(f"max_bytes must be at least 1, got {max_bytes!r}")
     if not db_path.is_file():
         raise CatalogError(f"no catalog at {db_path}")
     try:
@@ -217,18 +264,19 @@ def read_only_query(
 
     try:
         con.execute("PRAGMA query_only = ON")
+        con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+        con.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, MAX_COLUMNS)
         con.set_authorizer(guard)
         con.set_progress_handler(_progress, 10_000)
         try:
             cur = con.execute(sql, params)
             columns = tuple(d[0] for d in cur.description or ())
-            if max_rows is None:
-                rows = [tuple(r) for r in cur.fetchall()]
-                truncated = False
-            else:
-                rows = [tuple(r) for r in cur.fetchmany(max_rows + 1)]
-                truncated = len(rows) > max_rows
-                rows = rows[:max_rows]
+            rows, truncated = _fetch(cur, max_rows, max_bytes)
+        except sqlite3.DataError as exc:  # "string or blob too big"
+            raise CatalogError(
+                f"query stopped: a value would exceed {MAX_VALUE_BYTES} bytes, the limit "
+                f"of catalog queries ({exc})"
+            ) from exc
         except sqlite3.Warning as exc:  # "You can only execute one statement at a time."
             raise CatalogError(f"only one SQL statement per query is allowed ({exc})") from exc
         except sqlite3.ProgrammingError as exc:
@@ -242,7 +290,41 @@ def read_only_query(
                 ) from exc
             if timed_out:
                 raise CatalogError(f"query stopped after {timeout:g} s") from exc
+            if "too many columns" in str(exc):
+                raise CatalogError(
+                    f"SQL error: {exc} (catalog queries return at most {MAX_COLUMNS} columns)"
+                ) from exc
             raise CatalogError(f"SQL error: {exc}") from exc
     finally:
         con.close()
     return QueryResult(columns, rows, truncated)
+
+
+def _size(value: object) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, bytes):
+        return len(value)
+    return 8
+
+
+def _fetch(
+    cur: sqlite3.Cursor, max_rows: int | None, max_bytes: int
+) -> tuple[list[tuple[object, ...]], bool]:
+    """The cursor's rows (at most *max_rows*; truncated?), counting their bytes as they come."""
+    rows: list[tuple[object, ...]] = []
+    total = 0
+    while True:
+        batch = cur.fetchmany(_BATCH)
+        if not batch:
+            return rows, False
+        for row in batch:
+            if max_rows is not None and len(rows) >= max_rows:
+                return rows, True
+            total += sum(_size(v) for v in row)
+            if total > max_bytes:
+                raise CatalogError(
+                    f"query stopped: the result holds more than {max_bytes} bytes after "
+                    f"{len(rows)} rows; narrow it (WHERE, LIMIT, fewer columns) or pass --max-rows"
+                )
+            rows.append(tuple(row))

@@ -3,7 +3,8 @@
 Each command group lives in its own module under :mod:`fedstore.cli` and
 exposes ``register(subparsers)``; this module only assembles them, sets up
 logging and turns fedstore's errors into a one-line message and exit code 1
-(2 for usage errors, as argparse does).
+(2 for usage errors, as argparse does), Ctrl-C into 130 and a closed output
+pipe into a quiet 141 (see :mod:`fedstore.cli.exits`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fedstore.errors import FedstoreError
+from fedstore.cli.exits import exit_status
 
 __all__ = ["main"]
 
@@ -28,6 +29,7 @@ COMMAND_MODULES = [
     "fedstore.cli.catalog_cmd",
     "fedstore.cli.db_cmd",
     "fedstore.cli.backends_cmd",
+    "fedstore.cli.config_cmd",
     "fedstore.cli.pins_cmd",
     "fedstore.cli.cid_cmd",
     "fedstore.cli.selftest_cmd",
@@ -72,19 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from fedstore.logsetup import setup_logging
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level, json_lines=args.log_json)
-    try:
+    try:  # the parser too: Ctrl-C while commands import, --help into a closed pipe
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        setup_logging(args.log_level, json_lines=args.log_json)
         rc = args.func(args)
-    except FedstoreError as exc:
-        print(f"fedstore: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # a file the user named: missing directory, permissions, full disk
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"fedstore: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("fedstore: interrupted", file=sys.stderr)
-        return 130
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except BaseException as exc:  # sorted by exit_status: errors, Ctrl-C, closed pipes
+        status = exit_status(exc)
+        if status is None:  # SystemExit, or a crash: Python reports it
+            raise
+        return status
     return int(rc or 0)

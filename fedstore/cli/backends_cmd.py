@@ -6,10 +6,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
+from fedstore.backends.settings import Setting
 from fedstore.errors import FedstoreError
+
+if TYPE_CHECKING:
+    from fedstore.backends import BackendContext
 
 __all__ = ["register"]
 
@@ -17,11 +22,13 @@ __all__ = ["register"]
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "backends",
-        help="list installed storage backends, where each comes from, and their health",
+        help="list installed storage backends, their settings, the default chain and health",
         description=(
             "List the backends registered in the 'fedstore.backends' entry-point group, "
-            "the distribution each comes from, and a health line for each (reachable, "
-            "authenticated, version). Backends that lack settings say what is missing."
+            "the distribution each comes from, a health line for each (reachable, "
+            "authenticated, version) and the settings each declares with their current "
+            "source. Backends that lack settings say what is missing. The default chain "
+            "lists the backends that detected their configuration, and why."
         ),
     )
     p.add_argument("--no-health", action="store_true", help="do not contact the backends")
@@ -47,11 +54,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="fetch a CID through the backend chain, verified, into a file",
         description=(
             "Fetch CID from the first backend that has it, verify every byte against the "
-            "CID, and write it to -o PATH. On failure nothing is left at PATH."
+            "CID, and write it to -o PATH. On failure nothing is left at PATH. With -o - "
+            "the data goes to stdout, once all of it is verified (it waits in a temporary "
+            "file until then, so nothing unverified is ever written)."
         ),
     )
     p.add_argument("cid", metavar="CID")
-    p.add_argument("-o", "--output", required=True, metavar="PATH", help="where to write the data")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="where to write the data ('-' for stdout)",
+    )
     _chain_args(p)
     p.set_defaults(func=cmd_get)
 
@@ -63,7 +78,8 @@ def _chain_args(p: argparse.ArgumentParser) -> None:
         "--backends",
         metavar="LIST",
         help="comma-separated chain, e.g. pinata,kubo,filesystem "
-        "(default: FEDSTORE_BACKENDS, else what is configured, ending with filesystem)",
+        "(default: FEDSTORE_BACKENDS, else the backends that detect their configuration; "
+        "see 'fedstore backends')",
     )
 
 
@@ -78,23 +94,41 @@ def _settings() -> dict[str, str]:
     return load_settings()
 
 
+def _context(settings: dict[str, str]) -> BackendContext:
+    """A one-off command's context: the data directory if one is configured, no host."""
+    from fedstore.backends import BackendContext
+    from fedstore.config import core_setting
+
+    data_dir = core_setting("FEDSTORE_DIR").text(settings)
+    return BackendContext(data_dir=Path(data_dir).expanduser() if data_dir else None)
+
+
 def cmd_backends(args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
-    from fedstore.backends import available_backends, default_backend_names, load_backend
+    from fedstore.backends import (
+        BACKENDS_SETTING,
+        available_backends,
+        detect_default_chain,
+        load_backend,
+        load_backend_class,
+        parse_backend_list,
+    )
     from fedstore.cli.output import table_console
+    from fedstore.config import resolve_settings
 
     installed = available_backends()
-    table = Table(title="fedstore backends")
-    table.add_column("name")
-    table.add_column("provided by")
-    table.add_column("health")
-    settings = _settings()
-    default = default_backend_names(settings)
+    resolved = resolve_settings()
+    settings = resolved.values
+    ctx = _context(settings)
+    explicit = settings.get(BACKENDS_SETTING, "").strip()
+    members = detect_default_chain(settings, ctx)
+    default = parse_backend_list(explicit) if explicit else [m.name for m in members]
 
     async def probe(name: str) -> str:
         try:
-            backend = load_backend(name, settings)
+            backend = load_backend(name, settings, ctx)
         except FedstoreError as exc:
             return f"not usable: {exc}"
         try:
@@ -102,11 +136,50 @@ def cmd_backends(args: argparse.Namespace) -> int:
         finally:
             await backend.aclose()
 
+    table = Table(title="fedstore backends")
+    table.add_column("name")
+    table.add_column("provided by")
+    table.add_column("health")
+    declared: dict[str, tuple[Setting, ...]] = {}
     for name, info in installed.items():
+        try:
+            declared[name] = load_backend_class(name).settings
+        except FedstoreError as exc:
+            table.add_row(escape(name), escape(info.origin), escape(f"broken: {exc}"))
+            continue
         health = "(not checked)" if args.no_health else trio.run(probe, name)
-        table.add_row(name + (" *" if name in default else ""), info.origin, health)
-    table_console().print(table)
-    print(f"default chain (*): {','.join(default)}")
+        mark = " *" if name in default else ""
+        table.add_row(escape(name + mark), escape(info.origin), escape(health))
+    console = table_console()
+    console.print(table)
+
+    for name, owned in declared.items():
+        sub = Table(title=f"{name} settings", title_justify="left")
+        sub.add_column("setting", no_wrap=True)
+        sub.add_column("fedstore.toml")
+        sub.add_column("default")
+        sub.add_column("now from")
+        sub.add_column("meaning")
+        for setting in owned:
+            origin = str(resolved.origin(setting)) if setting.is_set(settings) else "default"
+            secret = " (secret)" if setting.secret else ""
+            sub.add_row(
+                escape(setting.name),
+                escape(f"[{name}] {setting.toml_key(name)}"),
+                escape(setting.default or "-"),
+                escape(origin),
+                escape(setting.help + secret),
+            )
+        if owned:
+            console.print(sub)
+        else:
+            console.print(f"{name}: no settings")
+
+    if explicit:
+        print(f"default chain (*): {','.join(default)} (from {BACKENDS_SETTING})")
+    else:
+        why = "; ".join(f"{m.name}: {m.reason}" for m in members)
+        print(f"default chain (*): {','.join(default)} ({why})")
     return 0
 
 
@@ -119,7 +192,8 @@ def cmd_put(args: argparse.Namespace) -> int:
         return 1
 
     async def run() -> str:
-        async with build_chain(_names(args), _settings()) as chain:
+        settings = _settings()
+        async with build_chain(_names(args), settings, _context(settings)) as chain:
             result = await chain.add(path, cid_version=args.cid_version, name=path.name)
             return result.cid
 
@@ -130,6 +204,8 @@ def cmd_put(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     from fedstore.backends import build_chain
 
+    if args.output == "-":
+        return _get_to_stdout(args)
     out = Path(args.output)
     if out.is_dir():
         print(f"fedstore: error: {out} is a directory", file=sys.stderr)
@@ -139,10 +215,34 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 1
 
     async def run() -> None:
-        async with build_chain(_names(args), _settings()) as chain:
+        settings = _settings()
+        async with build_chain(_names(args), settings, _context(settings)) as chain:
             result = await chain.fetch_to_file(args.cid, out)
             print(f"{result.size} bytes from {result.backend}, verified", file=sys.stderr)
 
     trio.run(run)
     assert os.path.exists(out)
+    return 0
+
+
+def _get_to_stdout(args: argparse.Namespace) -> int:
+    """``get CID -o -``: fetch into a private temporary file, verified, then copy to stdout."""
+    import shutil
+    import tempfile
+
+    from fedstore.backends import build_chain
+
+    with tempfile.TemporaryDirectory(prefix="fedstore-get-") as tmp:
+        part = Path(tmp) / "data"
+
+        async def run() -> None:
+            async with build_chain(_names(args), _settings()) as chain:
+                result = await chain.fetch_to_file(args.cid, part)
+                print(f"{result.size} bytes from {result.backend}, verified", file=sys.stderr)
+
+        trio.run(run)
+        sys.stdout.flush()
+        with part.open("rb") as src:
+            shutil.copyfileobj(src, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
     return 0

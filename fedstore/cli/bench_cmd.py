@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Measure, side by side in one run: checkpoint save/load against pickle, np.savez "
             "and safetensors; CID hashing against sha256sum and its peak memory; catalog "
             "lookups against a directory scan; announcement delivery across peer processes; "
-            "an offline peer's catch-up against reading and hashing the file. Prints a table "
+            "an offline peer's catch-up against reading and hashing the file; lossy update "
+            "encodings against float32 on the digits task (bytes, accuracy). Prints a table "
             "with ratios and writes a JSON report. Ratios are the result; absolute times vary "
             "between machines."
         ),

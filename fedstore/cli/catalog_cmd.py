@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from fedstore.cli.checkpoint_cmd import add_dir_argument, data_dir, existing_catalog
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 __all__ = ["register"]
 
@@ -40,9 +44,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = sql.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print a JSON array of row objects")
     fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
-    sql.add_argument("--max-rows", type=int, default=None, metavar="N", help="stop after N rows")
     sql.add_argument(
-        "--timeout", type=float, default=30.0, metavar="S", help="abort after S seconds"
+        "--max-rows", type=_count, default=None, metavar="N", help="stop after N rows (N >= 1)"
+    )
+    sql.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="abort after S seconds (default 30, at most one day)",
     )
     add_dir_argument(sql)
     sql.set_defaults(func=cmd_sql)
@@ -52,10 +62,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the round history: local checkpoints, announcements and pins per round",
         description="Print the round_history view, newest round first.",
     )
-    rounds.add_argument("--limit", type=int, default=None, metavar="N", help="at most N rows")
+    rounds.add_argument("--limit", type=_count, default=None, metavar="N", help="at most N rows")
     rounds.add_argument("--json", action="store_true", help="one JSON object per row")
     add_dir_argument(rounds)
     rounds.set_defaults(func=cmd_rounds)
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r:.40}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0, at most MAX_TIMEOUT."""
+    from fedstore.catalog.readonly import MAX_TIMEOUT
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise argparse.ArgumentTypeError(
+            f"expected seconds above 0 and at most {MAX_TIMEOUT:g}, got {text!r:.40}"
+        )
+    return value
 
 
 def _warn_if_old(db: Any) -> None:
@@ -70,12 +102,35 @@ def _warn_if_old(db: Any) -> None:
         )
 
 
-def _cell(value: object) -> str:
+#: Rows shown in the table view when --max-rows is not given (rendering a table
+#: costs far more memory and time than the rows: --csv and --json print them all).
+TABLE_MAX_ROWS = 10_000
+#: Characters of one value shown in the table view (the rest is counted, not shown).
+TABLE_CELL_CHARS = 1_000
+
+
+def _cell(value: object) -> Text:
+    from fedstore.cli.output import cell
+
     if value is None:
-        return "NULL"
+        return cell("NULL", style="dim")
     if isinstance(value, bytes):
-        return "0x" + value.hex()
-    return str(value)
+        shown = value[: TABLE_CELL_CHARS // 2]
+        more = f"… (+{len(value) - len(shown)} bytes)" if len(shown) < len(value) else ""
+        return cell("0x" + shown.hex() + more)
+    return cell(value, limit=TABLE_CELL_CHARS)
+
+
+class _LineFeedRows:
+    """A text stream for ``csv.writer`` (one ``write`` per row) ending rows in ``\\n``."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, row: str) -> int:
+        if row.endswith("\r\n"):
+            row = row[:-2] + "\n"
+        return self._stream.write(row)
 
 
 def _jsonable(value: object) -> object:
@@ -87,7 +142,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     db = existing_catalog(data_dir(args))
     _warn_if_old(db)
-    result = read_only_query(db, args.query, max_rows=args.max_rows, timeout=args.timeout)
+    table_view = not (args.json or args.csv)
+    max_rows = args.max_rows
+    if table_view and max_rows is None:
+        max_rows = TABLE_MAX_ROWS
+    result = read_only_query(db, args.query, max_rows=max_rows, timeout=args.timeout)
     if args.json:
         rows = [
             {c: _jsonable(v) for c, v in zip(result.columns, row, strict=True)}
@@ -95,24 +154,32 @@ def cmd_sql(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(rows, indent=2))
     elif args.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        # "\r\n" makes the csv module quote values holding a lone "\r" too (with "\n"
+        # alone it would not, and a peer's "\r" could start a forged row for some
+        # readers); each row still ends in "\n" on the way out
+        writer = csv.writer(_LineFeedRows(sys.stdout), lineterminator="\r\n")
         writer.writerow(result.columns)
         writer.writerows([_jsonable(v) for v in row] for row in result.rows)
     else:
         from rich.table import Table
 
+        from fedstore.cli.output import cell, table_console
+
         table = Table()
         for col in result.columns:
-            table.add_column(col, overflow="fold")
+            table.add_column(cell(col), overflow="fold")
         for row in result.rows:
             table.add_row(*(_cell(v) for v in row))
-        from fedstore.cli.output import table_console
-
         console = table_console()
         console.print(table)
         console.print(f"{len(result.rows)} row(s)")
     if result.truncated:
-        print(f"fedstore: stopped after {args.max_rows} rows (--max-rows)", file=sys.stderr)
+        why = (
+            "--max-rows"
+            if args.max_rows is not None
+            else "the table view's limit; --csv or --json print every row"
+        )
+        print(f"fedstore: stopped after {max_rows} rows ({why})", file=sys.stderr)
     return 0
 
 
@@ -142,29 +209,27 @@ def cmd_rounds(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from fedstore.cli.output import table_console
+    from fedstore.cli.output import cell, table_console
 
     console = table_console()
     if not rows:
-        console.print(f"no rounds recorded in {db}")
+        console.print(cell(f"no rounds recorded in {db}"))
         return 0
     table = Table(title="round history")
     for col in ("round", "CID", "local", "announced by", "first heard (UTC)", "pins"):
         table.add_column(col, no_wrap=col in ("round", "CID"))
     for r in rows:
         if r.stored_locally:
-            local = (
-                "[green]ok[/green]" if r.local_status == "ok" else f"[red]{r.local_status}[/red]"
-            )
+            local = cell(r.local_status, style="green" if r.local_status == "ok" else "red")
         else:
-            local = "-"
+            local = cell("-")
         table.add_row(
             str(r.round),
-            r.cid,
+            cell(r.cid),
             local,
             f"{r.announced_by} peer(s)" if r.announced_by else "-",
             r.first_heard.strftime("%Y-%m-%d %H:%M:%S") if r.first_heard else "-",
-            r.pin_states or "-",
+            cell(r.pin_states or "-"),
         )
     console.print(table)
     return 0

@@ -16,7 +16,17 @@ if TYPE_CHECKING:
     from fedstore.catalog import CheckpointRecord
     from fedstore.store import LocalStore, ReconcileReport
 
-__all__ = ["add_dir_argument", "data_dir", "existing_catalog", "register"]
+__all__ = ["add_dir_argument", "data_dir", "existing_catalog", "register", "round_number"]
+
+
+def round_number(text: str) -> int:
+    """argparse type of ``--round``: ASCII digits, at most the highest round peers accept."""
+    from fedstore.p2p.messages import parse_round
+
+    try:
+        return parse_round(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_dir_argument(p: argparse.ArgumentParser) -> None:
@@ -68,7 +78,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="store a weights file (.npz/.safetensors) as a round's checkpoint",
         description="Encode the arrays of FILE as the checkpoint of round N and record it.",
     )
-    save.add_argument("--round", type=int, required=True, metavar="N", help="round number")
+    save.add_argument("--round", type=round_number, required=True, metavar="N", help="round number")
     save.add_argument(
         "--weights", required=True, metavar="FILE", help=".npz or .safetensors weights file"
     )
@@ -95,7 +105,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="write a round's weights (latest by default) to a file",
         description="Verify and decode a checkpoint and write its arrays to FILE.",
     )
-    load.add_argument("--round", type=int, metavar="N", help="round (default: the latest)")
+    load.add_argument("--round", type=round_number, metavar="N", help="round (default: the latest)")
     load.add_argument(
         "--out", required=True, metavar="FILE", help="output file: .npz, .safetensors or .fsck"
     )
@@ -121,7 +131,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="show a checkpoint's tensors, shapes, dtypes, sizes, CID and metadata",
         description="Verify a checkpoint file against its CID and describe it.",
     )
-    inspect.add_argument("--round", type=int, metavar="N", help="round (default: the latest)")
+    inspect.add_argument(
+        "--round", type=round_number, metavar="N", help="round (default: the latest)"
+    )
     inspect.add_argument("--json", action="store_true", help="print JSON")
     add_dir_argument(inspect)
     inspect.set_defaults(func=cmd_inspect)
@@ -205,11 +217,16 @@ def cmd_load(args: argparse.Namespace) -> int:
     from fedstore.format.weight_files import save_weights_file
 
     out = Path(args.out)
+    if out.is_dir():  # checked first: the write would fail naming its temp file instead
+        raise ConfigError(f"cannot write {out}: it is a directory (give a file name)")
     with _open_store(args) as store:
         rec, data = store.read_verified(args.round)
     ckpt = fmt.decode(data)
     metadata = ckpt.metadata if out.suffix.lower() != ".npz" else None
-    save_weights_file(out, ckpt.arrays, metadata=metadata)
+    try:
+        save_weights_file(out, ckpt.arrays, metadata=metadata)
+    except OSError as exc:  # the atomic write names its temp file: report the user's path
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from exc
     print(
         f"round {rec.round} ({rec.cid}, verified): {len(ckpt.arrays)} arrays, "
         f"{ckpt.parameter_count:,} parameters -> {out}"
@@ -242,28 +259,29 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for r in rows:
             print(json.dumps(_record_json(r)))
         return 0
+    from fedstore.cli.output import cell, clean
+
     if not rows:
-        print(f"no checkpoints in {store.dir}")
+        print(f"no checkpoints in {clean(store.dir)}")
         return 0
-    table = Table(title=f"checkpoints in {store.dir}")
+    table = Table(title=cell(f"checkpoints in {store.dir}"))
     for col in ("round", "CID", "status", "stored", "raw", "codec", "created (UTC)", "by"):
         table.add_column(col, no_wrap=col in ("CID", "round"))
     for r in rows:
-        status = {"ok": "[green]ok[/green]"}.get(r.status, f"[red]{r.status}[/red]")
         table.add_row(
             str(r.round),
-            r.cid,
-            status,
+            cell(r.cid),
+            cell(r.status, style="green" if r.status == "ok" else "red"),
             _size(r.stored_size),
             _size(r.raw_size),
-            r.codec,
+            cell(r.codec),
             r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            r.created_by or "-",
+            cell(r.created_by or "-"),
         )
     console = _console()
     console.print(table)
     if latest is not None:
-        console.print(f"latest round: {latest.round}  CID: {latest.cid}")
+        console.print(cell(f"latest round: {latest.round}  CID: {latest.cid}"))
     else:
         console.print("latest round: none (no checkpoint is intact)")
     return 0
@@ -296,12 +314,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         doc = {**info.to_dict(), "round": rec.round, "cid": rec.cid, "path": str(path)}
         print(json.dumps(doc, indent=2))
         return 0
+    from rich.text import Text
+
+    from fedstore.cli.output import cell
+
+    # names and metadata come from whoever wrote the checkpoint (a peer): printed as
+    # text (cell), never as markup, control characters escaped
     console = _console()
-    console.print(f"[bold]round {rec.round}[/bold]  {path}")
-    console.print(f"CID            {rec.cid} (v{rec.cid_version}, verified)")
+    console.print(Text.assemble((f"round {rec.round}", "bold"), "  ", cell(path)))
+    console.print(cell(f"CID            {rec.cid} (v{rec.cid_version}, verified)"))
     console.print(
-        f"magic/version  {data[:4]!r} v{info.format_version}, codec {info.codec}"
-        + (" + byte-shuffle" if info.shuffled else "")
+        cell(
+            f"magic/version  {data[:4]!r} v{info.format_version}, codec {info.codec}"
+            + (" + byte-shuffle" if info.shuffled else "")
+        )
     )
     console.print(
         f"sizes          stored {_size(info.stored_size)}, raw {_size(info.raw_size)}, "
@@ -309,12 +335,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     )
     console.print(f"parameters     {info.parameter_count:,} in {len(info.tensors)} tensors")
     for key, value in sorted(info.metadata.items()):
-        console.print(f"metadata       {key} = {value}")
+        console.print(cell(f"metadata       {key} = {value}"))
     table = Table()
     for col in ("tensor", "dtype", "shape", "parameters", "bytes"):
         table.add_column(col, justify="right" if col in ("parameters", "bytes") else "left")
     for t in info.tensors:
-        table.add_row(t.name, t.dtype, str(list(t.shape)), f"{t.size:,}", f"{t.nbytes:,}")
+        table.add_row(
+            cell(t.name), cell(t.dtype), str(list(t.shape)), f"{t.size:,}", f"{t.nbytes:,}"
+        )
     console.print(table)
     return 0
 

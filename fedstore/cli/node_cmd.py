@@ -25,9 +25,10 @@ import numpy as np
 import trio
 
 from fedstore.catalog import RoundConflictError
+from fedstore.cli.output import clean
 from fedstore.config import ROLES, NodeConfig, load_node_config
 from fedstore.errors import ConfigError, FedstoreError
-from fedstore.p2p.messages import WireFormatError, validate_cid
+from fedstore.p2p.messages import WireFormatError, parse_round, validate_cid
 
 __all__ = ["CommandRunner", "Output", "demo_weights", "register", "run"]
 
@@ -81,7 +82,7 @@ class Output:
         self._role = role
 
     def event(self, key: str, value: object) -> None:
-        text = str(value).replace("\n", " ")
+        text = clean(str(value).replace("\n", " "))  # values may quote peers: no escapes
         if self.machine:
             self._write(f"{key}={text}")
             if key == "RESUMED":
@@ -130,9 +131,10 @@ class UsageError(Exception):
 
 
 def _round_arg(text: str) -> int:
-    if not text.isdigit():
-        raise UsageError(f"round must be a non-negative integer, got {text!r}")
-    return int(text)
+    try:
+        return parse_round(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class CommandRunner:

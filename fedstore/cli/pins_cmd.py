@@ -64,7 +64,7 @@ def _dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dir",
         metavar="DIR",
-        help="node data directory holding catalog.sqlite (default: $CHECKPOINT_DIR, "
+        help="node data directory holding catalog.sqlite (default: $FEDSTORE_DIR, "
         "else ./checkpoints_node)",
     )
 
@@ -81,7 +81,6 @@ def _catalog_path(args: argparse.Namespace, settings: dict[str, str]) -> Path:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from fedstore.catalog import Catalog
@@ -109,29 +108,36 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not rows:
         print("no pin rows" + (f" in state {args.state}" if args.state else ""), file=sys.stderr)
         return 0
+    from rich.text import Text
+
+    from fedstore.cli.output import cell, clean, table_console
+
     backends = sorted({r.backend for r in rows})
-    by_cid: dict[str, dict[str, str]] = {}
+    by_cid: dict[str, dict[str, Text]] = {}
     for r in sorted(rows, key=lambda r: r.updated_at):
-        cell = r.state
+        # error texts quote what services answered: shown as text, control characters escaped
+        shown = cell(r.state)
         if r.state == "failed" and r.last_error:
             err = r.last_error if len(r.last_error) <= 60 else r.last_error[:57] + "..."
-            cell = f"[red]failed[/red] ({err})"
+            shown = Text.assemble(("failed", "red"), f" ({clean(err)})")
         elif r.state == "pinned":
-            cell = "[green]pinned[/green]"
-        by_cid.setdefault(r.cid, {})[r.backend] = cell
+            shown = cell("pinned", style="green")
+        by_cid.setdefault(r.cid, {})[r.backend] = shown
     table = Table(title="pins per backend")
     table.add_column("CID", no_wrap=True, min_width=max(len(c) for c in by_cid))
     for name in backends:
-        table.add_column(name, overflow="ellipsis", min_width=len(name))
+        table.add_column(cell(name), overflow="ellipsis", min_width=len(name))
     for cid, cells in by_cid.items():
-        table.add_row(cid, *(cells.get(name, "-") for name in backends))
-    Console(width=max(120, len(max(by_cid, key=len)) + 24 * len(backends))).print(table)
+        table.add_row(cell(cid), *(cells.get(name, cell("-")) for name in backends))
+    width = max(120, len(max(by_cid, key=len)) + 24 * len(backends))
+    table_console(width=width).print(table)
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from fedstore.backends import build_chain, default_backend_names, parse_backend_list
     from fedstore.catalog import AsyncCatalog, Catalog
+    from fedstore.cli.output import clean
     from fedstore.config import load_settings
     from fedstore.node.replication import PinOutcome, retry_failed_pins
 
@@ -152,5 +158,5 @@ def cmd_retry(args: argparse.Namespace) -> int:
         return 0
     for o in outcomes:
         detail = o.backend_ref or "" if o.state == "pinned" else o.error or ""
-        print(f"{o.cid}  {o.backend:<12} {o.state:<8} {detail}".rstrip())
+        print(clean(f"{o.cid}  {o.backend:<12} {o.state:<8} {detail}".rstrip()))
     return 1 if any(o.state == "failed" for o in outcomes) else 0

@@ -66,6 +66,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a setting of the strategy, repeatable (e.g. trim=0.1 for trimmed-mean)",
     )
     g.add_argument(
+        "--update-encoding",
+        default="float32",
+        metavar="NAME",
+        help="how trainers encode their updates: float32 (default, lossless), float16, "
+        "int8, int8:BLOCK, topk:FRACTION (e.g. topk:0.05; with error feedback)",
+    )
+    g.add_argument(
         "--backends",
         default="filesystem",
         help="storage backend chain, comma-separated (default: filesystem, with a shared "
@@ -145,6 +152,8 @@ def _worker_argv(args: argparse.Namespace, proc: Proc, tmp: Path, quorum: str) -
             "--aggregator",
             args.aggregator,
             *[f"--strategy-setting={item}" for item in args.strategy_setting],
+            "--update-encoding",
+            args.update_encoding,
             "--quorum",
             quorum,
             "--min-updates",
@@ -302,8 +311,9 @@ async def _federate(
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.live import Live
+
+    from fedstore.cli.output import console as pipe_safe_console
 
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
@@ -313,10 +323,12 @@ async def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--late-round {args.late_round} is after the last round {args.rounds}")
     from fedstore.demos.federation_worker import parse_settings
     from fedstore.federation.strategies import load_strategy
+    from fedstore.federation.update_encoding import UpdateEncoding
 
     # fail here, in one line, rather than in the aggregator's process
     load_strategy(args.aggregator, parse_settings(args.strategy_setting))
-    console = Console(soft_wrap=True)
+    args.update_encoding = UpdateEncoding.parse(args.update_encoding).text
+    console = pipe_safe_console(soft_wrap=True)  # a closed pipe: quiet exit 141, no traceback
     live_view = console.is_terminal and not args.plain
     tmp = Path(tempfile.mkdtemp(prefix="fedstore-demo-"))
     (tmp / "logs").mkdir()
@@ -333,7 +345,8 @@ async def _main(args: argparse.Namespace) -> int:
 
     console.print(
         f"fedstore demo: {args.trainers} trainers + 1 aggregator on 127.0.0.1, "
-        f"{args.rounds} rounds, backends {args.backends}, work dir {tmp}",
+        f"{args.rounds} rounds, {args.update_encoding} updates, backends {args.backends}, "
+        f"work dir {tmp}",
         highlight=False,
     )
     try:

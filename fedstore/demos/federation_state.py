@@ -65,6 +65,13 @@ class DemoState:
     open_quorum: int = 0
     failures: list[str] = field(default_factory=list)
     centralised: list[float] = field(default_factory=list)
+    #: bytes of each update the trainers sent, by round
+    update_sizes: dict[int, list[int]] = field(default_factory=dict)
+
+    def update_bytes(self, round: int) -> float | None:
+        """Mean bytes of the updates sent for ``round`` (None before any)."""
+        sizes = self.update_sizes.get(round)
+        return sum(sizes) / len(sizes) if sizes else None
 
     def name_of(self, peer_id: str) -> str:
         for p in self.procs.values():
@@ -113,10 +120,12 @@ def apply_event(
             },
         )
         state.rounds.append(info)
+        sent = state.update_bytes(info.round)
         plain(
             f"round {info.round:>2}: {len(info.participants)} participants "
             f"({' '.join(info.participants)}), test accuracy {info.accuracy:.3f}, "
             + "".join(f"{k} {v:.3f}, " for k, v in sorted(info.trainer_metrics.items()))
+            + (f"updates {sent:,.0f} B, " if sent is not None else "")
             + f"CID {info.cid}, {info.bytes_stored} bytes stored"
         )
     elif kind == "round_failed":
@@ -127,6 +136,7 @@ def apply_event(
         proc.state, proc.detail = "synced", f"round {ev['round']} {short_cid(str(ev['cid']))}"
     elif kind == "trainer_updated":
         proc.state, proc.detail = "sent update", f"round {ev['round']}"
+        state.update_sizes.setdefault(int(ev["round"]), []).append(int(ev["size"]))
     elif kind == "done":
         proc.done = ev
         # the CID the peer's own catalog names as its head, not just what it was told

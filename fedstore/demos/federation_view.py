@@ -28,8 +28,8 @@ def render(state: DemoState) -> Any:
     a = state.args
     elapsed = time.monotonic() - state.started
     title = (
-        f"fedstore demo · digits · {a.aggregator} · {a.trainers} trainers · "
-        f"{a.rounds} rounds · {elapsed:4.1f}s"
+        f"fedstore demo · digits · {a.aggregator} · {a.update_encoding} updates · "
+        f"{a.trainers} trainers · {a.rounds} rounds · {elapsed:4.1f}s"
     )
     rounds = Table(title=title, title_justify="left", expand=False)
     for col, just in (
@@ -38,6 +38,7 @@ def render(state: DemoState) -> Any:
         ("test acc", "right"),
         ("centralised", "right"),
         ("train loss", "right"),
+        ("update", "right"),
         ("CID", "left"),
         ("stored", "right"),
         ("time", "right"),
@@ -51,6 +52,7 @@ def render(state: DemoState) -> Any:
             f"{r.accuracy:.3f}",
             f"{cen:.3f}" if cen is not None else "…",
             f"{r.trainer_metrics['train_loss']:.3f}" if "train_loss" in r.trainer_metrics else "-",
+            _size(int(sent)) if (sent := state.update_bytes(r.round)) is not None else "-",
             short_cid(r.cid),
             _size(r.bytes_stored),
             f"{r.seconds:.2f}s",
@@ -59,6 +61,7 @@ def render(state: DemoState) -> Any:
         rounds.add_row(
             str(state.open_round),
             Text(f"{state.open_updates}/{state.open_quorum} updates…", style="dim"),
+            "",
             "",
             "",
             "",
@@ -87,6 +90,11 @@ def _dir_size(root: Path) -> int:
             if p.is_file():
                 total += p.stat().st_size
     return total
+
+
+def _mean_update_bytes(state: DemoState) -> float | None:
+    sizes = [n for per_round in state.update_sizes.values() for n in per_round]
+    return round(sum(sizes) / len(sizes), 1) if sizes else None
 
 
 def _summary(state: DemoState, tmp: Path, wall: float) -> Any:
@@ -132,6 +140,8 @@ def _summary(state: DemoState, tmp: Path, wall: float) -> Any:
             "seed": args.seed,
             "round_timeout": args.round_timeout,
             "objects_bytes": _dir_size(tmp / "objects"),
+            "update_encoding": args.update_encoding,
+            "update_bytes_mean": _mean_update_bytes(state),
             "task": "digits",
         },
     )

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a setting of the strategy (repeatable), e.g. trim=0.1",
     )
+    p.add_argument(
+        "--update-encoding",
+        default="float32",
+        help="update encoding (aggregator): float32, float16, int8[:BLOCK], topk:FRACTION",
+    )
     p.add_argument("--quorum", default="3", help="N or N,ROUND:M")
     p.add_argument("--min-updates", type=int, default=1)
     p.add_argument("--round-timeout", type=float, default=30.0)
@@ -117,6 +122,7 @@ async def _run(args: argparse.Namespace) -> int:
     from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
     from fedstore.federation.strategies import load_strategy
     from fedstore.federation.trainer import follow_rounds
+    from fedstore.federation.update_encoding import UpdateEncoding
     from fedstore.node import open_node
 
     strategy = (
@@ -124,6 +130,7 @@ async def _run(args: argparse.Namespace) -> int:
         if args.role == "aggregator"
         else None
     )
+    encoding = UpdateEncoding.parse(args.update_encoding)
     task = await trio.to_thread.run_sync(_task, args)
     if args.go_from_stdin:
         _emit({"event": "waiting", "role": args.role})
@@ -169,6 +176,7 @@ async def _run(args: argparse.Namespace) -> int:
                     min_updates=args.min_updates,
                     round_timeout=args.round_timeout,
                     metadata=meta,
+                    update_encoding=encoding,
                 ),
                 evaluate=task.evaluate,
                 on_event=_event_sink,

@@ -22,6 +22,8 @@ Modules:
   updates taken off the topic, fetched, decoded and validated;
 * :mod:`~fedstore.federation.validation` - admission of updates into a round;
 * :mod:`~fedstore.federation.messages` - the ``fed-learn`` wire format;
+* :mod:`~fedstore.federation.update_codec` - lossy update encodings (float16,
+  int8, top-k) with the trainer's error feedback and a strict decoder;
 * :mod:`~fedstore.federation.transport` - what the loops need from a peer
   (:class:`~fedstore.federation.transport.FederationPeer`), implemented over a
   node by :mod:`~fedstore.federation.nodepeer` and in memory by

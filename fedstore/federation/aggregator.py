@@ -92,6 +92,7 @@ from fedstore.federation.transport import (
     RoundMetrics,
     SavedModel,
 )
+from fedstore.federation.update_encoding import ENCODING_CONFIG_KEY, UpdateEncoding
 from fedstore.federation.validation import (
     ModelSpec,
     RejectionCounter,
@@ -142,9 +143,17 @@ def _announcement(
     return announce
 
 
-def _round_config(strategy: Strategy, ctx: RoundContext) -> dict[str, ConfigValue]:
+def _round_config(
+    strategy: Strategy, ctx: RoundContext, encoding: UpdateEncoding
+) -> dict[str, ConfigValue]:
+    """The strategy's config for the round, plus the update encoding when it is lossy."""
     try:
-        return check_config(strategy.configure_round(ctx))
+        config = check_config(strategy.configure_round(ctx))
+        if ENCODING_CONFIG_KEY in config:
+            raise MessageError(f"{ENCODING_CONFIG_KEY} is reserved for the update encoding")
+        if encoding.lossy:
+            config = check_config({**config, ENCODING_CONFIG_KEY: encoding.text})
+        return config
     except MessageError as exc:
         raise StrategyError(
             f"strategy {strategy.name!r} configured round {ctx.round} with a config that "
@@ -281,7 +290,7 @@ async def lead_rounds(
         max_update_bytes=settings.max_update_bytes,
         fetch_timeout=max(5.0, settings.round_timeout / 2),
     )
-    async with peer.messages() as inbox, trio.open_nursery() as work:
+    async with peer.messages() as inbox:
         head = await (peer.head() if settings.resume else peer.local_head())
         if head is None:
             rec = await peer.save_global(0, initial, {**settings.metadata, ROUND_KEY: "0"})
@@ -304,26 +313,39 @@ async def lead_rounds(
         while rnd <= settings.rounds:
             quorum = settings.quorum(rnd)
             ctx = RoundContext(rnd, base_cid, base, state)
-            config = _round_config(strategy, ctx)
+            config = _round_config(strategy, ctx, settings.update_encoding)
             closed: RoundClosed | None = None
             outcome: RoundOutcome | None = None
             for attempt in range(1, settings.max_attempts + 1):
                 started = trio.current_time()
                 validator = RoundValidator(spec, rnd, totals=totals)
-                collector = Collector(
-                    peer, validator, base_cid, admission, on_event, work, drops=drops
-                )
                 on_event(RoundOpened(rnd, attempt, base_cid, quorum, config))
-
-                await collect_round(
-                    peer,
-                    inbox,
-                    collector,
-                    _announcement(peer.peer_id, rnd, attempt, base_cid, quorum, validator, config),
-                    quorum,
-                    started + settings.round_timeout,
-                    settings.announce_interval,
-                )
+                # the updates still in work when the attempt ends are moot: cancelled
+                async with trio.open_nursery() as work:
+                    collector = Collector(
+                        peer,
+                        validator,
+                        base_cid,
+                        admission,
+                        on_event,
+                        work,
+                        drops=drops,
+                        base=base,
+                        encoding=settings.update_encoding,
+                    )
+                    await collect_round(
+                        peer,
+                        inbox,
+                        collector,
+                        _announcement(
+                            peer.peer_id, rnd, attempt, base_cid, quorum, validator, config
+                        ),
+                        quorum,
+                        started + settings.round_timeout,
+                        settings.announce_interval,
+                    )
+                    await collector.settle()
+                    work.cancel_scope.cancel()
                 got = len(validator.accepted)
                 if got < max(1, min(settings.min_updates, quorum)):
                     on_event(
@@ -385,7 +407,6 @@ async def lead_rounds(
                     f"global model is round {rnd - 1}, {base_cid}"
                 )
                 await _announce_done(peer, rnd - 1, base_cid, "failed", reason, settings)
-                work.cancel_scope.cancel()
                 return FederationResult(
                     "failed",
                     rnd - 1,
@@ -400,7 +421,6 @@ async def lead_rounds(
             base, state = outcome.arrays, outcome.state
             rnd += 1
         await _announce_done(peer, base_round, base_cid, "complete", "", settings)
-        work.cancel_scope.cancel()
     return FederationResult(
         "complete",
         base_round,

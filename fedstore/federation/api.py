@@ -86,6 +86,7 @@ from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, Tra
 from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.registry import SettingValue, load_strategy
 from fedstore.federation.trainer import LegacyTrainFn, TrainFn, as_train_fn, follow_rounds
+from fedstore.federation.update_encoding import UpdateEncoding
 
 if TYPE_CHECKING:
     from fedstore.config import NodeConfig
@@ -205,6 +206,7 @@ async def aggregate(
     verify: bool | None = None,
     resume: bool = False,
     options: MemberOptions | None = None,
+    update_encoding: UpdateEncoding | str = "float32",
 ) -> FederationResult:
     """Run a node as the federation's aggregator (bootstrap role) for ``rounds`` rounds.
 
@@ -220,6 +222,9 @@ async def aggregate(
     is a registered name (with ``strategy_settings``) or a Strategy;
     an unknown name or bad setting raises
     :class:`~fedstore.errors.StrategyError` before the node starts.
+    ``update_encoding`` (``float32``, ``float16``, ``int8``, ``int8:BLOCK``,
+    ``topk:FRACTION``; see :mod:`fedstore.federation.update_codec`) is how
+    trainers are asked to encode their updates; a bad one is a ConfigError.
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
@@ -233,6 +238,11 @@ async def aggregate(
         min_updates=min_updates,
         round_timeout=round_timeout,
         metadata=dict(metadata or {}),
+        update_encoding=(
+            update_encoding
+            if isinstance(update_encoding, UpdateEncoding)
+            else UpdateEncoding.parse(update_encoding)
+        ),
     )
     cfg = node or make_node_config(role="bootstrap", data_dir=data_dir, backends=backends)
     async with open_node(cfg) as n:

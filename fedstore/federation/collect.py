@@ -15,6 +15,10 @@ so no sender can hold up the admission of another:
 * at most :data:`MAX_PENDING` updates are in work at all (``busy_sender``
   beyond that).
 
+An update in a lossy encoding (:mod:`~fedstore.federation.update_codec`)
+must use the federation's ``encoding`` and is decoded against ``base``, the
+round's base model, into full arrays; float32 updates are always accepted.
+
 In a federation with a manifest (``federated``), an update must also come
 from a member with the trainer role, carry the federation's manifest CID and
 the run's session, name its payload by CID (checked against the bytes) and
@@ -33,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +58,8 @@ from fedstore.federation.messages import (
 from fedstore.federation.signing import UPDATE_DOMAIN, decode_signature, verify_signature
 from fedstore.federation.strategies.base import Update
 from fedstore.federation.transport import Arrays, FederationPeer, Inbox
+from fedstore.federation.update_codec import CodecError, NDArray, decode_update
+from fedstore.federation.update_encoding import FLOAT32, UpdateEncoding
 from fedstore.federation.validation import RejectReason, RoundValidator
 from fedstore.p2p.guard import DropCounters
 
@@ -113,8 +119,12 @@ class Collector:
         *,
         federated: FederatedAdmission | None = None,
         drops: DropCounters | None = None,
+        base: Mapping[str, NDArray] | None = None,
+        encoding: UpdateEncoding = FLOAT32,
     ) -> None:
         self.peer = peer
+        self.base = base
+        self.encoding = encoding
         self.v = validator
         self.base_cid = base_cid
         self.admission = admission
@@ -130,6 +140,10 @@ class Collector:
         self._fetch_limiter = trio.CapacityLimiter(MAX_FETCHES)
         #: set whenever an update is admitted (waiters re-check their condition)
         self.changed = trio.Event()
+        #: updates being decoded now, and whether the round attempt has closed
+        self._decoding = 0
+        self._decoded = trio.Event()
+        self.closed = False
 
     # -- entry points --------------------------------------------------------------------
     def handle(self, sender: str, data: bytes) -> None:
@@ -175,6 +189,8 @@ class Collector:
                 msg.round,
                 f"trained from {msg.base_cid}, round base is {self.base_cid}",
             )
+            return
+        if msg.encoding is not None and not self._encoding_ok(msg):
             return
         if self.federated is not None and not self._federated_header(msg):
             return
@@ -226,6 +242,7 @@ class Collector:
                 payload = fetched
             max_decoded = self._max_decoded()
             want_cid = msg.payload_cid if self.federated is not None else None
+            base, encoding = self.base, self.encoding
 
             def decode_and_check() -> tuple[Arrays, tuple[RejectReason, str] | None]:
                 if want_cid is not None and msg.cid is None:
@@ -233,16 +250,31 @@ class Collector:
 
                     if cid_of_bytes(payload, 1) != want_cid:
                         return {}, (RejectReason.MALFORMED, f"payload is not {want_cid}")
-                arrays = decode_tensors(payload, max_decoded_size=max_decoded)
+                if msg.encoding is None:
+                    arrays = decode_tensors(payload, max_decoded_size=max_decoded)
+                elif base is None:  # _encoding_ok refused it already; never decode without a base
+                    raise CodecError("no base model to decode an encoded update against")
+                else:
+                    arrays = decode_update(payload, base, encoding)
                 return arrays, v.spec.problem(arrays)
 
+            self._decoding += 1
             try:  # decoding and the NaN/Inf scan read the whole update: off the event loop
                 arrays, problem = await trio.to_thread.run_sync(decode_and_check)
+            except CodecError as exc:
+                v.reject(_codec_reason(exc.reason), msg.sender, msg.round, str(exc))
+                return
             except MessageError as exc:
                 v.reject(RejectReason.MALFORMED, msg.sender, msg.round, str(exc))
                 return
+            finally:
+                self._decoding -= 1
+                self._decoded.set()
+                self._decoded = trio.Event()
             if problem is not None:
                 v.reject(problem[0], msg.sender, msg.round, problem[1])
+                return
+            if self.closed:  # decoded after the attempt closed: too late to take part
                 return
             update = Update(msg.sender, msg.num_samples, arrays, dict(msg.metrics))
             if v.offer(update, round=msg.round, transport_sender=sender, tensors_checked=True):
@@ -250,7 +282,7 @@ class Collector:
                 if self.federated is not None:
                     assert msg.payload_cid is not None and msg.sig is not None
                     self.refs[msg.sender] = UpdateRef(
-                        msg.sender, msg.payload_cid, msg.num_samples, msg.sig
+                        msg.sender, msg.payload_cid, msg.num_samples, msg.sig, msg.encoding
                     )
                     self.payloads[msg.sender] = payload
                 self.on_event(
@@ -274,11 +306,44 @@ class Collector:
                 )
                 return None
 
+    async def settle(self, timeout: float = 2.0) -> None:
+        """Close the attempt: admit nothing more, let updates being decoded be judged.
+
+        Updates still being fetched are left to be cancelled; ones being
+        decoded get up to ``timeout`` seconds, so their rejections are counted
+        with the round they were sent for.
+        """
+        self.closed = True
+        with trio.move_on_after(timeout):
+            while self._decoding:
+                await self._decoded.wait()
+
+    def _encoding_ok(self, msg: UpdateMessage) -> bool:
+        """A lossy update must use this federation's encoding; reject it otherwise."""
+        expected = self.encoding
+        if msg.encoding != expected.text or not expected.lossy or self.base is None:
+            uses = expected.text if expected.lossy else "float32 updates only"
+            self.v.reject(
+                RejectReason.BAD_ENCODING,
+                msg.sender,
+                msg.round,
+                f"update encoded as {msg.encoding}; this federation uses {uses}",
+            )
+            return False
+        return True
+
     def _max_decoded(self) -> int:
         total = 0
         for spec in self.v.spec.tensors.values():
             total += math.prod(spec.shape) * int(np.dtype(spec.dtype).itemsize)
         return total + 64 * 1024 + MAX_HEADER_BYTES
+
+
+def _codec_reason(reason: str) -> RejectReason:
+    try:
+        return RejectReason(reason)
+    except ValueError:
+        return RejectReason.BAD_ENCODING
 
 
 async def collect_round(

@@ -103,7 +103,10 @@ class TrainerUpdated:
     num_samples: int
     metrics: Mapping[str, float]
     by_cid: bool
+    #: bytes of the update's payload (inline) or referenced object (by CID)
     size: int
+    #: how the payload is encoded (fedstore.federation.update_codec)
+    encoding: str = "float32"
     kind: str = "trainer_updated"
 
 

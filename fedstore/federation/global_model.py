@@ -23,7 +23,8 @@ and, in a federation with a manifest (:class:`Binding`)::
     fedstore.manifest         the manifest's CID
     fedstore.session          the run's session id
     fedstore.updates          canonical JSON list of [sender, payload CID, num_samples,
-                              sender's signature] per aggregated update, sorted by sender
+                              sender's signature (, lossy encoding)] per aggregated
+                              update, sorted by sender
 
 plus the caller's own extra keys (``AggregatorSettings.metadata``). State
 arrays live in a separate checkpoint-format blob (:func:`encode_state`)
@@ -138,9 +139,14 @@ class UpdateRef:
     num_samples: int
     #: the sender's signature over its update claim, base64
     sig: str
+    #: the payload's lossy encoding relative to the base model (None: float32 checkpoint)
+    encoding: str | None = None
 
     def entry(self) -> list[object]:
-        return [self.sender, self.payload_cid, self.num_samples, self.sig]
+        entry: list[object] = [self.sender, self.payload_cid, self.num_samples, self.sig]
+        if self.encoding is not None:
+            entry.append(self.encoding)
+        return entry
 
 
 def round_zero_metadata(binding: Binding | None, extra: Mapping[str, str]) -> dict[str, str]:
@@ -168,13 +174,13 @@ def read_update_refs(metadata: Mapping[str, str]) -> list[UpdateRef]:
     for entry in value:
         if (
             not isinstance(entry, list)
-            or len(entry) != 4
-            or not all(isinstance(x, str) for x in (entry[0], entry[1], entry[3]))
+            or len(entry) not in (4, 5)
+            or not all(isinstance(x, str) for x in (entry[0], entry[1], entry[3], *entry[4:]))
             or isinstance(entry[2], bool)
             or not isinstance(entry[2], int)
         ):
             raise FormatError(f"checkpoint metadata {UPDATES_KEY}: bad entry {entry!r:.120}")
-        refs.append(UpdateRef(entry[0], entry[1], entry[2], entry[3]))
+        refs.append(UpdateRef(entry[0], entry[1], entry[2], entry[3], *entry[4:]))
     return refs
 
 

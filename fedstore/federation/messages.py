@@ -14,7 +14,10 @@ depends on the kind. Three kinds exist:
     The tensors travel either *inline* as the payload (a checkpoint made by
     :func:`fedstore.format.encode`), or, when that would not fit under the
     pubsub limit, stored through the backend chain and referenced by ``cid``
-    and exact ``size`` with an empty payload.
+    and exact ``size`` with an empty payload. An optional ``encoding`` names
+    a lossy encoding of the payload relative to ``base_cid`` (text such as
+    ``int8`` or ``topk:0.05``, see :mod:`fedstore.federation.update_codec`);
+    without it the payload is a lossless checkpoint of the full arrays.
 ``ROUND`` (aggregator -> trainers)
     round ``round`` is open, starting from global model ``base_round`` /
     ``base_cid``; ``attempt`` counts re-openings after a failed round,
@@ -119,6 +122,8 @@ _SESSION_RE = re.compile(r"[0-9a-f]{32}")
 _MIN_TIME, _MAX_TIME = 1e9, 1e10
 #: the marker of federated messages (federation + session) in docs and errors
 FEDERATED_VERSION = 1
+#: syntax of an update's ``encoding`` (its meaning: fedstore.federation.update_codec)
+_ENCODING_RE = re.compile(r"[a-z0-9]{1,16}(?::[0-9a-z.+-]{1,24})?")
 
 
 class MessageError(ProtocolError):
@@ -148,6 +153,8 @@ class UpdateMessage:
     size: int = 0
     base_cid: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    #: lossy encoding of the payload relative to ``base_cid``; None: a float32 checkpoint
+    encoding: str | None = None
     #: manifest CID and session (federations with a manifest; both or neither)
     federation: str | None = None
     session: str | None = None
@@ -172,6 +179,7 @@ class UpdateMessage:
             self.sender,
             self.num_samples,
             self.payload_cid,
+            self.encoding,
         )
 
     def encode(self) -> bytes:
@@ -185,6 +193,10 @@ class UpdateMessage:
             header["payload_cid"] = self.payload_cid
         if self.sig is not None:
             header["sig"] = self.sig
+        if self.encoding is not None:
+            if self.base_cid is None:
+                raise MessageError("an encoded update names the base_cid it is relative to")
+            header["encoding"] = self.encoding
         if self.metrics:
             header["metrics"] = {k: float(v) for k, v in self.metrics.items()}
         if self.base_cid is not None:
@@ -303,17 +315,21 @@ def update_claim(
     sender: str,
     num_samples: int,
     payload_cid: str,
+    encoding: str | None = None,
 ) -> bytes:
     """The canonical statement a trainer signs for its update (domain ``fedstore/update/v1``).
 
     It binds the update to the federation, the run, the round and the base
-    model it was trained from, and names the tensors by CID, so the
+    model it was trained from, and names the tensors by CID and how they are
+    encoded (``float32``, or a lossy encoding relative to the base), so the
     signature stays checkable after the message is gone (the global
-    checkpoint lists each update's sender, payload CID, samples and sig).
+    checkpoint lists each update's sender, payload CID, samples, sig and
+    encoding).
     """
     return json.dumps(
         {
             "base": base_cid,
+            "encoding": encoding or "float32",
             "federation": federation,
             "num_samples": num_samples,
             "payload": payload_cid,
@@ -547,13 +563,16 @@ def _decode_update(h: dict[str, Any], payload: bytes) -> UpdateMessage:
     _keys(
         h,
         {"round", "sender", "num_samples"},
-        {"metrics", "base_cid", "cid", "size", "payload_cid", "sig"} | _BINDING,
+        {"metrics", "base_cid", "cid", "size", "encoding", "payload_cid", "sig"} | _BINDING,
     )
     rnd = _int(h, "round", 1, MAX_ROUND)
     sender = _peer_id(h, "sender")
     n = _int(h, "num_samples", 1, MAX_SAMPLES)
     metrics = _metrics(h["metrics"]) if "metrics" in h else {}
     base = check_cid(h["base_cid"], "base_cid") if "base_cid" in h else None
+    encoding = _encoding(h["encoding"]) if "encoding" in h else None
+    if encoding is not None and base is None:
+        raise MessageError("an encoded update must name its base_cid", reason="bad_encoding")
     federation, session = _binding(h, {"payload_cid", "sig"}, frozenset({"base_cid"}))
     payload_cid = check_cid(h["payload_cid"], "payload_cid") if federation else None
     sig = h.get("sig") if federation else None
@@ -569,10 +588,16 @@ def _decode_update(h: dict[str, Any], payload: bytes) -> UpdateMessage:
         size = _int(h, "size", 1, MAX_REFERENCED_BYTES)
         if federation and cid != payload_cid:
             raise MessageError("an update by CID names its payload by that CID")
-        return UpdateMessage(rnd, sender, n, b"", cid, size, base, metrics, **bound)
+        return UpdateMessage(rnd, sender, n, b"", cid, size, base, metrics, encoding, **bound)
     if not payload:
         raise MessageError("inline update without payload")
-    return UpdateMessage(rnd, sender, n, payload, None, 0, base, metrics, **bound)
+    return UpdateMessage(rnd, sender, n, payload, None, 0, base, metrics, encoding, **bound)
+
+
+def _encoding(v: object) -> str:
+    if not isinstance(v, str) or not _ENCODING_RE.fullmatch(v):
+        raise MessageError(f"encoding is not an encoding name: {v!r:.40}", reason="bad_encoding")
+    return v
 
 
 def _decode_round(h: dict[str, Any]) -> RoundOpen:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from fedstore.federation.messages import DEFAULT_INLINE_LIMIT
 from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.builtin import FedAvg
+from fedstore.federation.update_encoding import FLOAT32, UpdateEncoding
 
 if TYPE_CHECKING:
     from fedstore.federation.member import MemberOptions
@@ -79,6 +80,9 @@ class AggregatorSettings:
     federation: Membership | None = None
     #: the members-only protocol's own options (verification, fault hooks, ...)
     member: MemberOptions | None = None
+    #: how trainers encode their updates (sent in every ROUND's config when lossy);
+    #: float32 updates are accepted whatever this says
+    update_encoding: UpdateEncoding = FLOAT32
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,3 +100,5 @@ class TrainerSettings:
     #: verify every global model (see fedstore.federation.member)
     federation: Membership | None = None
     member: MemberOptions | None = None
+    #: with a lossy update encoding, carry what it dropped into the next update
+    error_feedback: bool = True

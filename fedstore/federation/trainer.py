@@ -5,7 +5,12 @@
 model of each announced round by CID, runs ``train(arrays, round, config)``
 in a worker thread with the round's config from the strategy, publishes its
 update (inline or by CID) with the metrics ``train`` reported, and re-sends
-it while the aggregator has not acknowledged it, until ``DONE``.
+it while the aggregator has not acknowledged it, until ``DONE``. When the
+round's config names a lossy update encoding
+(:mod:`fedstore.federation.update_codec`), the update is encoded with it
+against the round's base model, with error feedback kept from one round to
+the next (``TrainerSettings.error_feedback``); that config entry is not
+passed to ``train``.
 
 A training function of the older two-argument form ``train(arrays, round)``
 still works: :func:`as_train_fn` wraps it (the config is then not passed) and
@@ -47,6 +52,8 @@ from fedstore.federation.messages import (
 from fedstore.federation.settings import TrainerSettings
 from fedstore.federation.strategies.base import RoundConfig
 from fedstore.federation.transport import Arrays, FederationPeer
+from fedstore.federation.update_codec import UpdateEncoder
+from fedstore.federation.update_encoding import split_round_config
 from fedstore.p2p.guard import DropCounters
 
 __all__ = [
@@ -147,6 +154,7 @@ async def follow_rounds(
     arrays: Arrays | None = None
     last: tuple[int, bytes, float, int] | None = None  # round, message, sent at, attempt
     failures = DropCounters()
+    encoder: UpdateEncoder | None = None  # the lossy encoding in use and its residuals
     async with peer.messages() as inbox:
         # a trainer pinned to its aggregator takes no head from other peers: it
         # learns the base of each round from its aggregator's ROUND
@@ -222,10 +230,17 @@ async def follow_rounds(
                 current = (msg.base_round, msg.base_cid)
                 on_event(TrainerSynced(msg.base_round, msg.base_cid))
             base = arrays
+            encoding, config = split_round_config(msg.config)
+            if not encoding.lossy:
+                encoder = None
+            elif encoder is None or encoder.encoding != encoding:
+                encoder = UpdateEncoder(encoding, error_feedback=settings.error_feedback)
             new, num_samples, metrics = await trio.to_thread.run_sync(
-                train_fn, base, msg.round, dict(msg.config)
+                train_fn, base, msg.round, config
             )
-            out = await _make_update(peer, msg, new, int(num_samples), metrics, settings)
+            out = await _make_update(
+                peer, msg, new, int(num_samples), metrics, settings, base, encoder
+            )
             wire = out.encode()
             await peer.publish(wire)
             last = (msg.round, wire, trio.current_time(), msg.attempt)
@@ -237,6 +252,7 @@ async def follow_rounds(
                     {k: float(v) for k, v in metrics.items()},
                     out.cid is not None,
                     len(out.payload) or out.size,
+                    out.encoding or "float32",
                 )
             )
 
@@ -259,12 +275,20 @@ async def _make_update(
     num_samples: int,
     metrics: Mapping[str, float],
     settings: TrainerSettings,
+    base: Mapping[str, NDArray],
+    encoder: UpdateEncoder | None,
 ) -> UpdateMessage:
     clean = clean_metrics(metrics)
-    payload = await trio.to_thread.run_sync(encode_tensors, dict(arrays), None)
+    payload, encoding = await trio.to_thread.run_sync(_encode, dict(arrays), base, encoder)
     if len(payload) + MAX_HEADER_BYTES <= settings.inline_limit:
         return UpdateMessage(
-            rnd.round, peer.peer_id, num_samples, payload, base_cid=rnd.base_cid, metrics=clean
+            rnd.round,
+            peer.peer_id,
+            num_samples,
+            payload,
+            base_cid=rnd.base_cid,
+            metrics=clean,
+            encoding=encoding,
         )
     cid = await peer.put_blob(payload)
     return UpdateMessage(
@@ -276,4 +300,17 @@ async def _make_update(
         len(payload),
         base_cid=rnd.base_cid,
         metrics=clean,
+        encoding=encoding,
     )
+
+
+def _encode(
+    arrays: Mapping[str, NDArray], base: Mapping[str, NDArray], encoder: UpdateEncoder | None
+) -> tuple[bytes, str | None]:
+    """The update's payload and its encoding's name (None: a float32 checkpoint)."""
+    if encoder is not None:
+        try:
+            return encoder.encode(base, arrays), encoder.encoding.text
+        except ValueError as exc:  # not the base model's layout: let the aggregator say why
+            log.warning("update not encoded as %s (%s); sending float32", encoder.encoding, exc)
+    return encode_tensors(arrays, None), None

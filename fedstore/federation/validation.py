@@ -52,6 +52,7 @@ class RejectReason(StrEnum):
     NOT_TRAINER = "not_trainer"  # the sender is not a member with the trainer role
     WRONG_RUN = "wrong_run"  # another federation (manifest CID) or run (session)
     BAD_SIGNATURE = "bad_signature"  # the sender's signature over its update claim is invalid
+    BAD_ENCODING = "bad_encoding"  # a lossy encoding not in use, or a payload that does not decode
 
 
 @dataclass(frozen=True, slots=True)

@@ -601,9 +601,12 @@ async def open_node(
 ) -> AsyncIterator[Node]:
     """Start a node and yield it once it listens, has resumed and joined ``model-cids``.
 
-    *chain* replaces the configured backend chain (tests, embedding); it is
-    not closed on exit. Leaving the block stops every background task, the
-    host, the store and the catalog.
+    *chain* replaces the configured backend chain (tests, embedding); the
+    caller owns it: the node neither runs its backends' lifespans nor closes
+    it (``async with chain:`` around the node does both). Otherwise the chain
+    is built in the node's context (data directory, host) and runs for the
+    node's lifetime. Leaving the block stops every background task, the
+    chain, the host, the store and the catalog.
     """
     from fedstore.store import AsyncLocalStore
 
@@ -627,26 +630,24 @@ async def open_node(
 
 
 async def _open_chain(config: NodeConfig, host: P2PHost, stack: AsyncExitStack) -> BackendChain:
-    """Build the configured chain; host-bound backends (bitswap) are attached to *host* first.
+    """Build the configured chain in the node's context and keep it running for the node's life.
 
-    A backend class with an ``attach(host, data_dir, peers=...)`` async context
-    manager needs a running host; the node enters it for the node's lifetime
-    before the chain constructs the backend.
+    Every backend is created with a :class:`~fedstore.backends.BackendContext`
+    holding the node's data directory and host (so backends that need the
+    peers, such as bitswap, can be built), and the chain is entered on
+    *stack*: each backend's lifespan runs until the node stops, then the
+    chain closes them.
     """
-    from fedstore.backends import build_chain, default_backend_names, load_backend_class
+    from fedstore.backends import BackendContext, build_chain, default_backend_names
 
-    env = {**config.settings, "CHECKPOINT_DIR": str(config.data_dir)}
-    names = list(config.backends) if config.backends else default_backend_names(env, in_node=True)
-    for name in names:
-        cls = await trio.to_thread.run_sync(load_backend_class, name)
-        attach = getattr(cls, "attach", None)
-        if attach is not None:
-            await stack.enter_async_context(
-                attach(host, config.data_dir, peers=host.connected_peers)
-            )
-    chain = await trio.to_thread.run_sync(build_chain, names, env)
-    stack.push_async_callback(chain.aclose)
-    return chain
+    ctx = BackendContext(data_dir=config.data_dir, host=host)
+    settings = config.settings
+    if config.backends:
+        names = list(config.backends)
+    else:
+        names = await trio.to_thread.run_sync(default_backend_names, settings, ctx)
+    chain = await trio.to_thread.run_sync(build_chain, names, settings, ctx)
+    return await stack.enter_async_context(chain)
 
 
 async def serve_node(

@@ -48,6 +48,7 @@ __all__ = [
     "encode_reference",
     "format_announcement",
     "parse_announcement",
+    "parse_round",
     "validate_cid",
     "validate_round",
 ]
@@ -83,6 +84,21 @@ def validate_round(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ROUND:
         raise ValueError(f"round must be an integer from 0 to {MAX_ROUND}, got {value!r}")
     return value
+
+
+def parse_round(text: str) -> int:
+    """A round number typed by a person (CLI flag, prompt command): ASCII decimal digits
+    only, 0 to :data:`MAX_ROUND`, the rounds an announcement can carry.
+
+    ``int()`` alone would take ``"٣"`` (an Arabic-Indic three), ``"+3"``,
+    ``"1_000"`` or ``" 3 "``; those raise ``ValueError`` here, as does a
+    round the wire format cannot announce. Leading zeros are accepted.
+    """
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"a round is a whole number written with the digits 0-9, got {text!r:.40}")
+    if len(text.lstrip("0")) > len(str(MAX_ROUND)) or int(text) > MAX_ROUND:
+        raise ValueError(f"round {text:.40} is above {MAX_ROUND}, the highest round peers accept")
+    return int(text)
 
 
 def validate_cid(cid: str) -> str:

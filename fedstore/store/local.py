@@ -37,6 +37,7 @@ import numpy as np
 from fedstore.catalog import Catalog, CheckpointRecord, RoundConflictError
 from fedstore.errors import CheckpointNotFoundError, IntegrityError
 from fedstore.fsutil import fsync_dir, write_atomic
+from fedstore.p2p.messages import MAX_ROUND
 from fedstore.store.paths import ROUNDS_DIR, TMP_DIR, checkpoint_filename
 from fedstore.store.reconcile import ReconcileReport, VerifyLevel, reconcile
 
@@ -172,6 +173,8 @@ class LocalStore:
 
         if round < 0:
             raise ValueError(f"round must be >= 0, got {round}")
+        if round > MAX_ROUND:  # peers could never be told of it (and SQLite's INTEGER ends)
+            raise ValueError(f"round must be at most {MAX_ROUND}, the highest peers accept")
         codec, raw_size = _describe(data)  # also rejects bytes that are not a checkpoint
         rel = f"{ROUNDS_DIR}/{checkpoint_filename(round, cid)}"
         with self._saving():
@@ -260,7 +263,7 @@ class LocalStore:
 
     def get(self, round: int) -> CheckpointRecord:
         """The row of ``round`` (CheckpointNotFoundError if none)."""
-        rec = self.catalog.get_checkpoint(round)
+        rec = self.catalog.get_checkpoint(round) if 0 <= round <= MAX_ROUND else None
         if rec is None:
             raise CheckpointNotFoundError(f"no checkpoint for round {round} in {self.dir}")
         return rec

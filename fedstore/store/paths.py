@@ -28,8 +28,9 @@ __all__ = [
     "parse_checkpoint_filename",
 ]
 
-#: Environment variable overriding the data directory.
-CHECKPOINT_DIR_ENV = "CHECKPOINT_DIR"
+#: Environment variable overriding the data directory (its older alias: ``CHECKPOINT_DIR``).
+CHECKPOINT_DIR_ENV = "FEDSTORE_DIR"
+_CHECKPOINT_DIR_ALIAS = "CHECKPOINT_DIR"
 #: Suffix of checkpoint files (zstd-compressed safetensors, see fedstore.format).
 CHECKPOINT_SUFFIX = ".fsck"
 ROUNDS_DIR = "rounds"
@@ -39,9 +40,12 @@ _NAME = re.compile(r"^round_(\d{6,})_([A-Za-z0-9]+)" + re.escape(CHECKPOINT_SUFF
 
 
 def default_checkpoint_dir(role: str = "node", env: Mapping[str, str] | None = None) -> Path:
-    """``$CHECKPOINT_DIR`` if set, else ``./checkpoints_<role>``."""
+    """``$FEDSTORE_DIR`` (else its alias ``$CHECKPOINT_DIR``), else ``./checkpoints_<role>``."""
     environ = os.environ if env is None else env
-    value = environ.get(CHECKPOINT_DIR_ENV, "").strip()
+    value = (
+        environ.get(CHECKPOINT_DIR_ENV, "").strip()
+        or environ.get(_CHECKPOINT_DIR_ALIAS, "").strip()
+    )
     return Path(value).expanduser() if value else Path(f"checkpoints_{role}")
 
 

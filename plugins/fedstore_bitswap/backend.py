@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Self
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Self
 
-from fedstore.backends import aclosing_stream
-from fedstore.backends.base import Health, Source, StorageBackend, StoredObject
-from fedstore.errors import FedstoreError, UnavailableError
+from fedstore.backends import (
+    BackendContext,
+    Detected,
+    Health,
+    Source,
+    StorageBackend,
+    StoredObject,
+    aclosing_stream,
+)
+from fedstore.errors import FedstoreError, NotConfiguredError, UnavailableError
 from fedstore.ipld.cid import DagParams, parse_cid
-from fedstore_bitswap.service import BitswapService, attach, find_service
+
+if TYPE_CHECKING:
+    from fedstore_bitswap.service import BitswapService
 
 __all__ = ["BitswapBackend"]
 
@@ -29,23 +39,40 @@ class BitswapBackend(StorageBackend):
       until removed); ``pin`` succeeds when the file is held.
     * ``health`` reports the connected peers.
 
-    Built only inside a running node: :meth:`attach` (the node calls it
-    with its host) must be active, else ``from_env`` raises
-    :class:`~fedstore.errors.NotConfiguredError`.
+    Built only inside a running node: :meth:`create` needs the node's host
+    and data directory in its context (else
+    :class:`~fedstore.errors.NotConfiguredError`), and the node runs
+    :meth:`lifespan` (the protocol handlers) for its lifetime. It joins the
+    default chain there, last (priority 0). No settings.
     """
 
     name = "bitswap"
     supports_pinning = True
     keeps_local_copy = True
-    #: The node's hook: ``async with BitswapBackend.attach(host, data_dir, peers=...)``.
-    attach = staticmethod(attach)
 
     def __init__(self, service: BitswapService) -> None:
         self.service = service
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Self:
-        return cls(find_service(env))
+    def create(cls, settings: Mapping[str, str], ctx: BackendContext) -> Self:
+        from fedstore_bitswap.service import NOT_IN_NODE, BitswapService
+
+        if ctx.host is None or ctx.data_dir is None:
+            raise NotConfiguredError(NOT_IN_NODE, backend="bitswap")
+        return cls(
+            BitswapService(ctx.host.libp2p_host, ctx.data_dir, peers=ctx.host.connected_peers)
+        )
+
+    @classmethod
+    def detect(cls, settings: Mapping[str, str], ctx: BackendContext) -> Detected | None:
+        """Inside a running node only, last (priority 0): the peers."""
+        return Detected(0, "inside a running node: the peers") if ctx.in_node else None
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Bitswap's protocol handlers on the node's host, for as long as it is open."""
+        async with self.service.running():
+            yield
 
     def __repr__(self) -> str:
         return f"<BitswapBackend peer={self.service.peer_id}>"

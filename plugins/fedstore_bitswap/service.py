@@ -1,35 +1,32 @@
-"""The running bitswap service of one node, and how a node attaches it.
+"""The bitswap service of one node: py-libp2p's bitswap on the node's host and block store.
 
-Bitswap needs a live libp2p host, so it exists only inside a running node::
+Bitswap needs a live libp2p host, so it exists only inside a running node.
+The node builds the ``bitswap`` backend with a
+:class:`~fedstore.backends.BackendContext` carrying its host and data
+directory, and runs the backend's lifespan (:meth:`BitswapService.running`)
+for as long as it runs::
 
-    from fedstore.backends.registry import load_backend_class
-
-    cls = load_backend_class("bitswap")          # no plugin imported by name
-    async with cls.attach(p2p_host, data_dir, peers=node.peer_ids):
-        chain = build_chain(names, settings)     # "bitswap" now constructs
+    backend = BitswapBackend.create(settings, BackendContext(data_dir, host=node_host))
+    async with backend.lifespan():   # protocol handlers registered on the host
         ...
 
-:func:`attach` starts py-libp2p's bitswap protocol handlers on the host
-(serving this node's block store at ``<data_dir>/blocks``), registers the
-service under its data directory, and undoes both on exit.
-``BitswapBackend.from_env`` finds the registered service (by
-``CHECKPOINT_DIR``, or the only one running) and raises
-:class:`~fedstore.errors.NotConfiguredError` outside a node.
+:func:`attach` does both for a bare py-libp2p host (tests, benchmarks).
+There is no process-wide registry: each backend holds its own service.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from fedstore.backends.base import Source
-from fedstore.errors import ConfigError, NotConfiguredError
+from fedstore.backends import Source, lifespan_nursery
+from fedstore.errors import ConfigError
 from fedstore.ipld.blocks import DagSummary
 from fedstore.ipld.cid import DagParams, ParsedCid, parse_cid
 from fedstore_bitswap.blockstore import BlockStore
@@ -37,20 +34,14 @@ from fedstore_bitswap.engine import FedstoreBitswapClient
 from fedstore_bitswap.fetch import DagFetch, FetchStats
 from fedstore_bitswap.limits import BitswapLimits
 
-__all__ = ["BitswapService", "attach", "find_service", "running_services"]
+__all__ = ["NOT_IN_NODE", "BitswapService", "attach"]
 
 log = logging.getLogger("fedstore.backends.bitswap")
-
-_RUNNING: dict[str, BitswapService] = {}
 
 NOT_IN_NODE = (
     "bitswap runs only inside a running fedstore node (it needs the node's libp2p host); "
     "use 'fedstore node', or another backend for one-off commands"
 )
-
-
-def _key(data_dir: str | os.PathLike[str]) -> str:
-    return str(Path(data_dir).expanduser().resolve())
 
 
 def _raw_host(host: Any) -> Any:
@@ -76,6 +67,7 @@ class BitswapService:
         self.engine = FedstoreBitswapClient(self.host, self.store, self.limits, peers)
         #: Statistics of the most recent fetch (None before the first).
         self.last_fetch: FetchStats | None = None
+        self._running = False
 
     def __repr__(self) -> str:
         return f"<BitswapService peer={self.peer_id} data_dir={str(self.data_dir)!r}>"
@@ -105,6 +97,29 @@ class BitswapService:
         async for chunk in fetch.run():
             yield chunk
 
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Serve and fetch over the host while open: the bitswap protocol handlers are
+        registered on entry and removed on exit. Raises :class:`ConfigError` if
+        this service is already running."""
+        if self._running:
+            raise ConfigError(f"the bitswap service for {self.data_dir} is already running")
+        self._running = True
+        try:
+            async with lifespan_nursery() as nursery:
+                self.engine.set_nursery(nursery)
+                await self.engine.start()
+                try:
+                    yield
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        try:
+                            await self.engine.stop()
+                        except Exception as exc:  # the host may already be closed
+                            log.debug("stopping bitswap: %r", exc)
+        finally:
+            self._running = False
+
 
 @asynccontextmanager
 async def attach(
@@ -114,55 +129,12 @@ async def attach(
     peers: Callable[[], Iterable[Any]] | None = None,
     limits: BitswapLimits | None = None,
 ) -> AsyncIterator[BitswapService]:
-    """Run bitswap on *host* for the node whose data directory is *data_dir*.
+    """Run bitswap on *host* over the block store in ``<data_dir>/blocks`` (tests, benchmarks).
 
     *host* is fedstore's ``P2PHost`` or a py-libp2p host; *peers*, if given,
     returns the peer ids (strings or ``ID``) fetches may ask (default: every
-    connected peer). Raises :class:`ConfigError` when a service already runs
-    for that data directory in this process.
+    connected peer). A node does the same through the backend's lifespan.
     """
-    key = _key(data_dir)
-    if key in _RUNNING:
-        raise ConfigError(f"a bitswap service already runs for {key}")
     service = BitswapService(host, data_dir, peers=peers, limits=limits)
-    async with trio.open_nursery() as nursery:
-        service.engine.set_nursery(nursery)
-        await service.engine.start()
-        _RUNNING[key] = service
-        try:
-            yield service
-        finally:
-            _RUNNING.pop(key, None)
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                try:
-                    await service.engine.stop()
-                except Exception as exc:  # the host may already be closed
-                    log.debug("stopping bitswap: %r", exc)
-            nursery.cancel_scope.cancel()
-
-
-def running_services() -> list[BitswapService]:
-    return list(_RUNNING.values())
-
-
-def find_service(env: Mapping[str, str]) -> BitswapService:
-    """The service a backend built from *env* should use.
-
-    The one whose data directory is ``CHECKPOINT_DIR``, else the only one
-    running; :class:`NotConfiguredError` when none runs (or several and
-    ``CHECKPOINT_DIR`` names none of them).
-    """
-    if not _RUNNING:
-        raise NotConfiguredError(NOT_IN_NODE, backend="bitswap")
-    wanted = env.get("CHECKPOINT_DIR", "").strip()
-    if wanted:
-        service = _RUNNING.get(_key(wanted))
-        if service is not None:
-            return service
-    if len(_RUNNING) == 1:
-        return next(iter(_RUNNING.values()))
-    raise NotConfiguredError(
-        f"{len(_RUNNING)} fedstore nodes run bitswap in this process; "
-        "set CHECKPOINT_DIR to the data directory of the one to use",
-        backend="bitswap",
-    )
+    async with service.running():
+        yield service

@@ -17,8 +17,10 @@ that was damaged on disk instead of reporting success over it. Every CID is
 parsed before it becomes a path, so no name can escape the root. Reads are
 verified by the core's backend chain, which rejects a damaged object.
 
-Settings: ``FEDSTORE_FS_ROOT`` (default: ``$XDG_DATA_HOME/fedstore/objects``,
-i.e. ``~/.local/share/fedstore/objects``).
+Settings (declared in :attr:`FilesystemBackend.settings`): ``FEDSTORE_FS_ROOT``
+(``[filesystem] root`` in fedstore.toml; default:
+``$XDG_DATA_HOME/fedstore/objects``, i.e. ``~/.local/share/fedstore/objects``).
+It always joins the default chain, after remote services and before the peers.
 
 This plugin uses only fedstore's public API and can be copied into another
 distribution as it is.
@@ -35,7 +37,15 @@ from typing import Self
 import trio
 
 import fedstore
-from fedstore.backends import Health, Source, StorageBackend, StoredObject
+from fedstore.backends import (
+    BackendContext,
+    Detected,
+    Health,
+    Setting,
+    Source,
+    StorageBackend,
+    StoredObject,
+)
 from fedstore.errors import NotFoundError, UnavailableError
 from fedstore.ipld.cid import CidBuilder, DagParams, parse_cid
 
@@ -47,12 +57,24 @@ _READ = 1024 * 1024
 #: of 1 MiB, measured faster for 100 MB checkpoints; more buys nothing).
 _FETCH_READ = 4 * 1024 * 1024
 
+ROOT = Setting(
+    "FEDSTORE_FS_ROOT",
+    help="filesystem backend root; default $XDG_DATA_HOME/fedstore/objects",
+    key="root",
+    kind="path",
+)
+XDG_DATA_HOME = Setting(
+    "XDG_DATA_HOME",
+    help="base of the filesystem backend's default root (default ~/.local/share)",
+    kind="path",
+)
+
 
 def default_root(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
-    if env.get("FEDSTORE_FS_ROOT"):
-        return Path(env["FEDSTORE_FS_ROOT"]).expanduser()
-    data_home = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    if ROOT.is_set(env):
+        return Path(ROOT.text(env)).expanduser()
+    data_home = XDG_DATA_HOME.text(env) or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(data_home) / "fedstore" / "objects"
 
 
@@ -60,6 +82,7 @@ class FilesystemBackend(StorageBackend):
     """Content-addressed objects in a directory (see the module docstring)."""
 
     name = "filesystem"
+    settings = (ROOT, XDG_DATA_HOME)
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -68,8 +91,13 @@ class FilesystemBackend(StorageBackend):
         self._tmp = self.root / "tmp"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Self:
-        return cls(default_root(env))
+    def create(cls, settings: Mapping[str, str], ctx: BackendContext) -> Self:
+        return cls(default_root(settings))
+
+    @classmethod
+    def detect(cls, settings: Mapping[str, str], ctx: BackendContext) -> Detected:
+        """Always: the local directory is the embedded default (priority 100)."""
+        return Detected(100, f"always ({default_root(settings)})")
 
     def __repr__(self) -> str:
         return f"<FilesystemBackend root={str(self.root)!r}>"

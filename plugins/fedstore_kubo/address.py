@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 from fedstore.backends.http import display_url
 from fedstore.errors import ConfigError
+from fedstore_kubo.settings import API, IPFS_PATH
 
-__all__ = ["DEFAULT_API_URL", "api_url_from_env", "api_url_from_text"]
+__all__ = ["DEFAULT_API_URL", "api_file", "api_url_from_env", "api_url_from_text"]
 
 DEFAULT_API_URL = "http://127.0.0.1:5001"
 #: Kubo refuses to write an API file larger than this.
@@ -70,20 +71,26 @@ def api_url_from_text(text: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
-def api_url_from_env(env: Mapping[str, str]) -> tuple[str, str]:
-    """Return ``(base_url, where_it_came_from)`` following Kubo's own discovery order."""
-    explicit = env.get("FEDSTORE_KUBO_API", "").strip()
-    if explicit:
-        return api_url_from_text(explicit), "FEDSTORE_KUBO_API"
-    ipfs_path = env.get("IPFS_PATH") or os.path.join(
+def api_file(env: Mapping[str, str]) -> Path:
+    """``$IPFS_PATH/api``, else ``~/.ipfs/api`` (``HOME`` from *env* if set there)."""
+    ipfs_path = IPFS_PATH.text(env) or os.path.join(
         env.get("HOME") or os.path.expanduser("~"), ".ipfs"
     )
-    api_file = Path(ipfs_path) / "api"
+    return Path(ipfs_path).expanduser() / "api"
+
+
+def api_url_from_env(env: Mapping[str, str]) -> tuple[str, str]:
+    """Return ``(base_url, where_it_came_from)`` following Kubo's own discovery order."""
+    if API.is_set(env):
+        return api_url_from_text(API.text(env)), API.name
+    api_file_path = api_file(env)
     try:
-        with open(api_file, encoding="utf-8") as f:
+        with open(api_file_path, encoding="utf-8") as f:
             text = f.read(_MAX_API_FILE + 1)
     except OSError:
         return DEFAULT_API_URL, "default"
     if len(text) > _MAX_API_FILE:
-        raise ConfigError(f"{api_file} is larger than {_MAX_API_FILE} bytes; not a Kubo API file")
-    return api_url_from_text(text), str(api_file)
+        raise ConfigError(
+            f"{api_file_path} is larger than {_MAX_API_FILE} bytes; not a Kubo API file"
+        )
+    return api_url_from_text(text), str(api_file_path)

@@ -38,7 +38,15 @@ from urllib.parse import quote
 
 import httpx
 
-from fedstore.backends import Health, Source, StorageBackend, StoredObject, aclosing_stream
+from fedstore.backends import (
+    BackendContext,
+    Detected,
+    Health,
+    Source,
+    StorageBackend,
+    StoredObject,
+    aclosing_stream,
+)
 from fedstore.backends.http import (
     Classifier,
     HeaderAuth,
@@ -69,7 +77,8 @@ from fedstore.errors import (
     UnavailableError,
 )
 from fedstore.ipld.cid import parse_cid
-from fedstore_kubo.address import DEFAULT_API_URL, api_url_from_env, api_url_from_text
+from fedstore_kubo import settings as kubo_settings
+from fedstore_kubo.address import DEFAULT_API_URL, api_file, api_url_from_env, api_url_from_text
 
 __all__ = ["KuboBackend"]
 
@@ -144,15 +153,19 @@ def _classifier(action: str, *, token_set: bool) -> Classifier:
 class KuboBackend(StorageBackend):
     """Stores checkpoints in a Kubo node (added and pinned there).
 
-    Settings (``from_env``): ``FEDSTORE_KUBO_API`` (multiaddr or URL; else
-    ``$IPFS_PATH/api``, else ``127.0.0.1:5001``), ``FEDSTORE_KUBO_TOKEN``
-    (sent as ``Authorization: Bearer``; ``basic:user:pass`` for Basic),
-    ``FEDSTORE_KUBO_FETCH_TIMEOUT`` (seconds a read may search the network;
-    unset or 0 = local only), ``FEDSTORE_KUBO_PIN_TIMEOUT`` (default 60).
+    Settings (:mod:`fedstore_kubo.settings`; ``[kubo]`` in fedstore.toml):
+    ``FEDSTORE_KUBO_API`` (multiaddr or URL; else ``$IPFS_PATH/api``, else
+    ``127.0.0.1:5001``), ``FEDSTORE_KUBO_TOKEN`` (sent as ``Authorization:
+    Bearer``; ``basic:user:pass`` for Basic), ``FEDSTORE_KUBO_FETCH_TIMEOUT``
+    (seconds a read may search the network; unset or 0 = local only),
+    ``FEDSTORE_KUBO_PIN_TIMEOUT`` (default 60), and the HTTP retry settings.
+    Joins the default chain (priority 200, after a pinning service) when
+    ``FEDSTORE_KUBO_API`` is set or a Kubo API file exists.
     """
 
     name = "kubo"
     supports_pinning = True
+    settings = kubo_settings.SETTINGS
 
     def __init__(
         self,
@@ -197,23 +210,29 @@ class KuboBackend(StorageBackend):
         self._closed = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Self:
+    def create(cls, settings: Mapping[str, str], ctx: BackendContext) -> Self:
         try:
-            url, origin = api_url_from_env(env)
-        except ConfigError as exc:
-            raise NotConfiguredError(f"kubo: {exc}", backend="kubo") from exc
-        try:
-            retry = RetryPolicy.from_env(env)
+            url, origin = api_url_from_env(settings)
         except ConfigError as exc:
             raise NotConfiguredError(f"kubo: {exc}", backend="kubo") from exc
         return cls(
             url,
             origin=origin,
-            retry=retry,
-            token=env.get("FEDSTORE_KUBO_TOKEN") or None,
-            fetch_timeout=_seconds(env, "FEDSTORE_KUBO_FETCH_TIMEOUT", 0.0),
-            pin_timeout=_seconds(env, "FEDSTORE_KUBO_PIN_TIMEOUT", 60.0),
+            retry=RetryPolicy.from_env(settings),
+            token=kubo_settings.TOKEN.text(settings) or None,
+            fetch_timeout=kubo_settings.FETCH_TIMEOUT.number(settings),
+            pin_timeout=kubo_settings.PIN_TIMEOUT.number(settings),
         )
+
+    @classmethod
+    def detect(cls, settings: Mapping[str, str], ctx: BackendContext) -> Detected | None:
+        """Priority 200 when ``FEDSTORE_KUBO_API`` is set or ``$IPFS_PATH/api`` exists."""
+        if kubo_settings.API.is_set(settings):
+            return Detected(200, f"{kubo_settings.API.name} is set")
+        path = api_file(settings)
+        if path.exists():
+            return Detected(200, f"{path} exists")
+        return None
 
     def __repr__(self) -> str:
         auth = " auth=***" if self._token_set else ""
@@ -398,7 +417,8 @@ class KuboBackend(StorageBackend):
         if not isinstance(pins, list) or not any(
             isinstance(p, str) and same_cid(p, cid) for p in pins
         ):
-            raise BackendError(f"kubo: pin add {cid} answered without that pin: {pins!r}")
+            shown = self._redact(repr(pins)[:4096])[:120]
+            raise BackendError(f"kubo: pin add {cid} answered without that pin: {shown}")
         return StoredObject(cid=cid, size=-1)
 
     async def unpin(self, cid: str, *, backend_ref: str | None = None) -> None:
@@ -449,19 +469,6 @@ class KuboBackend(StorageBackend):
         if not self._closed:
             self._closed = True
             await self._client.aclose()
-
-
-def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw.removesuffix("s"))
-    except ValueError:
-        raise NotConfiguredError(f"kubo: {key}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise NotConfiguredError(f"kubo: {key} must not be negative")
-    return value
 
 
 def _parse_add(text: str, redact: Redactor) -> tuple[str, str]:

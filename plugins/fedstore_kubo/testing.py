@@ -8,7 +8,9 @@ the query, exactly as a daemon honouring them would. Request bodies are
 parsed as they stream and blobs may live in a directory, so a 1 GiB upload
 never sits in memory. Knobs let tests misbehave on purpose: ``down``
 (connection refused), ``cid_override`` (answer another CID), ``corrupt``
-(serve wrong bytes), ``truncate`` (end a ``cat`` stream early).
+(serve wrong bytes), ``truncate`` (end a ``cat`` stream early), ``echo``
+(answer every request with an error body built from the credential it
+carried, as a careless proxy or server does: for redaction tests).
 
 Usage::
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -55,6 +57,10 @@ class FakeKubo(httpx.AsyncBaseTransport):
         self.truncate: int | None = None
         #: Answers (or exceptions) to give to the next requests, before anything else.
         self.fail_next: list[httpx.Response | Exception] = []
+        #: Given the request's Authorization header, the raw body of an error answer
+        #: (status ``echo_status``) sent instead of doing anything.
+        self.echo: Callable[[str], str] | None = None
+        self.echo_status = 500
         self.version = "0.32.1"
         self.peer_id = "12D3KooWFakeKuboPeerIdForFedstoreTests000000000000"
 
@@ -76,6 +82,11 @@ class FakeKubo(httpx.AsyncBaseTransport):
             if isinstance(failure, Exception):
                 raise failure
             return failure
+        if self.echo is not None:
+            body = self.echo(request.headers.get("authorization", ""))
+            return httpx.Response(
+                self.echo_status, text=body, headers={"content-type": "application/json"}
+            )
         if self.token is not None and request.headers.get("authorization") != (
             f"Bearer {self.token}"
         ):

@@ -51,7 +51,15 @@ from typing import Any, Self
 
 import httpx
 
-from fedstore.backends import Health, Source, StorageBackend, StoredObject, aclosing_stream
+from fedstore.backends import (
+    BackendContext,
+    Detected,
+    Health,
+    Source,
+    StorageBackend,
+    StoredObject,
+    aclosing_stream,
+)
 from fedstore.backends.http import RateLimiter, RetryPolicy
 from fedstore.backends.streaming import (
     DEFAULT_CHUNK_SIZE,
@@ -72,7 +80,7 @@ from fedstore.errors import (
 from fedstore.ipld.cid import parse_cid
 from fedstore_pinata import files
 from fedstore_pinata.client import PinataClient
-from fedstore_pinata.config import PinataConfig
+from fedstore_pinata.config import SETTINGS, PinataConfig, credentials_reason
 from fedstore_pinata.upload import upload
 
 __all__ = ["PROBE_BLOB", "PinataBackend"]
@@ -88,6 +96,7 @@ class PinataBackend(StorageBackend):
 
     name = "pinata"
     supports_pinning = True
+    settings = SETTINGS
 
     def __init__(
         self,
@@ -111,13 +120,15 @@ class PinataBackend(StorageBackend):
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Self:
-        config = PinataConfig.from_env(env)
-        try:
-            retry = RetryPolicy.from_env(env)
-        except ConfigError as exc:
-            raise NotConfiguredError(f"pinata: {exc}", backend="pinata") from exc
-        return cls(config, retry=retry)
+    def create(cls, settings: Mapping[str, str], ctx: BackendContext) -> Self:
+        """From :data:`~fedstore_pinata.config.SETTINGS`; NotConfiguredError without credentials."""
+        return cls(PinataConfig.from_env(settings), retry=RetryPolicy.from_env(settings))
+
+    @classmethod
+    def detect(cls, settings: Mapping[str, str], ctx: BackendContext) -> Detected | None:
+        """First in the default chain (priority 300) when Pinata credentials are set."""
+        reason = credentials_reason(settings)
+        return None if reason is None else Detected(300, reason)
 
     def __repr__(self) -> str:
         c = self.config

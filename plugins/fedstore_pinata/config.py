@@ -1,6 +1,7 @@
-"""Pinata settings and Pinata-specific error classification.
+"""Pinata settings (declared in :data:`SETTINGS`) and Pinata-specific error classification.
 
-Settings (environment or ``fedstore.toml``):
+Settings (environment, ``.env``, or the ``[pinata]`` table of fedstore.toml:
+``[pinata] jwt = "..."``):
 
 ==========================  ===================================================
 ``PINATA_JWT``              v3 API credentials (Bearer JWT); preferred.
@@ -26,6 +27,8 @@ Settings (environment or ``fedstore.toml``):
                             its CID is checked). TUS and legacy uploads
                             always send the file.
 ==========================  ===================================================
+
+plus the HTTP retry settings (``FEDSTORE_HTTP_ATTEMPTS``, ``FEDSTORE_HTTP_BACKOFF``).
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from fedstore.backends.http import Classifier, Secret, display_url
+from fedstore.backends import Setting
+from fedstore.backends.http import RETRY_SETTINGS, Classifier, Secret, display_url
 from fedstore.errors import AuthError, BackendError, NotConfiguredError, NotFoundError, QuotaError
 
-__all__ = ["PinataConfig", "pinata_classifier", "pinata_reason"]
+__all__ = ["SETTINGS", "PinataConfig", "credentials_reason", "pinata_classifier", "pinata_reason"]
 
 DEFAULT_API_URL = "https://api.pinata.cloud"
 DEFAULT_UPLOAD_URL = "https://uploads.pinata.cloud"
@@ -51,6 +55,72 @@ DEFAULT_TUS_CHUNK = 50 * 1024 * 1024
 #: Values of PINATA_UPLOAD_FORMAT.
 UPLOAD_FORMATS = ("car", "file")
 _QUOTA_WORDS = ("limit", "quota", "plan", "storage", "exceed", "insufficient")
+
+JWT = Setting("PINATA_JWT", help="Pinata API JWT (preferred credential)", secret=True)
+API_KEY = Setting("PINATA_API_KEY", help="Pinata API key (with PINATA_API_SECRET)", secret=True)
+API_SECRET = Setting("PINATA_API_SECRET", help="Pinata API secret", secret=True)
+MODE = Setting("PINATA_MODE", help="v3 (default with a JWT) or legacy (default with a key pair)")
+API_URL = Setting("PINATA_API_URL", DEFAULT_API_URL, "Pinata API base URL")
+UPLOAD_URL = Setting("PINATA_UPLOAD_URL", DEFAULT_UPLOAD_URL, "Pinata upload base URL")
+GATEWAY_URL = Setting(
+    "PINATA_GATEWAY_URL", help="dedicated gateway for downloads (https://<name>.mypinata.cloud)"
+)
+GATEWAY_TOKEN = Setting("PINATA_GATEWAY_TOKEN", help="sent as x-pinata-gateway-token", secret=True)
+GROUP_ID = Setting("PINATA_GROUP_ID", help="optional v3 group for uploads")
+RATE_LIMIT = Setting(
+    "PINATA_RATE_LIMIT",
+    "60",
+    "client-side Pinata requests per minute (0: off)",
+    kind="float",
+    minimum=0,
+    maximum=1_000_000,
+)
+TUS_THRESHOLD = Setting(
+    "PINATA_TUS_THRESHOLD",
+    str(DEFAULT_TUS_THRESHOLD),
+    "bytes above which uploads are resumable (TUS)",
+    kind="int",
+    minimum=0,
+)
+TUS_CHUNK = Setting(
+    "PINATA_TUS_CHUNK",
+    str(DEFAULT_TUS_CHUNK),
+    "TUS upload chunk size, bytes",
+    kind="int",
+    minimum=1024,
+    maximum=5 * 1024**3,
+)
+UPLOAD_FORMAT = Setting(
+    "PINATA_UPLOAD_FORMAT",
+    "car",
+    "v3 uploads up to the TUS threshold: car (fedstore's own CAR, same CID) or file",
+)
+#: Every setting the Pinata backend reads.
+SETTINGS: tuple[Setting, ...] = (
+    JWT,
+    API_KEY,
+    API_SECRET,
+    MODE,
+    API_URL,
+    UPLOAD_URL,
+    GATEWAY_URL,
+    GATEWAY_TOKEN,
+    GROUP_ID,
+    RATE_LIMIT,
+    TUS_THRESHOLD,
+    TUS_CHUNK,
+    UPLOAD_FORMAT,
+    *RETRY_SETTINGS,
+)
+
+
+def credentials_reason(env: Mapping[str, str]) -> str | None:
+    """Which credentials *env* sets (for the default chain), or None."""
+    if JWT.is_set(env):
+        return "PINATA_JWT is set"
+    if API_KEY.is_set(env) and API_SECRET.is_set(env):
+        return "PINATA_API_KEY and PINATA_API_SECRET are set"
+    return None
 
 
 def _base_url(value: str, setting: str, *, strip: str = "") -> str:
@@ -129,51 +199,35 @@ class PinataConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PinataConfig:
-        """Read settings; raise NotConfiguredError when no credentials are set."""
-        jwt = env.get("PINATA_JWT", "").strip()
-        key = env.get("PINATA_API_KEY", "").strip()
-        secret = env.get("PINATA_API_SECRET", "").strip()
-        if not jwt and not (key and secret):
+        """Read :data:`SETTINGS` from *env*; NotConfiguredError when no credentials are set.
+
+        Malformed or out-of-range numbers are a ConfigError naming the setting.
+        """
+        jwt = JWT.text(env)
+        key = API_KEY.text(env)
+        secret = API_SECRET.text(env)
+        if credentials_reason(env) is None:
             raise NotConfiguredError(
                 "pinata: set PINATA_JWT (v3 API) or PINATA_API_KEY + PINATA_API_SECRET (legacy)"
             )
-        mode = env.get("PINATA_MODE", "").strip().lower() or ("v3" if jwt else "legacy")
-        gateway = env.get("PINATA_GATEWAY_URL", "").strip()
-        token = env.get("PINATA_GATEWAY_TOKEN", "").strip()
+        mode = MODE.text(env).lower() or ("v3" if jwt else "legacy")
+        gateway = GATEWAY_URL.text(env)
+        token = GATEWAY_TOKEN.text(env)
         return cls(
             jwt=Secret(jwt) if jwt else None,
             api_key=Secret(key) if key else None,
             api_secret=Secret(secret) if secret else None,
             mode=mode,
-            api_url=_base_url(
-                env.get("PINATA_API_URL") or DEFAULT_API_URL, "PINATA_API_URL", strip="/v3"
-            ),
-            upload_url=_base_url(
-                env.get("PINATA_UPLOAD_URL") or DEFAULT_UPLOAD_URL, "PINATA_UPLOAD_URL", strip="/v3"
-            ),
-            gateway_url=_base_url(gateway, "PINATA_GATEWAY_URL", strip="/ipfs")
-            if gateway
-            else None,
+            api_url=_base_url(API_URL.text(env), API_URL.name, strip="/v3"),
+            upload_url=_base_url(UPLOAD_URL.text(env), UPLOAD_URL.name, strip="/v3"),
+            gateway_url=_base_url(gateway, GATEWAY_URL.name, strip="/ipfs") if gateway else None,
             gateway_token=Secret(token) if token else None,
-            group_id=env.get("PINATA_GROUP_ID", "").strip() or None,
-            rate_limit=_number(env, "PINATA_RATE_LIMIT", 60.0),
-            tus_threshold=int(_number(env, "PINATA_TUS_THRESHOLD", DEFAULT_TUS_THRESHOLD)),
-            tus_chunk=int(_number(env, "PINATA_TUS_CHUNK", DEFAULT_TUS_CHUNK)),
-            upload_format=env.get("PINATA_UPLOAD_FORMAT", "").strip().lower() or "car",
+            group_id=GROUP_ID.text(env) or None,
+            rate_limit=RATE_LIMIT.number(env),
+            tus_threshold=TUS_THRESHOLD.integer(env),
+            tus_chunk=TUS_CHUNK.integer(env),
+            upload_format=UPLOAD_FORMAT.text(env).lower(),
         )
-
-
-def _number(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise NotConfiguredError(f"pinata: {key}={raw!r} is not a number") from None
-    if value < 0:
-        raise NotConfiguredError(f"pinata: {key} must not be negative")
-    return value
 
 
 def pinata_reason(body: str) -> tuple[str, str]:

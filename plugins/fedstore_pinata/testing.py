@@ -17,7 +17,8 @@ CAR's root CID; a malformed or inconsistent CAR is a 400). Request bodies are
 parsed as they stream; blobs may live in *blob_dir*. Knobs: ``down``,
 ``fail_next`` (answers/exceptions for the next requests), ``cid_override``,
 ``corrupt``, ``truncate``, ``drop_patch_after`` (break a TUS chunk after that
-many bytes).
+many bytes), ``echo`` (an error body built from the credential each request
+carried, as a careless server or proxy answers: for redaction tests).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -85,6 +86,10 @@ class FakePinata(httpx.AsyncBaseTransport):
         self.requests: list[httpx.Request] = []
         self.down = False
         self.fail_next: list[httpx.Response | Exception] = []
+        #: Given the request's Authorization header, the raw body of an error answer
+        #: (status ``echo_status``) sent instead of doing anything (redaction tests).
+        self.echo: Callable[[str], str] | None = None
+        self.echo_status = 400
         self.cid_override: str | None = None
         self.corrupt = False
         self.truncate: int | None = None
@@ -158,6 +163,11 @@ class FakePinata(httpx.AsyncBaseTransport):
             if isinstance(failure, Exception):
                 raise failure
             return failure
+        if self.echo is not None:
+            body = self.echo(request.headers.get("authorization", ""))
+            return httpx.Response(
+                self.echo_status, text=body, headers={"content-type": "application/json"}
+            )
         path, method = request.url.path, request.method
         if path.startswith("/ipfs/") and method == "GET":
             return await self._gateway(request, path[len("/ipfs/") :])

@@ -51,8 +51,15 @@ def _offset(response: httpx.Response, size: int) -> int:
     except ValueError:
         value = -1
     if not 0 <= value <= size:
+        # quoted only when it is a number: a header may echo anything, a credential too
+        if raw is None:
+            shown = "(none)"
+        elif raw.isascii() and raw.isdigit() and len(raw) <= 20:
+            shown = raw
+        else:
+            shown = "(not a number)"
         raise BackendError(
-            f"pinata: resumable upload answered an invalid Upload-Offset {raw!r}", backend="pinata"
+            f"pinata: resumable upload answered an invalid Upload-Offset {shown}", backend="pinata"
         )
     return value
 

@@ -107,7 +107,8 @@ def _v3_answer(
         raise BackendError("pinata: upload answered without data.cid", backend="pinata")
     file_id = data.get("id")
     if data.get("network") not in (None, "public"):
-        log.warning("pinata: upload landed on network %r, not public", data.get("network"))
+        shown = client.redact(repr(data.get("network"))[:200])[:60]
+        log.warning("pinata: upload landed on network %s, not public", shown)
     return data["cid"], str(file_id) if file_id else None
 
 
