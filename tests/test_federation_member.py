@@ -9,6 +9,7 @@ tests/test_federation_hostile.py.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -306,3 +307,23 @@ async def test_competing_runs_at_start_settle_on_one() -> None:
     assert {r.status for r in fed.results.values()} == {"complete"}
     assert len({r.session for r in fed.results.values()}) == 1
     assert len(fed.finals()) == 1
+
+
+@pytest.mark.parametrize("encoding", ["int8", "topk:0.5"])
+async def test_lossy_updates_are_signed_listed_and_verified(encoding: str) -> None:
+    """A manifest's lossy update encoding: updates carry it in their signed claim, the global
+    model lists it, and every member recomputes the model by decoding them the same way."""
+    fed = Fed([BOTH, BOTH, TRAINER], rounds=2, quorum=3, update_encoding=encoding)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(fed.member, i)
+    assert {r.status for r in fed.results.values()} == {"complete"}
+    assert len(fed.finals()) == 1
+    meta = decode(fed.net.blobs[fed.results[0].final_cid]).metadata
+    entries = json.loads(meta["fedstore.updates"])
+    assert len(entries) == 3 and all(e[4] == encoding for e in entries)
+    sent = kinds(fed.events[2], "TrainerUpdated")
+    assert [e.encoding for e in sent] == [encoding, encoding]
+    # the trainer-only member verified both rounds by decoding the encoded updates
+    assert [how for rnd, _, _, how in fed.results[2].adopted if rnd > 0] == ["full", "full"]

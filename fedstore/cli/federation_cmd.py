@@ -66,6 +66,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="rotate: duty rotates with failover (default); leaderless: majority of results",
     )
     init.add_argument(
+        "--update-encoding",
+        default="float32",
+        metavar="ENCODING",
+        help="how trainers encode updates: float32 (default), float16, int8, int8:BLOCK, "
+        "topk:FRACTION",
+    )
+    init.add_argument(
         "--initial",
         metavar="WEIGHTS",
         help="pin the starting weights (a checkpoint or weights file) every member checks",
@@ -221,6 +228,7 @@ def run_init(args: argparse.Namespace) -> int:
     from fedstore.demos.federation_worker import parse_settings
     from fedstore.federation.manifest import Manifest, initial_cid, sign_manifest
     from fedstore.federation.strategies import load_strategy
+    from fedstore.federation.update_encoding import UpdateEncoding
 
     signer = _signer(args)
     members = _parse_members(args)
@@ -244,6 +252,7 @@ def run_init(args: argparse.Namespace) -> int:
         quorum=args.quorum,
         aggregation=args.aggregation,
         initial=pin,
+        update_encoding=UpdateEncoding.parse(args.update_encoding).text,
     )
     return _write(args, sign_manifest(manifest, signer), args.out, "created")
 
@@ -286,6 +295,7 @@ def run_show(args: argparse.Namespace) -> int:
         f"strategy    {m.strategy}" + (f" ({settings})" if settings else ""),
         f"rounds      {m.rounds} (timeout {m.round_timeout:g} s, quorum {m.quorum} members)",
         f"aggregation {m.aggregation}",
+        f"updates     {m.update_encoding}",
         f"initial     {m.initial or '- (not pinned)'}",
         f"members     {len(m.members)}",
     ]

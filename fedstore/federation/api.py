@@ -148,9 +148,7 @@ def make_node_config(
     return load_node_config(flags, environ=environ)
 
 
-async def _membership(
-    node: Node, federation: str | Path | Membership | None
-) -> Membership | None:
+async def _membership(node: Node, federation: str | Path | Membership | None) -> Membership | None:
     """The federation ``node`` takes part in: the argument, else its config; None: open."""
     from fedstore.federation.membership import Membership
     from fedstore.federation.nodepeer import join_federation

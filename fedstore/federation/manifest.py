@@ -9,7 +9,8 @@ and the round settings every member must agree on::
      "previous": null, "initial": null,
      "members": [{"peer": "12D3KooW...", "roles": ["aggregator", "trainer"]}, ...],
      "strategy": {"name": "median", "settings": {}},
-     "rounds": 10, "round_timeout": 30.0, "quorum": 3, "aggregation": "rotate"}
+     "rounds": 10, "round_timeout": 30.0, "quorum": 3, "aggregation": "rotate",
+     "update_encoding": "float32"}
 
 Canonical means one text per document: keys sorted, no whitespace, ASCII,
 no NaN, members sorted by peer id with sorted roles. What is stored, signed
@@ -112,6 +113,8 @@ class Manifest:
     aggregation: str = "rotate"
     previous: str | None = None
     initial: str | None = None
+    #: how trainers encode their updates (fedstore.federation.update_encoding text form)
+    update_encoding: str = "float32"
 
     # -- reading ---------------------------------------------------------------------
     def roles_of(self, peer: str) -> frozenset[str]:
@@ -151,6 +154,7 @@ class Manifest:
             "round_timeout": float(self.round_timeout),
             "quorum": self.quorum,
             "aggregation": self.aggregation,
+            "update_encoding": self.update_encoding,
         }
 
     def check(self) -> Manifest:
@@ -176,7 +180,7 @@ class Manifest:
                 "quorum",
                 "aggregation",
             },
-            {"initial"},
+            {"initial", "update_encoding"},
         )
         if doc["fedstore-manifest"] != FORMAT or isinstance(doc["fedstore-manifest"], bool):
             raise ManifestError(f"unsupported manifest format {doc['fedstore-manifest']!r:.20}")
@@ -209,6 +213,7 @@ class Manifest:
             aggregation=mode,
             previous=_cid_or_none(doc["previous"], "previous"),
             initial=_cid_or_none(doc.get("initial"), "initial"),
+            update_encoding=_encoding(doc.get("update_encoding", "float32")),
         )
         if not manifest.aggregators:
             raise ManifestError("no member has the aggregator role")
@@ -413,6 +418,21 @@ def _cid_or_none(v: object, key: str) -> str | None:
     except InvalidCIDError as exc:
         raise ManifestError(f"{key} is not a valid CID: {exc}") from None
     return v
+
+
+def _encoding(v: object) -> str:
+    from fedstore.errors import ConfigError
+    from fedstore.federation.update_encoding import UpdateEncoding
+
+    if not isinstance(v, str) or len(v) > 32:
+        raise ManifestError(f"update_encoding must be an encoding name, got {v!r:.40}")
+    try:
+        text = UpdateEncoding.parse(v).text
+    except ConfigError as exc:
+        raise ManifestError(f"update_encoding: {exc}") from None
+    if text != v:
+        raise ManifestError(f"update_encoding {v!r} is spelled {text!r} in canonical form")
+    return text
 
 
 def _members(v: object) -> tuple[Member, ...]:

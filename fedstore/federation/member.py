@@ -100,6 +100,7 @@ from fedstore.federation.signing import UPDATE_DOMAIN, encode_signature
 from fedstore.federation.strategies.base import RoundContext
 from fedstore.federation.trainer import TrainFn, clean_metrics
 from fedstore.federation.transport import FederationPeer, Inbox
+from fedstore.federation.update_codec import UpdateEncoder
 from fedstore.federation.validation import ModelSpec, RejectionCounter, RoundValidator
 from fedstore.federation.verify import UpdatePool, VerifiedModel, Verifier, model_state
 from fedstore.p2p.guard import DropCounters
@@ -150,6 +151,9 @@ class Member:
         self.aggregates = membership.can(self.me, "aggregator") and initial is not None
         self.trains = membership.can(self.me, "trainer") and train is not None
         self.strategy = membership.strategy()
+        self.encoding = membership.update_encoding
+        #: lossy encodings: this trainer's encoder, with its error-feedback residuals
+        self.encoder = UpdateEncoder(self.encoding) if self.encoding.lossy else None
         self.pool = UpdatePool()
         self.drops = DropCounters()
         self.rejections = RejectionCounter()
@@ -406,6 +410,8 @@ class Member:
                 self.nursery,
                 federated=FederatedAdmission(self.m, self.session),
                 drops=self.drops,
+                base=model.arrays,
+                encoding=self.encoding,
             )
         self.rs = rs
 
@@ -908,7 +914,9 @@ class Member:
         new, num_samples, metrics = await trio.to_thread.run_sync(
             self.train_fn, rs.base.arrays, rs.round, dict(rs.config)
         )
-        payload = await trio.to_thread.run_sync(encode_tensors, dict(new), None)
+        payload, encoding = await trio.to_thread.run_sync(
+            self._encode_update, rs.base.arrays, dict(new)
+        )
         payload_cid = await trio.to_thread.run_sync(cid_of_bytes, payload, 1)
         n = int(num_samples)
         inline = len(payload) + MAX_HEADER_BYTES <= self.inline_limit
@@ -925,6 +933,7 @@ class Member:
             0 if inline else len(payload),
             base_cid=rs.base.cid,
             metrics=clean_metrics(metrics),
+            encoding=encoding,
             federation=self.m.cid,
             session=self.session,
             payload_cid=payload_cid,
@@ -947,8 +956,20 @@ class Member:
                 {k: float(v) for k, v in metrics.items()},
                 not inline,
                 len(payload),
+                encoding or "float32",
             )
         )
+
+    def _encode_update(
+        self, base: Mapping[str, NDArray], new: Mapping[str, NDArray]
+    ) -> tuple[bytes, str | None]:
+        """The update's payload and encoding (None: a float32 checkpoint). A worker thread."""
+        if self.encoder is not None:
+            try:
+                return self.encoder.encode(base, new), self.encoding.text
+            except ValueError as exc:  # not the base's layout: the collectors will say why
+                log.warning("update not encoded as %s (%s); sending float32", self.encoding, exc)
+        return encode_tensors(dict(new), None), None
 
     def _on_result(self, sender: str, msg: RoundResult) -> None:
         if not self._same_run(msg.session, sender):

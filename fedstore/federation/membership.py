@@ -34,6 +34,7 @@ from fedstore.federation.manifest import (
     parse_signed,
 )
 from fedstore.federation.strategies.base import Strategy
+from fedstore.federation.update_encoding import UpdateEncoding
 
 __all__ = ["Membership", "load_membership", "manifest_source"]
 
@@ -110,6 +111,13 @@ class Membership:
     def majority(self) -> int:
         """Announcements of one CID that adopt it in leaderless mode: a strict majority."""
         return len(self.aggregators) // 2 + 1
+
+    @property
+    def update_encoding(self) -> UpdateEncoding:
+        """How trainers encode their updates (float32: lossless checkpoints)."""
+        from fedstore.federation.update_encoding import UpdateEncoding
+
+        return UpdateEncoding.parse(self.manifest.update_encoding)
 
     # -- strategy --------------------------------------------------------------------
     def strategy(self) -> Strategy:

@@ -75,6 +75,7 @@ from fedstore.federation.messages import (
 from fedstore.federation.signing import UPDATE_DOMAIN, decode_signature, verify_signature
 from fedstore.federation.strategies.base import RoundContext, StrategyState, Update
 from fedstore.federation.transport import Arrays, FederationPeer
+from fedstore.federation.update_codec import CodecError, decode_update
 from fedstore.federation.validation import ModelSpec
 
 __all__ = ["UpdatePool", "VerifiedModel", "Verifier", "model_state"]
@@ -251,8 +252,19 @@ class Verifier:
             if not 1 <= ref.num_samples <= 10**12:
                 raise refuse(f"lists num_samples={ref.num_samples} for {ref.sender}")
             sig = decode_signature(ref.sig)
+            if ref.encoding is not None and ref.encoding != m.update_encoding.text:
+                raise refuse(
+                    f"lists an update of {ref.sender} in another encoding ({ref.encoding})"
+                )
             claim = update_claim(
-                m.cid, self.session, round, base_cid, ref.sender, ref.num_samples, ref.payload_cid
+                m.cid,
+                self.session,
+                round,
+                base_cid,
+                ref.sender,
+                ref.num_samples,
+                ref.payload_cid,
+                ref.encoding,
             )
             if sig is None or not verify_signature(ref.sender, UPDATE_DOMAIN, claim, sig):
                 raise refuse(f"the update of {ref.sender} does not carry its signature")
@@ -398,8 +410,11 @@ class Verifier:
             if cid_of_bytes(payload, 1) != ref.payload_cid:  # the pool's copy, re-checked
                 raise VerificationError(f"payload of {ref.sender} is not {ref.payload_cid}")
             try:
-                arrays = decode_tensors(payload, max_decoded_size=cap)
-            except MessageError as exc:
+                if ref.encoding is None:
+                    arrays = decode_tensors(payload, max_decoded_size=cap)
+                else:
+                    arrays = decode_update(payload, base.arrays, self.membership.update_encoding)
+            except (MessageError, CodecError) as exc:
                 raise VerificationError(
                     f"the update of {ref.sender} does not decode: {exc}"
                 ) from exc
