@@ -25,6 +25,7 @@ TINY = [
     "catchup_mb=1",
     "catchup_runs=1",
     "updates_rounds=2",
+    "verify_rounds=3",
 ]
 
 

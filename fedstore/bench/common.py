@@ -65,6 +65,8 @@ class BenchSizes:
     #: Compressed updates: digits rounds per federation, seeds per encoding.
     updates_rounds: int = 10
     updates_seeds: int = 3
+    #: Verified aggregates: digits rounds per federation (verify full and off).
+    verify_rounds: int = 10
 
     @classmethod
     def full(cls) -> BenchSizes:
@@ -85,6 +87,7 @@ class BenchSizes:
             warmup=1,
             catchup_mb=16.0,
             updates_seeds=1,
+            verify_rounds=5,
         )
 
     def with_overrides(self, overrides: Mapping[str, str]) -> BenchSizes:

@@ -52,6 +52,7 @@ SECTIONS: dict[str, str] = {
     "announce": "fedstore.bench.announce_bench",
     "catchup": "fedstore.bench.catchup_bench",
     "updates": "fedstore.bench.updates_bench",
+    "verify": "fedstore.bench.verify_bench",
 }
 
 SectionFn = Callable[[BenchSizes, Path, SayFn], SectionResult]
