@@ -22,6 +22,7 @@ member's whole round pays for verification, end to end).
 
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ def _federate(verify: bool, rounds: int, seed: int) -> _Run:
 
     from fedstore.demos.digits_task import DigitsConfig, DigitsTask
     from fedstore.federation.events import Event, ModelAdopted, RoundClosed
-    from fedstore.federation.fake import FakeNetwork
+    from fedstore.federation.fake import FakeNetwork, FakePeer
     from fedstore.federation.manifest import Manifest, Member, sign_manifest
     from fedstore.federation.member import MemberOptions, take_part
     from fedstore.federation.membership import Membership
@@ -95,18 +96,19 @@ def _federate(verify: bool, rounds: int, seed: int) -> _Run:
         if isinstance(ev, RoundClosed):
             closed.append(ev)
 
+    async def trainer(i: int, t: FakePeer) -> None:
+        await take_part(
+            t,
+            membership,
+            train=task.trainer(i),
+            options=options,
+            on_event=functools.partial(on_trainer, t.peer_id),
+        )
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             for i, t in enumerate(trainers, start=1):
-                nursery.start_soon(
-                    lambda i=i, t=t: take_part(
-                        t,
-                        membership,
-                        train=task.trainer(i),
-                        options=options,
-                        on_event=lambda ev, pid=t.peer_id: on_trainer(pid, ev),
-                    )
-                )
+                nursery.start_soon(trainer, i, t)
             result = await take_part(
                 agg,
                 membership,
