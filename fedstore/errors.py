@@ -28,6 +28,7 @@ Callers classify errors with ``isinstance``, never by class name.
     ├── IntegrityError              bytes do not match the CID they were fetched by
     │   └── VerificationError       a global model is not the aggregate of its updates
     ├── CatalogError                the SQLite catalog failed or is out of date
+    │   └── RoundConflictError      the round already has a different checkpoint
     ├── CheckpointNotFoundError     no local checkpoint for that round
     ├── ProtocolError               a peer sent something malformed
     ├── NetworkError                a peer could not be reached, or the p2p layer failed
@@ -67,6 +68,7 @@ __all__ = [
     "ProtocolError",
     "QuotaError",
     "RateLimitedError",
+    "RoundConflictError",
     "SizeLimitError",
     "StrategyError",
     "UnavailableError",
@@ -170,6 +172,14 @@ class VerificationError(IntegrityError):
 
 class CatalogError(FedstoreError):
     """The SQLite catalog could not be opened, migrated or queried."""
+
+
+class RoundConflictError(CatalogError):
+    """The round already has a checkpoint with a different CID (and replace was not asked).
+
+    Defined here rather than beside the catalog so code that only catches it
+    (the command line) does not import SQLAlchemy.
+    """
 
 
 class CheckpointNotFoundError(FedstoreError, LookupError):

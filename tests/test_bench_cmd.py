@@ -24,6 +24,7 @@ TINY = [
     "warmup=0",
     "catchup_mb=1",
     "catchup_runs=1",
+    "startup_runs=1",
     "updates_rounds=2",
     "verify_rounds=3",
 ]
@@ -80,6 +81,12 @@ def test_every_section_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
     assert report["sections"]["announce"]["params"]["peers"] == 2
     catchup = {r["variant"] for r in report["sections"]["catchup"]["rows"]}
     assert "read + sha256" in catchup and "fedstore fetch + verify + load" in catchup
+    startup = report["sections"]["startup"]
+    rows = {(r["measure"], r["variant"]): r for r in startup["rows"]}
+    cached = rows["wall time, bytecode cached", "fedstore --help"]
+    assert cached["baseline"] == "python -c pass" and cached["target"]["threshold"] == 0.3
+    assert ("wall time, compiled from source", "fedstore --help − python -c pass") in rows
+    assert startup["params"]["heavy_modules_imported"] == []
     assert not list(tmp_path.glob("fedstore-bench-*")), "temporary directories were left behind"
 
 

@@ -230,3 +230,18 @@ def test_writer_detects_file_changed_between_passes(tmp_path: Path) -> None:
     src.write_bytes(os.urandom(5000))
     with pytest.raises(IntegrityError, match="changed"):
         list(pieces)
+
+
+def test_leaf_with_lying_filesize_is_refused_by_the_one_block_decoder() -> None:
+    """A leaf stating filesize 9 for 2 bytes: the CAR reader and bitswap's walk say the same."""
+    from fedstore.ipld.blocks import decode_block
+
+    leaf = b"\x0a\x08\x08\x02\x12\x02hi\x18\x09"  # File leaf holding b"hi", filesize 9
+    leaf_cid = binary_cid(0, 0x70, hashlib.sha256(leaf).digest())
+    parsed = parse_cid("f" + leaf_cid.hex())
+    with pytest.raises(FormatError, match="filesize 9") as from_walk:
+        decode_block(parsed, leaf)
+    car = car_header(str(parsed)) + _section(leaf_cid, leaf)
+    with pytest.raises(FormatError, match="filesize 9") as from_car:
+        read_car_verified(car)
+    assert str(from_walk.value) == str(from_car.value)

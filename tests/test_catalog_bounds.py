@@ -18,7 +18,7 @@ from fedstore.catalog import Catalog, read_only_query
 from fedstore.catalog.readonly import MAX_COLUMNS, MAX_VALUE_BYTES
 from fedstore.cli import main
 from fedstore.errors import CatalogError
-from fedstore.p2p.driver import python_env
+from fedstore.node.driver import python_env
 
 
 @pytest.fixture

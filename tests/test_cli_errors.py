@@ -15,7 +15,7 @@ import pytest
 
 from fedstore.cli import main
 from fedstore.format.weight_files import load_weights_file, save_weights_file
-from fedstore.p2p.driver import python_env
+from fedstore.node.driver import python_env
 from fedstore.p2p.messages import MAX_ROUND, WireFormatError, parse_announcement, parse_round
 from fedstore.store import LocalStore
 

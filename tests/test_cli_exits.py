@@ -24,7 +24,7 @@ from fedstore.cli import main
 from fedstore.cli.exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_status, leaves
 from fedstore.errors import BackendLoadError, NetworkError
 from fedstore.format.weight_files import save_weights_file
-from fedstore.p2p.driver import python_env
+from fedstore.node.driver import python_env
 
 FEDSTORE = [sys.executable, "-m", "fedstore"]
 

@@ -31,6 +31,7 @@ from fedstore.config import NodeConfig
 from fedstore.errors import UnavailableError
 from fedstore.format import decode, encode
 from fedstore.node import open_node
+from fedstore.node.events import NodeEvent, Saved, Synced
 from fedstore.node.replication import replicate
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmYXVsdHMifQ.ZmF1bHRzLXNpZ25hdHVyZQ"
@@ -211,9 +212,9 @@ async def test_node_syncs_through_a_backend_that_times_out(tmp_path: Path) -> No
     kubo.fail_next = [httpx.ConnectTimeout("connect timed out")] * (ATTEMPTS * 4)
     retry = RetryPolicy(attempts=ATTEMPTS, sleep=no_sleep)
     chain = BackendChain([KuboBackend("http://127.0.0.1:5001", transport=kubo, retry=retry), fs])
-    events: list[tuple[str, str]] = []
+    events: list[NodeEvent] = []
     config = replace(NodeConfig(role="trainer", data_dir=tmp_path / "node"), reannounce_interval=0)
-    async with open_node(config, chain=chain, on_event=lambda k, v: events.append((k, v))) as node:
+    async with open_node(config, chain=chain, on_event=events.append) as node:
         await node.catalog.record_announcement(4, cid, "12D3KooWSomePeer", "model-cids")
         assert await node.sync() == (4, cid)
         ckpt = await node.load_checkpoint()
@@ -221,5 +222,5 @@ async def test_node_syncs_through_a_backend_that_times_out(tmp_path: Path) -> No
         # and the node keeps working: it can save, store and announce its own next round
         rec = await node.save_checkpoint(5, dict(ckpt.arrays))
         assert (await node.head()) == (5, rec.cid)
-    assert ("SYNCED", f"4:{cid}") in events and ("SAVED", f"5:{rec.cid}") in events
+    assert Synced(4, cid) in events and Saved(5, rec.cid) in events
     await chain.aclose()

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from fedstore.catalog import Catalog
-from fedstore.p2p.driver import NodeProcess, python_env
+from fedstore.node.driver import NodeProcess, python_env
 from fedstore.store import LocalStore
 
 TIMEOUT = 90.0

@@ -27,7 +27,7 @@ from fedstore_filesystem import FilesystemBackend
 
 from fedstore.catalog import Catalog
 from fedstore.format import encode
-from fedstore.p2p.driver import NodeProcess, python_env
+from fedstore.node.driver import NodeProcess, python_env
 from fedstore.store import LocalStore
 
 TIMEOUT = 60.0

@@ -144,6 +144,7 @@ async def test_node_start_completes_local_copies_before_serving_its_head(tmp_pat
 
     from fedstore.config import NodeConfig
     from fedstore.node import open_node
+    from fedstore.node.events import NodeEvent, Resumed
     from fedstore.store import LocalStore
 
     node = tmp_path / "node"
@@ -151,10 +152,10 @@ async def test_node_start_completes_local_copies_before_serving_its_head(tmp_pat
         rec = store.save(5, {"w": np.ones(100, np.float32)})
     peers = ServingBackend("bitswap")
     chain = BackendChain([MemoryBackend("filesystem"), peers])
-    events: list[tuple[str, str]] = []
+    events: list[NodeEvent] = []
     config = NodeConfig(data_dir=node, reannounce_interval=0)
-    async with open_node(config, chain=chain, on_event=lambda k, v: events.append((k, v))):
-        assert ("RESUMED", "5") in events
+    async with open_node(config, chain=chain, on_event=events.append):
+        assert Resumed(5) in events
         assert rec.cid in peers.objects  # before the node answered anyone's head request
         with Catalog.open(node) as catalog:
             pins = {p.backend: p.state for p in catalog.pins_for(rec.cid)}

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedstore.p2p.driver import NodeProcess, python_env
+from fedstore.node.driver import NodeProcess, python_env
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

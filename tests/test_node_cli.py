@@ -11,7 +11,8 @@ import pytest
 
 from fedstore.cli import build_parser, main
 from fedstore.cli.node_cmd import COMMANDS, Output
-from fedstore.p2p.driver import python_env
+from fedstore.node.driver import python_env
+from fedstore.node.events import AutoSyncFailed, Listening, Resumed, Saved
 
 ORIGINAL_COMMANDS = {
     "connect", "join", "leave", "publish", "peers", "topics", "local", "advertize",
@@ -26,13 +27,16 @@ def test_every_original_command_exists() -> None:
 
 def test_output_modes() -> None:
     machine = io.StringIO()
-    Output(True, machine).event("SAVED", "3:Qmabc")
-    Output(True, machine).event("ERROR", "two\nlines")
-    assert machine.getvalue() == "SAVED=3:Qmabc\nERROR=two lines\n"
+    Output(True, machine).node_event(Saved(3, "Qmabc"))
+    Output(True, machine).node_event(AutoSyncFailed("two\nlines"))
+    Output(True, machine).event("ERROR", "three\nmore\nlines")
+    assert machine.getvalue() == (
+        "SAVED=3:Qmabc\nERROR=auto-sync: two lines\nERROR=three more lines\n"
+    )
     human = io.StringIO()
     out = Output(False, human, role="bootstrap")
-    out.event("LISTENING", "/ip4/127.0.0.1/tcp/1/p2p/X")
-    out.event("RESUMED", "4")
+    out.node_event(Listening("/ip4/127.0.0.1/tcp/1/p2p/X"))
+    out.node_event(Resumed(4))
     out.event("READY", "X")  # silent for humans
     out.message("fed-learn", "12D3KooWsenderXYZ", b"hello")
     out.message("fed-learn", "12D3KooWsenderXYZ", b"\xff\x00")

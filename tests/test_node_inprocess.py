@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -20,24 +21,40 @@ from fedstore.backends.memory import MemoryBackend
 from fedstore.config import NodeConfig
 from fedstore.ipld.cid import cid_of_bytes
 from fedstore.node import Node, open_node, payload_digest
+from fedstore.node.events import (
+    Announced,
+    Dropped,
+    HeadReceived,
+    Heard,
+    NodeEvent,
+    NodeStarted,
+    Received,
+    Resumed,
+    Saved,
+    Synced,
+    SyncFailed,
+    TopicJoined,
+)
 from fedstore.p2p.headproto import HEAD_PROTOCOL
 from fedstore.p2p.messages import ANNOUNCE_TOPIC, TRAINING_TOPIC
 
+E = TypeVar("E", bound=NodeEvent)
+
 
 class Events:
-    """Collects (key, value) node events; ``wait`` blocks until a matching one arrives."""
+    """Collects node events; ``wait`` blocks until a matching one arrives."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
+        self.items: list[NodeEvent] = []
         self._changed = trio.Event()
 
-    def __call__(self, key: str, value: str) -> None:
-        self.items.append((key, value))
+    def __call__(self, event: NodeEvent) -> None:
+        self.items.append(event)
         self._changed.set()
         self._changed = trio.Event()
 
-    def values(self, key: str) -> list[str]:
-        return [v for k, v in self.items if k == key]
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.items if isinstance(e, kind)]
 
     async def until(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
         with trio.fail_after(timeout):
@@ -45,13 +62,13 @@ class Events:
                 await self._changed.wait()
 
     async def wait(
-        self, key: str, pred: Callable[[str], bool] = lambda v: True, timeout: float = 10.0
-    ) -> str:
+        self, kind: type[E], pred: Callable[[E], bool] = lambda e: True, timeout: float = 10.0
+    ) -> E:
         with trio.fail_after(timeout):
             while True:
-                for k, v in self.items:
-                    if k == key and pred(v):
-                        return v
+                for e in self.of(kind):
+                    if pred(e):
+                        return e
                 await self._changed.wait()
 
 
@@ -102,14 +119,14 @@ async def connect_all_to_first(nodes: list[Node], topic: str = ANNOUNCE_TOPIC) -
 
 async def test_save_announce_sync_roundtrip(tmp_path: Path) -> None:
     async with cluster(tmp_path, ["a", "b"]) as ((a, b), (ea, eb)):
-        assert ea.values("PEER_ID") == [a.peer_id]
+        assert ea.of(NodeStarted) == [NodeStarted(a.peer_id)]
         await connect_all_to_first([a, b])
         arrays = weights(1)
         rec = await a.save_checkpoint(3, arrays, {"task": "unit"})
-        assert ea.values("SAVED") == [f"3:{rec.cid}"]
-        assert ea.values("ANNOUNCED") == [f"3:{rec.cid}"]
-        heard = await eb.wait("HEARD")
-        assert heard == f"3:{rec.cid}:{a.peer_id}"
+        assert ea.of(Saved) == [Saved(3, rec.cid)]
+        assert ea.of(Announced) == [Announced(3, rec.cid)]
+        heard = await eb.wait(Heard)
+        assert heard == Heard(3, rec.cid, a.peer_id)
         latest = await b.catalog.latest_announced()
         assert latest is not None and (latest.round, latest.cid, latest.sender_peer) == (
             3,
@@ -121,7 +138,7 @@ async def test_save_announce_sync_roundtrip(tmp_path: Path) -> None:
         assert await b.head() is None
         head = await b.sync()
         assert head == (3, rec.cid)
-        assert eb.values("SYNCED") == [f"3:{rec.cid}"]
+        assert eb.of(Synced) == [Synced(3, rec.cid)]
         ckpt = await b.load_checkpoint()
         for name, arr in arrays.items():
             np.testing.assert_array_equal(ckpt.arrays[name], arr)
@@ -137,8 +154,8 @@ async def test_late_joiner_learns_head_over_head_protocol(tmp_path: Path) -> Non
         rec = await a.store.save(5, weights(5))
         await a.replicate(rec)
         await late.connect(a.addrs()[0])
-        assert await el.wait("HEAD") == f"5:{rec.cid}:{a.peer_id}"
-        assert el.values("HEARD") == []
+        assert await el.wait(HeadReceived) == HeadReceived(5, rec.cid, a.peer_id)
+        assert el.of(Heard) == []
         anns = await late.catalog.announcements()
         assert [(x.round, x.topic) for x in anns] == [(5, HEAD_PROTOCOL)]
         assert await late.sync() == (5, rec.cid)
@@ -150,7 +167,7 @@ async def test_resume_after_restart_keeps_peer_id(tmp_path: Path) -> None:
         rec = await a.save_checkpoint(2, weights(2))
     async with cluster(tmp_path, ["a"]) as ((a,), (ev,)):
         assert a.peer_id == first_id
-        assert ev.values("RESUMED") == ["2"]
+        assert ev.of(Resumed) == [Resumed(2)]
         assert await a.head() == (2, rec.cid)
 
 
@@ -159,7 +176,7 @@ async def test_training_topic_inline_and_by_reference(tmp_path: Path) -> None:
     async with cluster(tmp_path, ["a", "b"], chain=chain) as ((a, b), (ea, eb)):
         await a.join(TRAINING_TOPIC)
         async with b.subscribe(TRAINING_TOPIC) as sub:
-            assert eb.values("JOINED") == [ANNOUNCE_TOPIC, TRAINING_TOPIC]
+            assert eb.of(TopicJoined) == [TopicJoined(ANNOUNCE_TOPIC), TopicJoined(TRAINING_TOPIC)]
             await connect_all_to_first([a, b], TRAINING_TOPIC)
             small = b"update-small"
             big = bytes(range(256)) * 20  # 5120 bytes > inline limit 1000
@@ -174,9 +191,9 @@ async def test_training_topic_inline_and_by_reference(tmp_path: Path) -> None:
                     if len(got) == 2:
                         break
             assert got == {small: a.peer_id, big: a.peer_id}
-            assert sorted(eb.values("RECEIVED")) == sorted(
-                f"{TRAINING_TOPIC}:{a.peer_id}:{len(d)}:{payload_digest(d)}" for d in (small, big)
-            )
+            assert sorted(eb.of(Received), key=lambda e: e.size) == [
+                Received(TRAINING_TOPIC, a.peer_id, len(d), payload_digest(d)) for d in (small, big)
+            ]
 
 
 async def test_bad_announcements_change_nothing(tmp_path: Path) -> None:
@@ -192,11 +209,12 @@ async def test_bad_announcements_change_nothing(tmp_path: Path) -> None:
         for payload in bad:
             await a.publish(ANNOUNCE_TOPIC, payload)
         await a.announce(9, good_cid)  # a valid one after the bad ones
-        assert await eb.wait("HEARD") == f"9:{good_cid}:{a.peer_id}"
-        dropped = eb.values("DROPPED")
-        assert sorted(d.split(":")[1] for d in dropped) == sorted(
+        assert await eb.wait(Heard) == Heard(9, good_cid, a.peer_id)
+        dropped = eb.of(Dropped)
+        assert sorted(d.reason for d in dropped) == sorted(
             ["malformed", "bad_round", "bad_cid", "oversized"]
         )
+        assert {(d.topic, d.peer) for d in dropped} == {(ANNOUNCE_TOPIC, a.peer_id)}
         anns = await b.catalog.announcements()
         assert [(x.round, x.cid) for x in anns] == [(9, good_cid)]
         assert b.counters.count(ANNOUNCE_TOPIC) == 4
@@ -214,11 +232,13 @@ async def test_flood_from_one_peer_is_rate_limited(tmp_path: Path) -> None:
             await a.publish(TRAINING_TOPIC, f"m{i}".encode())
 
         def settled() -> bool:
-            limited = [d for d in eb.values("DROPPED") if d.endswith(f"rate_limited:{a.peer_id}")]
-            return len(limited) + len(eb.values("RECEIVED")) >= 30
+            limited = [
+                d for d in eb.of(Dropped) if d == Dropped(TRAINING_TOPIC, "rate_limited", a.peer_id)
+            ]
+            return len(limited) + len(eb.of(Received)) >= 30
 
         await eb.until(settled)
-        assert len(eb.values("RECEIVED")) == 5  # the burst; the rate refills nothing meanwhile
+        assert len(eb.of(Received)) == 5  # the burst; the rate refills nothing meanwhile
         assert b.counters.count(TRAINING_TOPIC, "rate_limited") == 25
 
 
@@ -244,7 +264,7 @@ async def test_periodic_reannounce_reaches_a_peer_that_missed_it(tmp_path: Path)
         rec = await a.store.save(4, weights(4))  # stored, never announced explicitly
         await a.replicate(rec)
         await connect_all_to_first([a, b])
-        assert await eb.wait("HEARD") == f"4:{rec.cid}:{a.peer_id}"
+        assert await eb.wait(Heard) == Heard(4, rec.cid, a.peer_id)
         anns = await b.catalog.announcements(round=4)
         assert ANNOUNCE_TOPIC in {x.topic for x in anns}
 
@@ -253,7 +273,7 @@ async def test_auto_sync_fetches_new_rounds(tmp_path: Path) -> None:
     async with cluster(tmp_path, ["a", "b"], auto_sync=True) as ((a, b), (_, eb)):
         await connect_all_to_first([a, b])
         rec = await a.save_checkpoint(6, weights(6))
-        assert await eb.wait("SYNCED", lambda v: v.startswith("6:")) == f"6:{rec.cid}"
+        assert await eb.wait(Synced, lambda e: e.round == 6) == Synced(6, rec.cid)
         assert await b.head() == (6, rec.cid)
 
 
@@ -265,15 +285,18 @@ async def test_unfetchable_announcement_is_an_error_not_a_crash(tmp_path: Path) 
         await connect_all_to_first([a, b], TRAINING_TOPIC)
         await b.host.wait_for_mesh(a.peer_id, ANNOUNCE_TOPIC)
         await a.announce(7, ghost)
-        await eb.wait("HEARD")
+        await eb.wait(Heard)
         assert await b.sync() is None
-        assert "sync: 1 candidate(s) failed" in (await eb.wait("ERROR"))
+        failed = await eb.wait(SyncFailed)
+        assert failed.failures == 1 and ghost in failed.first
         # a reference to an object nobody stored is dropped as fetch_failed
         from fedstore.p2p.messages import encode_reference
 
         await a.host.publish(TRAINING_TOPIC, encode_reference(ghost, 10))
-        assert await eb.wait("DROPPED", lambda v: ":fetch_failed:" in v)
-        assert [v for v in eb.values("RECEIVED") if v.startswith(TRAINING_TOPIC)] == []
+        assert await eb.wait(Dropped, lambda e: e.reason == "fetch_failed") == Dropped(
+            TRAINING_TOPIC, "fetch_failed", a.peer_id
+        )
+        assert [e for e in eb.of(Received) if e.topic == TRAINING_TOPIC] == []
 
 
 async def test_serve_node_with_nursery_start(tmp_path: Path) -> None:
@@ -288,7 +311,7 @@ async def test_serve_node_with_nursery_start(tmp_path: Path) -> None:
             settings={"FEDSTORE_FS_ROOT": str(tmp_path / "fs")},
         )
         node = await nursery.start(functools.partial(serve_node, cfg, on_event=ev))
-        assert isinstance(node, Node) and ev.values("PEER_ID") == [node.peer_id]
+        assert isinstance(node, Node) and ev.of(NodeStarted) == [NodeStarted(node.peer_id)]
         nursery.cancel_scope.cancel()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedstore.p2p.driver import NodeProcess, python_env
+from fedstore.node.driver import NodeProcess, python_env
 
 TIMEOUT = 40.0
 

@@ -200,3 +200,48 @@ async def test_gossip_settings_applied(tmp_path: Path) -> None:
     async with open_host(ident, LOOPBACK, settings=GossipSettings(heartbeat_interval=0.25)) as h:
         assert h._gossipsub.heartbeat_interval == 0.25
         assert h._gossipsub.spam_protection_enabled is False
+
+
+def test_subscription_queue_is_raised_only_on_the_tested_libp2p_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+    import logging
+
+    import libp2p.pubsub.pubsub as libp2p_pubsub
+
+    from fedstore.p2p import host as host_mod
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    host_mod.log.addHandler(handler)
+    try:
+        monkeypatch.setattr(libp2p_pubsub, "SUBSCRIPTION_CHANNEL_SIZE", 32)
+        monkeypatch.setattr(host_mod, "_queue_checked", False)
+        monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.9.0")
+        host_mod._enlarge_subscription_queue()
+        assert libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE == 32  # left alone
+        assert len(records) == 1 and "not the tested 0.8.1" in records[0].getMessage()
+        host_mod._enlarge_subscription_queue()
+        assert len(records) == 1  # warned once
+
+        monkeypatch.setattr(host_mod, "_queue_checked", False)
+        monkeypatch.setattr(importlib.metadata, "version", lambda name: host_mod.LIBP2P_VERSION)
+        host_mod._enlarge_subscription_queue()
+        assert libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE == host_mod.SUBSCRIPTION_QUEUE
+        assert len(records) == 1
+    finally:
+        host_mod.log.removeHandler(handler)
+
+
+async def test_opening_a_host_applies_the_queue_on_this_release(tmp_path: Path) -> None:
+    import importlib.metadata
+
+    import libp2p.pubsub.pubsub as libp2p_pubsub
+
+    from fedstore.p2p.host import LIBP2P_VERSION, SUBSCRIPTION_QUEUE
+
+    assert importlib.metadata.version("libp2p") == LIBP2P_VERSION
+    async with hosts(tmp_path, 1):
+        assert libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE >= SUBSCRIPTION_QUEUE

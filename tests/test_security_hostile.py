@@ -198,24 +198,24 @@ async def test_pickle_offered_to_a_syncing_node(payload: bytes, tmp_path: pathli
 
     from fedstore.config import NodeConfig
     from fedstore.node import open_node
+    from fedstore.node.events import NodeEvent, SyncFailed
 
     backend = MemoryBackend()
     cid = (await backend.add(payload)).cid
-    events: list[tuple[str, str]] = []
+    events: list[NodeEvent] = []
     config = replace(
         NodeConfig(role="trainer", data_dir=tmp_path / "node"),
         reannounce_interval=0,
         head_timeout=1.0,
     )
-    async with open_node(
-        config, chain=BackendChain([backend]), on_event=lambda k, v: events.append((k, v))
-    ) as node:
+    async with open_node(config, chain=BackendChain([backend]), on_event=events.append) as node:
         await node.catalog.record_announcement(7, cid, PEER, "model-cids")
         assert await node.sync() is None
         assert await node.head() is None
         assert await node.store.list_rounds() == []
-    errors = [v for k, v in events if k == "ERROR"]
-    assert len(errors) == 1 and "round 7" in errors[0] and "pickle" in errors[0]
+    errors = [e for e in events if isinstance(e, SyncFailed)]
+    assert len(errors) == 1 and errors[0].failures == 1
+    assert "round 7" in errors[0].first and "pickle" in errors[0].first
     assert not [p for p in (tmp_path / "node" / "rounds").iterdir()]
 
 

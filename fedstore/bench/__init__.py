@@ -8,6 +8,7 @@ Sections (one module each; run in this order, each independent)::
     announce  announcement delivery across peer processes (median, p95)
     catchup   an offline peer's fetch + verify + load vs read + sha256
     updates   lossy update encodings (float16, int8, top-k) vs float32: bytes, accuracy
+    startup   `fedstore --help` and `--version` vs `python -c pass` (median wall time)
 
 Use::
 

@@ -46,7 +46,7 @@ def describe(sizes: BenchSizes) -> str:
 
 def run(sizes: BenchSizes, workdir: Path, say: SayFn) -> SectionResult:
     from fedstore.ipld.cid import cid_of_bytes
-    from fedstore.p2p.driver import NodeProcess, python_env
+    from fedstore.node.driver import NodeProcess, python_env
 
     n = int(sizes.peers)
     if n < 2:

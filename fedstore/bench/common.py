@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where a model is built: `fedstore --help` stays fast
+    import numpy as np
 
 __all__ = [
     "MB",
@@ -62,6 +62,8 @@ class BenchSizes:
     #: Catch-up: checkpoint size in MB and timed runs.
     catchup_mb: float = 100.0
     catchup_runs: int = 5
+    #: Start-up: interpreter launches per command (median reported).
+    startup_runs: int = 21
     #: Compressed updates: digits rounds per federation, seeds per encoding.
     updates_rounds: int = 10
     updates_seeds: int = 3
@@ -86,6 +88,7 @@ class BenchSizes:
             announcements=10,
             warmup=1,
             catchup_mb=16.0,
+            startup_runs=9,
             updates_seeds=1,
             verify_rounds=5,
         )
@@ -222,6 +225,8 @@ class SectionResult:
 
 def median_time(fn: Callable[[], object], runs: int) -> tuple[float, list[float]]:
     """Run *fn* *runs* times (at least once); return the median and every duration in s."""
+    import statistics
+
     samples = []
     for _ in range(max(1, runs)):
         start = time.perf_counter()
@@ -251,6 +256,8 @@ def trained_like(total_bytes: int, seed: int = 0) -> dict[str, np.ndarray]:
     matrix is cut to fit, so even a 1 MB model has more than one tensor.
     Deterministic for a given size and seed.
     """
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     size = i = 0

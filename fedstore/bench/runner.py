@@ -22,13 +22,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from fedstore.bench.common import BenchSizes, Row, SayFn, SectionResult
+
+if TYPE_CHECKING:  # Rich is imported when a report is drawn: `fedstore --help` stays fast
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
 __all__ = [
     "SECTIONS",
@@ -53,6 +54,7 @@ SECTIONS: dict[str, str] = {
     "catchup": "fedstore.bench.catchup_bench",
     "updates": "fedstore.bench.updates_bench",
     "verify": "fedstore.bench.verify_bench",
+    "startup": "fedstore.bench.startup_bench",
 }
 
 SectionFn = Callable[[BenchSizes, Path, SayFn], SectionResult]
@@ -141,7 +143,10 @@ def run_bench(
     unknown = sorted(set(only or ()) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
-    console = console or Console(stderr=True)
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
     report = BenchReport(
         sizes=sizes,
         quick=quick,
@@ -219,6 +224,8 @@ def format_value(row: Row) -> str:
 
 def format_ratio(row: Row, baselines: set[str] | None = None) -> Text:
     """``2.06×``; small time ratios also say how many times faster; baselines say so."""
+    from rich.text import Text
+
     if row.ratio is None or row.baseline is None:
         if baselines is not None and row.variant in baselines:
             return Text("baseline", style="dim")
@@ -230,6 +237,8 @@ def format_ratio(row: Row, baselines: set[str] | None = None) -> Text:
 
 
 def _target_cell(row: Row) -> Text:
+    from rich.text import Text
+
     if row.target is None:
         return Text("")
     text = row.target.text(row.unit)
@@ -241,6 +250,9 @@ def _target_cell(row: Row) -> Text:
 
 def render_table(report: BenchReport) -> Table:
     """The results as one Rich table, a group of rows per section."""
+    from rich.table import Table
+    from rich.text import Text
+
     mode = "quick" if report.quick else "full"
     table = Table(
         title=f"fedstore bench ({mode} sizes)",
@@ -320,4 +332,6 @@ def _finite(obj: Any) -> Any:
 
 def default_console() -> Console:
     """Stdout console for the table; 140 columns wide when stdout is not a terminal."""
+    from rich.console import Console
+
     return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 140)

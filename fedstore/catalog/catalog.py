@@ -55,7 +55,7 @@ from fedstore.catalog.records import (
     RoundHistoryRow,
     RoundMetricRecord,
 )
-from fedstore.errors import CatalogError
+from fedstore.errors import CatalogError, RoundConflictError
 
 __all__ = ["CATALOG_FILENAME", "Catalog", "RoundConflictError", "resolve_db_path"]
 
@@ -63,10 +63,6 @@ log = logging.getLogger(__name__)
 
 #: File name of the catalog inside a node's data directory.
 CATALOG_FILENAME = "catalog.sqlite"
-
-
-class RoundConflictError(CatalogError):
-    """The round already has a checkpoint with a different CID (and replace was not asked)."""
 
 
 def resolve_db_path(location: str | Path) -> Path:

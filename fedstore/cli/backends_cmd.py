@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
-
 from fedstore.backends.settings import Setting
 from fedstore.errors import FedstoreError
 
@@ -104,6 +102,7 @@ def _context(settings: dict[str, str]) -> BackendContext:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
+    import trio
     from rich.markup import escape
     from rich.table import Table
 
@@ -184,6 +183,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
+    import trio
+
     from fedstore.backends import build_chain
 
     path = Path(args.path)
@@ -202,6 +203,8 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    import trio
+
     from fedstore.backends import build_chain
 
     if args.output == "-":
@@ -229,6 +232,8 @@ def _get_to_stdout(args: argparse.Namespace) -> int:
     """``get CID -o -``: fetch into a private temporary file, verified, then copy to stdout."""
     import shutil
     import tempfile
+
+    import trio
 
     from fedstore.backends import build_chain
 

@@ -19,16 +19,8 @@ import argparse
 import shlex
 import sys
 
-from rich.console import Console
-
 from fedstore.bench.common import BenchSizes
-from fedstore.bench.runner import (
-    SECTIONS,
-    default_console,
-    print_report,
-    run_bench,
-    write_json,
-)
+from fedstore.bench.runner import SECTIONS
 
 __all__ = ["DEFAULT_JSON", "register", "run"]
 
@@ -115,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fedstore bench: error: {exc}", file=sys.stderr)
         return 2
+    from rich.console import Console
+
+    from fedstore.bench.runner import default_console, print_report, run_bench, write_json
+
     command = _command_line(args)
     report = run_bench(
         sizes,

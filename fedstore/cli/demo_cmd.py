@@ -16,15 +16,6 @@ SUBDEMOS = {
 DEFAULT_DEMO = "fedstore.demos.federation"
 
 
-def _load(modname: str) -> Any | None:
-    try:
-        return importlib.import_module(modname)
-    except ModuleNotFoundError as exc:
-        if exc.name == modname:
-            return None
-        raise
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
@@ -35,17 +26,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "'fedstore demo weights' walks through the local persistence layer."
         ),
     )
-    default = _load(DEFAULT_DEMO)
-    if default is not None:
-        default.add_arguments(p)
-        p.set_defaults(func=default.run)
+    default: Any = importlib.import_module(DEFAULT_DEMO)
+    default.add_arguments(p)
+    p.set_defaults(func=default.run)
     demos = p.add_subparsers(dest="demo", metavar="DEMO")
     for name, modname in SUBDEMOS.items():
-        mod = _load(modname)
-        if mod is None:
-            continue
+        mod: Any = importlib.import_module(modname)
         sp = demos.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
         mod.add_arguments(sp)
         sp.set_defaults(func=mod.run)
-    if default is None:
-        demos.required = True

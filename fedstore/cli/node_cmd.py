@@ -6,6 +6,12 @@ tty, or ``--script FILE``, or ``--status``) it prints one machine-readable
 ``fedstore selftest`` and other programs can drive it; docs/NODE.md lists
 the keys. Input is read in a worker thread, so the node keeps serving peers
 while it waits for a command. End of input (or ``exit``) stops the node.
+
+Node events arrive as the dataclasses of :mod:`fedstore.node.events` and are
+rendered here, at the edge, by :func:`fedstore.node.status.status_line`;
+command output (``OK=``, ``PEERS=``, ``LOADED=`` ...) is written directly.
+numpy, trio and the node itself are imported when a command runs, so
+``fedstore --help`` does not pay for them.
 """
 
 from __future__ import annotations
@@ -19,16 +25,18 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
-import trio
-
-from fedstore.catalog import RoundConflictError
 from fedstore.cli.output import clean
 from fedstore.config import ROLES, NodeConfig, load_node_config
-from fedstore.errors import ConfigError, FedstoreError
+from fedstore.errors import ConfigError, FedstoreError, RoundConflictError
 from fedstore.p2p.messages import WireFormatError, parse_round, validate_cid
+
+if TYPE_CHECKING:
+    import numpy as np
+    import trio
+
+    from fedstore.node.events import NodeEvent
 
 __all__ = ["CommandRunner", "Output", "demo_weights", "register", "run"]
 
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 
 def demo_weights(round: int) -> dict[str, np.ndarray]:
     """The weights ``checkpoint_save`` stores without a file: conv/fc-shaped, seeded by round."""
+    import numpy as np
+
     rng = np.random.default_rng(round)
     return {
         "conv1.weight": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
@@ -81,7 +91,14 @@ class Output:
         self._stream = stream or sys.stdout
         self._role = role
 
+    def node_event(self, event: NodeEvent) -> None:
+        """Print a node event (the node's ``on_event`` callback)."""
+        from fedstore.node.status import status_line
+
+        self.event(*status_line(event))
+
     def event(self, key: str, value: object) -> None:
+        """Print one ``KEY=value`` line (machine) or its sentence (human)."""
         text = clean(str(value).replace("\n", " "))  # values may quote peers: no escapes
         if self.machine:
             self._write(f"{key}={text}")
@@ -243,6 +260,8 @@ class CommandRunner:
     async def checkpoint_save(self, args: list[str]) -> None:
         round_ = _round_arg(args[0])
         if len(args) > 1:
+            import trio
+
             from fedstore.format.weight_files import load_weights_file
 
             arrays = await trio.to_thread.run_sync(load_weights_file, Path(args[1]))
@@ -269,6 +288,8 @@ class CommandRunner:
         except WireFormatError as exc:
             raise UsageError(str(exc)) from None
         data = await self.node.fetch(cid)
+        import trio
+
         from fedstore.format import inspect
 
         info = await trio.to_thread.run_sync(inspect, data)
@@ -358,6 +379,8 @@ COMMANDS: dict[str, Command] = {
 
 
 async def _read_lines(source: IO[str], send: trio.MemorySendChannel[str | None]) -> None:
+    import trio
+
     async with send:
         while True:
             # trio-stubs (trio_typing) predates abandon_on_cancel; trio 0.35 has it
@@ -371,10 +394,12 @@ async def _read_lines(source: IO[str], send: trio.MemorySendChannel[str | None])
 
 
 async def _main(config: NodeConfig, out: Output, source: IO[str], prompt: bool) -> int:
+    import trio
+
     from fedstore.node import open_node
 
     failures = 0
-    async with open_node(config, on_event=out.event, on_message=out.message) as node:
+    async with open_node(config, on_event=out.node_event, on_message=out.message) as node:
         if config.federation:
             from fedstore.federation.nodepeer import join_federation
 
@@ -403,28 +428,12 @@ async def _main(config: NodeConfig, out: Output, source: IO[str], prompt: bool) 
 
 
 async def _stop_on_signals(scope: trio.CancelScope) -> None:
+    import trio
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
             scope.cancel()
             return
-
-
-def _route_libp2p_logs() -> None:
-    """Show py-libp2p's own log lines only when fedstore logs at INFO or DEBUG.
-
-    py-libp2p logs routine events (a peer leaving while a stream opens) as
-    multi-line errors; fedstore's adapter turns the ones that matter into its
-    own errors and events, so at the default level they are noise.
-    """
-    ours = logging.getLogger("fedstore")
-    lib = logging.getLogger("libp2p")
-    if ours.getEffectiveLevel() <= logging.INFO:
-        lib.setLevel(ours.getEffectiveLevel())
-        lib.propagate = False
-        for handler in ours.handlers:
-            lib.addHandler(handler)
-    else:
-        lib.setLevel(logging.CRITICAL)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -432,7 +441,6 @@ def run(args: argparse.Namespace) -> int:
         from fedstore.logsetup import setup_logging
 
         setup_logging(args.node_log_level or "WARNING", json_lines=args.node_log_json)
-    _route_libp2p_logs()
     flags = {
         "FEDSTORE_ROLE": args.role,
         "CHECKPOINT_DIR": args.dir,
@@ -457,6 +465,8 @@ def run(args: argparse.Namespace) -> int:
         source = sys.stdin
     machine = bool(args.script or args.status or not sys.stdin.isatty())
     out = Output(machine, role=config.role)
+    import trio
+
     try:
         return trio.run(_main, config, out, source, not machine)
     finally:

@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import trio
-
 from fedstore.errors import CatalogError
 
 __all__ = ["register"]
@@ -135,6 +133,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    import trio
+
     from fedstore.backends import build_chain, default_backend_names, parse_backend_list
     from fedstore.catalog import AsyncCatalog, Catalog
     from fedstore.cli.output import clean

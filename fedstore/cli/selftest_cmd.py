@@ -33,9 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import trio
-
 from fedstore.cli.node_cmd import CommandRunner, Output, demo_weights
 from fedstore.config import NodeConfig
 
@@ -99,6 +96,8 @@ def _file_cid_ok(path: Path, cid: str) -> bool:
 
 
 async def _part_a(base: Path, checks: Checks) -> None:
+    import numpy as np
+
     from fedstore.node import open_node
 
     cfg = NodeConfig(
@@ -109,7 +108,7 @@ async def _part_a(base: Path, checks: Checks) -> None:
         settings={"FEDSTORE_FS_ROOT": str(base / "fsroot")},
     )
     rec = _Recorder()
-    async with open_node(cfg, on_event=rec.event) as node:
+    async with open_node(cfg, on_event=rec.node_event) as node:
         runner = CommandRunner(node, rec)
 
         async def cmd(line: str) -> list[tuple[str, str]]:
@@ -205,7 +204,7 @@ async def _part_a(base: Path, checks: Checks) -> None:
         checks.check("node still answers after bad commands", await runner.execute("local"))
         first_id = node.peer_id
     rec2 = _Recorder()
-    async with open_node(cfg, on_event=rec2.event) as node:
+    async with open_node(cfg, on_event=rec2.node_event) as node:
         checks.check("restart keeps the peer id", node.peer_id == first_id)
         checks.check("restart resumes from round 3", rec2.since(0, "RESUMED") == ["3"])
 
@@ -214,7 +213,7 @@ async def _part_a(base: Path, checks: Checks) -> None:
 
 
 def _part_b(base: Path, checks: Checks) -> None:
-    from fedstore.p2p.driver import NodeProcess, python_env
+    from fedstore.node.driver import NodeProcess, python_env
 
     env = python_env(
         {"FEDSTORE_BACKENDS": "filesystem", "FEDSTORE_REANNOUNCE_INTERVAL": "0"},
@@ -319,6 +318,8 @@ def _part_b(base: Path, checks: Checks) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import trio
+
     base = Path(tempfile.mkdtemp(prefix="fedstore-selftest-"))
     checks = Checks()
     started = time.monotonic()

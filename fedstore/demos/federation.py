@@ -34,13 +34,14 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
-
-from fedstore.demos.federation_state import DemoState, Proc, apply_event
-from fedstore.demos.federation_view import finish, render
 from fedstore.errors import ConfigError
+
+if TYPE_CHECKING:  # trio and the demo's state load when it runs, not for `fedstore --help`
+    import trio
+
+    from fedstore.demos.federation_state import DemoState, Proc
 
 __all__ = ["add_arguments", "run"]
 
@@ -181,6 +182,8 @@ async def _run_proc(
     argv: list[str],
     on_line: Callable[[Proc, dict[str, Any]], None],
 ) -> None:
+    import trio
+
     assert proc.log_path is not None
     proc.state = "starting"
     log = await trio.to_thread.run_sync(proc.log_path.open, "wb")
@@ -229,6 +232,10 @@ async def _federate(
     wait offline, without a node, for ``GO <aggregator address>`` on stdin.
     The late trainer gets it when the round before its first round closes.
     """
+    import trio
+
+    from fedstore.demos.federation_state import apply_event
+
     args = state.args
     n = args.trainers
     late = args.late_trainer if 1 <= args.late_trainer <= n and args.late_round > 1 else 0
@@ -311,9 +318,12 @@ async def _federate(
 
 
 async def _main(args: argparse.Namespace) -> int:
+    import trio
     from rich.live import Live
 
     from fedstore.cli.output import console as pipe_safe_console
+    from fedstore.demos.federation_state import DemoState, Proc
+    from fedstore.demos.federation_view import finish, render
 
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
@@ -382,4 +392,6 @@ async def _main(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``fedstore demo`` (see the module docstring)."""
+    import trio
+
     return trio.run(_main, args)

@@ -11,11 +11,18 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+if TYPE_CHECKING:  # trio loads when the demo runs, not for `fedstore --help`
+    import trio
 
 __all__ = ["DemoState", "Proc", "RoundInfo", "apply_event", "short_cid"]
+
+
+def _event() -> trio.Event:
+    import trio
+
+    return trio.Event()
 
 
 @dataclass
@@ -34,9 +41,9 @@ class Proc:
     #: the trainer was told to go online
     went: bool = False
     process: Any = None
-    spawned: trio.Event = field(default_factory=trio.Event)
-    ready: trio.Event = field(default_factory=trio.Event)
-    exited: trio.Event = field(default_factory=trio.Event)
+    spawned: trio.Event = field(default_factory=_event)
+    ready: trio.Event = field(default_factory=_event)
+    exited: trio.Event = field(default_factory=_event)
 
 
 @dataclass

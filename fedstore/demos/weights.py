@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from fedstore.errors import ConfigError
+
+if TYPE_CHECKING:  # numpy loads when the demo runs, not for `fedstore --help`
+    import numpy as np
 
 __all__ = ["DEFAULT_DIR", "MARKER", "add_arguments", "run"]
 
@@ -41,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_weights(round: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A small CNN's weights after ``round`` rounds: fixed init plus per-round updates."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     shapes = {
         "conv1.weight": (16, 1, 3, 3),
@@ -98,6 +102,8 @@ class _Checker:
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    import numpy as np
+
     return sorted(a) == sorted(b) and all(
         a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and np.array_equal(a[k], b[k])
         for k in a

@@ -171,10 +171,14 @@ class DecodedBlock:
     data: bytes
     #: UnixFS ``filesize`` when the block states it (None for raw leaves).
     filesize: int | None
+    #: UnixFS ``blocksizes``: the file bytes under each link (empty for leaves).
+    blocksizes: tuple[int, ...] = ()
 
 
 def decode_block(cid: ParsedCid, block: bytes) -> DecodedBlock:
-    """Decode a block that is part of a UnixFS *file*.
+    """Decode a block that is part of a UnixFS *file*: fedstore's one block decoder.
+
+    Bitswap's DAG walk and the CAR reader (:mod:`fedstore.ipld.car`) both use it.
 
     Raw blocks (codec 0x55) are file bytes. dag-pb blocks must carry UnixFS
     ``File`` (or legacy ``Raw``) data; a directory or anything else raises
@@ -202,4 +206,10 @@ def decode_block(cid: ParsedCid, block: bytes) -> DecodedBlock:
         raise FormatError(
             f"block {cid} has {len(links)} links but {len(ufs.blocksizes)} blocksizes"
         )
-    return DecodedBlock(tuple(links), ufs.data, ufs.filesize)
+    if ufs.filesize is not None and (ufs.blocksizes or not links):
+        stated = len(ufs.data) + sum(ufs.blocksizes)
+        if ufs.filesize != stated:
+            raise FormatError(
+                f"block {cid}: filesize {ufs.filesize} but its content adds up to {stated}"
+            )
+    return DecodedBlock(tuple(links), ufs.data, ufs.filesize, tuple(ufs.blocksizes))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from fedstore.errors import FormatError, IntegrityError, InvalidCIDError, SizeLimitError
+from fedstore.ipld.blocks import decode_block
 from fedstore.ipld.cid import (
     BuiltDag,
     CidBuilder,
@@ -40,13 +41,8 @@ from fedstore.ipld.cid import (
     read_binary_cid,
 )
 from fedstore.ipld.unixfs import (
-    CODEC_RAW,
-    UNIXFS_FILE,
-    UNIXFS_RAW,
     BytesLike,
     TreeNode,
-    decode_pbnode,
-    decode_unixfs,
     encode_varint,
     hash_leaf,
     leaf_envelope,
@@ -350,27 +346,21 @@ class _Entry:
 
 
 def _index_block(cid: ParsedCid, block: bytes) -> tuple[_Entry, bytes]:
-    """Check a block's UnixFS shape; return its entry and its file bytes (leaves)."""
-    if cid.codec == CODEC_RAW:
-        return _Entry(0, len(block), (), (), len(block)), block
-    node = decode_pbnode(block)
-    if node.data is None:
-        raise FormatError(f"dag-pb block {cid} has no UnixFS data")
-    ufs = decode_unixfs(node.data)
-    if ufs.type not in (UNIXFS_FILE, UNIXFS_RAW):
+    """Check a block's UnixFS shape; return its entry and its file bytes (leaves).
+
+    The block is decoded by :func:`fedstore.ipld.blocks.decode_block`; a CAR's
+    internal nodes must also state the size under every link (Kubo's do),
+    since :func:`_check_dag` proves the file's size from them.
+    """
+    decoded = decode_block(cid, block)
+    if len(decoded.blocksizes) != len(decoded.links):
         raise FormatError(
-            f"block {cid} is UnixFS type {ufs.type}, not a file; fedstore CARs hold one file"
+            f"block {cid}: {len(decoded.links)} links but {len(decoded.blocksizes)} sizes"
         )
-    if len(ufs.blocksizes) != len(node.links):
-        raise FormatError(f"block {cid}: {len(node.links)} links but {len(ufs.blocksizes)} sizes")
-    try:
-        links = tuple(read_binary_cid(lk.cid)[0] for lk in node.links)
-    except InvalidCIDError as exc:
-        raise FormatError(f"block {cid} links to an unusable CID: {exc}") from exc
-    expected = len(ufs.data) + sum(ufs.blocksizes)
-    if ufs.filesize is not None and ufs.filesize != expected:
-        raise FormatError(f"block {cid}: filesize {ufs.filesize} but content adds up to {expected}")
-    return _Entry(0, len(ufs.data), links, ufs.blocksizes, expected), ufs.data
+    links = tuple(link.cid for link in decoded.links)
+    expected = len(decoded.data) + sum(decoded.blocksizes)
+    entry = _Entry(0, len(decoded.data), links, decoded.blocksizes, expected)
+    return entry, decoded.data
 
 
 def _key(cid: ParsedCid) -> tuple[int, bytes]:

@@ -11,12 +11,12 @@
 Start one with ``async with open_node(config) as node:`` or
 ``node = await nursery.start(serve_node, config)``. While it runs, the node
 
-* resumes from the catalog's latest local checkpoint (event ``RESUMED``);
+* resumes from the catalog's latest local checkpoint (event :class:`Resumed`);
 * connects to the configured bootstrap peers, retrying for a while;
-* asks every newly connected peer for its head (event ``HEAD``) and records
-  the answer in the catalog, so ``sync`` knows it even if the announcement
-  was missed;
-* records every valid announcement heard on ``model-cids`` (event ``HEARD``);
+* asks every newly connected peer that speaks the head protocol for its head
+  (event :class:`HeadReceived`) and records the answer in the catalog, so
+  ``sync`` knows it even if the announcement was missed;
+* records every valid announcement heard on ``model-cids`` (event :class:`Heard`);
 * re-announces its own head every ``reannounce_interval`` seconds.
 
 With a peer filter (:meth:`Node.set_peer_filter`, e.g. a federation's
@@ -24,8 +24,9 @@ membership), messages on every joined topic from peers it refuses are
 dropped inside the pubsub validator (counted as ``non_member``), and their
 head answers and announcements are neither asked for nor used by ``sync``.
 
-Events are reported to an optional ``on_event(key, value)`` callback; the
-runner prints them as ``KEY=value`` status lines (docs/NODE.md lists them).
+Events are the frozen dataclasses of :mod:`fedstore.node.events`, passed to
+an optional ``on_event(event)`` callback; ``fedstore node`` prints them as
+``KEY=value`` status lines (:mod:`fedstore.node.status`, docs/NODE.md).
 """
 
 from __future__ import annotations
@@ -42,6 +43,28 @@ import trio
 
 from fedstore.config import MAX_INLINE_LIMIT, NodeConfig
 from fedstore.errors import FedstoreError, NetworkError, ProtocolError, SizeLimitError
+from fedstore.node.events import (
+    Announced,
+    AutoSyncFailed,
+    BootstrapFailed,
+    Dropped,
+    EventSink,
+    HeadReceived,
+    Heard,
+    Listening,
+    NodeEvent,
+    NodeStarted,
+    PeerConnected,
+    PeerDisconnected,
+    Published,
+    Received,
+    Resumed,
+    Saved,
+    Synced,
+    SyncFailed,
+    TopicJoined,
+    TopicLeft,
+)
 from fedstore.p2p.guard import DropCounters, PeerGuard
 from fedstore.p2p.headproto import HEAD_PROTOCOL, HeadServer, PeerHead, request_head
 from fedstore.p2p.host import GossipSettings, P2PHost, open_host
@@ -66,7 +89,6 @@ __all__ = ["Head", "Node", "PublishResult", "open_node", "serve_node"]
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[str, str], None]
 #: Called with (topic, sender, payload) for every validated message from another peer.
 MessageSink = Callable[[str, str, bytes], None]
 #: Which peers' messages and claims the node takes (peer id -> allowed).
@@ -136,8 +158,10 @@ class Node:
             fetch=self._fetch_sized,
             on_announcement=self._heard,
             on_message=self._received,
-            on_drop=lambda topic, reason, peer: self._emit("DROPPED", f"{topic}:{reason}:{peer}"),
-            on_membership=lambda topic, joined: self._emit("JOINED" if joined else "LEFT", topic),
+            on_drop=lambda topic, reason, peer: self._emit(Dropped(topic, reason, peer)),
+            on_membership=lambda topic, joined: self._emit(
+                TopicJoined(topic) if joined else TopicLeft(topic)
+            ),
         )
         self.head_server = HeadServer(
             self.head,
@@ -191,9 +215,9 @@ class Node:
         allowed = self.topics.peer_filter
         return allowed is None or allowed(peer)
 
-    def _emit(self, key: str, value: object) -> None:
+    def _emit(self, event: NodeEvent) -> None:
         if self._on_event is not None:
-            self._on_event(key, str(value))
+            self._on_event(event)
 
     async def head(self) -> Head | None:
         """This node's latest local checkpoint, from the catalog."""
@@ -247,10 +271,16 @@ class Node:
                     nursery.start_soon(on_mesh, peer)
 
     async def peer_heads(self) -> list[PeerHead]:
-        """Ask every connected peer for its head now (peers that fail are skipped)."""
+        """Ask every connected peer that speaks the head protocol for its head now.
+
+        Peers whose Identify record does not list ``/fedstore/head/1.0.0``
+        (an IPFS node, say) are not asked; peers that fail are skipped.
+        """
         heads: list[PeerHead] = []
 
         async def ask(peer: str) -> None:
+            if not await self.host.speaks(peer, HEAD_PROTOCOL, timeout=self.config.head_timeout):
+                return
             head = await self._ask_head(peer)
             if head is not None:
                 heads.append(head)
@@ -270,7 +300,7 @@ class Node:
             return None
         if head is not None:
             await self.catalog.record_announcement(head.round, head.cid, peer, HEAD_PROTOCOL)
-            self._emit("HEAD", f"{head.round}:{head.cid}:{peer}")
+            self._emit(HeadReceived(head.round, head.cid, peer))
         return head
 
     # -- topics ------------------------------------------------------------------------
@@ -327,13 +357,13 @@ class Node:
             cid = added.cid
             wire = encode_reference(cid, len(data))
         await self.host.publish(topic, wire)
-        self._emit("PUBLISHED", f"{topic}:{len(data)}:{digest}" + (f":{cid}" if cid else ""))
+        self._emit(Published(topic, len(data), digest, cid))
         return PublishResult(topic, len(data), digest, cid)
 
     async def announce(self, round: int, cid: str) -> None:
         """Announce ``CID:<round>:<cid>`` on ``model-cids``."""
         await self.host.publish(ANNOUNCE_TOPIC, format_announcement(round, cid))
-        self._emit("ANNOUNCED", f"{round}:{cid}")
+        self._emit(Announced(round, cid))
 
     async def advertize(self) -> Head | None:
         """Re-announce this node's head now (the original ``advertize`` command)."""
@@ -348,18 +378,18 @@ class Node:
         if self._on_event is None:
             return
         if len(data) <= _INLINE_HASH:
-            self._emit("RECEIVED", f"{topic}:{sender}:{len(data)}:{payload_digest(data)}")
+            self._emit(Received(topic, sender, len(data), payload_digest(data)))
         else:  # hash large payloads off the event loop
 
             async def emit_later() -> None:
-                self._emit("RECEIVED", f"{topic}:{sender}:{len(data)}:{await _digest(data)}")
+                self._emit(Received(topic, sender, len(data), await _digest(data)))
 
             self._nursery.start_soon(emit_later)
 
     async def _heard(self, sender: str, ann: Announcement) -> None:
         rec = await self.catalog.record_announcement(ann.round, ann.cid, sender, ANNOUNCE_TOPIC)
         if rec.times_heard == 1:
-            self._emit("HEARD", f"{ann.round}:{ann.cid}:{sender}")
+            self._emit(Heard(ann.round, ann.cid, sender))
         if self.config.auto_sync:
             await self._want_sync(ann.round)
 
@@ -386,7 +416,7 @@ class Node:
         announced that peers could not fetch.
         """
         rec = await self.store.save(round, arrays, metadata)
-        self._emit("SAVED", f"{rec.round}:{rec.cid}")
+        self._emit(Saved(rec.round, rec.cid))
         await self.replicate(rec)
         await self.announce(rec.round, rec.cid)
         return rec
@@ -475,16 +505,14 @@ class Node:
     async def sync(self) -> Head | None:
         """Fetch the network's latest checkpoint if newer than ours; return our head after.
 
-        Emits ``SYNCED=<round>:<cid>`` when the node holds the latest known
-        round, ``ERROR=`` if newer rounds exist but none could be fetched.
+        Emits :class:`Synced` when the node holds the latest known round,
+        :class:`SyncFailed` if newer rounds exist but none could be fetched.
         """
         outcome: SyncOutcome = await self.syncer.sync()
         if outcome.failures and not outcome.fetched:
-            self._emit(
-                "ERROR", f"sync: {len(outcome.failures)} candidate(s) failed: {outcome.failures[0]}"
-            )
+            self._emit(SyncFailed(len(outcome.failures), outcome.failures[0]))
         elif outcome.head is not None:
-            self._emit("SYNCED", f"{outcome.head.round}:{outcome.head.cid}")
+            self._emit(Synced(outcome.head.round, outcome.head.cid))
         return outcome.head
 
     # -- background tasks ---------------------------------------------------------------
@@ -493,7 +521,7 @@ class Node:
             peer = event.peer_id
             if event.kind == "connected" and peer not in self._connected:
                 self._connected.add(peer)
-                self._emit("CONNECTED", peer)
+                self._emit(PeerConnected(peer))
                 self._nursery.start_soon(self._greet, peer)
                 self._peers_changed.set()
                 self._peers_changed = trio.Event()
@@ -503,12 +531,15 @@ class Node:
                 and peer not in self.host.connected_peers()
             ):
                 self._connected.discard(peer)
-                self._emit("DISCONNECTED", peer)
+                self._emit(PeerDisconnected(peer))
 
     async def _greet(self, peer: str) -> None:
-        """Record a newly connected peer and ask it for its head."""
+        """Record a newly connected peer and, if it speaks the head protocol, ask for its head."""
         try:
             await self.catalog.upsert_peer(peer, self.host.peer_addrs(peer) or None)
+            if not await self.host.speaks(peer, HEAD_PROTOCOL, timeout=self.config.head_timeout):
+                log.debug("%s does not list %s; not asking for its head", peer, HEAD_PROTOCOL)
+                return
             head = await self._ask_head(peer)
             if head is not None and self.config.auto_sync:
                 await self._want_sync(head.round)
@@ -549,7 +580,7 @@ class Node:
             try:
                 await self.sync()
             except FedstoreError as exc:
-                self._emit("ERROR", f"auto-sync: {exc}")
+                self._emit(AutoSyncFailed(str(exc)))
 
     async def _dial_bootstrap(self, addr: str) -> None:
         delay, waited = _BOOTSTRAP_FIRST_RETRY, 0.0
@@ -559,11 +590,11 @@ class Node:
                 return
             except NetworkError as exc:
                 if waited >= _BOOTSTRAP_GIVE_UP:
-                    self._emit("ERROR", f"bootstrap {addr}: {exc}")
+                    self._emit(BootstrapFailed(addr, str(exc)))
                     return
                 log.info("bootstrap %s not reachable yet (%s); retrying", addr, exc)
             except FedstoreError as exc:
-                self._emit("ERROR", f"bootstrap {addr}: {exc}")
+                self._emit(BootstrapFailed(addr, str(exc)))
                 return
             await trio.sleep(delay)
             waited += delay
@@ -573,9 +604,9 @@ class Node:
         # the head must be servable before any peer can ask for it; older rounds follow
         await self._complete_local_copies(limit=1)
         self.host.set_stream_handler(HEAD_PROTOCOL, self.head_server.handle)
-        self._emit("PEER_ID", self.peer_id)
+        self._emit(NodeStarted(self.peer_id))
         for addr in self.addrs():
-            self._emit("LISTENING", addr)
+            self._emit(Listening(addr))
         await self.join(ANNOUNCE_TOPIC)
         self._nursery.start_soon(self._watch_connections)
         self._nursery.start_soon(self._reannounce)
@@ -586,7 +617,7 @@ class Node:
         head = await self.head()
         if head is not None:
             log.info("Resumed from local checkpoint round %d", head.round)
-            self._emit("RESUMED", head.round)
+            self._emit(Resumed(head.round))
         for addr in self.config.bootstrap:
             self._nursery.start_soon(self._dial_bootstrap, addr)
 
@@ -601,6 +632,9 @@ async def open_node(
 ) -> AsyncIterator[Node]:
     """Start a node and yield it once it listens, has resumed and joined ``model-cids``.
 
+    *on_event* receives every :mod:`fedstore.node.events` event, synchronously
+    on the trio loop (it must be quick and must not raise); *on_message*
+    ``(topic, sender, data)`` every validated message from another peer.
     *chain* replaces the configured backend chain (tests, embedding); the
     caller owns it: the node neither runs its backends' lifespans nor closes
     it (``async with chain:`` around the node does both). Otherwise the chain

@@ -76,9 +76,6 @@ class PeerGuard:
             self._buckets.move_to_end(peer)
         return bucket.take(now)
 
-    def forget(self, peer: str) -> None:
-        self._buckets.pop(peer, None)
-
 
 class DropCounters:
     """Counts dropped messages by ``(topic, reason)`` and logs them without flooding the log."""

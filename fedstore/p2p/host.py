@@ -16,11 +16,23 @@ Settings chosen against py-libp2p's defaults (see the reference notes):
   non-determinism;
 * ``strict_signing=True``: every message is signed by its origin and verified
   before validators run, so the sender a validator sees is the signer;
-* security: Noise only (the default offer list also contains plaintext).
+* security: Noise only (the default offer list also contains plaintext);
+* a larger per-subscription queue (:data:`SUBSCRIPTION_QUEUE`), set when a
+  host opens and only on the py-libp2p release it was checked against
+  (:data:`LIBP2P_VERSION`); on another release fedstore warns and keeps
+  py-libp2p's default;
+* a peer store that wakes fedstore when Identify tells it a peer's protocols
+  (:meth:`P2PHost.peer_protocols`), so the node asks only peers that speak a
+  protocol instead of trying and getting ``na``.
+
+:func:`open_host` also routes py-libp2p's log records into fedstore's logging
+(:func:`fedstore.logsetup.route_libp2p_logs`): importing py-libp2p resets
+its logger, so this has to happen after the import.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -38,6 +50,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStore
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
@@ -46,8 +59,11 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from fedstore.errors import ConfigError, NetworkError
+from fedstore.logsetup import route_libp2p_logs
 from fedstore.p2p.identity import Identity
 
+#: The py-libp2p release this adapter was written and tested against.
+LIBP2P_VERSION = "0.8.1"
 #: py-libp2p 0.8.1 queues at most 32 validated messages per subscription
 #: (``SUBSCRIPTION_CHANNEL_SIZE``, read when a topic is subscribed) and drops
 #: the rest with only a log line, so a burst one peer is allowed to send
@@ -56,9 +72,6 @@ from fedstore.p2p.identity import Identity
 #: continuously; this only absorbs bursts. Messages are at most 1 MiB, so the
 #: queue is bounded at 128 MiB in the worst case.
 SUBSCRIPTION_QUEUE = 128
-_libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = max(
-    _libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE, SUBSCRIPTION_QUEUE
-)
 
 __all__ = [
     "ConnectionEvent",
@@ -227,6 +240,31 @@ class _ConnectionNotifee(INotifee):
         await trio.lowlevel.checkpoint()
 
 
+class _WatchedPeerStore(PeerStore):
+    """py-libp2p's peer store that also wakes waiters when a peer's protocols are recorded.
+
+    Identify (run by py-libp2p on every new connection) and Identify push
+    record the protocols a peer lists through ``add_protocols``; py-libp2p
+    offers no event for it, and polling would be the alternative.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocols_changed = trio.Event()
+
+    def _wake(self) -> None:
+        event, self.protocols_changed = self.protocols_changed, trio.Event()
+        event.set()
+
+    def add_protocols(self, peer_id: ID, protocols: Sequence[str]) -> None:
+        super().add_protocols(peer_id, protocols)
+        self._wake()
+
+    def set_protocols(self, peer_id: ID, protocols: Sequence[str]) -> None:
+        super().set_protocols(peer_id, protocols)
+        self._wake()
+
+
 class P2PHost:
     """A running libp2p host with gossipsub. Create with :func:`open_host`."""
 
@@ -236,11 +274,13 @@ class P2PHost:
         pubsub: Pubsub,
         gossipsub: GossipSub,
         events: trio.MemoryReceiveChannel[ConnectionEvent],
+        peerstore: _WatchedPeerStore,
     ) -> None:
         self._host = host
         self._pubsub = pubsub
         self._gossipsub = gossipsub
         self._events = events
+        self._peerstore = peerstore
         self.peer_id: str = host.get_id().to_base58()
 
     # -- escape hatch ----------------------------------------------------------------
@@ -285,14 +325,42 @@ class P2PHost:
         except Exception:  # PeerStoreError when unknown
             return []
 
+    async def peer_protocols(self, peer_id: str, *, timeout: float = 5.0) -> frozenset[str] | None:
+        """The protocols *peer_id* listed in its Identify record.
+
+        py-libp2p runs Identify on every new connection; this waits (event
+        driven, at most *timeout* seconds) until it has. None if it has not
+        by then: the peer left, does not speak Identify, or is too slow.
+        """
+        pid = ID.from_base58(peer_id)
+        with trio.move_on_after(timeout):
+            while True:
+                known = self._identified_protocols(pid)
+                if known is not None:
+                    return known
+                await self._peerstore.protocols_changed.wait()
+        return None
+
+    async def speaks(self, peer_id: str, protocol: str, *, timeout: float = 5.0) -> bool:
+        """Whether *peer_id*'s Identify record lists *protocol* (see :meth:`peer_protocols`)."""
+        protocols = await self.peer_protocols(peer_id, timeout=timeout)
+        return protocols is not None and protocol in protocols
+
+    def _identified_protocols(self, pid: ID) -> frozenset[str] | None:
+        try:
+            listed = self._peerstore.get_protocols(pid)
+        except Exception:  # PeerStoreError: nothing known about the peer yet
+            listed = []
+        # BasicHost 0.8.1 records peers whose Identify completed (even with no protocols)
+        if listed or pid in getattr(self._host, "_identified_peers", ()):
+            return frozenset(str(p) for p in listed)
+        return None
+
     def connection_events(self) -> trio.MemoryReceiveChannel[ConnectionEvent]:
         """Connect/disconnect events (one consumer; bounded, oldest kept when full)."""
         return self._events
 
     # -- pubsub ----------------------------------------------------------------------
-    def subscribed_topics(self) -> list[str]:
-        return sorted(self._pubsub.topic_ids)
-
     def topic_peers(self, topic: str) -> list[str]:
         """Remote peers that told us they subscribe to *topic*."""
         return sorted(p.to_base58() for p in self._pubsub.peer_topics.get(topic, set()))
@@ -408,6 +476,38 @@ def _announce_factory(
     return factory
 
 
+def _enlarge_subscription_queue() -> None:
+    """Raise py-libp2p's per-subscription queue to :data:`SUBSCRIPTION_QUEUE` (0.8.1 only).
+
+    The size is a module global of ``libp2p.pubsub.pubsub`` read when a topic
+    is subscribed, so this must run before the first subscription. On a
+    py-libp2p release other than :data:`LIBP2P_VERSION` the global may mean
+    something else or be gone: fedstore then leaves it alone and warns once.
+    """
+    global _queue_checked
+    if _queue_checked:
+        return
+    _queue_checked = True
+    try:
+        version = importlib.metadata.version("libp2p")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    current = getattr(_libp2p_pubsub, "SUBSCRIPTION_CHANNEL_SIZE", None)
+    if version != LIBP2P_VERSION or not isinstance(current, int):
+        log.warning(
+            "py-libp2p %s is not the tested %s: its subscription queue is left at %s "
+            "messages, so a burst of valid messages may be dropped before fedstore sees them",
+            version,
+            LIBP2P_VERSION,
+            current if isinstance(current, int) else "its default",
+        )
+        return
+    _libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = max(current, SUBSCRIPTION_QUEUE)
+
+
+_queue_checked = False
+
+
 def _check_port_free(maddr: multiaddr.Multiaddr) -> None:
     """Refuse a fixed TCP port another process listens on.
 
@@ -453,6 +553,8 @@ async def open_host(
     advertised. Raises :class:`ConfigError` for bad addresses and
     :class:`NetworkError` if the host cannot listen.
     """
+    route_libp2p_logs()
+    _enlarge_subscription_queue()
     settings = settings or GossipSettings()
     try:
         listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
@@ -464,8 +566,10 @@ async def open_host(
         _check_port_free(maddr)
     key_pair = identity.key_pair
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    peerstore = _WatchedPeerStore()
     host = new_host(
         key_pair=key_pair,
+        peerstore_opt=peerstore,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         listen_addrs=listen_addrs,
         addrs_factory=_announce_factory(announce_ip),
@@ -505,7 +609,7 @@ async def open_host(
             await stack.enter_async_context(background_trio_service(gossipsub))
             await pubsub.wait_until_ready()
             try:
-                yield P2PHost(host, pubsub, gossipsub, receive)
+                yield P2PHost(host, pubsub, gossipsub, receive, peerstore)
             finally:
                 send.close()
     except BaseExceptionGroup as group:

@@ -15,16 +15,22 @@ never relayed to other peers:
 
 Every drop is counted, logged (one line, floods summarised) and reported to
 ``on_drop``. A pump task per topic drains libp2p's small subscription queue
-at once; references (payloads sent as a CID) are fetched concurrently through
-the backend chain, verified, checked for their announced size, then delivered
-like inline payloads. Subscribers each get a bounded queue; a subscriber that
-falls behind loses messages, counted as ``subscriber_overflow``.
+at once and never waits for slow work: announcements (recorded in the
+catalog by ``on_announcement``) and references (payloads sent as a CID,
+fetched through the backend chain, verified, checked for their announced
+size, then delivered like inline payloads) go to two fixed pools of worker
+tasks through bounded queues. When a queue is full the message is dropped,
+counted as ``backlog_full``: however fast peers send, the hub holds at most
+``workers + queue`` pieces of work of each kind. Subscribers each get a
+bounded queue; a subscriber that falls behind loses messages, counted as
+``subscriber_overflow``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import NamedTuple, Self
 
 import trio
@@ -41,14 +47,28 @@ from fedstore.p2p.messages import (
     parse_announcement,
 )
 
-__all__ = ["Subscription", "TopicHub", "TopicMessage", "check_topic"]
+__all__ = ["Backlog", "Subscription", "TopicHub", "TopicMessage", "check_topic"]
 
 log = logging.getLogger(__name__)
 
 #: Messages queued per subscriber before new ones are dropped.
 SUBSCRIBER_QUEUE = 256
-#: Concurrent fetches of payloads sent by reference, per node.
-MAX_CONCURRENT_FETCHES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """A fixed pool of *workers* tasks fed by a queue of at most *queue* items."""
+
+    workers: int
+    queue: int
+
+
+#: Announcements being recorded (a catalog write each) and waiting to be. The queue
+#: absorbs a burst of 25 peers' full allowance (``FEDSTORE_PEER_BURST`` 40 each) while
+#: the catalog writes (one fsynced transaction each) catch up; a few hundred bytes an item.
+ANNOUNCEMENT_BACKLOG = Backlog(workers=4, queue=1024)
+#: Payloads sent by reference being fetched (one fetch per worker) and waiting to be.
+REFERENCE_BACKLOG = Backlog(workers=4, queue=64)
 
 FetchFn = Callable[[str, int], Awaitable[bytes]]
 AnnouncementFn = Callable[[str, Announcement], Awaitable[None]]
@@ -107,8 +127,20 @@ class Subscription:
             raise StopAsyncIteration from None
 
 
+class _Work(NamedTuple):
+    topic: str
+    sender: str
+    announcement: Announcement | None = None
+    cid: str = ""
+    size: int = 0
+
+
 class TopicHub:
-    """Topics joined by one node (see the module docstring)."""
+    """Topics joined by one node (see the module docstring).
+
+    The constructor starts the worker tasks in *nursery*; they run until the
+    nursery is cancelled.
+    """
 
     def __init__(
         self,
@@ -124,6 +156,8 @@ class TopicHub:
         on_message: MessageFn | None = None,
         on_drop: DropFn | None = None,
         on_membership: Callable[[str, bool], None] | None = None,
+        announcement_backlog: Backlog = ANNOUNCEMENT_BACKLOG,
+        reference_backlog: Backlog = REFERENCE_BACKLOG,
     ) -> None:
         self._host = host
         self._nursery = nursery
@@ -138,9 +172,26 @@ class TopicHub:
         self._on_membership = on_membership
         self._scopes: dict[str, trio.CancelScope] = {}
         self._subscribers: dict[str, list[trio.MemorySendChannel[TopicMessage]]] = {}
-        self._fetch_limiter = trio.CapacityLimiter(MAX_CONCURRENT_FETCHES)
         #: peer id -> whether its messages are taken at all (None: everyone's)
         self.peer_filter: Callable[[str], bool] | None = None
+        self._announcements = self._pool(announcement_backlog, self._announce_safely)
+        self._references = self._pool(reference_backlog, self._resolve)
+
+    def _pool(
+        self, backlog: Backlog, handle: Callable[[_Work], Awaitable[None]]
+    ) -> trio.MemorySendChannel[_Work]:
+        """Start *backlog.workers* tasks running *handle* on items sent to the returned channel."""
+        if backlog.workers < 1 or backlog.queue < 0:
+            raise ValueError(f"a backlog needs at least one worker and a queue >= 0: {backlog}")
+        send, receive = trio.open_memory_channel[_Work](backlog.queue)
+
+        async def worker() -> None:
+            async for work in receive:
+                await handle(work)
+
+        for _ in range(backlog.workers):
+            self._nursery.start_soon(worker)
+        return send
 
     # -- joining -----------------------------------------------------------------------
     def joined(self) -> list[str]:
@@ -237,7 +288,7 @@ class TopicHub:
         if topic == ANNOUNCE_TOPIC:
             ann = parse_announcement(msg.data)
             self._deliver(topic, TopicMessage(msg.sender, msg.data))
-            self._nursery.start_soon(self._announce_safely, msg.sender, ann)
+            self._enqueue(self._announcements, _Work(topic, msg.sender, announcement=ann))
             return
         env = decode_envelope(
             msg.data,
@@ -248,9 +299,17 @@ class TopicHub:
             self._deliver(topic, TopicMessage(msg.sender, env.data))
         else:
             assert env.cid is not None
-            self._nursery.start_soon(self._resolve, topic, msg.sender, env.cid, env.size)
+            self._enqueue(self._references, _Work(topic, msg.sender, cid=env.cid, size=env.size))
 
-    async def _announce_safely(self, sender: str, ann: Announcement) -> None:
+    def _enqueue(self, queue: trio.MemorySendChannel[_Work], work: _Work) -> None:
+        try:
+            queue.send_nowait(work)
+        except trio.WouldBlock:
+            self._drop(work.topic, "backlog_full", work.sender)
+
+    async def _announce_safely(self, work: _Work) -> None:
+        sender, ann = work.sender, work.announcement
+        assert ann is not None
         try:
             await self._on_announcement(sender, ann)
         except FedstoreError as exc:
@@ -260,17 +319,17 @@ class TopicHub:
         except Exception:
             log.exception("handling announcement of round %d from %s failed", ann.round, sender)
 
-    async def _resolve(self, topic: str, sender: str, cid: str, size: int) -> None:
-        async with self._fetch_limiter:
-            try:
-                data = await self._fetch(cid, size)
-            except FedstoreError as exc:
-                self._drop(topic, "fetch_failed", sender, f"{cid}: {exc}")
-                return
-            except Exception as exc:  # a backend bug must not take the node down
-                log.exception("fetching %s for %s failed", cid, topic)
-                self._drop(topic, "fetch_failed", sender, f"{cid}: {type(exc).__name__}")
-                return
+    async def _resolve(self, work: _Work) -> None:
+        topic, sender, cid, size = work.topic, work.sender, work.cid, work.size
+        try:
+            data = await self._fetch(cid, size)
+        except FedstoreError as exc:
+            self._drop(topic, "fetch_failed", sender, f"{cid}: {exc}")
+            return
+        except Exception as exc:  # a backend bug must not take the node down
+            log.exception("fetching %s for %s failed", cid, topic)
+            self._drop(topic, "fetch_failed", sender, f"{cid}: {type(exc).__name__}")
+            return
         if len(data) != size:
             self._drop(topic, "size_mismatch", sender, f"{cid}: {len(data)} != {size}")
             return

@@ -1,36 +1,39 @@
 """Async facade over :class:`~fedstore.store.local.LocalStore` for the node.
 
-Encoding, hashing, file I/O and catalog writes all run in a worker thread
-(``trio.to_thread.run_sync``), one thread hop per call.
+Encoding, hashing, file I/O and catalog writes all run in a worker thread on
+the facade's own :class:`trio.CapacityLimiter` (:mod:`fedstore.aio`), one
+thread hop per call. The methods are the :class:`LocalStore` methods of the
+same names, with the same parameters, results and errors (one ``in_thread``
+line each; a test checks that every public ``LocalStore`` method has its
+twin here). :attr:`AsyncLocalStore.catalog` is an
+:class:`~fedstore.catalog.AsyncCatalog` over the store's catalog, with a
+limiter of its own.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Self
 
-import numpy as np
 import trio
 
-from fedstore.catalog import AsyncCatalog, Catalog, CheckpointRecord
+from fedstore.aio import ThreadFacade, in_thread
+from fedstore.catalog import AsyncCatalog, Catalog
 from fedstore.store.local import LocalStore
 from fedstore.store.reconcile import ReconcileReport, VerifyLevel
 
-if TYPE_CHECKING:
-    from fedstore.format import Checkpoint
+__all__ = ["STORE_THREADS", "AsyncLocalStore"]
 
-__all__ = ["AsyncLocalStore"]
-
-T = TypeVar("T")
+#: Worker threads of one store's facade (saves compress and hash: CPU-bound).
+STORE_THREADS = 4
 
 
-class AsyncLocalStore:
+class AsyncLocalStore(ThreadFacade[LocalStore]):
     """Awaitable twin of :class:`LocalStore`; same method names and contracts."""
 
-    def __init__(self, store: LocalStore) -> None:
-        self.sync = store
+    def __init__(self, store: LocalStore, *, limiter: trio.CapacityLimiter | None = None) -> None:
+        super().__init__(store, limiter=limiter or trio.CapacityLimiter(STORE_THREADS))
         self.catalog = AsyncCatalog(store.catalog)
 
     @classmethod
@@ -64,11 +67,8 @@ class AsyncLocalStore:
     def last_reconcile(self) -> ReconcileReport | None:
         return self.sync.last_reconcile
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
     async def aclose(self) -> None:
-        await self._call(self.sync.close)
+        await self.run_sync(self.sync.close)
 
     async def __aenter__(self) -> Self:
         return self
@@ -76,49 +76,15 @@ class AsyncLocalStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def save(
-        self,
-        round: int,
-        arrays: Mapping[str, np.ndarray],
-        metadata: Mapping[str, str] | None = None,
-        *,
-        replace: bool = False,
-    ) -> CheckpointRecord:
-        return await self._call(self.sync.save, round, arrays, metadata, replace=replace)
-
-    async def save_encoded(
-        self, round: int, data: bytes, cid: str, *, replace: bool = False
-    ) -> CheckpointRecord:
-        return await self._call(self.sync.save_encoded, round, data, cid, replace=replace)
-
-    async def load(
-        self, round: int | None = None, *, max_decoded_size: int | None = None
-    ) -> Checkpoint:
-        return await self._call(self.sync.load, round, max_decoded_size=max_decoded_size)
-
-    async def read_verified(self, round: int | None = None) -> tuple[CheckpointRecord, bytes]:
-        return await self._call(self.sync.read_verified, round)
-
-    async def latest(self) -> CheckpointRecord | None:
-        return await self._call(self.sync.latest)
-
-    async def get(self, round: int) -> CheckpointRecord:
-        return await self._call(self.sync.get, round)
-
-    async def list_rounds(self) -> list[int]:
-        return await self._call(self.sync.list_rounds)
-
-    async def list_checkpoints(self) -> list[CheckpointRecord]:
-        return await self._call(self.sync.list_checkpoints)
-
-    async def path_of(self, round: int) -> Path:
-        return await self._call(self.sync.path_of, round)
-
-    async def delete(self, round: int) -> CheckpointRecord:
-        return await self._call(self.sync.delete, round)
-
-    async def prune(self, keep_last: int) -> list[CheckpointRecord]:
-        return await self._call(self.sync.prune, keep_last)
-
-    async def reconcile(self, verify: VerifyLevel = "latest") -> ReconcileReport:
-        return await self._call(self.sync.reconcile, verify)
+    save = in_thread(LocalStore.save)
+    save_encoded = in_thread(LocalStore.save_encoded)
+    load = in_thread(LocalStore.load)
+    read_verified = in_thread(LocalStore.read_verified)
+    latest = in_thread(LocalStore.latest)
+    get = in_thread(LocalStore.get)
+    list_rounds = in_thread(LocalStore.list_rounds)
+    list_checkpoints = in_thread(LocalStore.list_checkpoints)
+    path_of = in_thread(LocalStore.path_of)
+    delete = in_thread(LocalStore.delete)
+    prune = in_thread(LocalStore.prune)
+    reconcile = in_thread(LocalStore.reconcile)

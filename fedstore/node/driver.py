@@ -4,6 +4,8 @@ Used by ``fedstore selftest``, the multi-process tests and the announcement
 benchmark. Plain threads and blocking calls (no trio), so it works from any
 script. Every wait has a deadline; a timeout raises :class:`NodeTimeout`
 with the node's recent output and stderr tail, so a failure explains itself.
+Lines are kept as text (``KEY``, ``value``); node events can be read back as
+the dataclasses of :mod:`fedstore.node.events` (:meth:`NodeProcess.wait_event`).
 
 ::
 
@@ -11,6 +13,7 @@ with the node's recent output and stderr tail, so a failure explains itself.
         addr = boot.expect("LISTENING")
         boot.run("checkpoint_save 1")              # waits for OK=/FAILED=
         trainer.expect("HEARD", lambda v: v.startswith("1:"))
+        heard = trainer.wait_event(Heard, lambda e: e.round == 1)   # a Heard
 """
 
 from __future__ import annotations
@@ -27,9 +30,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Self, TypeVar
+
+from fedstore.node.events import NodeEvent
+from fedstore.node.status import parse_status
 
 __all__ = ["CommandFailed", "NodeProcess", "NodeTimeout", "StatusLine", "python_env"]
+
+E = TypeVar("E", bound=NodeEvent)
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -47,6 +55,10 @@ class StatusLine:
     at: float  # time.monotonic() when the line was read
     key: str
     value: str
+
+    def event(self) -> NodeEvent | None:
+        """The node event this line reports, None for command output (ValueError if malformed)."""
+        return parse_status(self.key, self.value)
 
 
 class NodeProcess:
@@ -188,13 +200,23 @@ class NodeProcess:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> StatusLine:
         """The first line ``KEY=value`` at or after *since* whose value satisfies *pred*."""
+        return self._wait(
+            lambda ln: ln.key == key and (pred is None or pred(ln.value)),
+            f"{key}= line",
+            since,
+            timeout,
+        )
+
+    def _wait(
+        self, match: Callable[[StatusLine], bool], what: str, since: int, timeout: float
+    ) -> StatusLine:
         deadline = time.monotonic() + timeout
         pos = since
         with self._cond:
             while True:
                 for i in range(pos, len(self.lines)):
                     line = self.lines[i]
-                    if line.key == key and (pred is None or pred(line.value)):
+                    if match(line):
                         return line
                 pos = len(self.lines)
                 remaining = deadline - time.monotonic()
@@ -204,7 +226,7 @@ class NodeProcess:
         why = "exited" if self._eof else f"timed out after {timeout:g} s"
         recent = "\n".join(f"  {ln.key}={ln.value}" for ln in self.lines[-15:])
         raise NodeTimeout(
-            f"node {self.name}: no {key}= line ({why}); last status lines:\n{recent}\n"
+            f"node {self.name}: no {what} ({why}); last status lines:\n{recent}\n"
             f"stderr tail:\n{self.stderr_tail()}"
         )
 
@@ -218,6 +240,31 @@ class NodeProcess:
     ) -> str:
         """Value of the first matching line (see :meth:`wait_line`)."""
         return self.wait_line(key, pred, since=since, timeout=timeout).value
+
+    def wait_event(
+        self,
+        kind: type[E],
+        pred: Callable[[E], bool] | None = None,
+        *,
+        since: int = 0,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> E:
+        """The first node event of type *kind* at or after *since* satisfying *pred*."""
+
+        def matches(line: StatusLine) -> bool:
+            event = line.event()
+            return isinstance(event, kind) and (pred is None or pred(event))
+
+        line = self._wait(matches, f"{kind.__name__} event", since, timeout)
+        event = line.event()
+        assert isinstance(event, kind)
+        return event
+
+    def events(self, kind: type[E], since: int = 0) -> list[E]:
+        """Every node event of type *kind* read so far (at or after *since*)."""
+        with self._cond:
+            lines = self.lines[since:]
+        return [e for ln in lines if isinstance(e := ln.event(), kind)]
 
     # -- commands --------------------------------------------------------------------------
     def send(self, command: str) -> int:
