@@ -1,0 +1,123 @@
+"""Members as separate processes (the demo worker): the round aggregator is SIGKILLed mid-round."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from _federation import BOTH, make_membership, new_signer
+
+from fedstore.federation.manifest import write_manifest_file
+from fedstore.federation.signing import load_signer
+
+ROUNDS = 4
+CRASH_ROUND = 2
+
+
+class Worker:
+    def __init__(self, name: str, proc: trio.Process) -> None:
+        self.name = name
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self.addr = trio.Event()
+        self.address = ""
+
+    async def read(self, on_event: Any) -> None:
+        assert self.proc.stdout is not None
+        buf = b""
+        while True:
+            chunk = await self.proc.stdout.receive_some(65536)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                event["at"] = time.monotonic()
+                self.events.append(event)
+                if event.get("event") == "ready":
+                    self.address = event["addr"]
+                    self.addr.set()
+                on_event(self, event)
+
+
+async def test_members_survive_a_sigkilled_round_aggregator(tmp_path: Path) -> None:
+    names = ["m1", "m2", "m3"]
+    ids = {n: load_signer(tmp_path / n).peer_id for n in names}
+    fed = make_membership(
+        new_signer(), {ids[n]: BOTH for n in names}, rounds=ROUNDS, quorum=2, round_timeout=10.0
+    )
+    manifest = tmp_path / "fed.json"
+    write_manifest_file(manifest, fed.signed)
+    victim = next(n for n in names if ids[n] == fed.duty_order(CRASH_ROUND)[0])
+    killed: list[float] = []
+    workers: dict[str, Worker] = {}
+
+    def on_event(w: Worker, event: dict[str, Any]) -> None:
+        if (
+            w.name == victim
+            and event.get("event") == "update_accepted"
+            and event.get("round") == CRASH_ROUND
+            and not killed
+        ):
+            os.kill(w.proc.pid, signal.SIGKILL)  # mid-round: its ROUND went out, updates came in
+            killed.append(time.monotonic())
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    async def start(name: str, index: int, bootstrap: str | None) -> Worker:
+        argv = [
+            sys.executable, "-m", "fedstore.demos.federation_worker", "member",
+            "--data-dir", str(tmp_path / name), "--fs-root", str(tmp_path / "objects"),
+            "--federation", str(manifest), "--trainers", "3", "--index", str(index),
+            "--idle-timeout", "60", "--hidden", "8", "--epochs", "1",
+        ]  # fmt: skip
+        if bootstrap:
+            argv += ["--bootstrap", bootstrap]
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 (closed with the test dir)
+        proc = await trio.lowlevel.open_process(argv, stdout=-1, stderr=log, env=env)
+        w = Worker(name, proc)
+        workers[name] = w
+        return w
+
+    with trio.fail_after(150):
+        async with trio.open_nursery() as nursery:
+            first = await start("m1", 1, None)
+            nursery.start_soon(first.read, on_event)
+            await first.addr.wait()
+            for i, n in enumerate(names[1:], start=2):
+                w = await start(n, i, first.address)
+                nursery.start_soon(w.read, on_event)
+        for w in workers.values():
+            await w.proc.wait()
+    survivors = [n for n in names if n != victim]
+    assert killed, "the round aggregator was never killed"
+    assert workers[victim].proc.returncode == -signal.SIGKILL
+    done = {n: next(e for e in workers[n].events if e["event"] == "done") for n in survivors}
+    for n in survivors:
+        assert workers[n].proc.returncode == 0, (n, done[n], (tmp_path / f"{n}.log").read_text())
+    assert {d["status"] for d in done.values()} == {"complete"}
+    assert {d["final_round"] for d in done.values()} == {ROUNDS}
+    assert len({d["final_cid"] for d in done.values()}) == 1
+    # a standby took the round over, and that cost less than one round deadline
+    took = [
+        e for n in survivors for e in workers[n].events if e["event"] == "aggregation_taken_over"
+    ]
+    assert any(e["round"] == CRASH_ROUND and e["replaced"] == ids[victim] for e in took)
+    adopted = [
+        e["at"]
+        for n in survivors
+        for e in workers[n].events
+        if e["event"] == "model_adopted" and e["round"] == CRASH_ROUND
+    ]
+    assert len(adopted) == len(survivors)
+    assert max(adopted) - killed[0] < fed.manifest.round_timeout
