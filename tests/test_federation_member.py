@@ -156,9 +156,9 @@ async def test_takeover_when_the_round_aggregator_crashes() -> None:
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            for i in range(4):
+            for i in range(3):
                 nursery.start_soon(run, i)
-    survivors = [i for i in range(4) if i != victim]
+    survivors = [i for i in range(3) if i != victim]
     assert victim not in fed.results
     assert all(fed.results[i].status == "complete" for i in survivors)
     assert len(fed.finals(survivors)) == 1
@@ -327,3 +327,100 @@ async def test_lossy_updates_are_signed_listed_and_verified(encoding: str) -> No
     assert [e.encoding for e in sent] == [encoding, encoding]
     # the trainer-only member verified both rounds by decoding the encoded updates
     assert [how for rnd, _, _, how in fed.results[2].adopted if rnd > 0] == ["full", "full"]
+
+
+async def test_a_late_aggregator_that_started_its_own_run_switches_to_the_one_further_along() -> (
+    None
+):
+    """Aggregators that start far apart may each start a run; every member ends in the one
+    with more (verifiable) rounds, whatever the duty order."""
+    fed = Fed([BOTH, BOTH, BOTH], rounds=4, quorum=2)
+    hasty = MemberOptions(announce_interval=0.05, linger=0.2, listen_first=0.0)
+    first_round = trio.Event()
+
+    def note(e: Event) -> None:
+        if type(e).__name__ == "ModelAdopted" and getattr(e, "round", 0) == 1:
+            first_round.set()
+
+    deaf_until = [float("inf")]
+    late_id = fed.peers[2].peer_id
+    fed.net.drop = lambda sender, receiver, data: (
+        receiver == late_id and (time.monotonic() < deaf_until[0])
+    )
+
+    async def late() -> None:
+        await first_round.wait()
+        # it hears nothing for a second (a slow mesh): it starts a run of its own at once
+        deaf_until[0] = time.monotonic() + 1.0
+        await fed.member(2, options=hasty)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(fed.member, 0, on_event=note))
+            nursery.start_soon(fed.member, 1)
+            nursery.start_soon(late)
+    assert {r.status for r in fed.results.values()} == {"complete"}
+    assert len({r.session for r in fed.results.values()}) == 1
+    assert len(fed.finals()) == 1
+    joined = kinds(fed.events[2], "SessionJoined")
+    assert joined[0].created and not joined[-1].created  # started its own, then switched
+
+
+async def test_two_valid_models_of_one_round_settle_on_one() -> None:
+    """The opener dies right after sending its update; both standbys aggregate the round
+    (the second did not hear the first): two valid models of one round, and neither
+    standby can go on alone (quorum 2). Both keep the same one (more participants, then
+    the lower CID) and the federation completes."""
+    fed = Fed([BOTH, BOTH, BOTH], rounds=4, quorum=2, round_timeout=3.0)
+    crash_round = 2
+    order = fed.membership.duty_order(crash_round)
+    victim, first, second = (fed.index(p) for p in order)
+    cut = [False]
+    muted = {fed.peers[first].peer_id}
+    fed.net.drop = lambda sender, receiver, data: (
+        cut[0] and receiver == fed.peers[second].peer_id and sender in muted
+    )
+    scopes: dict[int, trio.CancelScope] = {}
+
+    crashed = [False]
+
+    def crash(e: Event) -> None:
+        right = type(e).__name__ == "TrainerUpdated" and getattr(e, "round", 0) == crash_round
+        if right and not crashed[0]:
+            crashed[0] = True
+            scopes[victim].cancel()
+
+    def second_hook(e: Event) -> None:
+        name, rnd = type(e).__name__, getattr(e, "round", 0)
+        if name == "ModelAdopted" and rnd == crash_round - 1:
+            cut[0] = True  # through round 2 it does not hear the first standby
+        if name == "RoundClosed" and rnd == crash_round:
+            cut[0] = False
+
+    async def run(i: int) -> None:
+        with trio.CancelScope() as scope:
+            scopes[i] = scope
+            hook = crash if i == victim else second_hook if i == second else None
+            await fed.member(i, on_event=hook)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(run, i)
+    survivors = [i for i in range(3) if i != victim]
+    assert all(fed.results[i].status == "complete" for i in survivors)
+    assert len(fed.finals(survivors)) == 1
+    assert len({fed.results[i].session for i in survivors}) == 1
+    closed = [
+        e for i in (first, second) for e in kinds(fed.events[i], "RoundClosed")
+        if e.round == crash_round
+    ]  # fmt: skip
+    assert len({e.cid for e in closed}) == 2 and all(e.takeover for e in closed)
+    kept = {
+        cid for i in survivors for rnd, cid, _, _ in fed.results[i].adopted if rnd == crash_round
+    }
+    final_chain = decode(fed.net.blobs[fed.results[first].final_cid]).metadata
+    assert final_chain["fedstore.round"] == "4"
+    winner = min(closed, key=lambda e: (-len(e.participants), e.cid))
+    # the one every member built on is the preferred one (the other was only passed through)
+    assert winner.cid in kept

@@ -58,7 +58,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from fedstore.errors import FedstoreError, VerificationError
+from fedstore.errors import FedstoreError, FormatError, VerificationError
 from fedstore.federation.aggregator import EvaluateFn, publish_round
 from fedstore.federation.collect import Admission, Collector, FederatedAdmission
 from fedstore.federation.events import (
@@ -77,8 +77,10 @@ from fedstore.federation.events import (
     noop_sink,
 )
 from fedstore.federation.global_model import (
+    BASE_CID_KEY,
     Binding,
     aggregate_round,
+    read_update_refs,
     round_zero_metadata,
 )
 from fedstore.federation.ledger import ADOPTED, REFUSED, LedgerEntry
@@ -171,6 +173,8 @@ class Member:
         self.refused_runs: set[tuple[str, str]] = set()
         #: models refused in this run (never checked again; who builds on them is suspect)
         self.refused_models: set[str] = set()
+        #: valid models of a round this member kept another model of (fork choice)
+        self.forks: set[str] = set()
         self.last_result: bytes | None = None
         self.history: list[RoundClosed] = []
         self.adopted: list[tuple[int, str, str, str]] = []
@@ -262,8 +266,18 @@ class Member:
             data_model.metadata,
             max_size=self.admission.max_update_bytes,
         )
+        try:
+            listed = tuple(r.sender for r in read_update_refs(data_model.metadata))
+        except FormatError:  # round 0 lists no updates
+            listed = ()
         model = VerifiedModel(
-            last.round, last.cid, data_model.arrays, data_model.metadata, state, how="trusted"
+            last.round,
+            last.cid,
+            data_model.arrays,
+            data_model.metadata,
+            state,
+            participants=listed,
+            how="trusted",
         )
         log.info("resuming run %s of %s at round %d", last.session, self.m.cid, last.round)
         self._join(last.session, model, rank=-1, created=False)
@@ -326,14 +340,24 @@ class Member:
         self._enter(model)
 
     def _consider_run(self, sender: str, msg: RoundOpen) -> None:
-        """A ROUND of a run this member is not in: join it, or switch to it, or drop it."""
+        """A ROUND of a run this member is not in: join it, or switch to it, or drop it.
+
+        Two runs can start at once (aggregators starting far apart). A member
+        switches to another run when it is further along (its base is past
+        this member's head: it has more rounds every member can verify), or,
+        while both are at round 0, when it was opened by a member earlier in
+        round 1's duty order. Every member applies the same rule, so they
+        settle on one run; a switch verifies the other run's whole chain.
+        """
         assert msg.session is not None
         if self.joining or (msg.session, msg.base_cid) in self.refused_runs:
             return
         if self.session is not None:
-            early = self.head is not None and self.head.round == 0 and msg.round == 1
+            head = self.head.round if self.head is not None else -1
+            early = head == 0 and msg.round == 1
             better = msg.position is not None and msg.position < self.session_rank
-            if not (early and better):
+            ahead = msg.base_round > head
+            if not ((early and better) or ahead):
                 self._drop("other_run", sender, f"session {msg.session}")
                 return
         self.joining = True
@@ -363,8 +387,8 @@ class Member:
             except FedstoreError as exc:  # the chain could not be fetched: try again later
                 log.warning("cannot fetch run %s's models yet: %s", msg.session, exc)
                 return
-            if self.session is not None and self.head is not None and self.head.round > 0:
-                return  # moved on meanwhile
+            if self.head is not None and self.head.round >= models[-1].round > 0:
+                return  # this member's own run moved on as far meanwhile
             for model in models:
                 await self._remember(model, sender, session=msg.session)
             rank = msg.position if msg.round == 1 and msg.position is not None else -1
@@ -461,7 +485,7 @@ class Member:
         rs = self.rs
         if rs is None or rs.adopted:
             return
-        if self.last_result is not None and rs.opener is None:
+        if self.last_result is not None:
             await self.peer.publish(self.last_result)  # for members that missed it
         if self.aggregates:
             if self.manifest.aggregation == "leaderless":
@@ -475,7 +499,7 @@ class Member:
     async def _tick_rotate(self, rs: RoundState, now: float) -> None:
         # timing follows the duty order without the members suspected here (they failed
         # to deliver or lied); positions in messages are the manifest's, unfiltered
-        order = self.m.duty_order(rs.round, skip=self.suspects)
+        order = self.m.duty_order(rs.round, skip=self.suspects - {self.me})
         mine = order.index(self.me)
         grace = self.m.takeover_grace
         if rs.opener is None:
@@ -491,8 +515,10 @@ class Member:
                 rs.aggregating = True
                 self._spawn(self._aggregate, rs, False)
             return
-        assert rs.deadline_at is not None
-        behind = mine - (order.index(rs.opener) if rs.opener in order else -1)
+        assert rs.deadline_at is not None and rs.opener_pos is not None
+        # who takes over, and when, follows the manifest's order alone (not this member's
+        # suspicions, which others may not share): two standbys never act at once
+        behind = (self.m.position(self.me, rs.round) or 0) - rs.opener_pos
         # the opener failed at its deadline, when its model was refused, or when it
         # stopped repeating its ROUND (it does while the round is open: it is gone)
         since = rs.deadline_at
@@ -502,7 +528,7 @@ class Member:
             since = min(since, rs.opener_seen_at + self._silence)
         if behind > 0 and not rs.verified and not rs.aggregating and now >= since + behind * grace:
             rs.aggregating = True
-            self.on_event(AggregationTakenOver(rs.round, mine, rs.opener or ""))
+            self.on_event(AggregationTakenOver(rs.round, behind, rs.opener or ""))
             if rs.opener is not None:
                 self.suspects.add(rs.opener)
             self._spawn(self._aggregate, rs, True)
@@ -657,6 +683,7 @@ class Member:
             if aggregator in order:
                 self.suspects.update(order[: order.index(aggregator)])
             self.suspects.discard(aggregator)
+            self.suspects.discard(self.me)  # this member knows whether it is alive
         await self._remember(model, aggregator)
         self._enter(model)
 
@@ -670,6 +697,19 @@ class Member:
             await self.peer.put_blob(model.state_blob)
         await self._record(model, aggregator, session=session)
         self.adopted.append((model.round, model.cid, aggregator, model.how))
+        base_cid = model.metadata.get(BASE_CID_KEY)
+        if self.aggregates and model.round > 0 and base_cid and model.participants:
+            # an aggregator-capable member keeps announcing the model it built on: members
+            # that missed it, or kept another valid model of the round, learn of it
+            self.last_result = RoundResult(
+                model.round,
+                model.cid,
+                base_cid,
+                self.me,
+                len(model.participants),
+                self.m.cid,
+                session or self.session or "",
+            ).encode()
         self.on_event(
             ModelAdopted(
                 model.round,
@@ -763,6 +803,11 @@ class Member:
         head = self.head
         if head is not None and models[-1].round < head.round:
             return
+        if head is not None and models[-1].round == head.round and not _preferred(models[-1], head):
+            self.forks.add(models[-1].cid)  # a valid model of this round, but not the one kept
+            log.info("round %d: keeping %s over %s (fork choice)", head.round, head.cid, cid)
+            return
+        log.info("caught up to round %d (%s) from %s", models[-1].round, models[-1].cid, via)
         for model in models:
             await self._remember(model, via)
         if self.rs is not None:
@@ -770,6 +815,8 @@ class Member:
         self._enter(models[-1])
 
     def _start_catch_up(self, round: int, cid: str, via: str) -> None:
+        if cid in self.forks:
+            return
         if cid in self.refused_models:
             self.suspects.add(via)
             self._drop("refused_model", via, f"builds on or announces {cid}")
@@ -980,6 +1027,12 @@ class Member:
         rs = self.rs
         if rs is None:
             return
+        if msg.round == rs.base.round and msg.cid != rs.base.cid:
+            # another valid model of the round this member built on (two standbys took it
+            # over at once, say): every member keeps the same one of the two
+            if msg.cid not in self.forks and msg.cid not in self.refused_models:
+                self._start_catch_up(msg.round, msg.cid, sender)
+            return
         if msg.round < rs.round:
             return
         if msg.round == rs.round and msg.base_cid == rs.base.cid:
@@ -1013,6 +1066,11 @@ class Member:
         if head is not None and (head.round, head.cid) == (msg.round, msg.cid):
             return
         self._start_catch_up(msg.round, msg.cid, sender)
+
+
+def _preferred(a: VerifiedModel, b: VerifiedModel) -> bool:
+    """Fork choice between two valid models of one round: more participants, then lower CID."""
+    return (-len(a.participants), a.cid) < (-len(b.participants), b.cid)
 
 
 # -- entry points ------------------------------------------------------------------------
