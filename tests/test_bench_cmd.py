@@ -30,6 +30,8 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_every_section_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_json = tmp_path / "report" / "bench.json"
     argv = ["bench", "--quick", "--json", str(out_json), "--dir", str(tmp_path)]

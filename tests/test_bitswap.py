@@ -68,13 +68,23 @@ class Node:
         return self.host.get_id()
 
 
+async def run_host(stack: AsyncExitStack, host: Any) -> None:
+    """Run *host* until *stack* closes, closing its connections while the swarm still runs.
+
+    py-libp2p tears a dialled socket down in ``host.close()`` only before
+    ``host.run()`` has stopped the swarm (as ``fedstore.p2p.host.open_host`` does).
+    """
+    await stack.enter_async_context(host.run(LOOPBACK))
+    stack.push_async_callback(host.close)
+
+
 async def start_nodes(
     stack: AsyncExitStack, tmp: Path, n: int, limits: Sequence[BitswapLimits | None] = ()
 ) -> list[Node]:
     nodes = []
     for i in range(n):
         host = make_host()
-        await stack.enter_async_context(host.run(LOOPBACK))
+        await run_host(stack, host)
         lim = limits[i] if i < len(limits) else None
         service = await stack.enter_async_context(attach(host, tmp / f"node{i}", limits=lim))
         nodes.append(Node(host, service))
@@ -186,6 +196,7 @@ async def test_fetch_from_two_peers_at_once(tmp_path: Path) -> None:
         assert await c.backend.has(stored.cid)
 
 
+@pytest.mark.slow
 async def test_fetched_file_is_served_onwards(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         a, b, c = await start_nodes(stack, tmp_path, 3)
@@ -245,7 +256,7 @@ async def test_peer_sending_wrong_blocks_is_dropped(tmp_path: Path) -> None:
         # E runs plain py-libp2p bitswap with a store that lies: the right root
         # block, but garbage under every leaf CID (MemoryBlockStore checks nothing).
         evil_host = make_host()
-        await stack.enter_async_context(evil_host.run(LOOPBACK))
+        await run_host(stack, evil_host)
         evil_store = MemoryBlockStore()
         blocks: list[tuple[bytes, bytes]] = []
         write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: blocks.append((c_, b_)))
@@ -284,6 +295,7 @@ async def test_a_directory_is_refused(tmp_path: Path) -> None:
             await BackendChain([c.backend]).fetch_bytes(str(empty_dir))
 
 
+@pytest.mark.slow
 async def test_peer_leaving_mid_transfer(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         small_window = BitswapLimits(window_bytes=4 * CHUNK, per_peer_inflight=2)
@@ -312,6 +324,7 @@ async def test_peer_leaving_mid_transfer(tmp_path: Path) -> None:
 # -- serving bounds -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_greedy_peer_is_bounded(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         bounded = BitswapLimits(
@@ -345,6 +358,7 @@ async def test_greedy_peer_is_bounded(tmp_path: Path) -> None:
         assert stats.peak_active_per_peer <= 2
 
 
+@pytest.mark.slow
 async def test_peer_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
     limits = BitswapLimits(send_timeout=1.0, max_serving_bytes=4 * CHUNK, max_block_size=CHUNK + 64)
     async with AsyncExitStack() as stack:
@@ -356,7 +370,7 @@ async def test_peer_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
 
         # a peer that asks for every block and then never reads what it is sent
         slow = make_host()
-        await stack.enter_async_context(slow.run(LOOPBACK))
+        await run_host(stack, slow)
 
         async def never_read(stream: Any) -> None:
             await trio.sleep_forever()
@@ -398,6 +412,7 @@ async def test_want_have_is_answered_with_a_presence(tmp_path: Path) -> None:
 # -- interop with plain py-libp2p -----------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_plain_py_libp2p_client_fetches_from_us(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         (a,) = await start_nodes(stack, tmp_path, 1)
@@ -407,7 +422,7 @@ async def test_plain_py_libp2p_client_fetches_from_us(tmp_path: Path) -> None:
         write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: blocks.append((c_, b_)))
 
         host = make_host()
-        await stack.enter_async_context(host.run(LOOPBACK))
+        await run_host(stack, host)
         nursery = await stack.enter_async_context(trio.open_nursery())
         client = BitswapClient(host, MemoryBlockStore())
         client.set_nursery(nursery)

@@ -129,6 +129,8 @@ def _peak_rss_mib(argv: list[str], tmp_path: Path) -> tuple[int, float, str]:
     return proc.returncode, int(record.read_text()) / 1024, proc.stderr.decode("utf-8", "replace")
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.skipif(sys.platform != "linux", reason="reads VmHWM from /proc")
 def test_peak_memory_of_hostile_queries_is_bounded(
     node: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path

@@ -383,6 +383,7 @@ def test_parse_cid_roundtrip_and_agrees_with_py_cid(digest: bytes, kind: tuple[i
         assert parsed.to_v1().same_block(parsed)
 
 
+@pytest.mark.slow
 @given(st.text(max_size=250))
 def test_parse_cid_on_arbitrary_text_raises_only_invalid_cid(text: str) -> None:
     try:

@@ -146,6 +146,8 @@ def test_the_store_refuses_rounds_peers_cannot_be_told_of(tmp_path: Path) -> Non
         assert store.list_rounds() == []
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_node_prompt_rounds_are_ascii_digits(tmp_path: Path) -> None:
     script = tmp_path / "cmds.txt"
     script.write_text("checkpoint_save \u0663\ncheckpoint_save \u00b2\ncheckpoint_save 3\nrounds\n")

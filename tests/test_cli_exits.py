@@ -26,6 +26,8 @@ from fedstore.errors import BackendLoadError, NetworkError
 from fedstore.format.weight_files import save_weights_file
 from fedstore.node.driver import python_env
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 FEDSTORE = [sys.executable, "-m", "fedstore"]
 
 
@@ -202,7 +204,8 @@ def _first_line_then_close(argv: list[str], env: dict[str, str]) -> tuple[bytes,
     first = _read_line(proc, 60)
     proc.stdout.close()
     try:
-        err = proc.stderr.read()
+        with proc.stderr:
+            err = proc.stderr.read()
         rc = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)

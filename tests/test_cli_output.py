@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedstore.cli.output import PIPE_WIDTH, table_console
+from fedstore.console import PIPE_WIDTH, table_console
 
 
 def test_piped_tables_are_wide(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,7 +59,7 @@ def _assert_no_controls(text: str) -> None:
 
 
 def test_clean_escapes_every_unprintable_character() -> None:
-    from fedstore.cli.output import clean
+    from fedstore.console import clean
 
     assert clean("plain text, ünïcode ✓") == "plain text, ünïcode ✓"
     assert clean("a\x1bb\nc\td\x00\u202e\U000e0041") == (

@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 PLUGIN_TESTS = """
 import pytest
 

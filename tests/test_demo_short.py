@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 
 def test_short_federation_demo(tmp_path: Path) -> None:
     out = tmp_path / "report"

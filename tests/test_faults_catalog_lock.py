@@ -24,6 +24,8 @@ import fedstore.catalog.engine as engine_mod
 from fedstore.errors import CatalogError
 from fedstore.store import LocalStore
 
+pytestmark = [pytest.mark.multiprocess]
+
 BUSY_MS = 600
 
 _HOLDER = """

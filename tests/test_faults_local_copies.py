@@ -27,6 +27,8 @@ from fedstore.catalog import Catalog
 from fedstore.node.driver import NodeProcess, python_env
 from fedstore.store import LocalStore
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 TIMEOUT = 90.0
 
 

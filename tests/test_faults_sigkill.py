@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import trio
 from fedstore_filesystem import FilesystemBackend
 
@@ -29,6 +30,8 @@ from fedstore.catalog import Catalog
 from fedstore.format import encode
 from fedstore.node.driver import NodeProcess, python_env
 from fedstore.store import LocalStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 TIMEOUT = 60.0
 

@@ -39,6 +39,7 @@ def mean_weight(arrays: Mapping[str, npt.NDArray[np.generic]]) -> dict[str, floa
     return {"mean": float(np.mean(arrays["w"]))}
 
 
+@pytest.mark.slow
 async def test_aggregate_and_train_over_real_nodes(tmp_path: Path) -> None:
     settings = {"FEDSTORE_FS_ROOT": str(tmp_path / "objects")}
     agg_cfg = api.make_node_config(
@@ -200,6 +201,7 @@ async def _federation(
     return out[0], events
 
 
+@pytest.mark.slow
 async def test_fedadam_state_survives_a_restart_over_real_nodes(tmp_path: Path) -> None:
     """A restarted aggregator node finds the optimiser state through its catalog and chain."""
     from fedstore.catalog import Catalog

@@ -80,6 +80,7 @@ def updates() -> list[Update]:
     return out
 
 
+@pytest.mark.multiprocess
 def test_same_cid_in_another_process(updates: list[Update], tmp_path: Path) -> None:
     rows = []
     for i, u in enumerate(updates):

@@ -111,6 +111,7 @@ def test_federation_meets_demo_targets_in_process(task: DigitsTask) -> None:
     assert central[-1]["accuracy"] - fed <= 0.03
 
 
+@pytest.mark.slow
 def test_fast_loader_matches_scikit_learn() -> None:
     from sklearn.datasets import load_digits
 

@@ -190,6 +190,8 @@ _DIGEST_CODE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_deterministic_across_processes() -> None:
     child = _DIGEST_CODE + "\nimport sys\nprint(digest(sys.argv[1]))\n"
     digests = set()

@@ -286,6 +286,7 @@ _RSS_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.multiprocess
 def test_bomb_does_not_grow_resident_memory() -> None:
     """tracemalloc misses libzstd's own buffers; peak RSS of a fresh process does not."""
     out = subprocess.run(
@@ -505,6 +506,7 @@ def test_env_cap_applies_to_bombs(monkeypatch: pytest.MonkeyPatch) -> None:
     os.environ.pop("FEDSTORE_MAX_CHECKPOINT_BYTES")
 
 
+@pytest.mark.slow
 def test_too_many_tensors_is_refused_both_ways() -> None:
     """A tiny file listing a huge number of tensors is refused before any array is built."""
     import time

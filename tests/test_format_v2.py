@@ -111,6 +111,8 @@ _DIGEST_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_same_bytes_across_processes_with_different_thread_counts() -> None:
     digests = set()
     for threads in ("1", "2", "5"):

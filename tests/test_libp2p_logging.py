@@ -16,6 +16,8 @@ import pytest
 
 from fedstore.node.driver import python_env
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 #: A line written by fedstore's plain formatter: ``<date> <time> <LEVEL> <logger>: <message>``.
 FORMATTED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
 

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
@@ -41,6 +42,8 @@ from fedstore.node import Node, open_node
 from fedstore.node.events import Heard, NodeEvent
 from fedstore.p2p.headproto import request_head
 from fedstore.p2p.messages import ANNOUNCE_TOPIC, format_announcement
+
+pytestmark = [pytest.mark.slow]
 
 FLOOD = {"a": 7_000, "b": 1_500, "c": 1_500}
 PER_RPC = 100

@@ -230,6 +230,8 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_open_an_old_catalog_at_once(tmp_path: Path) -> None:
     db = tmp_path / "catalog.sqlite"
     migrate.upgrade(db, first_revision())

@@ -42,7 +42,7 @@ import pytest
 
 from fedstore.node.driver import NodeProcess, python_env
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.multiprocess]
 
 TIMEOUT = 60.0
 SUBNET = "10.203.0"

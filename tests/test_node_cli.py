@@ -63,6 +63,8 @@ def test_node_flags_parse() -> None:
         build_parser().parse_args(["node", "--role", "boss"])
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_script_mode_runs_commands_and_survives_bad_ones(tmp_path: Path) -> None:
     script = tmp_path / "cmds.txt"
     script.write_text(

@@ -154,6 +154,8 @@ def test_node_doc_documents_every_event_key() -> None:
     assert documented >= EVENT_KEYS
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_driver_reads_a_real_nodes_lines_back_as_events(tmp_path: Path) -> None:
     from fedstore.node.driver import NodeProcess, python_env
 

@@ -17,6 +17,8 @@ import pytest
 
 from fedstore.node.driver import NodeProcess, python_env
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 TIMEOUT = 40.0
 
 

@@ -10,6 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 PLUGIN = '''
 """acme-journal: a third-party fedstore backend used by fedstore's tests."""
 

@@ -123,6 +123,7 @@ def _run_in(site: Path, code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.multiprocess
 def test_out_of_tree_plugin_is_found_by_name(tmp_path: Path) -> None:
     """A copy of the filesystem plugin, in a distribution of its own, is found by name."""
     site = tmp_path / "site"
@@ -154,6 +155,7 @@ def test_out_of_tree_plugin_is_found_by_name(tmp_path: Path) -> None:
     assert cid == cid_of_bytes(b"third party")
 
 
+@pytest.mark.multiprocess
 def test_broken_plugins_name_plugin_and_cause(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()

@@ -327,6 +327,7 @@ def test_envelope_decoder_is_strict_and_canonical(data: bytes) -> None:
 # -- federation messages and update tensors -------------------------------------------------
 
 
+@pytest.mark.slow
 @PROPS
 @given(st.one_of(federation_message_like(), st.binary(max_size=200)))
 def test_federation_message_decoder_gives_message_or_protocol_error(data: bytes) -> None:

@@ -22,6 +22,8 @@ import pytest
 
 from fedstore.store import LocalStore
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = textwrap.dedent(

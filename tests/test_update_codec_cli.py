@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fedstore.bench import BenchSizes, run_bench
 
 
@@ -24,6 +26,8 @@ def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_demo_with_top_k_updates(tmp_path: Path) -> None:
     out = tmp_path / "report"
     proc = _demo(
@@ -50,6 +54,7 @@ def test_demo_refuses_an_unknown_encoding_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_bench_section_reports_bytes_and_accuracy_against_float32(tmp_path: Path) -> None:
     sizes = BenchSizes.quick().with_overrides({"updates_rounds": "2", "updates_seeds": "1"})
     report = run_bench(sizes, only=["updates"], quick=True, workdir=tmp_path)

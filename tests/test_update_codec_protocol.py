@@ -396,6 +396,7 @@ def test_a_strategy_may_not_take_the_encodings_config_name() -> None:
 # -- over real nodes -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_encoded_updates_over_real_nodes_and_a_hostile_peer(tmp_path: Path) -> None:
     from fedstore.federation import api
     from fedstore.federation.nodepeer import NodePeer

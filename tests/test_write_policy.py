@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from fedstore.backends import BackendChain, StoredObject
+from fedstore.backends import BackendChain, StoredObject, aclosing_stream
 from fedstore.backends.base import Source
 from fedstore.backends.chain import Attempt
 from fedstore.backends.memory import MemoryBackend
@@ -264,8 +264,9 @@ class Tracked(MemoryBackend):
 
     async def fetch(self, cid: str) -> AsyncIterator[bytes]:
         try:
-            async for chunk in super().fetch(cid):
-                yield chunk
+            async with aclosing_stream(super().fetch(cid)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         finally:
             self.closed = True
 

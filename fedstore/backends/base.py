@@ -43,7 +43,8 @@ Rules every implementation follows
   anyone sees it, so a backend must not cache or publish fetched data on its
   own.
 * ``add`` is idempotent: adding the same bytes twice gives the same CID and
-  is not an error.
+  is not an error. It reports the exact content size (``StoredObject.size``);
+  the conformance suite checks it.
 * ``aclose`` releases everything (HTTP pools, file handles) and is safe to
   call twice.
 """

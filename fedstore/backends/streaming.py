@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
 import httpx
@@ -334,7 +334,8 @@ async def read_multipart(
     ``filename``) are passed whole to ``on_field(name, value)``; file parts
     are passed piece by piece to ``on_file(name, filename, chunk)`` (a final
     call with an empty chunk marks the end of a part). Raises ValueError on a
-    malformed body.
+    malformed body. *stream* is always read to its end (an epilogue is
+    ignored, a refused body drained), so the generators producing it finish.
     """
     delim = b"\r\n--" + boundary.encode()
     keep = len(delim) + 4
@@ -343,7 +344,7 @@ async def read_multipart(
     params: dict[str, str] = {}
     field_buf = bytearray()
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncGenerator[bytes]:
         if isinstance(stream, Iterable):
             for c in stream:
                 yield c
@@ -368,45 +369,56 @@ async def read_multipart(
         field_buf.clear()
 
     source = chunks()
-    eof = False
-    while True:
-        progressed = True
-        while progressed:
-            progressed = False
-            if state in ("preamble", "body"):
-                idx = buf.find(delim)
-                if idx >= 0:
-                    if state == "body":
-                        await emit(bytes(buf[:idx]))
-                        await finish_part()
-                    del buf[: idx + len(delim)]
-                    state = "after-delim"
+    try:
+        eof = False
+        while True:
+            progressed = True
+            while progressed:
+                progressed = False
+                if state in ("preamble", "body"):
+                    idx = buf.find(delim)
+                    if idx >= 0:
+                        if state == "body":
+                            await emit(bytes(buf[:idx]))
+                            await finish_part()
+                        del buf[: idx + len(delim)]
+                        state = "after-delim"
+                        progressed = True
+                    elif state == "body" and len(buf) > keep:
+                        await emit(bytes(buf[: len(buf) - keep]))
+                        del buf[: len(buf) - keep]
+                if state == "after-delim" and len(buf) >= 2:
+                    if buf[:2] == b"--":
+                        return
+                    if buf[:2] != b"\r\n":
+                        raise ValueError("malformed multipart delimiter")
+                    del buf[:2]
+                    state = "headers"
                     progressed = True
-                elif state == "body" and len(buf) > keep:
-                    await emit(bytes(buf[: len(buf) - keep]))
-                    del buf[: len(buf) - keep]
-            if state == "after-delim" and len(buf) >= 2:
-                if buf[:2] == b"--":
-                    return
-                if buf[:2] != b"\r\n":
-                    raise ValueError("malformed multipart delimiter")
-                del buf[:2]
-                state = "headers"
-                progressed = True
-            if state == "headers":
-                end = buf.find(b"\r\n\r\n")
-                if end >= 0:
-                    params = _disposition_params(bytes(buf[:end]))
-                    del buf[: end + 4]
-                    state = "body"
-                    progressed = True
-                elif len(buf) > 16384:
-                    raise ValueError("multipart part headers too long")
-        if eof:
-            raise ValueError("multipart body ended before the closing boundary")
+                if state == "headers":
+                    end = buf.find(b"\r\n\r\n")
+                    if end >= 0:
+                        params = _disposition_params(bytes(buf[:end]))
+                        del buf[: end + 4]
+                        state = "body"
+                        progressed = True
+                    elif len(buf) > 16384:
+                        raise ValueError("multipart part headers too long")
+            if eof:
+                raise ValueError("multipart body ended before the closing boundary")
+            try:
+                chunk = await source.__anext__()
+            except StopAsyncIteration:
+                eof = True
+                continue
+            buf += chunk
+    finally:
+        # Read the body to its end, as a server reads Content-Length bytes: the
+        # epilogue after the closing boundary is ignored (RFC 2046 5.1.1) and a
+        # refused body is drained, so every async generator producing the body
+        # finishes here instead of being left to the garbage collector.
         try:
-            chunk = await source.__anext__()
-        except StopAsyncIteration:
-            eof = True
-            continue
-        buf += chunk
+            async for _ in source:
+                pass
+        finally:
+            await source.aclose()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,7 +133,8 @@ def _federate(encoding: str, error_feedback: bool, rounds: int, seed: int) -> _R
         async with trio.open_nursery() as nursery:
             for i in range(1, TRAINERS + 1):
                 nursery.start_soon(
-                    lambda i=i: follow_rounds(
+                    partial(
+                        follow_rounds,
                         net.peer(f"trainer-{i}"),
                         task.trainer(i),
                         TrainerSettings(idle_timeout=60, error_feedback=error_feedback),

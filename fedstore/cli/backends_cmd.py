@@ -114,8 +114,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
         load_backend_class,
         parse_backend_list,
     )
-    from fedstore.cli.output import table_console
     from fedstore.config import resolve_settings
+    from fedstore.console import table_console
 
     installed = available_backends()
     resolved = resolve_settings()

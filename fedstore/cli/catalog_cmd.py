@@ -110,7 +110,7 @@ TABLE_CELL_CHARS = 1_000
 
 
 def _cell(value: object) -> Text:
-    from fedstore.cli.output import cell
+    from fedstore.console import cell
 
     if value is None:
         return cell("NULL", style="dim")
@@ -163,7 +163,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     else:
         from rich.table import Table
 
-        from fedstore.cli.output import cell, table_console
+        from fedstore.console import cell, table_console
 
         table = Table()
         for col in result.columns:
@@ -209,7 +209,7 @@ def cmd_rounds(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from fedstore.cli.output import cell, table_console
+    from fedstore.console import cell, table_console
 
     console = table_console()
     if not rows:

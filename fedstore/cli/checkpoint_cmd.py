@@ -21,7 +21,7 @@ __all__ = ["add_dir_argument", "data_dir", "existing_catalog", "register", "roun
 
 def round_number(text: str) -> int:
     """argparse type of ``--round``: ASCII digits, at most the highest round peers accept."""
-    from fedstore.p2p.messages import parse_round
+    from fedstore.rounds import parse_round
 
     try:
         return parse_round(text)
@@ -166,7 +166,7 @@ def _open_store(args: argparse.Namespace, *, create: bool = False, **kw: object)
 
 def _console() -> Console:
 
-    from fedstore.cli.output import table_console
+    from fedstore.console import table_console
 
     return table_console()
 
@@ -259,7 +259,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for r in rows:
             print(json.dumps(_record_json(r)))
         return 0
-    from fedstore.cli.output import cell, clean
+    from fedstore.console import cell, clean
 
     if not rows:
         print(f"no checkpoints in {clean(store.dir)}")
@@ -316,7 +316,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     from rich.text import Text
 
-    from fedstore.cli.output import cell
+    from fedstore.console import cell
 
     # names and metadata come from whoever wrote the checkpoint (a peer): printed as
     # text (cell), never as markup, control characters escaped

@@ -135,7 +135,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from fedstore.cli.output import table_console
+    from fedstore.console import table_console
 
     table = Table(title="fedstore settings")
     table.add_column("setting", no_wrap=True)

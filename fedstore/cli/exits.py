@@ -33,7 +33,7 @@ import os
 import sys
 from typing import TextIO
 
-from fedstore.cli.output import clean
+from fedstore.console import clean
 from fedstore.errors import FedstoreError
 
 __all__ = [

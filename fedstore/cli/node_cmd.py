@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from fedstore.cli.output import clean
 from fedstore.config import ROLES, NodeConfig, load_node_config
+from fedstore.console import clean
 from fedstore.errors import ConfigError, FedstoreError, RoundConflictError
 from fedstore.p2p.messages import WireFormatError, parse_round, validate_cid
 
@@ -383,10 +383,7 @@ async def _read_lines(source: IO[str], send: trio.MemorySendChannel[str | None])
 
     async with send:
         while True:
-            # trio-stubs (trio_typing) predates abandon_on_cancel; trio 0.35 has it
-            line = await trio.to_thread.run_sync(  # type: ignore[call-arg]
-                source.readline, abandon_on_cancel=True
-            )
+            line = await trio.to_thread.run_sync(source.readline, abandon_on_cancel=True)
             if not line:
                 await send.send(None)
                 return

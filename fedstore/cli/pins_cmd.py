@@ -108,7 +108,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     from rich.text import Text
 
-    from fedstore.cli.output import cell, clean, table_console
+    from fedstore.console import cell, clean, table_console
 
     backends = sorted({r.backend for r in rows})
     by_cid: dict[str, dict[str, Text]] = {}
@@ -137,8 +137,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     from fedstore.backends import build_chain, default_backend_names, parse_backend_list
     from fedstore.catalog import AsyncCatalog, Catalog
-    from fedstore.cli.output import clean
     from fedstore.config import load_settings
+    from fedstore.console import clean
     from fedstore.node.replication import PinOutcome, retry_failed_pins
 
     settings = load_settings()

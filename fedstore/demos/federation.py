@@ -321,7 +321,7 @@ async def _main(args: argparse.Namespace) -> int:
     import trio
     from rich.live import Live
 
-    from fedstore.cli.output import console as pipe_safe_console
+    from fedstore.console import console as pipe_safe_console
     from fedstore.demos.federation_state import DemoState, Proc
     from fedstore.demos.federation_view import finish, render
 

@@ -146,8 +146,7 @@ async def _run(args: argparse.Namespace) -> int:
     task = await trio.to_thread.run_sync(_task, args)
     if args.go_from_stdin:
         _emit({"event": "waiting", "role": args.role})
-        # trio-stubs (trio_typing) predates abandon_on_cancel; trio 0.35 has it
-        line = await trio.to_thread.run_sync(_read_line, abandon_on_cancel=True)  # type: ignore[call-arg]
+        line = await trio.to_thread.run_sync(_read_line, abandon_on_cancel=True)
         word, _, addr = line.strip().partition(" ")
         if word != "GO":
             _emit({"event": "error", "message": "stdin closed before GO"})

@@ -83,7 +83,7 @@ def prepare_dir(directory: Path) -> None:
 class _Checker:
     def __init__(self) -> None:
 
-        from fedstore.cli.output import table_console
+        from fedstore.console import table_console
 
         self.console = table_console()
         self.failures = 0

@@ -71,6 +71,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedstore.errors import FormatError, InvalidCIDError, ProtocolError
+from fedstore.rounds import MAX_ROUND
 
 __all__ = [
     "DEFAULT_INLINE_LIMIT",
@@ -105,7 +106,6 @@ MAX_MESSAGE_BYTES = (1 << 20) - 32 * 1024
 #: Default largest message sent inline; bigger updates go by CID.
 DEFAULT_INLINE_LIMIT = MAX_MESSAGE_BYTES
 MAX_HEADER_BYTES = 16 * 1024
-MAX_ROUND = 10**12
 MAX_SAMPLES = 10**12
 MAX_METRICS = 32
 MAX_RECEIVED = 1024

@@ -534,10 +534,6 @@ def _check_port_free(maddr: multiaddr.Multiaddr) -> None:
             ) from exc
 
 
-def _shutdown_race(exc: BaseException) -> bool:
-    return isinstance(exc, RuntimeError) and "closed to new arrivals" in str(exc)
-
-
 @asynccontextmanager
 async def open_host(
     identity: Identity,
@@ -593,32 +589,26 @@ async def open_host(
     )
     send, receive = trio.open_memory_channel[ConnectionEvent](256)
     host.get_network().register_notifee(_ConnectionNotifee(send))
-    try:
-        async with AsyncExitStack() as stack:
-            stack.push_async_callback(host.close)  # runs last, after the services stopped
-            try:
-                await stack.enter_async_context(host.run(listen_addrs))
-            except Exception as exc:  # OSError, or libp2p's wrappers around it
-                detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                raise NetworkError(f"cannot listen on {', '.join(listen)}: {detail}") from exc
-            if not host.get_transport_addrs():  # py-libp2p logs bind failures and carries on
-                raise NetworkError(
-                    f"cannot listen on {', '.join(listen)}: address in use or not available"
-                )
-            await stack.enter_async_context(background_trio_service(pubsub))
-            await stack.enter_async_context(background_trio_service(gossipsub))
-            await pubsub.wait_until_ready()
-            try:
-                yield P2PHost(host, pubsub, gossipsub, receive, peerstore)
-            finally:
-                send.close()
-    except BaseExceptionGroup as group:
-        # py-libp2p 0.8.1 keeps reading pubsub streams after its pubsub service
-        # stopped: a message still in flight then fails the swarm's task
-        # ("Nursery is closed to new arrivals"). That is shutdown noise, not an error.
-        _, rest = group.split(_shutdown_race)
-        if rest is group:
-            raise
-        if rest is not None:
-            raise rest from None
-        log.debug("a pubsub message arrived while the host stopped; ignored")
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(host.close)  # runs last, after the services stopped
+        try:
+            await stack.enter_async_context(host.run(listen_addrs))
+        except Exception as exc:  # OSError, or libp2p's wrappers around it
+            detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise NetworkError(f"cannot listen on {', '.join(listen)}: {detail}") from exc
+        if not host.get_transport_addrs():  # py-libp2p logs bind failures and carries on
+            raise NetworkError(
+                f"cannot listen on {', '.join(listen)}: address in use or not available"
+            )
+        await stack.enter_async_context(background_trio_service(pubsub))
+        await stack.enter_async_context(background_trio_service(gossipsub))
+        # Leaving: close the connections first, while the swarm and pubsub still
+        # run. py-libp2p's close() tears each socket down only while the swarm
+        # runs (after host.run() has stopped it, dialled sockets are left to the
+        # garbage collector), and no stream arrives for a stopped pubsub.
+        stack.push_async_callback(host.close)
+        await pubsub.wait_until_ready()
+        try:
+            yield P2PHost(host, pubsub, gossipsub, receive, peerstore)
+        finally:
+            send.close()

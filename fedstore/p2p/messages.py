@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from fedstore.errors import InvalidCIDError, ProtocolError
+from fedstore.rounds import MAX_ROUND, parse_round, validate_round
 
 __all__ = [
     "ANNOUNCE_TOPIC",
@@ -60,8 +61,6 @@ TRAINING_TOPIC = "fed-learn"
 
 #: Longest announcement accepted; a CIDv1 in base32 with sha2-256 is 59 chars.
 MAX_ANNOUNCEMENT_BYTES = 256
-#: Highest round number accepted on the wire (fits SQLite's INTEGER easily).
-MAX_ROUND = 10**12
 #: py-libp2p drops any single pubsub message above this size (1 MiB) silently.
 PUBSUB_MAX_MESSAGE = 1 << 20
 
@@ -77,28 +76,6 @@ class WireFormatError(ProtocolError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def validate_round(value: int) -> int:
-    """Return *value* if it is a valid round number (0..MAX_ROUND), else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ROUND:
-        raise ValueError(f"round must be an integer from 0 to {MAX_ROUND}, got {value!r}")
-    return value
-
-
-def parse_round(text: str) -> int:
-    """A round number typed by a person (CLI flag, prompt command): ASCII decimal digits
-    only, 0 to :data:`MAX_ROUND`, the rounds an announcement can carry.
-
-    ``int()`` alone would take ``"٣"`` (an Arabic-Indic three), ``"+3"``,
-    ``"1_000"`` or ``" 3 "``; those raise ``ValueError`` here, as does a
-    round the wire format cannot announce. Leading zeros are accepted.
-    """
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"a round is a whole number written with the digits 0-9, got {text!r:.40}")
-    if len(text.lstrip("0")) > len(str(MAX_ROUND)) or int(text) > MAX_ROUND:
-        raise ValueError(f"round {text:.40} is above {MAX_ROUND}, the highest round peers accept")
-    return int(text)
 
 
 def validate_cid(cid: str) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 from fedstore.catalog import Catalog, CheckpointRecord, RoundConflictError
 from fedstore.errors import CheckpointNotFoundError, IntegrityError
 from fedstore.fsutil import fsync_dir, write_atomic
-from fedstore.p2p.messages import MAX_ROUND
+from fedstore.rounds import MAX_ROUND
 from fedstore.store.paths import ROUNDS_DIR, TMP_DIR, checkpoint_filename
 from fedstore.store.reconcile import ReconcileReport, VerifyLevel, reconcile
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from fedstore.backends import Source, lifespan_nursery
+from fedstore.backends import Source, aclosing_stream, lifespan_nursery
 from fedstore.errors import ConfigError
 from fedstore.ipld.blocks import DagSummary
 from fedstore.ipld.cid import DagParams, ParsedCid, parse_cid
@@ -94,8 +94,9 @@ class BitswapService:
         root = cid if isinstance(cid, ParsedCid) else parse_cid(cid)
         fetch = DagFetch(self.engine, root, self.limits)
         self.last_fetch = fetch.stats
-        async for chunk in fetch.run():
-            yield chunk
+        async with aclosing_stream(fetch.run()) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

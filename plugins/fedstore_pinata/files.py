@@ -11,7 +11,7 @@ with ``POST /pinning/pinByHash`` and deletes by CID
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from fedstore.errors import BackendError, NotFoundError
@@ -36,7 +36,7 @@ async def list_files(
     keyvalues: Mapping[str, str] | None = None,
     page_size: int = 100,
     max_items: int | None = None,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any]]:
     """Yield the account's public files (v3) or pins (legacy), following pagination.
 
     v3 items are Pinata's ``FileListItem`` (``id``, ``cid``, ``name``,

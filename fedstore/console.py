@@ -1,5 +1,5 @@
-"""Console output shared by the commands: tables that stay readable when piped, and
-text from peers that cannot drive the terminal.
+"""Console output shared by the CLI commands and the demos: tables that stay readable
+when piped, and text from peers that cannot drive the terminal.
 
 Checkpoint metadata, tensor names, announcements and backend error texts come
 from other machines. Every human-readable renderer passes such text through

@@ -1,0 +1,110 @@
+"""Test tiers, hypothesis profiles and a timing hint for fedstore's suite.
+
+Tiers are markers (registered in ``pyproject.toml``; ``--strict-markers``
+refuses any other name):
+
+``slow``
+    Takes more than about a second on an idle 2-core machine, or starts
+    ``fedstore node`` processes. ``pytest -m "not slow"`` is the development
+    tier (well under a minute); CI runs every tier on Python 3.11, 3.12 and
+    3.13.
+``multiprocess``
+    Starts other Python interpreters (``subprocess``, ``NodeProcess``). An
+    interpreter that imports py-libp2p costs about a second of CPU before it
+    does anything, so when tests do not need a fresh process they share one
+    through a module-scoped fixture (``test_node_multiprocess.py``'s ``net``
+    is the model: one bootstrap and two trainers for the whole module,
+    distinct round numbers per test, and ``mark()``/``since=`` to read only
+    the lines a test caused). Tests that kill or corrupt their process
+    (SIGKILL, crash points, RSS measurements) start their own.
+``netns``
+    Builds Linux network namespaces (needs root; skipped with its reason
+    elsewhere). Always ``slow`` as well: this file adds it.
+``live``
+    Talks to a real service that is not started by the test (a Kubo daemon,
+    a Pinata account), configured by environment variables and skipped
+    otherwise; ``tox -e integration`` runs them. ``kubo`` and ``pinata`` say
+    which service; either one implies ``live`` (added here).
+
+Rules for new tests:
+
+* Mark a module with ``pytestmark = [pytest.mark.slow, ...]`` when every test
+  in it belongs to a tier, otherwise mark the single test. Marks only choose
+  what runs when; they never skip, and a marked test asserts as much as any.
+* A test that starts a process is ``multiprocess``; one that starts a node
+  process, or runs longer than a second idle, is also ``slow``.
+* Timing-sensitive tests wait for events with deadlines, never fixed sleeps,
+  so that running the interpreters' suites side by side (CI does) only makes
+  them slower, not flaky.
+* At the end of a run this file lists unmarked tests that took longer than
+  ``SLOW_HINT_SECONDS`` (setup + call + teardown), as a hint to mark them.
+  It is a hint, not a failure: a loaded machine stretches every test.
+
+Hypothesis profiles: ``dev`` (the default) and ``ci`` (selected by
+``HYPOTHESIS_PROFILE=ci``, which tox sets): CI keeps no example database in
+its throw-away clone and prints the blob that reproduces a failure.
+Per-test ``@settings`` (example counts, deadlines) apply under both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import pytest
+from hypothesis import settings
+
+#: Unmarked tests slower than this (seconds) are listed at the end of a run.
+SLOW_HINT_SECONDS = 2.0
+
+settings.register_profile("dev")
+settings.register_profile("ci", database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_TimingHint(), "fedstore-timing-hint")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Add the implied tiers: ``netns`` -> ``slow``; ``kubo``/``pinata`` -> ``live``."""
+    for item in items:
+        if item.get_closest_marker("netns") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+        if (
+            item.get_closest_marker("kubo") or item.get_closest_marker("pinata")
+        ) and not item.get_closest_marker("live"):
+            item.add_marker(pytest.mark.live)
+
+
+class _TimingHint:
+    """Collects per-test durations and lists the slow unmarked ones at the end."""
+
+    def __init__(self) -> None:
+        self.durations: defaultdict[str, float] = defaultdict(float)
+        self.slow: set[str] = set()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        self.slow = {item.nodeid for item in items if item.get_closest_marker("slow")}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not report.skipped:
+            self.durations[report.nodeid] += report.duration
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        over = sorted(
+            (
+                (seconds, nodeid)
+                for nodeid, seconds in self.durations.items()
+                if nodeid not in self.slow and seconds > SLOW_HINT_SECONDS
+            ),
+            reverse=True,
+        )
+        if over:
+            terminalreporter.section("unmarked slow tests")
+            terminalreporter.line(
+                f"over {SLOW_HINT_SECONDS:g} s without the 'slow' mark (see tests/conftest.py):"
+            )
+            for seconds, nodeid in over[:10]:
+                terminalreporter.line(f"  {seconds:6.2f}s {nodeid}")
