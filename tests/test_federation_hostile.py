@@ -257,37 +257,37 @@ async def test_a_round_1e12_claim_becomes_nobodys_head(tmp_path: Path) -> None:
                     functools.partial(member, t1, fed, results, "t1", train=shift_trainer(1.0))
                 )
                 await trio.sleep_forever()
-        # the attackers save a valid checkpoint of the same layout as round 10^12 and announce it
         bogus = {k: np.full_like(v, 666.0) for k, v in MODEL.items()}
-        async with running(tmp_path, "evil", fed) as evil, running(tmp_path, "outsider") as out:
-            rec = await evil.save_checkpoint(MAX_ROUND, bogus, {"fedstore.round": str(MAX_ROUND)})
-            await out.save_checkpoint(MAX_ROUND, bogus, {"fedstore.round": str(MAX_ROUND)})
-            # run 2: both restart from their own ledgers, attackers connected and announcing
-            async with running(tmp_path, "agg", fed) as agg:
-                boot = agg.addrs()[:1]
-                await evil.connect(boot[0])
-                await out.connect(boot[0])
-                async with (
-                    running(tmp_path, "t1", fed, bootstrap=boot) as t1,
-                    trio.open_nursery() as noise,
-                ):
-                    noise.start_soon(announce_forever, evil, MAX_ROUND, rec.cid)
-                    noise.start_soon(announce_forever, out, MAX_ROUND, rec.cid)
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(
-                            functools.partial(member, agg, fed, results, "agg", initial=True)
-                        )
-                        nursery.start_soon(
-                            functools.partial(
-                                member, t1, fed, results, "t1", train=shift_trainer(1.0)
-                            )
-                        )
-                    noise.cancel_scope.cancel()
-                announced_by = {
-                    a.sender_peer
-                    for a in await agg.catalog.announcements(limit=1000)
-                    if a.round == MAX_ROUND
-                }
+        # run 2: both restart from their own ledgers; the attackers (dialling in, and closing
+        # before the node they dialled) save a valid checkpoint of the same layout as round
+        # 10^12 and keep announcing it
+        async with running(tmp_path, "agg", fed) as agg:
+            boot = agg.addrs()[:1]
+            async with (
+                running(tmp_path, "evil", fed, bootstrap=boot) as evil,
+                running(tmp_path, "outsider", bootstrap=boot) as out,
+                running(tmp_path, "t1", fed, bootstrap=boot) as t1,
+                trio.open_nursery() as noise,
+            ):
+                rec = await evil.save_checkpoint(
+                    MAX_ROUND, bogus, {"fedstore.round": str(MAX_ROUND)}
+                )
+                await out.save_checkpoint(MAX_ROUND, bogus, {"fedstore.round": str(MAX_ROUND)})
+                noise.start_soon(announce_forever, evil, MAX_ROUND, rec.cid)
+                noise.start_soon(announce_forever, out, MAX_ROUND, rec.cid)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        functools.partial(member, agg, fed, results, "agg", initial=True)
+                    )
+                    nursery.start_soon(
+                        functools.partial(member, t1, fed, results, "t1", train=shift_trainer(1.0))
+                    )
+                noise.cancel_scope.cancel()
+            announced_by = {
+                a.sender_peer
+                for a in await agg.catalog.announcements(limit=1000)
+                if a.round == MAX_ROUND
+            }
     assert results["agg"].status == results["t1"].status == "complete"
     assert results["agg"].final_round == 3 and results["agg"].final_cid == results["t1"].final_cid
     for name in ("agg", "t1"):
