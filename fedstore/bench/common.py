@@ -69,6 +69,9 @@ class BenchSizes:
     updates_seeds: int = 3
     #: Verified aggregates: digits rounds per federation (verify full and off).
     verify_rounds: int = 10
+    #: Swarm: model size in MB and the largest number of trainers (N = 1, 2, 4, ... up to it).
+    swarm_mb: float = 20.0
+    swarm_trainers: int = 8
 
     @classmethod
     def full(cls) -> BenchSizes:
@@ -91,6 +94,8 @@ class BenchSizes:
             startup_runs=9,
             updates_seeds=1,
             verify_rounds=5,
+            swarm_mb=5.0,
+            swarm_trainers=4,
         )
 
     def with_overrides(self, overrides: Mapping[str, str]) -> BenchSizes:

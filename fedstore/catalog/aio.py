@@ -93,6 +93,13 @@ class AsyncCatalog(ThreadFacade[Catalog]):
     announcements = in_thread(Catalog.announcements)
     prune_announcements = in_thread(Catalog.prune_announcements)
     latest_announced = in_thread(Catalog.latest_announced)
+    record_announcements = in_thread(Catalog.record_announcements)
+    sync_claims = in_thread(Catalog.sync_claims)
+    # failed sync claims
+    record_failed_claim = in_thread(Catalog.record_failed_claim)
+    failed_claims = in_thread(Catalog.failed_claims)
+    clear_failed_claim = in_thread(Catalog.clear_failed_claim)
+    prune_failed_claims = in_thread(Catalog.prune_failed_claims)
     # peers
     upsert_peer = in_thread(Catalog.upsert_peer)
     get_peer = in_thread(Catalog.get_peer)

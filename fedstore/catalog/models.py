@@ -39,6 +39,7 @@ from sqlalchemy.types import TypeDecorator
 from fedstore.catalog.records import (
     AnnouncementRecord,
     CheckpointRecord,
+    FailedClaimRecord,
     FederationRoundRecord,
     ManifestRecord,
     PeerRecord,
@@ -54,6 +55,7 @@ __all__ = [
     "Announcement",
     "Base",
     "Checkpoint",
+    "FailedClaim",
     "FederationRound",
     "Manifest",
     "Peer",
@@ -369,4 +371,43 @@ class FederationRound(Base):
             detail=self.detail or "",
             rejections=rejections,
             recorded_at=self.recorded_at,
+        )
+
+
+class FailedClaim(Base):
+    """A claim (round, CID) by *peer* that sync could not fetch from anyone.
+
+    One row per (round, CID, claiming peer); each further failed attempt bumps
+    ``attempts`` and ``last_failed_at``. Sync demotes and backs off from
+    these candidates and from peers with failed claims, across restarts
+    (:mod:`fedstore.p2p.sync`); rows older than the retention are pruned.
+    """
+
+    __tablename__ = "failed_claims"
+    __table_args__ = (
+        UniqueConstraint("round", "cid", "peer"),
+        CheckConstraint("round >= 0", name="round_nonnegative"),
+        CheckConstraint("attempts >= 1", name="attempts_positive"),
+        Index(None, "peer"),
+        Index(None, "last_failed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, nullable=False)
+    cid: Mapped[str] = mapped_column(String(128), nullable=False)
+    peer: Mapped[str] = mapped_column(String(128), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    def to_record(self) -> FailedClaimRecord:
+        return FailedClaimRecord(
+            round=self.round,
+            cid=self.cid,
+            peer=self.peer,
+            attempts=self.attempts,
+            first_failed_at=self.first_failed_at,
+            last_failed_at=self.last_failed_at,
+            last_error=self.last_error,
         )

@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "AnnouncementRecord",
     "CheckpointRecord",
+    "FailedClaimRecord",
     "FederationRoundRecord",
     "LatestAnnounced",
     "ManifestRecord",
@@ -56,6 +57,19 @@ class AnnouncementRecord:
     received_at: datetime
     last_received_at: datetime
     times_heard: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailedClaimRecord:
+    """A claim of (round, CID) by *peer* that sync could not fetch, *attempts* times."""
+
+    round: int
+    cid: str
+    peer: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,22 +130,71 @@ def make_node_config(
 
     Precedence as everywhere in fedstore: these arguments, then the
     environment (``environ``, default ``os.environ``), ``.env`` and
-    ``fedstore.toml``. ``settings`` adds variables (e.g. ``FEDSTORE_FS_ROOT``).
+    ``fedstore.toml``. ``settings`` adds variables at the arguments' rank
+    (e.g. ``FEDSTORE_FS_ROOT``, ``FEDSTORE_BACKENDS``, ``FEDSTORE_LISTEN``,
+    under their ``FEDSTORE_`` names or their aliases). A setting given both
+    as an argument (or twice in ``settings``, under a name and an alias)
+    with different values is a :class:`~fedstore.errors.ConfigError`, never
+    a silent choice.
     """
     from fedstore.config import load_node_config
 
-    flags: dict[str, str | None] = dict(settings or {})
-    flags.update(
-        {
-            "FEDSTORE_ROLE": role,
-            "CHECKPOINT_DIR": str(data_dir),
-            "BOOTSTRAP_ADDR": ",".join(bootstrap) if bootstrap else None,
-            "FEDSTORE_LISTEN": listen,
-            "FEDSTORE_BACKENDS": ",".join(backends) if backends else None,
-            "FEDSTORE_FEDERATION": str(federation) if federation is not None else None,
-        }
-    )
+    explicit: dict[str, str | None] = {
+        "FEDSTORE_ROLE": role,
+        "FEDSTORE_DIR": str(data_dir),
+        "FEDSTORE_BOOTSTRAP": ",".join(bootstrap) if bootstrap else None,
+        "FEDSTORE_LISTEN": listen,
+        "FEDSTORE_BACKENDS": ",".join(backends) if backends else None,
+        "FEDSTORE_FEDERATION": str(federation) if federation is not None else None,
+    }
+    flags = _canonical_settings(settings or {})
+    for name, value in explicit.items():
+        if value is None:
+            continue
+        given = flags.get(name)
+        if given is not None and not _same_setting(name, given, value):
+            raise ConfigError(
+                f"{name} is given twice to make_node_config: {value!r} as an argument and "
+                f"{given!r} in settings; give it once"
+            )
+        flags[name] = value
     return load_node_config(flags, environ=environ)
+
+
+#: Settings whose value is a comma-separated list (compared item by item).
+_LIST_SETTINGS = frozenset({"FEDSTORE_BOOTSTRAP", "FEDSTORE_LISTEN", "FEDSTORE_BACKENDS"})
+
+
+def _canonical_settings(settings: Mapping[str, str]) -> dict[str, str | None]:
+    """*settings* with the core's aliases (``CHECKPOINT_DIR``...) under their canonical names."""
+    from fedstore.config import core_setting
+
+    out: dict[str, str | None] = {}
+    for key, value in settings.items():
+        try:
+            name = core_setting(key).name
+        except KeyError:
+            name = key
+        given = out.get(name)
+        if given is not None and not _same_setting(name, given, value):
+            raise ConfigError(
+                f"{name} is given twice in make_node_config's settings (once as {key}) with "
+                "different values; give it once"
+            )
+        out[name] = value
+    return out
+
+
+def _same_setting(name: str, a: str, b: str) -> bool:
+    if name in _LIST_SETTINGS:
+        return [p.strip() for p in a.split(",") if p.strip()] == [
+            p.strip() for p in b.split(",") if p.strip()
+        ]
+    if name == "FEDSTORE_ROLE":
+        return a.strip().lower() == b.strip().lower()
+    if name == "FEDSTORE_DIR":
+        return Path(a).expanduser() == Path(b).expanduser()
+    return a == b
 
 
 async def _membership(node: Node, federation: str | Path | Membership | None) -> Membership | None:

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from fedstore.errors import CheckpointNotFoundError, SizeLimitError
+from fedstore.errors import CheckpointNotFoundError, ManifestError, SizeLimitError
 from fedstore.federation.ledger import LedgerEntry
 from fedstore.federation.signing import KeySigner
 from fedstore.federation.transport import GlobalModel, RoundMetrics, SavedModel
@@ -167,6 +167,25 @@ class NodePeer:
         )
 
 
+async def record_manifest(catalog: AsyncCatalog, cid: str, data: bytes) -> None:
+    """Check a signed manifest's bytes (:class:`ManifestError` if they are not the
+    manifest ``cid`` or the signature fails) and keep it in the catalog."""
+    from fedstore.federation.manifest import parse_signed
+
+    signed = parse_signed(data)
+    if signed.cid != cid:
+        raise ManifestError(f"manifest bytes are {signed.cid}, not {cid}")
+    m = signed.manifest
+    await catalog.record_manifest(
+        cid,
+        name=m.name,
+        owner=m.owner,
+        previous=m.previous,
+        members=len(m.members),
+        document=signed.data.decode("ascii"),
+    )
+
+
 class CatalogLedger:
     """The federation :class:`~fedstore.federation.ledger.Ledger` in a node's catalog."""
 
@@ -174,7 +193,7 @@ class CatalogLedger:
         self.catalog = catalog
 
     async def record_manifest(self, cid: str, data: bytes) -> None:
-        await self.catalog.record_manifest(cid, data)
+        await record_manifest(self.catalog, cid, data)
 
     async def record(self, entry: LedgerEntry) -> None:
         await self.catalog.record_federation_round(entry)
@@ -195,7 +214,7 @@ async def join_federation(
     the catalog and stored through the chain (so peers can fetch it by CID).
     ManifestError if it cannot be had, or this node is not a member.
     """
-    from fedstore.errors import FedstoreError, ManifestError
+    from fedstore.errors import FedstoreError
     from fedstore.federation.manifest import MANIFEST_CID_VERSION
     from fedstore.federation.membership import Membership, load_membership, manifest_source
 
@@ -227,7 +246,7 @@ async def join_federation(
             f"{membership.manifest.name!r} ({membership.cid}); ask its owner to add it"
         )
     node.set_peer_filter(membership.allows)
-    await node.catalog.record_manifest(membership.cid, membership.signed.data)
+    await record_manifest(node.catalog, membership.cid, membership.signed.data)
     try:
         await node.chain.add(
             membership.signed.data, cid_version=MANIFEST_CID_VERSION, name="fedstore-manifest"

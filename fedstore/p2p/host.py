@@ -17,6 +17,9 @@ Settings chosen against py-libp2p's defaults (see the reference notes):
 * ``strict_signing=True``: every message is signed by its origin and verified
   before validators run, so the sender a validator sees is the signer;
 * security: Noise only (the default offer list also contains plaintext);
+* transport: py-libp2p 0.8.1's Noise and yamux layers run with the fixes in
+  :mod:`fedstore.p2p.libp2p_patches` (fewer frames, writes and reads per
+  byte; same bytes on the wire), applied when a host opens, 0.8.1 only;
 * a larger per-subscription queue (:data:`SUBSCRIPTION_QUEUE`), set when a
   host opens and only on the py-libp2p release it was checked against
   (:data:`LIBP2P_VERSION`); on another release fedstore warns and keeps
@@ -60,6 +63,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from fedstore.errors import ConfigError, NetworkError
 from fedstore.logsetup import route_libp2p_logs
+from fedstore.p2p import libp2p_patches, pubsub_patches
 from fedstore.p2p.identity import Identity
 
 #: The py-libp2p release this adapter was written and tested against.
@@ -560,6 +564,8 @@ async def open_host(
     """
     route_libp2p_logs()
     _enlarge_subscription_queue()
+    libp2p_patches.apply()  # Noise/yamux fixes (0.8.1 only; wire format unchanged)
+    pubsub_patches.apply()  # equivocation check keeps digests, not whole messages (0.8.1)
     settings = settings or GossipSettings()
     try:
         listen_addrs = [multiaddr.Multiaddr(a) for a in listen]

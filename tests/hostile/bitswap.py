@@ -93,6 +93,7 @@ class HostilePeer:
         peer = cls(mode, blocks, **kwargs)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(peer.host.run(LOOPBACK))
+            stack.push_async_callback(peer.host.close)  # its connections, while the swarm runs
             peer._nursery = await stack.enter_async_context(trio.open_nursery())
             peer.host.set_stream_handler(BITSWAP_PROTOCOL_V120, peer._handle)
             try:
