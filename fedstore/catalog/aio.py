@@ -65,7 +65,9 @@ class AsyncCatalog(ThreadFacade[Catalog]):
 
     async def aclose(self) -> None:
         """Close the catalog (idempotent)."""
-        await self.run_sync(self.sync.close)
+        # shielded: closing while cancelled must still close (and release the data dir's lock)
+        with trio.CancelScope(shield=True):
+            await self.run_sync(self.sync.close)
 
     async def __aenter__(self) -> Self:
         return self
