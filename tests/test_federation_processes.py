@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import trio
 from _federation import BOTH, make_membership, new_signer
@@ -93,19 +93,31 @@ async def test_members_survive_a_sigkilled_round_aggregator(tmp_path: Path) -> N
         for other in names:  # every member dials all the others: no single bootstrap
             if other != name:
                 argv += ["--bootstrap", addrs[other]]
-        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 (closed with the test dir)
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
+        logs.append(log)
         proc = await trio.lowlevel.open_process(argv, stdout=-1, stderr=log, env=env)
         w = Worker(name, proc)
         workers[name] = w
         return w
 
-    with trio.fail_after(150):
-        async with trio.open_nursery() as nursery:
-            for i, n in enumerate(names, start=1):  # all at once, as a deployment would
-                w = await start(n, i)
-                nursery.start_soon(w.read, on_event)
+    logs: list[IO[bytes]] = []
+    try:
+        with trio.fail_after(150):
+            async with trio.open_nursery() as nursery:
+                for i, n in enumerate(names, start=1):  # all at once, as a deployment would
+                    w = await start(n, i)
+                    nursery.start_soon(w.read, on_event)
+            for w in workers.values():
+                await w.proc.wait()
+    finally:
         for w in workers.values():
-            await w.proc.wait()
+            if w.proc.returncode is None:
+                w.proc.kill()
+                with trio.move_on_after(10) as waiting:
+                    waiting.shield = True
+                    await w.proc.wait()
+        for fh in logs:
+            fh.close()
     assert killed and opener, "the round aggregator was never killed"
     victim = opener[0]
     survivors = [n for n in names if n != victim]
