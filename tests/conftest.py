@@ -108,3 +108,26 @@ class _TimingHint:
             )
             for seconds, nodeid in over[:10]:
                 terminalreporter.line(f"  {seconds:6.2f}s {nodeid}")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> object:
+    """Undo what a test's in-process ``fedstore`` command did to logging.
+
+    ``setup_logging`` (run by ``fedstore.cli.main``) puts a handler on the root
+    logger that writes to the ``sys.stderr`` of that moment: pytest's capture
+    of one test, closed when the test ends. Left in place it would turn every
+    later log record into a "Logging error" traceback on the real stderr.
+    """
+    import logging
+
+    names = (None, "fedstore", "libp2p")
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in names}
+    propagate = {n: logging.getLogger(n).propagate for n in names if n}
+    yield
+    for n, (handlers, level) in saved.items():
+        logger = logging.getLogger(n)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+    for n, value in propagate.items():
+        logging.getLogger(n).propagate = value

@@ -26,6 +26,9 @@ TINY = [
     "catchup_runs=1",
     "startup_runs=1",
     "updates_rounds=2",
+    "verify_rounds=3",
+    "swarm_mb=0.5",
+    "swarm_trainers=2",
 ]
 
 
@@ -52,7 +55,9 @@ def test_every_section_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
     assert list(report["sections"]) == list(SECTIONS)
     for name, section in report["sections"].items():
         assert section["status"] == "ok", (name, section["error"])
-        assert section["rows"], name
+        if not section["rows"]:  # only a section that cannot run here (netns needs root)
+            assert section["notes"][0].startswith("skipped: "), (name, section["notes"])
+            continue
         for row in section["rows"]:
             assert row["value"] > 0, (name, row)
             if row["baseline"] is not None:

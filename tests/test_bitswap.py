@@ -9,25 +9,20 @@ plain py-libp2p BitswapClient in both directions, and the node-only rule.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import multiaddr
 import pytest
 import trio
 import varint
-from fedstore_bitswap import BitswapBackend, BitswapLimits, BitswapService, attach
-from libp2p import new_host
+from _bitswap_hosts import CHUNK, LOOPBACK, make_host, payload, run_host, start_nodes
+from fedstore_bitswap import BitswapBackend, BitswapLimits, attach
 from libp2p.bitswap import BitswapClient, MemoryBlockStore
 from libp2p.bitswap.config import BITSWAP_PROTOCOLS
 from libp2p.bitswap.messages import create_message, create_wantlist_entry
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.utils import connect
 
 from fedstore.backends import BackendContext
@@ -43,56 +38,6 @@ from fedstore.errors import (
 )
 from fedstore.ipld.blocks import write_dag_blocks
 from fedstore.ipld.cid import DagParams, cid_of_bytes, parse_cid
-
-LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-CHUNK = 262144
-
-
-def make_host() -> Any:
-    key_pair = create_new_key_pair()
-    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise})
-
-
-@dataclass
-class Node:
-    host: Any
-    service: BitswapService
-
-    @property
-    def backend(self) -> BitswapBackend:
-        return BitswapBackend(self.service)
-
-    @property
-    def id(self) -> Any:
-        return self.host.get_id()
-
-
-async def run_host(stack: AsyncExitStack, host: Any) -> None:
-    """Run *host* until *stack* closes, closing its connections while the swarm still runs.
-
-    py-libp2p tears a dialled socket down in ``host.close()`` only before
-    ``host.run()`` has stopped the swarm (as ``fedstore.p2p.host.open_host`` does).
-    """
-    await stack.enter_async_context(host.run(LOOPBACK))
-    stack.push_async_callback(host.close)
-
-
-async def start_nodes(
-    stack: AsyncExitStack, tmp: Path, n: int, limits: Sequence[BitswapLimits | None] = ()
-) -> list[Node]:
-    nodes = []
-    for i in range(n):
-        host = make_host()
-        await run_host(stack, host)
-        lim = limits[i] if i < len(limits) else None
-        service = await stack.enter_async_context(attach(host, tmp / f"node{i}", limits=lim))
-        nodes.append(Node(host, service))
-    return nodes
-
-
-def payload(n: int) -> bytes:
-    return os.urandom(n)
 
 
 @dataclass
@@ -432,3 +377,144 @@ async def test_plain_py_libp2p_client_fetches_from_us(tmp_path: Path) -> None:
         await connect(host, a.host)
         got = await client.new_session().get_blocks_batch([c_ for c_, _ in blocks], timeout=20)
         assert got == dict(blocks)
+
+
+# -- what makes a swarm: announcements, partial holders, block order ---------------------
+
+
+class PresenceRecorder:
+    """A FetchListener that wants nothing and records the presences it is told about."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes, bool]] = []
+        self.changed = trio.Event()
+
+    def wants(self, digest: bytes) -> bool:
+        return False
+
+    def wanted(self) -> list[bytes]:
+        return []
+
+    def has_inflight(self, peer: Any) -> bool:
+        return False
+
+    def on_block(self, peer: Any, digest: bytes, data: bytes, stored: bool) -> None:
+        pass
+
+    def on_presence(self, peer: Any, digest: bytes, have: bool) -> None:
+        self.seen.append((str(peer), digest, have))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def on_wrong_block(self, peer: Any, reason: str) -> None:
+        pass
+
+    def on_peer_gone(self, peer: Any) -> None:
+        pass
+
+    async def wait_for(self, peer: Any, digest: bytes, have: bool) -> None:
+        while (str(peer), digest, have) not in self.seen:
+            await self.changed.wait()
+
+
+async def test_have_is_pushed_when_a_wanted_block_arrives(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, b, c = await start_nodes(stack, tmp_path, 3)
+        data = payload(4 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+        leaves: list[bytes] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: leaves.append(c_))
+        await connect(c.host, b.host)
+        recorder = PresenceRecorder()
+        c.service.engine.register(recorder)
+
+        # C asks B, which has nothing yet: DONT_HAVE, and B remembers the want
+        c.service.engine.send_wants(b.id, [leaves[2]], have=True)
+        with trio.fail_after(10):
+            await recorder.wait_for(b.id, leaves[2][-32:], False)
+        assert b.service.engine.server.pending_wants() == 1
+        # B fetches the file from A; as soon as it stores that leaf, C hears HAVE
+        await connect(b.host, a.host)
+        assert await BackendChain([b.backend]).fetch_bytes(cid) == data
+        with trio.fail_after(10):
+            await recorder.wait_for(b.id, leaves[2][-32:], True)
+        assert b.service.engine.serve_stats.haves_pushed == 1
+        assert b.service.engine.server.pending_wants() == 0
+
+
+async def test_want_block_for_a_missing_block_is_served_when_it_arrives(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        b, c = await start_nodes(stack, tmp_path, 2)
+        block = payload(1000)
+        cid = cid_of_bytes(block, 1, params=DagParams(cid_version=1, raw_leaves=True))
+        await connect(c.host, b.host)
+        c.service.engine.send_wants(b.id, [bytes(parse_cid(cid))], have=False)
+        with trio.fail_after(10):
+            await b.service.engine.wait_serve_stats(lambda st: st.presences_sent >= 1)  # DONT_HAVE
+        assert b.service.engine.serve_stats.blocks_served == 0
+        await b.service.add(block, DagParams(cid_version=1, raw_leaves=True))
+        with trio.fail_after(10):
+            await b.service.engine.wait_serve_stats(lambda st: st.blocks_served >= 1)
+
+
+async def test_a_partial_holder_serves_the_blocks_it_has(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, b, c = await start_nodes(stack, tmp_path, 3)
+        data = payload(16 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+        blocks: list[tuple[bytes, bytes]] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: blocks.append((c_, b_)))
+        for cid_bytes, block in blocks[:8]:  # B holds half of the leaves, not the file
+            b.service.store.put_block(cid_bytes[-32:], block)
+        assert not await b.backend.has(cid)
+        await connect(c.host, a.host)
+        await connect(c.host, b.host)
+        assert await BackendChain([c.backend]).fetch_bytes(cid) == data
+        stats = c.service.last_fetch
+        assert stats is not None
+        assert 1 <= stats.blocks_by_peer.get(str(b.id), 0) <= 8, stats.blocks_by_peer
+
+
+async def test_fetchers_take_blocks_in_different_orders_with_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    from fedstore_bitswap import DagFetch
+
+    def recording(fetch: DagFetch) -> tuple[list[bytes], list[int]]:
+        """Record the order blocks arrive in, and the most blocks buffered ahead of the output."""
+        arrivals: list[bytes] = []
+        most = [0]
+        sched = fetch.scheduler
+        deliver = sched.on_block
+
+        def on_block(peer: Any, digest: bytes, data: bytes, stored: bool) -> None:
+            if sched.wants(digest):
+                arrivals.append(digest)
+            deliver(peer, digest, data, stored)
+            most[0] = max(most[0], len(sched.arrived))
+
+        sched.on_block = on_block  # type: ignore[method-assign]
+        return arrivals, most
+
+    window = BitswapLimits(window_bytes=12 * CHUNK, max_window_blocks=12)
+    async with AsyncExitStack() as stack:
+        a, b, c = await start_nodes(stack, tmp_path, 3, [None, window, window])
+        data = payload(40 * CHUNK)
+        cid = (await a.backend.add(data)).cid
+        leaves: list[bytes] = []
+        write_dag_blocks(data, DagParams.kubo(0), lambda c_, b_: leaves.append(c_[-32:]))
+        leaves = leaves[:-1]  # file order (the root comes last)
+        orders = []
+        for node in (b, c):
+            await connect(node.host, a.host)
+            fetch = DagFetch(node.service.engine, parse_cid(cid), window)
+            arrivals, most = recording(fetch)
+            out = bytearray()
+            async for chunk in fetch.run():
+                out += chunk
+            assert bytes(out) == data  # streamed in order
+            assert most[0] <= 12  # never more than the window ahead
+            orders.append([d for d in arrivals if d in set(leaves)])
+        assert sorted(orders[0]) == sorted(orders[1]) == sorted(leaves)
+        assert orders[0] != leaves and orders[1] != leaves  # not the DAG walk order
+        assert orders[0] != orders[1]  # and not the same order at both fetchers

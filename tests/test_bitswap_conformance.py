@@ -49,4 +49,3 @@ class TestBitswapInANode(BackendConformance):
         # a second node's (only the construction and lifespan checks ask for it).
         async with open_node(config(tmp_path, "b")) as b:
             yield BackendContext(data_dir=tmp_path / "fresh", host=b.host)
-

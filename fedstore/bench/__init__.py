@@ -9,6 +9,7 @@ Sections (one module each; run in this order, each independent)::
     catchup   an offline peer's fetch + verify + load vs read + sha256
     updates   lossy update encodings (float16, int8, top-k) vs float32: bytes, accuracy
     startup   `fedstore --help` and `--version` vs `python -c pass` (median wall time)
+    swarm     N trainers fetch a new model over capped links: bitswap swarm vs star
 
 Use::
 

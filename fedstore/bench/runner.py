@@ -53,7 +53,9 @@ SECTIONS: dict[str, str] = {
     "announce": "fedstore.bench.announce_bench",
     "catchup": "fedstore.bench.catchup_bench",
     "updates": "fedstore.bench.updates_bench",
+    "verify": "fedstore.bench.verify_bench",
     "startup": "fedstore.bench.startup_bench",
+    "swarm": "fedstore.bench.swarm_bench",
 }
 
 SectionFn = Callable[[BenchSizes, Path, SayFn], SectionResult]
@@ -271,6 +273,10 @@ def render_table(report: BenchReport) -> Table:
             table.add_row(
                 section.name, Text(f"ERROR: {section.error}", style="red"), "", "", "", ""
             )
+            continue
+        if not section.rows:  # skipped (the note says why)
+            why = section.notes[0] if section.notes else "no figures"
+            table.add_row(section.name, Text(why, style="yellow"), "", "", "", "")
             continue
         previous = None
         baselines = {r.baseline for r in section.rows if r.baseline is not None}

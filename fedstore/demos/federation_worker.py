@@ -1,7 +1,8 @@
 """One process of ``fedstore simulate`` / ``demo``: ``python -m fedstore.demos.federation_worker``.
 
 The simulation (:mod:`fedstore.demos.federation`) starts one aggregator and
-N trainers with this entry point, each running the same app (``--app
+N trainers with this entry point (or, with a federation manifest, members:
+``member`` takes every role the manifest gives it), each running the same app (``--app
 MODULE:OBJ``, default the built-in digits app; ``--app-config KEY=VALUE`` for
 an app factory). Each process runs a fedstore node and prints one JSON
 object per line on stdout (machine-readable progress; logs go to stderr):
@@ -65,7 +66,11 @@ def _read_line() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fedstore.demos.federation_worker")
-    p.add_argument("role", choices=["aggregator", "trainer"])
+    p.add_argument(
+        "role",
+        choices=["aggregator", "trainer", "member"],
+        help="member: both roles, in a federation with a manifest (--federation)",
+    )
     p.add_argument("--app", default=DEFAULT_APP, help=f"MODULE:OBJ or FILE.py:OBJ ({DEFAULT_APP})")
     p.add_argument(
         "--app-config", action="append", default=[], metavar="KEY=VALUE", help="app factory setting"
@@ -101,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, help="aggregator: write the final model to this file")
     for name in _APP_OPTIONS:
         p.add_argument(f"--{name}", default=None, help=f"app config {name}")
+    p.add_argument(
+        "--federation",
+        metavar="FILE|CID",
+        help="federation manifest: members only, verified aggregates (default: open)",
+    )
+    p.add_argument("--verify", choices=["full", "off"], default="full")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -198,13 +209,59 @@ async def _train(args: argparse.Namespace, app: App, cfg: Any, train_fn: Any) ->
     return 0 if result.status == "complete" else 1
 
 
+async def _member(args: argparse.Namespace, app: App, cfg: Any, train_fn: Any) -> int:
+    """This process's part in a federation with a manifest (its roles come from the manifest;
+    ``aggregator`` or ``trainer`` limits it to that one)."""
+    from fedstore.federation import api
+    from fedstore.federation.final_model import local_head
+
+    def ready(addr: str) -> None:
+        emit({"event": "ready", "role": args.role, "peer_id": addr.rsplit("/", 1)[-1],
+              "addr": addr})  # fmt: skip
+
+    aggregates = args.role in ("aggregator", "member")
+    initial = await trio.to_thread.run_sync(app.initial_arrays) if aggregates else None
+    result = await api.take_part(
+        federation=args.federation,
+        initial=initial,
+        train=train_fn,
+        evaluate=app.evaluate_fn() if aggregates else None,
+        node=cfg,
+        verify=args.verify == "full",
+        options=api.MemberOptions(verify=args.verify == "full", idle_timeout=args.idle_timeout),
+        metadata=dict(app.metadata),
+        on_event=_event_sink,
+        on_ready=ready,
+    )
+    head = await trio.to_thread.run_sync(local_head, cfg.data_dir)
+    emit(
+        {
+            "event": "done",
+            "status": result.status,
+            "final_round": result.final_round,
+            "final_cid": result.final_cid,
+            "session": result.session,
+            "rounds_trained": list(result.rounds_trained),
+            "adopted": [list(a) for a in result.adopted],
+            "refused": [r.cid for r in result.refused],
+            "rejections": dict(result.rejections),
+            "dropped": dict(result.dropped),
+            "local_head": list(head) if head else None,
+            "reason": result.reason,
+        }
+    )
+    return 0 if result.status == "complete" else 1
+
+
 async def _run(args: argparse.Namespace) -> int:
     from fedstore.app import TrainerContext
     from fedstore.federation import api
 
+    if args.role == "member" and not args.federation:
+        raise ConfigError("the member role needs a federation manifest (--federation)")
     app = await trio.to_thread.run_sync(load_worker_app, args)
     train_fn = None
-    if args.role == "trainer":  # made before going online: data loading overlaps
+    if args.role in ("trainer", "member"):  # made before going online: data loading overlaps
         context = TrainerContext(args.index, args.trainers, Path(args.data_dir))
         train_fn = await trio.to_thread.run_sync(app.train_fn, context)
     if args.go_from_stdin:
@@ -225,6 +282,8 @@ async def _run(args: argparse.Namespace) -> int:
         backends=[b for b in args.backends.split(",") if b],
         settings=settings,
     )
+    if args.federation:
+        return await _member(args, app, cfg, train_fn)
     if train_fn is None:
         return await _aggregate(args, app, cfg)
     return await _train(args, app, cfg, train_fn)

@@ -17,6 +17,9 @@ Settings chosen against py-libp2p's defaults (see the reference notes):
 * ``strict_signing=True``: every message is signed by its origin and verified
   before validators run, so the sender a validator sees is the signer;
 * security: Noise only (the default offer list also contains plaintext);
+* transport: py-libp2p 0.8.1's Noise and yamux layers run with the fixes in
+  :mod:`fedstore.p2p.libp2p_patches` (fewer frames, writes and reads per
+  byte; same bytes on the wire), applied when a host opens, 0.8.1 only;
 * a larger per-subscription queue (:data:`SUBSCRIPTION_QUEUE`), set when a
   host opens and only on the py-libp2p release it was checked against
   (:data:`LIBP2P_VERSION`); on another release fedstore warns and keeps
@@ -60,6 +63,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from fedstore.errors import ConfigError, NetworkError
 from fedstore.logsetup import route_libp2p_logs
+from fedstore.p2p import libp2p_patches, pubsub_patches
 from fedstore.p2p.identity import Identity
 
 #: The py-libp2p release this adapter was written and tested against.
@@ -534,6 +538,15 @@ def _check_port_free(maddr: multiaddr.Multiaddr) -> None:
             ) from exc
 
 
+#: seconds a stopping host may spend closing its connections
+_CLOSE_TIMEOUT = 5.0
+
+
+async def _close_shielded(host: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+        await host.close()
+
+
 @asynccontextmanager
 async def open_host(
     identity: Identity,
@@ -551,6 +564,8 @@ async def open_host(
     """
     route_libp2p_logs()
     _enlarge_subscription_queue()
+    libp2p_patches.apply()  # Noise/yamux fixes (0.8.1 only; wire format unchanged)
+    pubsub_patches.apply()  # equivocation check keeps digests, not whole messages (0.8.1)
     settings = settings or GossipSettings()
     try:
         listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
@@ -605,8 +620,9 @@ async def open_host(
         # Leaving: close the connections first, while the swarm and pubsub still
         # run. py-libp2p's close() tears each socket down only while the swarm
         # runs (after host.run() has stopped it, dialled sockets are left to the
-        # garbage collector), and no stream arrives for a stopped pubsub.
-        stack.push_async_callback(host.close)
+        # garbage collector), and no stream arrives for a stopped pubsub. Shielded:
+        # a node stopped by cancellation closes its sockets too.
+        stack.push_async_callback(_close_shielded, host)
         await pubsub.wait_until_ready()
         try:
             yield P2PHost(host, pubsub, gossipsub, receive, peerstore)

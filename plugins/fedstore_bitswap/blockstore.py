@@ -4,6 +4,8 @@ Layout under the store's root (a node puts it in ``<data dir>/blocks``)::
 
     objects/<2 hex>/<64 hex>   one block, named by the sha2-256 of its bytes
     roots/<64 hex>             a complete file DAG is here: JSON {"cid", "size", "blocks"}
+    pins/<64 hex>              this file is kept: JSON {"cid", "digests"} (digests cached
+                               by the collector, :mod:`fedstore_bitswap.collect`)
     tmp/                       in-flight writes (same filesystem: rename is atomic)
 
 Blocks are keyed by digest, not by CID: a CIDv0 and a CIDv1 of the same
@@ -18,6 +20,12 @@ A ``roots`` mark is written only after every block of a file's DAG is present
 the last block arrived): :meth:`BlockStore.has_file` answers from the mark
 alone. Partial DAGs are fine too: any block present can be served.
 
+A ``pins`` mark says the file is *kept* (the backend's ``add`` and ``pin``
+set it, ``unpin`` clears it); everything else (files fetched from peers,
+payloads added as transient, partial DAGs) is a cache the collector empties
+after a while and keeps under a byte budget. A store created before pins
+existed gets a pin for every complete file it holds when it is first opened.
+
 This module is synchronous and thread-safe (atomic renames, no shared mutable
 state apart from the filesystem); async callers run it in a worker thread.
 """
@@ -25,8 +33,10 @@ state apart from the filesystem); async callers run it in a worker thread.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +84,21 @@ class BlockStore:
         self._objects = self.root / "objects"
         self._roots = self.root / "roots"
         self._tmp = self.root / "tmp"
+        self._pins = self.root / "pins"
+        upgrade = self.root.is_dir() and not self._pins.is_dir()
         for d in (self._objects, self._roots, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
+        if upgrade:  # a store from before pins: keep everything it holds
+            tmp_pins = self.root / "pins.new"
+            tmp_pins.mkdir(exist_ok=True)
+            for mark in self.files():
+                (tmp_pins / digest_of(mark.cid).hex()).write_text(json.dumps({"cid": mark.cid}))
+            os.replace(tmp_pins, self._pins)
+        self._pins.mkdir(exist_ok=True)
+        self._objects_str = str(self._objects)
+        self._tmp_str = str(self._tmp)
+        self._made_dirs: set[str] = set()
+        self._tmp_names = itertools.count()
 
     def __repr__(self) -> str:
         return f"<BlockStore root={str(self.root)!r}>"
@@ -83,33 +106,36 @@ class BlockStore:
     # -- single blocks -------------------------------------------------------------------
 
     def _path(self, digest: bytes) -> Path:
+        return Path(self._spath(digest))
+
+    def _spath(self, digest: bytes) -> str:
         if len(digest) != 32:
             raise ValueError("a sha2-256 digest has 32 bytes")
         h = digest.hex()
-        return self._objects / h[:2] / h
+        return f"{self._objects_str}/{h[:2]}/{h}"
 
     def has_block(self, digest: bytes) -> bool:
-        return self._path(digest).is_file()
+        return os.path.isfile(self._spath(digest))
 
     def block_size(self, digest: bytes) -> int | None:
         """Size of a stored block, or None when absent."""
         try:
-            return self._path(digest).stat().st_size
+            return os.stat(self._spath(digest)).st_size
         except FileNotFoundError:
             return None
 
     def get_block(self, digest: bytes) -> bytes | None:
         """The block's bytes, or None when absent (or found damaged and removed)."""
-        path = self._path(digest)
+        path = self._spath(digest)
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
                 data = f.read(MAX_BLOCK_SIZE + 1)
         except FileNotFoundError:
             return None
         if len(data) > MAX_BLOCK_SIZE or (
             self.verify_reads and hashlib.sha256(data).digest() != digest
         ):
-            self._unlink(path)
+            self._unlink(Path(path))
             return None
         return data
 
@@ -136,18 +162,38 @@ class BlockStore:
         return self._write_verified(digest, data)
 
     def _write_verified(self, digest: bytes, data: BytesLike) -> bool:
-        path = self._path(digest)
-        if path.is_file():
+        """Write a block whose digest the caller checked: temporary file, then rename.
+
+        Not fsync'd (a block lost in a crash is fetched again; reads verify).
+        The temporary name is unique per process and thread, so no random
+        name (``mkstemp``) is needed.
+        """
+        path = self._spath(digest)
+        if os.path.isfile(path):
             return False
-        path.parent.mkdir(exist_ok=True)
-        write_atomic(
-            path,
-            lambda f: f.write(data),
-            tmp_dir=self._tmp,
-            prefix="blk-",
-            suffix="",
-            durable=False,
-        )
+        parent = path[:-65]
+        if parent not in self._made_dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._made_dirs.add(parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            tmp = (
+                f"{self._tmp_str}/blk-{os.getpid()}-{threading.get_ident()}-{next(self._tmp_names)}"
+            )
+            try:
+                fd = os.open(tmp, flags, 0o600)
+                break
+            except FileExistsError:  # left by a crashed process with the same pid
+                continue
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                view = memoryview(data)
+                while view:
+                    view = view[f.write(view) :]
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return True
 
     def delete_block(self, digest: bytes) -> None:
@@ -216,6 +262,50 @@ class BlockStore:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return out
+
+    # -- pins (kept files) -------------------------------------------------------------
+
+    def pin_file(self, cid: str) -> None:
+        """Keep *cid*'s file: the collector never removes its blocks. Idempotent."""
+        path = self._pins / digest_of(cid).hex()
+        if path.is_file():
+            return
+        body = json.dumps({"cid": cid}).encode()
+        write_atomic(
+            path,
+            lambda f: f.write(body),
+            tmp_dir=self._tmp,
+            prefix="pin-",
+            suffix="",
+            durable=False,
+        )
+
+    def unpin_file(self, cid: str) -> None:
+        """Stop keeping *cid*'s file (its blocks become collectable). Idempotent."""
+        self._unlink(self._pins / digest_of(cid).hex())
+
+    def is_pinned(self, cid: str) -> bool:
+        return (self._pins / digest_of(cid).hex()).is_file()
+
+    def pin_records(self) -> list[tuple[Path, dict[str, object]]]:
+        """Every pin mark and its JSON (the collector caches digests there)."""
+        out = []
+        for p in sorted(self._pins.iterdir()):
+            try:
+                info = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and isinstance(info.get("cid"), str):
+                out.append((p, info))
+        return out
+
+    def objects_dir(self) -> Path:
+        """Where the blocks are (``objects/<2 hex>/<64 hex>``), for the collector."""
+        return self._objects
+
+    def roots_dir(self) -> Path:
+        """Where the complete-file marks are, for the collector."""
+        return self._roots
 
     def iter_file(self, cid: str | ParsedCid) -> Iterator[bytes]:
         """Yield the file bytes of a locally complete DAG, in order (depth-first walk).

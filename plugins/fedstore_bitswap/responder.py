@@ -20,10 +20,12 @@ from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from fedstore_bitswap.wire import encode_message
+
 if TYPE_CHECKING:
     from fedstore_bitswap.engine import FedstoreBitswapClient
 
-__all__ = ["ResponseSender", "block_message", "block_prefix", "close_quietly"]
+__all__ = ["ResponseSender", "block_prefix", "blocks_message", "close_quietly"]
 
 log = logging.getLogger("fedstore.backends.bitswap")
 
@@ -40,11 +42,11 @@ def block_prefix(cid_bytes: bytes) -> bytes:
     return cid_bytes[:-32]
 
 
-def block_message(protocol: str, cid_bytes: bytes, data: bytes) -> Message:
-    """A message carrying one block, shaped for the peer's bitswap ``protocol``."""
+def blocks_message(protocol: str, blocks: list[tuple[bytes, bytes]]) -> Message:
+    """A message carrying ``(binary CID, data)`` blocks, shaped for the peer's ``protocol``."""
     if protocol == str(BITSWAP_PROTOCOL_V100):
-        return create_message(blocks_v100=[data])
-    return create_message(blocks_v110=[(block_prefix(cid_bytes), data)])
+        return create_message(blocks_v100=[data for _, data in blocks])
+    return create_message(blocks_v110=[(block_prefix(cid), data) for cid, data in blocks])
 
 
 class ResponseSender:
@@ -70,7 +72,7 @@ class ResponseSender:
                     return False
                 try:
                     with trio.fail_after(limits.send_timeout):
-                        await self._client._write_message(stream, msg)
+                        await stream.write(encode_message(msg))
                     return True
                 except trio.TooSlowError:
                     log.info(

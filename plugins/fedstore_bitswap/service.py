@@ -83,7 +83,9 @@ class BitswapService:
     async def add(self, source: Source, params: DagParams) -> DagSummary:
         """Store every block of *source*'s DAG and mark the file complete (served from now on)."""
         src: Any = bytes(source) if isinstance(source, bytearray | memoryview) else source
-        return await trio.to_thread.run_sync(self.store.put_file, src, params)
+        summary = await trio.to_thread.run_sync(self.store.put_file, src, params)
+        await self.engine.notify_stored()  # peers already asking for these blocks
+        return summary
 
     async def has(self, cid: str | ParsedCid) -> bool:
         text = str(cid if isinstance(cid, ParsedCid) else parse_cid(cid))
