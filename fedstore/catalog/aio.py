@@ -65,7 +65,9 @@ class AsyncCatalog(ThreadFacade[Catalog]):
 
     async def aclose(self) -> None:
         """Close the catalog (idempotent)."""
-        await self.run_sync(self.sync.close)
+        # shielded: closing while cancelled must still close (and release the data dir's lock)
+        with trio.CancelScope(shield=True):
+            await self.run_sync(self.sync.close)
 
     async def __aenter__(self) -> Self:
         return self
@@ -112,6 +114,13 @@ class AsyncCatalog(ThreadFacade[Catalog]):
     # round metrics
     record_round_metrics = in_thread(Catalog.record_round_metrics)
     round_metrics = in_thread(Catalog.round_metrics)
+    # federations
+    record_manifest = in_thread(Catalog.record_manifest)
+    get_manifest = in_thread(Catalog.get_manifest)
+    list_manifests = in_thread(Catalog.list_manifests)
+    record_federation_round = in_thread(Catalog.record_federation_round)
+    federation_rounds = in_thread(Catalog.federation_rounds)
+    last_adopted_round = in_thread(Catalog.last_adopted_round)
     # node runs
     record_node_start = in_thread(Catalog.record_node_start)
     record_node_stop = in_thread(Catalog.record_node_stop)

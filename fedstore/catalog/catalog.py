@@ -38,10 +38,13 @@ from fedstore.catalog.claims import (
 from fedstore.catalog.engine import WRITE_OPTION, is_writable, make_engine, translate_errors
 from fedstore.catalog.models import (
     CHECKPOINT_STATUSES,
+    FEDERATION_ROUND_STATUSES,
     METRIC_SOURCES,
     PIN_STATES,
     Announcement,
     Checkpoint,
+    FederationRound,
+    Manifest,
     NodeRun,
     Peer,
     Pin,
@@ -52,7 +55,9 @@ from fedstore.catalog.readonly import read_only_query
 from fedstore.catalog.records import (
     AnnouncementRecord,
     CheckpointRecord,
+    FederationRoundRecord,
     LatestAnnounced,
+    ManifestRecord,
     NodeRunRecord,
     PeerRecord,
     PinRecord,
@@ -685,6 +690,119 @@ class Catalog(ClaimsMixin):
         )
         with self._reading("list round metrics") as s:
             return [r.to_record() for r in s.scalars(stmt)]
+
+    # -- federations -----------------------------------------------------------
+
+    def record_manifest(
+        self, cid: str, *, name: str, owner: str, previous: str | None, members: int, document: str
+    ) -> ManifestRecord:
+        """Keep a signed federation manifest: its CID, the facts the federation layer
+        parsed and checked from it, and the signed document itself.
+
+        Recording the same CID again changes nothing. (Parsing and checking the
+        signature belong to :mod:`fedstore.federation.manifest`, above this layer.)
+        """
+        with self._writing(f"record manifest {cid}") as s:
+            s.execute(
+                sqlite_insert(Manifest)
+                .values(
+                    cid=cid,
+                    name=name,
+                    owner=owner,
+                    previous=previous,
+                    members=members,
+                    document=document,
+                    recorded_at=utcnow(),
+                )
+                .on_conflict_do_nothing(index_elements=["cid"])
+            )
+            row = s.scalars(select(Manifest).where(Manifest.cid == cid)).one()
+            return row.to_record()
+
+    def get_manifest(self, cid: str) -> ManifestRecord | None:
+        """The manifest recorded under ``cid``, if any."""
+        with self._reading(f"read manifest {cid}") as s:
+            row = s.scalars(select(Manifest).where(Manifest.cid == cid)).first()
+            return None if row is None else row.to_record()
+
+    def list_manifests(self) -> list[ManifestRecord]:
+        """Every manifest recorded, oldest first."""
+        with self._reading("list manifests") as s:
+            return [r.to_record() for r in s.scalars(select(Manifest).order_by(Manifest.id))]
+
+    def record_federation_round(self, entry: FederationRoundRecord) -> None:
+        """Record a global model adopted or refused in a federation run (replaces the same one)."""
+        if entry.status not in FEDERATION_ROUND_STATUSES:
+            raise ValueError(
+                f"status must be one of {FEDERATION_ROUND_STATUSES}, got {entry.status!r}"
+            )
+        if entry.round < 0:
+            raise ValueError(f"round must be >= 0, got {entry.round}")
+        values = {
+            "manifest_cid": entry.manifest,
+            "session": entry.session,
+            "round": entry.round,
+            "cid": entry.cid,
+            "status": entry.status,
+            "aggregator": entry.aggregator,
+            "how": entry.how,
+            "expected_cid": entry.expected,
+            "participants": entry.participants,
+            "detail": entry.detail[:2000] or None,
+            "rejections": json.dumps(dict(sorted(entry.rejections.items())))
+            if entry.rejections
+            else None,
+            "recorded_at": entry.recorded_at or utcnow(),
+        }
+        with self._writing(f"record federation round {entry.round}") as s:
+            ins = sqlite_insert(FederationRound).values(**values)
+            s.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["manifest_cid", "session", "round", "cid"],
+                    set_={
+                        k: ins.excluded[k]
+                        for k in values
+                        if k not in ("manifest_cid", "session", "round", "cid")
+                    },
+                )
+            )
+
+    def federation_rounds(
+        self, *, manifest: str | None = None, session: str | None = None
+    ) -> list[FederationRoundRecord]:
+        """Recorded federation rounds (optionally of one manifest / run), in recording order."""
+        stmt = select(FederationRound)
+        if manifest is not None:
+            stmt = stmt.where(FederationRound.manifest_cid == manifest)
+        if session is not None:
+            stmt = stmt.where(FederationRound.session == session)
+        with self._reading("list federation rounds") as s:
+            return [r.to_record() for r in s.scalars(stmt.order_by(FederationRound.id))]
+
+    def last_adopted_round(self, manifest: str) -> FederationRoundRecord | None:
+        """The newest adopted model of the newest run of ``manifest`` (a member resumes there)."""
+        with self._reading("read the last adopted federation round") as s:
+            newest = s.scalars(
+                select(FederationRound)
+                .where(
+                    FederationRound.manifest_cid == manifest, FederationRound.status == "adopted"
+                )
+                .order_by(FederationRound.id.desc())
+                .limit(1)
+            ).first()
+            if newest is None:
+                return None
+            row = s.scalars(
+                select(FederationRound)
+                .where(
+                    FederationRound.manifest_cid == manifest,
+                    FederationRound.session == newest.session,
+                    FederationRound.status == "adopted",
+                )
+                .order_by(FederationRound.round.desc(), FederationRound.id.desc())
+                .limit(1)
+            ).one()
+            return row.to_record()
 
     # -- node runs -----------------------------------------------------------
 

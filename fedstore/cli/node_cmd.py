@@ -58,6 +58,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         "FEDSTORE_BACKENDS": args.backends,
         "FEDSTORE_AUTO_SYNC": "true" if args.auto_sync else None,
         "FEDSTORE_REANNOUNCE_INTERVAL": args.reannounce,
+        "FEDSTORE_FEDERATION": args.federation,
     }
     config = load_node_config(flags, env_file=args.env_file, toml_file=args.config)
     # modules that read os.environ directly (catalog auto-upgrade, checkpoint size cap)
@@ -135,6 +136,11 @@ def add_node_arguments(p: argparse.ArgumentParser) -> None:
         help="peer to connect to and stay connected to (repeatable)",
     )
     p.add_argument("--backends", metavar="LIST", help="backend chain, e.g. kubo,filesystem")
+    p.add_argument(
+        "--federation",
+        metavar="FILE|CID",
+        help="federation manifest: take messages and heads from its members only",
+    )
     p.add_argument(
         "--auto-sync",
         action="store_true",

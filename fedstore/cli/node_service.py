@@ -214,6 +214,11 @@ async def run_node(
                 top.cancel_scope.cancel()
             router = EventRouter(out)
             async with open_node(config, on_event=router, on_message=out.message) as node:
+                if config.federation:  # members only from here on
+                    from fedstore.federation.nodepeer import join_federation
+
+                    membership = await join_federation(node)
+                    out.event("FEDERATION", membership.cid)
                 session = Session(node)
                 try:
                     async with trio.open_nursery() as nursery:

@@ -29,6 +29,17 @@ and any number of trainers, each on its own data::
 
     api.run_trainer(train, bootstrap=[addr], data_dir="trainer-1")
 
+**Members only.** Without a manifest a federation is *open*: any peer that
+connects may send updates (a warning says so). Give every node the
+federation's signed manifest (``federation="fed.json"`` or its CID, or the
+``FEDSTORE_FEDERATION`` setting; ``fedstore federation init`` makes one) and
+only its members take part: the manifest's strategy, rounds, quorum and
+round timeout apply (the corresponding arguments here are then ignored),
+aggregation duty rotates among its aggregator-capable members, and every
+member verifies every global model before adopting it (``verify=False`` /
+``FEDSTORE_VERIFY=off`` checks only what it is bound to). A member with both
+roles runs :func:`take_part` with both ``initial`` and ``train``.
+
 ``strategy`` is a registered name (``fedavg``, ``median``, ``trimmed-mean``,
 ``fedadam``, or any installed plugin's; ``strategy_settings`` are its
 settings, e.g. ``{"trim": 0.1}``) or a
@@ -43,8 +54,16 @@ calls, blocking (they start their own trio loop); underneath,
 :func:`fedstore.federation.trainer.follow_rounds` run the round protocol over
 any :class:`~fedstore.federation.transport.FederationPeer`. Both entry points
 accept a ready :class:`~fedstore.config.NodeConfig` (``node=``) or the few
-fields the examples need. With PyTorch installed,
-:func:`arrays_from_state_dict` and :func:`state_dict_from_arrays` convert
+fields the examples need.
+
+An :class:`~fedstore.app.App` bundles all of the above (initial weights,
+``train``, ``evaluate``, strategy and round defaults): :func:`aggregate_app`
+and :func:`train_app` (blocking: :func:`run_app_aggregator`,
+:func:`run_app_trainer`) run one, as ``fedstore aggregate|train|simulate
+--app MODULE:OBJ`` do.
+
+With PyTorch installed, :func:`arrays_from_state_dict` and
+:func:`state_dict_from_arrays` (from :mod:`fedstore.torch_state`) convert
 between a ``state_dict`` and the arrays these functions exchange.
 """
 
@@ -52,9 +71,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -62,28 +81,46 @@ import trio
 
 from fedstore.errors import ConfigError
 from fedstore.federation.aggregator import EvaluateFn, lead_rounds
-from fedstore.federation.events import EventSink, FederationResult, TrainerResult, noop_sink
+from fedstore.federation.events import (
+    EventSink,
+    FederationResult,
+    MemberResult,
+    TrainerResult,
+    noop_sink,
+)
+from fedstore.federation.rounds import MemberOptions
 from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
 from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.registry import SettingValue, load_strategy
-from fedstore.federation.trainer import LegacyTrainFn, TrainFn, follow_rounds
+from fedstore.federation.trainer import LegacyTrainFn, TrainFn, as_train_fn, follow_rounds
 from fedstore.federation.update_encoding import UpdateEncoding
+from fedstore.torch_state import TorchTensor, arrays_from_state_dict, state_dict_from_arrays
 
 if TYPE_CHECKING:
+    from fedstore.app import App, TrainerContext
     from fedstore.config import NodeConfig
+    from fedstore.federation.membership import Membership
+    from fedstore.node import Node
 
 __all__ = [
     "EvaluateFn",
     "LegacyTrainFn",
+    "MemberOptions",
     "TorchTensor",
     "TrainFn",
     "aggregate",
+    "aggregate_app",
     "arrays_from_state_dict",
     "make_node_config",
     "run_aggregator",
+    "run_app_aggregator",
+    "run_app_trainer",
+    "run_member",
     "run_trainer",
     "state_dict_from_arrays",
+    "take_part",
     "train",
+    "train_app",
 ]
 
 NDArray = npt.NDArray[np.generic]
@@ -101,6 +138,7 @@ def make_node_config(
     settings: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
     announce: str | Sequence[str] | None = None,
+    federation: str | Path | None = None,
 ) -> NodeConfig:
     """A :class:`~fedstore.config.NodeConfig` from explicit values over the environment.
 
@@ -110,7 +148,8 @@ def make_node_config(
     reachable from other hosts; default ``FEDSTORE_LISTEN``, else a free
     loopback port); ``announce`` what it tells peers to dial (default:
     the bound addresses, ``0.0.0.0`` replaced by this host's interface
-    addresses; see :mod:`fedstore.p2p.addresses`). ``settings`` adds variables at the arguments' rank
+    addresses; see :mod:`fedstore.p2p.addresses`). ``settings`` adds
+    variables at the arguments' rank
     (e.g. ``FEDSTORE_FS_ROOT``, ``FEDSTORE_BACKENDS``, ``FEDSTORE_LISTEN``,
     under their ``FEDSTORE_`` names or their aliases). A setting given both
     as an argument (or twice in ``settings``, under a name and an alias)
@@ -126,6 +165,7 @@ def make_node_config(
         "FEDSTORE_LISTEN": _joined(listen),
         "FEDSTORE_ANNOUNCE": _joined(announce),
         "FEDSTORE_BACKENDS": ",".join(backends) if backends else None,
+        "FEDSTORE_FEDERATION": str(federation) if federation is not None else None,
     }
     flags = _canonical_settings(settings or {})
     for name, value in explicit.items():
@@ -185,12 +225,35 @@ def _joined(value: str | Sequence[str] | None) -> str | None:
     return ",".join(value) or None
 
 
+async def _membership(node: Node, federation: str | Path | Membership | None) -> Membership | None:
+    """The federation ``node`` takes part in: the argument, else its config; None: open."""
+    from fedstore.federation.membership import Membership
+    from fedstore.federation.nodepeer import join_federation
+
+    if isinstance(federation, Membership):
+        return await join_federation(node, federation)
+    source = str(federation) if federation is not None else node.config.federation
+    if not source:
+        return None
+    return await join_federation(node, source)
+
+
+def _options(options: MemberOptions | None, verify: bool | None, cfg: NodeConfig) -> MemberOptions:
+    from dataclasses import replace
+
+    opts = options or MemberOptions()
+    return replace(opts, verify=cfg.verify if verify is None else verify)
+
+
 def _quorum(q: int | str | QuorumSchedule) -> QuorumSchedule:
     if isinstance(q, QuorumSchedule):
         return q
     if isinstance(q, int):
         return QuorumSchedule(q)
-    return QuorumSchedule.parse(q)
+    try:
+        return QuorumSchedule.parse(q)
+    except ValueError as exc:
+        raise ConfigError(f"quorum: {exc}") from None
 
 
 def _strategy(strategy: Strategy | str, settings: Mapping[str, SettingValue] | None) -> Strategy:
@@ -217,11 +280,21 @@ async def aggregate(
     on_event: EventSink = noop_sink,
     on_ready: Callable[[str], None] | None = None,
     metadata: Mapping[str, str] | None = None,
+    federation: str | Path | Membership | None = None,
+    verify: bool | None = None,
+    resume: bool = False,
+    options: MemberOptions | None = None,
     update_encoding: UpdateEncoding | str = "float32",
     listen: str | Sequence[str] | None = None,
     announce: str | Sequence[str] | None = None,
 ) -> FederationResult:
     """Run a node as the federation's aggregator (bootstrap role) for ``rounds`` rounds.
+
+    With a manifest (``federation``, or the node's ``FEDSTORE_FEDERATION``)
+    this member takes its share of aggregation duty under the manifest's
+    rules; ``verify`` (default: the node's ``FEDSTORE_VERIFY``) and
+    ``options`` tune it (:class:`MemberOptions`). ``resume`` lets it take the
+    federation's head from the network when it holds none itself.
 
     ``on_ready(multiaddr)`` is called once the node listens, with the
     address trainers should bootstrap from. ``quorum`` is a count, a
@@ -258,6 +331,16 @@ async def aggregate(
         role="bootstrap", data_dir=data_dir, backends=backends, listen=listen, announce=announce
     )
     async with open_node(cfg) as n:
+        membership = await _membership(n, federation)
+        if membership is not None:
+            settings = replace(
+                settings,
+                resume=resume,
+                federation=membership,
+                member=replace(_options(options, verify, cfg), resume=resume),
+            )
+        else:
+            settings = replace(settings, resume=resume)
         if on_ready is not None:
             on_ready(n.addrs()[0])
         return await lead_rounds(
@@ -277,6 +360,11 @@ async def train(
     on_event: EventSink = noop_sink,
     listen: str | Sequence[str] | None = None,
     announce: str | Sequence[str] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    aggregator: str | None = None,
+    federation: str | Path | Membership | None = None,
+    verify: bool | None = None,
+    options: MemberOptions | None = None,
 ) -> TrainerResult:
     """Run a node as a trainer until the aggregator announces the end.
 
@@ -284,7 +372,13 @@ async def train(
     :class:`~fedstore.errors.NetworkError` naming the address tried and what
     to check), syncs the network's head by CID, then runs
     ``train_fn(arrays, round, config)`` for each round the aggregator opens.
-    ``listen``/``announce`` as in :func:`make_node_config`.
+    ``listen``/``announce`` as in :func:`make_node_config`. ``aggregator`` (a
+    peer id) pins an open federation's aggregator: round messages from anyone
+    else are ignored and no head is taken from other peers. With a manifest
+    (``federation``, or the node's ``FEDSTORE_FEDERATION``) only its
+    aggregator-capable members are followed and every global model is
+    verified before it is trained on. ``on_ready(multiaddr)`` is called once
+    the node listens, before it waits for peers.
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
@@ -300,12 +394,162 @@ async def train(
     if not cfg.bootstrap:
         raise ConfigError("a trainer needs at least one bootstrap address (the aggregator's)")
     async with open_node(cfg) as n:
+        if on_ready is not None:
+            on_ready(n.addrs()[0])
         await n.wait_for_bootstrap(connect_timeout)
+        membership = await _membership(n, federation)
         peer = NodePeer(n)
         settings = TrainerSettings(
-            idle_timeout=idle_timeout, inline_limit=min(peer.inline_limit, 1 << 20)
+            idle_timeout=idle_timeout,
+            inline_limit=min(peer.inline_limit, 1 << 20),
+            aggregator=aggregator,
+            federation=membership,
+            member=replace(_options(options, verify, cfg), idle_timeout=idle_timeout)
+            if membership is not None
+            else None,
         )
         return await follow_rounds(peer, train_fn, settings, on_event=on_event)
+
+
+# -- apps (fedstore.app.App) -------------------------------------------------------------
+
+
+async def aggregate_app(
+    app: App,
+    *,
+    rounds: int | None = None,
+    quorum: int | str | QuorumSchedule | None = None,
+    min_updates: int | None = None,
+    round_timeout: float | None = None,
+    strategy: str | Strategy | None = None,
+    strategy_settings: Mapping[str, SettingValue] | None = None,
+    update_encoding: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    node: NodeConfig | None = None,
+    data_dir: str | Path = "checkpoints_bootstrap",
+    backends: Sequence[str] | None = None,
+    on_event: EventSink = noop_sink,
+    on_ready: Callable[[str], None] | None = None,
+) -> FederationResult:
+    """:func:`aggregate` with an :class:`~fedstore.app.App`'s weights, evaluation and defaults.
+
+    Each argument given overrides the app's value: ``strategy`` by name or
+    instance (``strategy_settings`` without a name are added to the app's
+    strategy's own); ``metadata`` is added to the app's. The strategy is loaded and
+    the initial weights computed (in a worker thread) before the node starts,
+    so a bad app fails without touching the network.
+    """
+    chosen = (
+        _strategy(strategy, strategy_settings)
+        if isinstance(strategy, Strategy)
+        else app.load_strategy(strategy, strategy_settings)
+    )
+    initial = await trio.to_thread.run_sync(app.initial_arrays)
+    return await aggregate(
+        initial,
+        evaluate=app.evaluate_fn(),
+        rounds=app.rounds if rounds is None else rounds,
+        strategy=chosen,
+        quorum=app.quorum if quorum is None else quorum,
+        min_updates=app.min_updates if min_updates is None else min_updates,
+        round_timeout=app.round_timeout if round_timeout is None else round_timeout,
+        node=node,
+        data_dir=data_dir,
+        backends=backends,
+        on_event=on_event,
+        on_ready=on_ready,
+        metadata={**app.metadata, **(metadata or {})},
+        update_encoding=update_encoding or app.update_encoding,
+    )
+
+
+async def train_app(
+    app: App,
+    *,
+    context: TrainerContext | None = None,
+    node: NodeConfig | None = None,
+    data_dir: str | Path = "checkpoints_trainer",
+    bootstrap: Sequence[str] = (),
+    backends: Sequence[str] | None = None,
+    idle_timeout: float = 60.0,
+    connect_timeout: float = 30.0,
+    on_event: EventSink = noop_sink,
+    on_ready: Callable[[str], None] | None = None,
+) -> TrainerResult:
+    """:func:`train` with an :class:`~fedstore.app.App`'s training function.
+
+    ``context`` says which trainer this is (for an app with a ``trainer``
+    factory; default: 1 of 1). The training function is made (its data
+    loaded) in a worker thread before the node starts; its inputs and
+    outputs are checked every round (:meth:`fedstore.app.App.train_fn`).
+    """
+    fn = await trio.to_thread.run_sync(app.train_fn, context)
+    return await train(
+        fn,
+        node=node,
+        data_dir=data_dir,
+        bootstrap=bootstrap,
+        backends=backends,
+        idle_timeout=idle_timeout,
+        connect_timeout=connect_timeout,
+        on_event=on_event,
+        on_ready=on_ready,
+    )
+
+
+async def take_part(
+    *,
+    federation: str | Path | Membership | None = None,
+    initial: Mapping[str, NDArray] | None = None,
+    train: TrainFn | LegacyTrainFn | None = None,
+    evaluate: EvaluateFn | None = None,
+    node: NodeConfig | None = None,
+    data_dir: str | Path = "checkpoints_member",
+    bootstrap: Sequence[str] = (),
+    backends: Sequence[str] | None = None,
+    verify: bool | None = None,
+    options: MemberOptions | None = None,
+    metadata: Mapping[str, str] | None = None,
+    on_event: EventSink = noop_sink,
+    on_ready: Callable[[str], None] | None = None,
+) -> MemberResult:
+    """Run a node as a member of a federation with a manifest, in every role it holds.
+
+    ``initial`` (starting weights) for aggregation duty, ``train`` for
+    training; a member with both roles usually gives both. Returns when the
+    member adopted the last round's model or gave up.
+    """
+    from fedstore.errors import ManifestError
+    from fedstore.federation.member import take_part as run_part
+    from fedstore.federation.nodepeer import NodePeer
+    from fedstore.node import open_node
+
+    cfg = node or make_node_config(
+        role="bootstrap" if not bootstrap else "trainer",
+        data_dir=data_dir,
+        bootstrap=bootstrap,
+        backends=backends,
+    )
+    async with open_node(cfg) as n:
+        if on_ready is not None:
+            on_ready(n.addrs()[0])
+        if cfg.bootstrap:
+            await n.wait_for_bootstrap(30.0)
+        membership = await _membership(n, federation)
+        if membership is None:
+            raise ManifestError("take_part needs a federation manifest (federation=FILE|CID)")
+        peer = NodePeer(n)
+        return await run_part(
+            peer,
+            membership,
+            initial=initial,
+            train=as_train_fn(train) if train is not None else None,
+            evaluate=evaluate,
+            options=_options(options, verify, cfg),
+            metadata=metadata,
+            inline_limit=min(peer.inline_limit, 1 << 20),
+            on_event=on_event,
+        )
 
 
 def _blocking(fn: Callable[P, Awaitable[T]], name: str, doc: str) -> Callable[P, T]:
@@ -331,6 +575,15 @@ run_aggregator = _blocking(
     """,
 )
 
+run_member = _blocking(
+    take_part,
+    "run_member",
+    """Blocking :func:`take_part`: same parameters, runs its own trio loop until the end.
+
+    Returns the :class:`~fedstore.federation.events.MemberResult`.
+    """,
+)
+
 run_trainer = _blocking(
     train,
     "run_trainer",
@@ -340,55 +593,14 @@ run_trainer = _blocking(
     """,
 )
 
+run_app_aggregator = _blocking(
+    aggregate_app,
+    "run_app_aggregator",
+    """Blocking :func:`aggregate_app`: same parameters, runs its own trio loop until the end.""",
+)
 
-# -- PyTorch (optional) -----------------------------------------------------------
-
-
-class TorchTensor(Protocol):
-    """The part of ``torch.Tensor`` the converters use (fedstore does not import torch)."""
-
-    @property
-    def device(self) -> object: ...
-
-    @property
-    def dtype(self) -> object: ...
-
-    def detach(self) -> TorchTensor: ...
-
-    def cpu(self) -> TorchTensor: ...
-
-    def numpy(self) -> NDArray: ...
-
-    def to(self, *, device: object, dtype: object) -> TorchTensor: ...
-
-
-def _torch() -> ModuleType:
-    try:
-        import torch
-    except ImportError as exc:
-        raise ConfigError("PyTorch is not installed: pip install torch") from exc
-    mod: ModuleType = torch
-    return mod
-
-
-def arrays_from_state_dict(state_dict: Mapping[str, TorchTensor]) -> dict[str, NDArray]:
-    """A PyTorch ``state_dict`` as numpy arrays (copied to CPU, detached)."""
-    _torch()
-    return {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in state_dict.items()}
-
-
-def state_dict_from_arrays(
-    arrays: Mapping[str, NDArray], like: Mapping[str, TorchTensor] | None = None
-) -> dict[str, TorchTensor]:
-    """Numpy arrays as a ``state_dict`` of tensors (on ``like``'s devices and dtypes if given).
-
-    Load it with ``model.load_state_dict(state_dict_from_arrays(arrays, model.state_dict()))``.
-    """
-    torch = _torch()
-    out: dict[str, TorchTensor] = {}
-    for k, a in arrays.items():
-        t: TorchTensor = torch.from_numpy(np.array(a, copy=True))
-        if like is not None and k in like:
-            t = t.to(device=like[k].device, dtype=like[k].dtype)
-        out[k] = t
-    return out
+run_app_trainer = _blocking(
+    train_app,
+    "run_app_trainer",
+    """Blocking :func:`train_app`: same parameters, runs its own trio loop until the end.""",
+)

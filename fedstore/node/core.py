@@ -19,6 +19,11 @@ Start one with ``async with open_node(config) as node:`` or
 * records every valid announcement heard on ``model-cids`` (event :class:`Heard`);
 * re-announces its own head every ``reannounce_interval`` seconds.
 
+With a peer filter (:meth:`Node.set_peer_filter`, e.g. a federation's
+membership), messages on every joined topic from peers it refuses are
+dropped inside the pubsub validator (counted as ``non_member``), and their
+head answers and announcements are neither asked for nor used by ``sync``.
+
 Events are the frozen dataclasses of :mod:`fedstore.node.events`, passed to
 an optional ``on_event(event)`` callback; ``fedstore node`` prints them as
 ``KEY=value`` status lines (:mod:`fedstore.node.status`, docs/NODE.md).
@@ -98,6 +103,8 @@ log = logging.getLogger(__name__)
 
 #: Called with (topic, sender, payload) for every validated message from another peer.
 MessageSink = Callable[[str, str, bytes], None]
+#: Which peers' messages and claims the node takes (peer id -> allowed).
+PeerFilter = Callable[[str], bool]
 #: Set by a caller of :meth:`Node.sync` (the ``sync`` command) to hear how many verified
 #: bytes of the checkpoint being fetched have arrived; a context variable, so it applies
 #: to that call only.
@@ -248,6 +255,22 @@ class Node:
     def joined_topics(self) -> list[str]:
         return self.topics.joined()
 
+    @property
+    def peer_filter(self) -> PeerFilter | None:
+        return self.topics.peer_filter
+
+    def set_peer_filter(self, allowed: PeerFilter | None) -> None:
+        """Take messages, announcements and head answers only from peers ``allowed`` accepts.
+
+        Applies at once to every joined topic (in the pubsub validator, before
+        any decoding: reason ``non_member``) and to sync. None removes it.
+        """
+        self.topics.peer_filter = allowed
+
+    def _allowed(self, peer: str) -> bool:
+        allowed = self.topics.peer_filter
+        return allowed is None or allowed(peer)
+
     def _emit(self, event: NodeEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)
@@ -346,6 +369,8 @@ class Node:
         return sorted(heads, key=lambda h: (-h.round, h.peer_id))
 
     async def _ask_head(self, peer: str) -> PeerHead | None:
+        if not self._allowed(peer):
+            return None
         try:
             head = await request_head(self.host.open_stream, peer, timeout=self.config.head_timeout)
         except (NetworkError, ProtocolError) as exc:
@@ -529,6 +554,21 @@ class Node:
         )
         return Head(rec.round, rec.cid)
 
+    async def keep_checkpoint(self, round: int, data: bytes, cid: str) -> Head:
+        """Keep checkpoint bytes fetched elsewhere as this node's copy of ``round``.
+
+        The bytes are verified against ``cid`` first; another checkpoint held
+        for that round is replaced. Backends that serve peers (bitswap) get
+        their copy, so this node can serve what it keeps.
+        """
+        from fedstore.node.replication import keep_local_copies
+
+        rec = await self.store.save_encoded(round, data, cid, replace=True)
+        await keep_local_copies(
+            self.chain, self.store.dir / rec.path, rec.cid, self.catalog, missing_only=True
+        )
+        return Head(rec.round, rec.cid)
+
     async def _complete_local_copies(self, *, limit: int | None = None) -> None:
         """Give keep-local-copy backends (bitswap) the local checkpoints they lack.
 
@@ -558,7 +598,8 @@ class Node:
         recorded = await self.catalog.sync_claims(
             above=above, per_sender=_CLAIMS_PER_SENDER, limit=_CLAIMS_READ
         )
-        return recorded + pending
+        # a federation's node takes claims only from its members (the peer filter)
+        return [c for c in recorded + pending if self._allowed(c[2])]
 
     async def _failed_claims(self) -> list[Failure]:
         recs = await self.catalog.failed_claims(limit=_FAILED_CLAIMS_READ)

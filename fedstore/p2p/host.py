@@ -531,6 +531,15 @@ def _check_port_free(maddr: multiaddr.Multiaddr) -> None:
             ) from exc
 
 
+#: seconds a stopping host may spend closing its connections
+_CLOSE_TIMEOUT = 5.0
+
+
+async def _close_shielded(host: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+        await host.close()
+
+
 @asynccontextmanager
 async def open_host(
     identity: Identity,
@@ -608,8 +617,9 @@ async def open_host(
         # Leaving: close the connections first, while the swarm and pubsub still
         # run. py-libp2p's close() tears each socket down only while the swarm
         # runs (after host.run() has stopped it, dialled sockets are left to the
-        # garbage collector), and no stream arrives for a stopped pubsub.
-        stack.push_async_callback(host.close)
+        # garbage collector), and no stream arrives for a stopped pubsub. Shielded:
+        # a node stopped by cancellation closes its sockets too.
+        stack.push_async_callback(_close_shielded, host)
         await pubsub.wait_until_ready()
         try:
             yield P2PHost(host, pubsub, gossipsub, receive, peerstore)

@@ -5,6 +5,9 @@ one it installs a validator that runs inside libp2p *before* a message is
 delivered or forwarded, so bad input never reaches fedstore's code and is
 never relayed to other peers:
 
+* a peer the :attr:`TopicHub.peer_filter` refuses (a non-member of the
+  node's federation) is dropped with reason ``non_member``, before anything
+  else is looked at;
 * a peer over its rate (:class:`~fedstore.p2p.guard.PeerGuard`) is dropped
   with reason ``rate_limited``;
 * ``model-cids`` messages must parse as ``CID:<round>:<cid>``;
@@ -192,6 +195,8 @@ class TopicHub:
         self._on_membership = on_membership
         self._scopes: dict[str, trio.CancelScope] = {}
         self._subscribers: dict[str, list[trio.MemorySendChannel[TopicMessage]]] = {}
+        #: peer id -> whether its messages are taken at all (None: everyone's)
+        self.peer_filter: Callable[[str], bool] | None = None
         self._references_per_sender = references_per_sender
         self._reference_timeout = reference_timeout
         self._reference_min_rate = reference_min_rate
@@ -268,6 +273,10 @@ class TopicHub:
 
     def _validator(self, topic: str) -> Callable[[str, str, bytes], bool]:
         def validate(sender: str, forwarder: str, data: bytes) -> bool:
+            allowed = self.peer_filter
+            if allowed is not None and not allowed(sender):
+                self._drop(topic, "non_member", sender)
+                return False
             if not self._guard.allow(sender):
                 self._drop(topic, "rate_limited", sender)
                 return False

@@ -76,7 +76,10 @@ class AsyncLocalStore(ThreadFacade[LocalStore]):
         return self.sync.last_reconcile
 
     async def aclose(self) -> None:
-        await self.run_sync(self.sync.close)
+        """Close the store (idempotent) and release the data directory's lock."""
+        # shielded: closing while cancelled must still close (and release the data dir's lock)
+        with trio.CancelScope(shield=True):
+            await self.run_sync(self.sync.close)
 
     async def __aenter__(self) -> Self:
         return self
