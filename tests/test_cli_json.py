@@ -18,7 +18,7 @@ from fedstore.format.weight_files import save_weights_file
 
 #: Leaf commands without --json, and why.
 NO_JSON = {
-    "demo": "a live view and a report file (--out); the apps branch's simulate owns it",
+    "demo": "a live view and a report file (summary.json in --out), as simulate",
     "demo weights": "a walkthrough for people",
     "node": "KEY=value status lines are its machine format (docs/NODE.md)",
     "daemon": "KEY=value status lines are its machine format",
@@ -26,6 +26,9 @@ NO_JSON = {
     "db schema": "prints SQL",
     "bench": "--json PATH writes the JSON report",
     "completion": "prints a shell script",
+    "aggregate": "--log-json: one JSON object per event on stdout",
+    "train": "--log-json: one JSON object per event on stdout",
+    "simulate": "a live view and a report file (summary.json in --out)",
 }
 
 
@@ -86,6 +89,9 @@ def test_the_json_outputs_parse(env: Path, capsys: pytest.CaptureFixture[str]) -
     assert isinstance(verified, dict) and verified["intact"] and verified["checked"] == 1
     pruned = _json(capsys, "checkpoint", "prune", "--keep", "1", *d, "--json")
     assert pruned == {"deleted": [], "kept": [2]}
+    rebuilt = _json(capsys, "db", "rebuild", "--force", *d, "--json")
+    assert isinstance(rebuilt, dict) and rebuilt["recorded"] == [{"round": 2, "cid": cid}]
+    assert rebuilt["skipped"] == [] and any(".lost-" in m for m in rebuilt["moved"])
 
     current = _json(capsys, "db", "current", *d, "--json")
     assert isinstance(current, dict) and current["status"] == "current"

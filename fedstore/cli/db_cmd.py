@@ -83,6 +83,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rebuild.add_argument(
         "--force", action="store_true", help="rebuild even though the catalog is intact"
     )
+    rebuild.add_argument("--json", action="store_true", help="print the report as JSON")
     add_dir_argument(rebuild)
     rebuild.set_defaults(func=cmd_rebuild)
 
@@ -172,6 +173,20 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise CatalogError(f"no data directory at {directory}")
     report = rebuild_catalog(directory, force=args.force)
+    if args.json:
+        import json
+
+        print(
+            json.dumps(
+                {
+                    "catalog": str(report.catalog),
+                    "recorded": [{"round": r.round, "cid": r.cid} for r in report.recorded],
+                    "skipped": [{"path": rel, "reason": why} for rel, why in report.skipped],
+                    "moved": [str(m) for m in report.moved],
+                }
+            )
+        )
+        return 1 if report.skipped else 0
     for moved in report.moved:
         print(f"moved aside: {clean(moved)}")
     for rel, why in report.skipped:
