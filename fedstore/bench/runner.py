@@ -55,6 +55,7 @@ SECTIONS: dict[str, str] = {
     "updates": "fedstore.bench.updates_bench",
     "startup": "fedstore.bench.startup_bench",
     "swarm": "fedstore.bench.swarm_bench",
+    "federation-large": "fedstore.bench.federation_large_bench",
 }
 
 SectionFn = Callable[[BenchSizes, Path, SayFn], SectionResult]
