@@ -51,6 +51,7 @@ import logging
 import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -76,7 +77,7 @@ def _emit(obj: Mapping[str, Any]) -> None:
 
 
 def memory() -> dict[str, int]:
-    """This process's peak and current resident set (``VmHWM``, ``VmRSS``) and ``ru_maxrss``, bytes."""
+    """Peak and current resident set (``VmHWM``, ``VmRSS``) and ``ru_maxrss`` in bytes."""
     out = {"ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -108,6 +109,49 @@ def perturb(arrays: Mapping[str, NDArray], round: int, index: int) -> dict[str, 
     """The trivial "training": every weight scaled by ``1 + (index + round) / 1000``."""
     factor = np.float32(1.0 + (index + round) / 1000.0)
     return {name: np.multiply(a, factor, dtype=a.dtype) for name, a in arrays.items()}
+
+
+class RssSampler:
+    """Samples this process's resident set every ``interval`` s in a daemon thread.
+
+    :meth:`window` returns (and restarts) the largest sample since the last
+    call and when it was taken, so a report can say which step the peak fell in.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._lock = threading.Lock()
+        self._peak, self._at = 0, time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm", encoding="ascii") as fh:
+                return int(fh.read().split()[1]) * self._page
+        except OSError:
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = self._rss()
+            with self._lock:
+                if rss > self._peak:
+                    self._peak, self._at = rss, time.monotonic()
+
+    def window(self) -> dict[str, float]:
+        with self._lock:
+            out = {"window_peak": self._peak, "window_peak_at": self._at}
+            self._peak = 0
+        return out
 
 
 class Phases:
@@ -175,23 +219,25 @@ def _instrument_trainer(node: Node, peer: NodePeer, phases: Phases) -> None:
         return got
 
     peer.head = head  # type: ignore[method-assign]
-    node.fetch = phases.timed("transfer", node.fetch)  # type: ignore[method-assign]
+    node.fetch = phases.timed("transfer", node.fetch)  # type: ignore[method-assign,assignment]
     store = node.store
-    store.save_encoded = phases.timed("store", store.save_encoded)  # type: ignore[method-assign]
-    store.load = phases.timed("load", store.load)  # type: ignore[method-assign]
+    store.save_encoded = phases.timed("store", store.save_encoded)
+    store.load = phases.timed("load", store.load)
     inner_put = peer.put_blob
 
     async def put_blob(data: bytes) -> str:
         start = time.monotonic()
         phases.emit("encode", phases.marks.get("train_end", start), start)
         cid = await inner_put(data)
-        phases.emit("upload", start, time.monotonic(), size=len(data))
+        phases.emit("upload", start, time.monotonic(), size=len(data), cid=cid)
         return cid
 
     peer.put_blob = put_blob  # type: ignore[method-assign]
 
 
-def _instrument_aggregator(peer: NodePeer, phases: Phases) -> Callable[[Event], None]:
+def _instrument_aggregator(
+    peer: NodePeer, phases: Phases, sampler: RssSampler
+) -> Callable[[Event], None]:
     """Time update fetches and the global save; return the event sink that times the rest."""
     inner_get = peer.get_blob
     inner_save = peer.save_global
@@ -200,7 +246,7 @@ def _instrument_aggregator(peer: NodePeer, phases: Phases) -> Callable[[Event], 
         start = time.monotonic()
         data = await inner_get(cid, max_size=max_size)
         phases.marks["fetched"] = end = time.monotonic()
-        phases.emit("transfer", start, end, size=len(data))
+        phases.emit("transfer", start, end, size=len(data), cid=cid)
         return data
 
     async def save_global(round: int, arrays: Any, metadata: Any) -> Any:
@@ -217,13 +263,19 @@ def _instrument_aggregator(peer: NodePeer, phases: Phases) -> Callable[[Event], 
     def sink(ev: Event) -> None:
         now = time.monotonic()
         if ev.kind == "round_opened":
-            phases.round = ev.round  # type: ignore[union-attr]
+            phases.round = ev.round
         elif ev.kind == "update_accepted":
-            phases.emit("verify", phases.marks.get("fetched", now), now, ev.round)  # type: ignore[union-attr]
+            phases.emit(
+                "verify",
+                phases.marks.get("fetched", now),
+                now,
+                ev.round,
+                sender=ev.sender,  # type: ignore[union-attr]
+            )
             phases.marks["accepted"] = now
         _event_sink(ev, now)
         if ev.kind == "round_closed":
-            _emit({"event": "memory", "round": ev.round, **memory()})  # type: ignore[union-attr]
+            _emit({"event": "memory", "round": ev.round, **memory(), **sampler.window()})
 
     return sink
 
@@ -273,6 +325,7 @@ async def _run(args: argparse.Namespace) -> int:
         settings={"FEDSTORE_FS_ROOT": os.path.join(args.data_dir, "fsroot")},
     )
     nbytes = int(args.model_mb * 1_000_000)
+    sampler = RssSampler().start()
     async with open_node(cfg) as node:
         peer = NodePeer(node)
         phases = Phases(args.role)
@@ -281,7 +334,7 @@ async def _run(args: argparse.Namespace) -> int:
             # round 0 exists before any trainer starts (as when a federation is set up):
             # trainers sync it when they join, lead_rounds resumes from it
             initial = await trio.to_thread.run_sync(large_model, nbytes, args.layers)
-            sink = _instrument_aggregator(peer, phases)
+            sink = _instrument_aggregator(peer, phases, sampler)
             await peer.save_global(0, initial, {ROUND_KEY: "0"})
             _emit({**ready, "addr": node.addrs()[0], **memory()})
             await node.wait_for_peers(args.trainers, timeout=120.0)
@@ -315,7 +368,7 @@ async def _run(args: argparse.Namespace) -> int:
             def trainer_sink(ev: Event) -> None:
                 _event_sink(ev)
                 if ev.kind == "trainer_updated":
-                    _emit({"event": "memory", "round": ev.round, **memory()})  # type: ignore[union-attr]
+                    _emit({"event": "memory", "round": ev.round, **memory(), **sampler.window()})
 
             await node.wait_for_peers(1, timeout=60.0)
             tres = await follow_rounds(
@@ -343,6 +396,7 @@ async def _run(args: argparse.Namespace) -> int:
                 "reason": reason,
                 "cpu": usage.ru_utime + usage.ru_stime,
                 **memory(),
+                **sampler.window(),
             }
         )
         if args.role == "aggregator":  # serve the final model until the trainers hold it
