@@ -178,6 +178,7 @@ async def follow_rounds(
                 continue
             if isinstance(msg, Done):
                 if msg.status == "complete" and (current is None or current[1] != msg.cid):
+                    arrays = None  # free the old model before the new one arrives
                     arrays = (await peer.load_global(msg.round, msg.cid)).arrays
                     current = (msg.round, msg.cid)
                     on_event(TrainerSynced(msg.round, msg.cid))
@@ -194,6 +195,7 @@ async def follow_rounds(
             if last is not None and msg.round < last[0]:
                 continue
             if current is None or current[1] != msg.base_cid or arrays is None:
+                arrays = None  # free the old model before the new one arrives
                 arrays = (await peer.load_global(msg.base_round, msg.base_cid)).arrays
                 current = (msg.base_round, msg.base_cid)
                 on_event(TrainerSynced(msg.base_round, msg.base_cid))
@@ -209,6 +211,7 @@ async def follow_rounds(
             out = await _make_update(
                 peer, msg, new, int(num_samples), metrics, settings, base, encoder
             )
+            del new, base  # the trained arrays are sent; the base stays in ``arrays``
             wire = out.encode()
             await peer.publish(wire)
             last = (msg.round, wire, trio.current_time(), msg.attempt)
