@@ -229,9 +229,43 @@ def round_parts(run: LargeRun, rnd: int) -> dict[str, float]:
         )
     agg = [p for p in run.phases("aggregator") if p["round"] == rnd]
     parts["aggregator transfer"] = _span(p for p in agg if p["phase"] == "transfer")
-    for step in AGGREGATOR_PARTS[1:]:
+    parts["aggregator verify"] = sum(verify_seconds(run, rnd).values())
+    for step in AGGREGATOR_PARTS[2:]:
         parts[f"aggregator {step}"] = _total(p for p in agg if p["phase"] == step)
     return parts
+
+
+def _upload_cids(run: LargeRun, rnd: int) -> dict[str, str]:
+    """Trainer name -> the CID of its update of round ``rnd``."""
+    out = {}
+    for t in run.trainer_names():
+        for p in run.phases(t):
+            if p["round"] == rnd and p["phase"] == "upload" and p.get("cid"):
+                out[t] = str(p["cid"])
+    return out
+
+
+def verify_seconds(run: LargeRun, rnd: int) -> dict[str, float]:
+    """Trainer name -> seconds from the aggregator's fetch of its update to its acceptance."""
+    ids = {
+        t: next((e.get("peer_id") for e in run.events[t] if e.get("event") == "ready"), None)
+        for t in run.trainer_names()
+    }
+    fetched = {
+        p.get("cid"): float(p["end"])
+        for p in run.phases("aggregator")
+        if p["round"] == rnd and p["phase"] == "transfer"
+    }
+    accepted = {
+        e.get("sender"): float(e["at"])
+        for e in run.events["aggregator"]
+        if e.get("event") == "update_accepted" and e.get("round") == rnd
+    }
+    out = {}
+    for t, cid in _upload_cids(run, rnd).items():
+        if cid in fetched and ids[t] in accepted:
+            out[t] = max(0.0, accepted[ids[t]] - fetched[cid])
+    return out
 
 
 def critical_path(run: LargeRun, rnd: int) -> float:
@@ -246,15 +280,12 @@ def critical_path(run: LargeRun, rnd: int) -> float:
     fetch = {
         p.get("cid"): float(p["end"]) - float(p["start"]) for p in agg if p["phase"] == "transfer"
     }
-    verify = {
-        p.get("sender"): float(p["end"]) - float(p["start"]) for p in agg if p["phase"] == "verify"
-    }
+    verify = verify_seconds(run, rnd)
+    cids = _upload_cids(run, rnd)
     chains = []
     for t in run.trainer_names():
         mine = [p for p in run.phases(t) if p["round"] == rnd and p["phase"] in _CHAIN]
-        cids = [p.get("cid") for p in mine if p["phase"] == "upload"]
-        peer = next((e.get("peer_id") for e in run.events[t] if e.get("event") == "ready"), None)
-        chains.append(_total(mine) + sum(fetch.get(c, 0.0) for c in cids) + verify.get(peer, 0.0))
+        chains.append(_total(mine) + fetch.get(cids.get(t), 0.0) + verify.get(t, 0.0))
     tail = _total(p for p in agg if p["phase"] in ("aggregate", "save"))
     return max(chains, default=0.0) + tail
 

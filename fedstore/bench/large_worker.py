@@ -32,10 +32,12 @@ trainer
     ``encode`` the update (``_make_update`` before the blob is stored),
     ``upload`` storing the update by CID (CID, blocks into the block store);
 aggregator
-    ``transfer`` fetch of one update by CID, ``verify`` its decode and
-    NaN/shape scan (until it is accepted), ``aggregate`` (last update accepted
-    to the save starting), ``save`` the new global model (encode, CID, write,
-    catalog, block store, announcement).
+    ``transfer`` fetch of one update by CID (the line names the CID), then
+    its decode and NaN/shape scan until the ``update_accepted`` event (the
+    parent matches the two through the trainer's ``upload`` line: its
+    ``verify``), ``aggregate`` (last update accepted to the save starting),
+    ``save`` the new global model (encode, CID, write, catalog, block store,
+    announcement).
 
 The steps are timed by wrapping this process's own node objects (the
 peer's methods and the store's), so the federation code timed is the code
@@ -245,8 +247,7 @@ def _instrument_aggregator(
     async def get_blob(cid: str, *, max_size: int) -> bytes:
         start = time.monotonic()
         data = await inner_get(cid, max_size=max_size)
-        phases.marks["fetched"] = end = time.monotonic()
-        phases.emit("transfer", start, end, size=len(data), cid=cid)
+        phases.emit("transfer", start, time.monotonic(), size=len(data), cid=cid)
         return data
 
     async def save_global(round: int, arrays: Any, metadata: Any) -> Any:
@@ -265,13 +266,6 @@ def _instrument_aggregator(
         if ev.kind == "round_opened":
             phases.round = ev.round
         elif ev.kind == "update_accepted":
-            phases.emit(
-                "verify",
-                phases.marks.get("fetched", now),
-                now,
-                ev.round,
-                sender=ev.sender,  # type: ignore[union-attr]
-            )
             phases.marks["accepted"] = now
         _event_sink(ev, now)
         if ev.kind == "round_closed":

@@ -33,9 +33,12 @@ from fedstore.federation.transport import Arrays, FederationPeer, Inbox
 from fedstore.federation.update_codec import CodecError, NDArray, decode_update
 from fedstore.federation.validation import RejectReason, RoundValidator
 
-__all__ = ["Collector", "collect_round"]
+__all__ = ["MAX_CONCURRENT_UPDATES", "Collector", "collect_round"]
 
 log = logging.getLogger(__name__)
+
+#: Messages :func:`collect_round` handles at once (each may hold a fetched and a decoded update)
+MAX_CONCURRENT_UPDATES = 3
 
 
 class Collector:
@@ -68,6 +71,8 @@ class Collector:
         self.settings = settings
         self.on_event = on_event
         self.digests: dict[str, bytes] = {}
+        #: digests of messages being handled now (a re-sent copy is not fetched twice)
+        self._inflight: set[bytes] = set()
 
     async def handle(self, sender: str, data: bytes) -> None:
         v = self.v
@@ -81,9 +86,17 @@ class Collector:
                 log.warning("ignoring %s from another aggregator %s", type(msg).__name__, sender)
             return
         digest = hashlib.sha256(data).digest()
-        if self.digests.get(msg.sender) == digest:
+        if self.digests.get(msg.sender) == digest or digest in self._inflight:
             log.debug("ignoring re-sent update from %s for round %d", msg.sender, msg.round)
             return
+        self._inflight.add(digest)
+        try:
+            await self._admit(msg, sender, digest)
+        finally:
+            self._inflight.discard(digest)
+
+    async def _admit(self, msg: UpdateMessage, sender: str, digest: bytes) -> None:
+        v = self.v
         if (
             v.check_header(
                 sender=msg.sender,
@@ -186,9 +199,18 @@ async def collect_round(
     quorum: int,
     deadline: float,
     interval: float,
+    *,
+    concurrency: int = MAX_CONCURRENT_UPDATES,
 ) -> None:
-    """Announce the round and admit updates until ``quorum`` or ``deadline`` (trio time)."""
+    """Announce the round and admit updates until ``quorum`` or ``deadline`` (trio time).
+
+    Up to ``concurrency`` messages are handled at once, so an update sent by
+    CID is fetched while another is still being fetched or decoded (trainers
+    finish at different times); the inbox is not read further while that
+    many are in hand.
+    """
     v = collector.v
+    limiter = trio.CapacityLimiter(max(1, concurrency))
 
     async def announcer() -> None:
         while True:
@@ -198,10 +220,22 @@ async def collect_round(
 
     with trio.move_on_at(deadline):
         async with trio.open_nursery() as nursery:
+
+            async def admit(
+                sender: str,
+                data: bytes,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                async with limiter:
+                    task_status.started()
+                    await collector.handle(sender, data)
+                if len(v.accepted) >= quorum:
+                    nursery.cancel_scope.cancel()
+
             nursery.start_soon(announcer)
             while len(v.accepted) < quorum:
                 sender, data = await inbox.receive()
                 if sender == peer.peer_id:
                     continue
-                await collector.handle(sender, data)
+                await nursery.start(admit, sender, data)
             nursery.cancel_scope.cancel()
