@@ -28,6 +28,9 @@ TINY = [
     "updates_rounds=2",
     "swarm_mb=0.5",
     "swarm_trainers=2",
+    "federation_mb=1",
+    "federation_rounds=1",
+    "federation_trainers=2",
 ]
 
 

@@ -28,7 +28,8 @@ Phases, by who runs them (the round a phase belongs to is the round trained):
 trainer
     ``transfer`` fetch of the round's base model by CID (bitswap; blocks and
     the whole file checked against the CID), ``store`` keeping it (CID check,
-    write, catalog), ``load`` reading it back (CID check, decode), ``train``,
+    write, catalog), ``load`` the rest of ``load_global`` (decoding; for a
+    model already held: reading, CID check, decoding), ``train``,
     ``encode`` the update (``_make_update`` before the blob is stored),
     ``upload`` storing the update by CID (CID, blocks into the block store);
 aggregator
@@ -206,7 +207,12 @@ def _instrument_trainer(node: Node, peer: NodePeer, phases: Phases) -> None:
 
     async def load_global(round: int, cid: str) -> Any:
         phases.round = round + 1  # the model is the base of the next round (or the final one)
-        return await inner_load_global(round, cid)
+        start = time.monotonic()
+        model = await inner_load_global(round, cid)
+        end = time.monotonic()
+        # what follows the fetch and the store (or all of it, read from the local store)
+        phases.emit("load", max(start, phases.marks.get("store_end", start)), end)
+        return model
 
     peer.load_global = load_global  # type: ignore[method-assign]
     inner_head = peer.head
@@ -224,7 +230,6 @@ def _instrument_trainer(node: Node, peer: NodePeer, phases: Phases) -> None:
     node.fetch = phases.timed("transfer", node.fetch)  # type: ignore[method-assign,assignment]
     store = node.store
     store.save_encoded = phases.timed("store", store.save_encoded)
-    store.load = phases.timed("load", store.load)
     inner_put = peer.put_blob
 
     async def put_blob(data: bytes) -> str:
