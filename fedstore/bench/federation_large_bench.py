@@ -440,6 +440,24 @@ def add_rows(result: SectionResult, run_: LargeRun) -> None:
         )
     measure_m = "peak resident set (VmHWM)"
     result.add(Row(measure_m, "model size", model / MIB, "MiB", "memory"))
+    at_start = [
+        int(e["vm_rss"])
+        for t in run_.trainer_names()
+        for e in run_.events[t]
+        if e.get("event") == "ready" and e.get("vm_rss")
+    ]
+    if at_start:
+        result.add(
+            Row(
+                measure_m,
+                "a trainer at start (node running, no model yet)",
+                statistics.median(at_start) / MIB,
+                "MiB",
+                "memory",
+                baseline="model size",
+                ratio=statistics.median(at_start) / model,
+            )
+        )
     for name, peak in run_.peak_rss().items():
         result.add(
             Row(
