@@ -34,19 +34,22 @@ __all__ = ["DEFAULT_THREADS", "ThreadFacade", "in_thread"]
 P = ParamSpec("P")
 T = TypeVar("T")
 S = TypeVar("S")
+#: ThreadFacade is covariant: a facade over a Catalog is one over each of its bases, so
+#: ``in_thread`` twins of methods a base (a mixin) defines type-check too.
+S_co = TypeVar("S_co", covariant=True)
 
 #: Worker threads per facade unless the facade is given a limiter.
 DEFAULT_THREADS = 4
 
 
-class ThreadFacade(Generic[S]):
+class ThreadFacade(Generic[S_co]):
     """Base of an async facade over *sync*; methods run on :attr:`limiter`'s threads.
 
     *limiter* defaults to a new ``trio.CapacityLimiter(DEFAULT_THREADS)`` of
     this facade's own; pass one to share it between facades deliberately.
     """
 
-    def __init__(self, sync: S, *, limiter: trio.CapacityLimiter | None = None) -> None:
+    def __init__(self, sync: S_co, *, limiter: trio.CapacityLimiter | None = None) -> None:
         self.sync = sync
         self.limiter = limiter if limiter is not None else trio.CapacityLimiter(DEFAULT_THREADS)
 

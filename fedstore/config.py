@@ -184,6 +184,17 @@ AUTO_SYNC = Setting(
     "true: fetch every newer announced checkpoint at once",
     kind="bool",
 )
+FEDERATION = Setting(
+    "FEDSTORE_FEDERATION",
+    help="federation manifest (file or CID) this node is a member of (--federation); "
+    "unset: an open federation anyone may join",
+)
+VERIFY = Setting(
+    "FEDSTORE_VERIFY",
+    "full",
+    "full: recompute every global model before adopting it; off: check its binding only",
+    choices=("full", "off"),
+)
 ENV_FILE = Setting(
     "FEDSTORE_ENV_FILE", help="path of the .env file to read (--env-file)", kind="path"
 )
@@ -231,6 +242,8 @@ CORE_GROUPS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
             PEER_BURST,
             ANNOUNCEMENTS_PER_PEER,
             AUTO_SYNC,
+            FEDERATION,
+            VERIFY,
             ENV_FILE,
             CONFIG_FILE,
         ),
@@ -362,6 +375,10 @@ class NodeConfig:
     peer_burst: int = 40
     announcements_per_peer: int = 1000
     auto_sync: bool = False
+    #: Federation manifest (file path or CID); None: open federation.
+    federation: str | None = None
+    #: Recompute every global model before adopting it (FEDSTORE_VERIFY=full).
+    verify: bool = True
     #: Merged settings handed to storage backends (may hold secrets: not in repr).
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -438,6 +455,8 @@ def load_node_config(
         peer_burst=PEER_BURST.integer(settings),
         announcements_per_peer=ANNOUNCEMENTS_PER_PEER.integer(settings),
         auto_sync=AUTO_SYNC.flag(settings),
+        federation=FEDERATION.text(settings) or None,
+        verify=VERIFY.text(settings).lower() != "off",
         settings=settings,
     )
 

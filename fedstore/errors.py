@@ -20,11 +20,13 @@ Callers classify errors with ``isinstance``, never by class name.
 
     FedstoreError
     ├── ConfigError                 bad or missing configuration
-    │   └── StrategyError           strategy unknown, plugin broken, or bad settings
+    │   ├── StrategyError           strategy unknown, plugin broken, or bad settings
+    │   └── ManifestError           a federation manifest is malformed or badly signed
     ├── FormatError                 checkpoint bytes are not a valid checkpoint
     │   └── SizeLimitError          ...or would decode to more than allowed
     ├── InvalidCIDError             a string is not a CID fedstore understands
     ├── IntegrityError              bytes do not match the CID they were fetched by
+    │   └── VerificationError       a global model is not the aggregate of its updates
     ├── CatalogError                the SQLite catalog failed or is out of date
     │   └── RoundConflictError      the round already has a different checkpoint
     ├── CheckpointNotFoundError     no local checkpoint for that round
@@ -59,6 +61,7 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "InvalidCIDError",
+    "ManifestError",
     "NetworkError",
     "NotConfiguredError",
     "NotFoundError",
@@ -69,6 +72,7 @@ __all__ = [
     "SizeLimitError",
     "StrategyError",
     "UnavailableError",
+    "VerificationError",
 ]
 
 
@@ -134,6 +138,10 @@ class StrategyError(ConfigError):
         self.strategy = strategy
 
 
+class ManifestError(ConfigError):
+    """A federation manifest is malformed, not canonical, or its signature does not verify."""
+
+
 class FormatError(FedstoreError):
     """Bytes are not a valid fedstore checkpoint (bad magic, truncated, lying header...)."""
 
@@ -148,6 +156,18 @@ class InvalidCIDError(FedstoreError, ValueError):
 
 class IntegrityError(FedstoreError):
     """Data does not hash to the CID it was requested by; it was discarded."""
+
+
+class VerificationError(IntegrityError):
+    """A global model is not what its round's signed updates aggregate to; it was refused.
+
+    ``cid`` is the announced model, ``expected`` the CID the verifier computed
+    (None when it could not recompute, e.g. a listed update failed its checks).
+    """
+
+    def __init__(self, message: str, *, cid: str | None = None, expected: str | None = None):
+        super().__init__(message, cid=cid)
+        self.expected = expected
 
 
 class CatalogError(FedstoreError):

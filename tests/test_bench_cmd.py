@@ -26,6 +26,7 @@ TINY = [
     "catchup_runs=1",
     "startup_runs=1",
     "updates_rounds=2",
+    "verify_rounds=3",
     "swarm_mb=0.5",
     "swarm_trainers=2",
     "federation_mb=1",

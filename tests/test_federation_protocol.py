@@ -315,7 +315,7 @@ async def test_aggregator_resumes_from_head() -> None:
             follow_rounds, net.peer("t"), shift_trainer(1.0), TrainerSettings(idle_timeout=5)
         )
         first = await lead_rounds(net.peer("agg"), MODEL, settings)
-    settings4 = AggregatorSettings(rounds=4, quorum=QuorumSchedule(1), **FAST)
+    settings4 = AggregatorSettings(rounds=4, quorum=QuorumSchedule(1), resume=True, **FAST)
     events: list[Event] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(

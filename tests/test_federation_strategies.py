@@ -117,8 +117,9 @@ def test_settings_are_constructor_parameters_validated() -> None:
         ("trimmed-mean", {"trim": -0.1}, "trim must be a number"),
         ("trimmed-mean", {"trim": True}, "trim must be a number"),
         ("trimmed-mean", {"trim": "a lot"}, "setting trim must be float, got 'a lot'"),
-        ("trimmed-mean", {"beta": 0.2}, "has no setting 'beta'; its settings: trim"),
-        ("fedavg", {"trim": 0.2}, "has no setting 'trim'; its settings: none"),
+        ("trimmed-mean", {"beta": 0.2}, "has no setting 'beta'; its settings: clip, trim"),
+        ("fedavg", {"trim": 0.2}, "has no setting 'trim'; its settings: clip"),
+        ("median", {"clip": -1.0}, r"clip must be a number in \[0, "),
         ("fedadam", {"beta2": 1.0}, r"beta2 must be a number in \[0, 1\)"),
         ("fedadam", {"lr": 0}, r"lr must be a number in \(0, 1000\]"),
     ]
@@ -516,8 +517,10 @@ async def test_fedadam_state_survives_an_aggregator_restart() -> None:
     trainers = {"t1": shift(1.0, 10), "t2": shift(-0.5, 30)}
 
     def settings(rounds: int) -> AggregatorSettings:
+        # resume: the restarted aggregator is another fake peer, so it takes the head
+        # from the network, as a node told to resume a federation does
         return AggregatorSettings(
-            rounds=rounds, strategy=FedAdam(lr=0.3), quorum=QuorumSchedule(2), **FAST
+            rounds=rounds, strategy=FedAdam(lr=0.3), quorum=QuorumSchedule(2), resume=True, **FAST
         )
 
     straight = FakeNetwork()
@@ -550,7 +553,7 @@ async def test_fedadam_restart_without_its_state_would_diverge(
 
     trainers = {"t1": shift(1.0, 10), "t2": shift(-0.5, 30)}
     settings = AggregatorSettings(
-        rounds=2, strategy=FedAdam(lr=0.3), quorum=QuorumSchedule(2), **FAST
+        rounds=2, strategy=FedAdam(lr=0.3), quorum=QuorumSchedule(2), resume=True, **FAST
     )
     straight = FakeNetwork()
     whole = await federate(straight, replace(settings, rounds=3), trainers)
@@ -581,7 +584,7 @@ async def test_another_strategy_after_a_restart_starts_fresh() -> None:
     trainers = {"t1": shift(1.0)}
     await federate(net, AggregatorSettings(rounds=1, strategy=FedAdam(), **FAST), trainers)
     result = await federate(
-        net, AggregatorSettings(rounds=2, **FAST), trainers, aggregator="agg-restarted"
+        net, AggregatorSettings(rounds=2, resume=True, **FAST), trainers, aggregator="agg-restarted"
     )
     meta = decode(net.blobs[result.final_cid]).metadata
     assert meta["fedstore.strategy"] == "fedavg" and STATE_KEY not in meta

@@ -104,6 +104,7 @@ async def test_a_peer_that_lists_the_head_protocol_is_asked_once(tmp_path: Path)
                 await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         assert opened.count((plain_id, HEAD_PROTOCOL)) == 1
         assert await node.host.speaks(plain_id, HEAD_PROTOCOL)
+        await node.recorded()
         anns = await node.catalog.announcements(cid=CID)
         assert [(a.round, a.sender_peer, a.topic) for a in anns] == [(7, plain_id, HEAD_PROTOCOL)]
 

@@ -127,6 +127,7 @@ async def test_save_announce_sync_roundtrip(tmp_path: Path) -> None:
         assert ea.of(Announced) == [Announced(3, rec.cid)]
         heard = await eb.wait(Heard)
         assert heard == Heard(3, rec.cid, a.peer_id)
+        await b.recorded()  # HEARD comes first; the catalog row follows in the background
         latest = await b.catalog.latest_announced()
         assert latest is not None and (latest.round, latest.cid, latest.sender_peer) == (
             3,
@@ -156,6 +157,7 @@ async def test_late_joiner_learns_head_over_head_protocol(tmp_path: Path) -> Non
         await late.connect(a.addrs()[0])
         assert await el.wait(HeadReceived) == HeadReceived(5, rec.cid, a.peer_id)
         assert el.of(Heard) == []
+        await late.recorded()
         anns = await late.catalog.announcements()
         assert [(x.round, x.topic) for x in anns] == [(5, HEAD_PROTOCOL)]
         assert await late.sync() == (5, rec.cid)
@@ -215,6 +217,7 @@ async def test_bad_announcements_change_nothing(tmp_path: Path) -> None:
             ["malformed", "bad_round", "bad_cid", "oversized"]
         )
         assert {(d.topic, d.peer) for d in dropped} == {(ANNOUNCE_TOPIC, a.peer_id)}
+        await b.recorded()
         anns = await b.catalog.announcements()
         assert [(x.round, x.cid) for x in anns] == [(9, good_cid)]
         assert b.counters.count(ANNOUNCE_TOPIC) == 4
@@ -265,6 +268,7 @@ async def test_periodic_reannounce_reaches_a_peer_that_missed_it(tmp_path: Path)
         await a.replicate(rec)
         await connect_all_to_first([a, b])
         assert await eb.wait(Heard) == Heard(4, rec.cid, a.peer_id)
+        await b.recorded()
         anns = await b.catalog.announcements(round=4)
         assert ANNOUNCE_TOPIC in {x.topic for x in anns}
 

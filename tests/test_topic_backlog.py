@@ -130,6 +130,7 @@ async def test_a_flood_meets_a_fixed_pool_and_the_excess_is_counted(
             on_drop=probe.on_drop,
             announcement_backlog=BACKLOG,
             reference_backlog=BACKLOG,
+            references_per_sender=FLOOD,  # the pool's bound under test, not the per-sender cap
         )
         await hub.join(topic)
         await sender.connect(receiver.addrs()[0])

@@ -67,6 +67,8 @@ class BenchSizes:
     #: Compressed updates: digits rounds per federation, seeds per encoding.
     updates_rounds: int = 10
     updates_seeds: int = 3
+    #: Verified aggregates: digits rounds per federation (verify full and off).
+    verify_rounds: int = 10
     #: Swarm: model size in MB and the largest number of trainers (N = 1, 2, 4, ... up to it).
     swarm_mb: float = 20.0
     swarm_trainers: int = 8
@@ -95,6 +97,7 @@ class BenchSizes:
             catchup_mb=16.0,
             startup_runs=9,
             updates_seeds=1,
+            verify_rounds=5,
             swarm_mb=5.0,
             swarm_trainers=4,
             federation_mb=16.0,

@@ -53,6 +53,7 @@ SECTIONS: dict[str, str] = {
     "announce": "fedstore.bench.announce_bench",
     "catchup": "fedstore.bench.catchup_bench",
     "updates": "fedstore.bench.updates_bench",
+    "verify": "fedstore.bench.verify_bench",
     "startup": "fedstore.bench.startup_bench",
     "swarm": "fedstore.bench.swarm_bench",
     "federation-large": "fedstore.bench.federation_large_bench",

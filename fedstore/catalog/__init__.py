@@ -14,11 +14,18 @@ Public API::
 """
 
 from fedstore.catalog.aio import AsyncCatalog
-from fedstore.catalog.catalog import CATALOG_FILENAME, Catalog, RoundConflictError, resolve_db_path
+from fedstore.catalog.catalog import (
+    CATALOG_FILENAME,
+    Catalog,
+    HeardAnnouncement,
+    RoundConflictError,
+    resolve_db_path,
+)
 from fedstore.catalog.readonly import ReadOnlyViolation, copy_read_only, read_only_query
 from fedstore.catalog.records import (
     AnnouncementRecord,
     CheckpointRecord,
+    FailedClaimRecord,
     LatestAnnounced,
     PeerRecord,
     PinRecord,
@@ -33,6 +40,8 @@ __all__ = [
     "AsyncCatalog",
     "Catalog",
     "CheckpointRecord",
+    "FailedClaimRecord",
+    "HeardAnnouncement",
     "LatestAnnounced",
     "PeerRecord",
     "PinRecord",

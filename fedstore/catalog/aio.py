@@ -65,7 +65,9 @@ class AsyncCatalog(ThreadFacade[Catalog]):
 
     async def aclose(self) -> None:
         """Close the catalog (idempotent)."""
-        await self.run_sync(self.sync.close)
+        # shielded: closing while cancelled must still close (and release the data dir's lock)
+        with trio.CancelScope(shield=True):
+            await self.run_sync(self.sync.close)
 
     async def __aenter__(self) -> Self:
         return self
@@ -93,6 +95,13 @@ class AsyncCatalog(ThreadFacade[Catalog]):
     announcements = in_thread(Catalog.announcements)
     prune_announcements = in_thread(Catalog.prune_announcements)
     latest_announced = in_thread(Catalog.latest_announced)
+    record_announcements = in_thread(Catalog.record_announcements)
+    sync_claims = in_thread(Catalog.sync_claims)
+    # failed sync claims
+    record_failed_claim = in_thread(Catalog.record_failed_claim)
+    failed_claims = in_thread(Catalog.failed_claims)
+    clear_failed_claim = in_thread(Catalog.clear_failed_claim)
+    prune_failed_claims = in_thread(Catalog.prune_failed_claims)
     # peers
     upsert_peer = in_thread(Catalog.upsert_peer)
     get_peer = in_thread(Catalog.get_peer)
@@ -105,6 +114,13 @@ class AsyncCatalog(ThreadFacade[Catalog]):
     # round metrics
     record_round_metrics = in_thread(Catalog.record_round_metrics)
     round_metrics = in_thread(Catalog.round_metrics)
+    # federations
+    record_manifest = in_thread(Catalog.record_manifest)
+    get_manifest = in_thread(Catalog.get_manifest)
+    list_manifests = in_thread(Catalog.list_manifests)
+    record_federation_round = in_thread(Catalog.record_federation_round)
+    federation_rounds = in_thread(Catalog.federation_rounds)
+    last_adopted_round = in_thread(Catalog.last_adopted_round)
     # queries
     round_history = in_thread(Catalog.round_history)
     read_only_query = in_thread(Catalog.read_only_query)

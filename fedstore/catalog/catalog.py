@@ -27,13 +27,24 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedstore.catalog import migrate
-from fedstore.catalog.engine import WRITE_OPTION, make_engine, translate_errors
+from fedstore.catalog.claims import (
+    _TOUCH_PEER,
+    _UPSERT_ANNOUNCEMENT,
+    ClaimsMixin,
+    HeardAnnouncement,
+    _parse,
+    _ts,
+)
+from fedstore.catalog.engine import WRITE_OPTION, is_writable, make_engine, translate_errors
 from fedstore.catalog.models import (
     CHECKPOINT_STATUSES,
+    FEDERATION_ROUND_STATUSES,
     METRIC_SOURCES,
     PIN_STATES,
     Announcement,
     Checkpoint,
+    FederationRound,
+    Manifest,
     Peer,
     Pin,
     RoundMetric,
@@ -43,7 +54,9 @@ from fedstore.catalog.readonly import read_only_query
 from fedstore.catalog.records import (
     AnnouncementRecord,
     CheckpointRecord,
+    FederationRoundRecord,
     LatestAnnounced,
+    ManifestRecord,
     PeerRecord,
     PinRecord,
     QueryResult,
@@ -52,7 +65,13 @@ from fedstore.catalog.records import (
 )
 from fedstore.errors import CatalogError, RoundConflictError
 
-__all__ = ["CATALOG_FILENAME", "Catalog", "RoundConflictError", "resolve_db_path"]
+__all__ = [
+    "CATALOG_FILENAME",
+    "Catalog",
+    "HeardAnnouncement",
+    "RoundConflictError",
+    "resolve_db_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +104,7 @@ _LATEST_CHECKPOINT_SQL = (
 _LATEST_ROUND_SQL = "SELECT round FROM checkpoints WHERE status = 'ok' ORDER BY round DESC LIMIT 1"
 
 
-class Catalog:
+class Catalog(ClaimsMixin):
     """The node's SQLite catalog. Create it with :meth:`open`; close it with :meth:`close`.
 
     Usable as a context manager. All methods are safe to call from several
@@ -93,9 +112,17 @@ class Catalog:
     busy timeout), readers never wait for the writer (WAL).
     """
 
-    def __init__(self, db_path: Path, engine: Engine, opened: migrate.UpgradeResult) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        engine: Engine,
+        opened: migrate.UpgradeResult,
+        *,
+        read_only: bool = False,
+    ) -> None:
         """Internal; use :meth:`Catalog.open`."""
         self._path = db_path
+        self._read_only = read_only
         self._engine = engine
         self._read: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
         self._write: sessionmaker[Session] = sessionmaker(
@@ -108,21 +135,43 @@ class Catalog:
     # -- lifecycle ---------------------------------------------------------
 
     @classmethod
-    def open(cls, location: str | Path, *, auto_upgrade: bool | None = None) -> Catalog:
+    def open(
+        cls,
+        location: str | Path,
+        *,
+        auto_upgrade: bool | None = None,
+        read_only: bool | None = False,
+    ) -> Catalog:
         """Open (creating if needed) the catalog in directory ``location`` or at that file.
 
         A new catalog gets the head schema; an older one is backed up and
         upgraded under an exclusive file lock (safe when several processes
         open it at once) unless auto-upgrade is off, in which case
         :class:`CatalogError` names the ``fedstore db upgrade`` command. A
-        catalog from a newer fedstore, or a foreign SQLite file, is refused.
+        catalog from a newer fedstore, a foreign SQLite file and a
+        zero-length file (a truncated catalog: ``fedstore db rebuild``) are
+        refused, and so is a catalog in a directory that cannot be written,
+        with a message saying so.
+
+        ``read_only=True`` opens an existing, up-to-date catalog without
+        changing anything (every write raises :class:`CatalogError`);
+        ``read_only=None`` does so only when the directory cannot be written
+        (commands that only read use it, so they work on a read-only data
+        directory). :attr:`read_only` tells which it became.
         """
         db_path = resolve_db_path(location)
-        opened = migrate.ensure_schema(db_path, auto_upgrade=auto_upgrade)
+        if read_only is None:
+            read_only = db_path.is_file() and not is_writable(db_path)
+        opened = migrate.ensure_schema(db_path, auto_upgrade=auto_upgrade, read_only=read_only)
         if opened.changed:
             how = "created" if opened.from_revision is None else "upgraded"
             log.info("catalog %s %s at schema %s", db_path, how, opened.to_revision)
-        return cls(db_path, make_engine(db_path), opened)
+        return cls(db_path, make_engine(db_path, read_only=read_only), opened, read_only=read_only)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this catalog was opened read-only (every write raises CatalogError)."""
+        return self._read_only
 
     @property
     def path(self) -> Path:
@@ -160,6 +209,11 @@ class Catalog:
     def _writing(self, action: str) -> Iterator[Session]:
         if self._closed:
             raise CatalogError(f"cannot {action}: the catalog {self._path} is closed")
+        if self._read_only:
+            raise CatalogError(
+                f"cannot {action}: the catalog {self._path} is open read-only "
+                "(its data directory cannot be written)"
+            )
         with translate_errors(action), self._write() as session, session.begin():
             yield session
 
@@ -356,39 +410,25 @@ class Catalog:
         """
         if round < 0:
             raise ValueError(f"round must be >= 0, got {round}")
-        when = received_at or utcnow()
+        when = _ts(received_at or utcnow())
         with self._writing(f"record announcement of round {round}") as s:
-            self._touch_peer(s, sender, when)
-            ins = sqlite_insert(Announcement).values(
-                round=round,
-                cid=cid,
-                sender_peer=sender,
-                topic=topic,
-                received_at=when,
-                last_received_at=when,
-                times_heard=1,
-            )
-            s.execute(
-                ins.on_conflict_do_update(
-                    index_elements=["round", "cid", "sender_peer", "topic"],
-                    set_={
-                        "times_heard": Announcement.times_heard + 1,
-                        "last_received_at": func.max(
-                            Announcement.last_received_at, ins.excluded.last_received_at
-                        ),
-                        "received_at": func.min(Announcement.received_at, ins.excluded.received_at),
-                    },
-                )
-            )
-            row = s.scalars(
-                select(Announcement).where(
-                    Announcement.round == round,
-                    Announcement.cid == cid,
-                    Announcement.sender_peer == sender,
-                    Announcement.topic == topic,
-                )
+            conn = s.connection()
+            conn.exec_driver_sql(_TOUCH_PEER, (sender, when, when))
+            conn.exec_driver_sql(_UPSERT_ANNOUNCEMENT, (round, cid, sender, topic, when, when, 1))
+            row = conn.exec_driver_sql(
+                "SELECT received_at, last_received_at, times_heard FROM announcements "
+                "WHERE round = ? AND cid = ? AND sender_peer = ? AND topic = ?",
+                (round, cid, sender, topic),
             ).one()
-            return row.to_record()
+        return AnnouncementRecord(
+            round=round,
+            cid=cid,
+            sender_peer=sender,
+            topic=topic,
+            received_at=_parse(row[0]),
+            last_received_at=_parse(row[1]),
+            times_heard=int(row[2]),
+        )
 
     def announcements(
         self, *, round: int | None = None, cid: str | None = None, limit: int | None = None
@@ -648,6 +688,119 @@ class Catalog:
         )
         with self._reading("list round metrics") as s:
             return [r.to_record() for r in s.scalars(stmt)]
+
+    # -- federations -----------------------------------------------------------
+
+    def record_manifest(
+        self, cid: str, *, name: str, owner: str, previous: str | None, members: int, document: str
+    ) -> ManifestRecord:
+        """Keep a signed federation manifest: its CID, the facts the federation layer
+        parsed and checked from it, and the signed document itself.
+
+        Recording the same CID again changes nothing. (Parsing and checking the
+        signature belong to :mod:`fedstore.federation.manifest`, above this layer.)
+        """
+        with self._writing(f"record manifest {cid}") as s:
+            s.execute(
+                sqlite_insert(Manifest)
+                .values(
+                    cid=cid,
+                    name=name,
+                    owner=owner,
+                    previous=previous,
+                    members=members,
+                    document=document,
+                    recorded_at=utcnow(),
+                )
+                .on_conflict_do_nothing(index_elements=["cid"])
+            )
+            row = s.scalars(select(Manifest).where(Manifest.cid == cid)).one()
+            return row.to_record()
+
+    def get_manifest(self, cid: str) -> ManifestRecord | None:
+        """The manifest recorded under ``cid``, if any."""
+        with self._reading(f"read manifest {cid}") as s:
+            row = s.scalars(select(Manifest).where(Manifest.cid == cid)).first()
+            return None if row is None else row.to_record()
+
+    def list_manifests(self) -> list[ManifestRecord]:
+        """Every manifest recorded, oldest first."""
+        with self._reading("list manifests") as s:
+            return [r.to_record() for r in s.scalars(select(Manifest).order_by(Manifest.id))]
+
+    def record_federation_round(self, entry: FederationRoundRecord) -> None:
+        """Record a global model adopted or refused in a federation run (replaces the same one)."""
+        if entry.status not in FEDERATION_ROUND_STATUSES:
+            raise ValueError(
+                f"status must be one of {FEDERATION_ROUND_STATUSES}, got {entry.status!r}"
+            )
+        if entry.round < 0:
+            raise ValueError(f"round must be >= 0, got {entry.round}")
+        values = {
+            "manifest_cid": entry.manifest,
+            "session": entry.session,
+            "round": entry.round,
+            "cid": entry.cid,
+            "status": entry.status,
+            "aggregator": entry.aggregator,
+            "how": entry.how,
+            "expected_cid": entry.expected,
+            "participants": entry.participants,
+            "detail": entry.detail[:2000] or None,
+            "rejections": json.dumps(dict(sorted(entry.rejections.items())))
+            if entry.rejections
+            else None,
+            "recorded_at": entry.recorded_at or utcnow(),
+        }
+        with self._writing(f"record federation round {entry.round}") as s:
+            ins = sqlite_insert(FederationRound).values(**values)
+            s.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["manifest_cid", "session", "round", "cid"],
+                    set_={
+                        k: ins.excluded[k]
+                        for k in values
+                        if k not in ("manifest_cid", "session", "round", "cid")
+                    },
+                )
+            )
+
+    def federation_rounds(
+        self, *, manifest: str | None = None, session: str | None = None
+    ) -> list[FederationRoundRecord]:
+        """Recorded federation rounds (optionally of one manifest / run), in recording order."""
+        stmt = select(FederationRound)
+        if manifest is not None:
+            stmt = stmt.where(FederationRound.manifest_cid == manifest)
+        if session is not None:
+            stmt = stmt.where(FederationRound.session == session)
+        with self._reading("list federation rounds") as s:
+            return [r.to_record() for r in s.scalars(stmt.order_by(FederationRound.id))]
+
+    def last_adopted_round(self, manifest: str) -> FederationRoundRecord | None:
+        """The newest adopted model of the newest run of ``manifest`` (a member resumes there)."""
+        with self._reading("read the last adopted federation round") as s:
+            newest = s.scalars(
+                select(FederationRound)
+                .where(
+                    FederationRound.manifest_cid == manifest, FederationRound.status == "adopted"
+                )
+                .order_by(FederationRound.id.desc())
+                .limit(1)
+            ).first()
+            if newest is None:
+                return None
+            row = s.scalars(
+                select(FederationRound)
+                .where(
+                    FederationRound.manifest_cid == manifest,
+                    FederationRound.session == newest.session,
+                    FederationRound.status == "adopted",
+                )
+                .order_by(FederationRound.round.desc(), FederationRound.id.desc())
+                .limit(1)
+            ).one()
+            return row.to_record()
 
     # -- views and ad-hoc SQL ------------------------------------------------
 

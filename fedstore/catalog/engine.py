@@ -1,4 +1,4 @@
-"""SQLite engines for the catalog: pragmas, transactions, error mapping.
+"""SQLite engines for the catalog: pragmas, transactions, error mapping, the database URL.
 
 Every connection gets ``journal_mode=WAL`` (readers never block the writer),
 ``foreign_keys=ON``, ``busy_timeout`` (wait for a lock instead of failing at
@@ -10,20 +10,31 @@ starts write transactions lazily; we switch it off and emit ``BEGIN`` from a
 SQLAlchemy event instead, so migrations are atomic and a connection bound
 for writing starts with ``BEGIN IMMEDIATE`` (takes the write lock up front,
 which avoids ``SQLITE_BUSY`` half-way through a read-then-write transaction).
+
+The catalog file is always named through a quoted ``file:`` URI
+(:func:`sqlite_uri`), so a data directory whose path holds ``?``, ``#`` or
+``%`` opens the file it names (a plain ``sqlite:///<path>`` URL cut the path
+at the ``?``). A *read-only* engine (a data directory on a read-only
+filesystem, or without write permission) opens the file with ``mode=ro``,
+sets ``query_only`` and leaves the journal mode alone; when the directory
+cannot be written and holds no ``-wal`` file it adds ``immutable=1``,
+because SQLite cannot open a WAL database read-only without creating its
+``-shm`` file otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from fedstore.errors import CatalogError
 
@@ -32,7 +43,9 @@ __all__ = [
     "MIN_SQLITE_VERSION",
     "WRITE_OPTION",
     "check_sqlite_version",
+    "is_writable",
     "make_engine",
+    "sqlite_uri",
     "translate_errors",
 ]
 
@@ -55,18 +68,58 @@ def check_sqlite_version(version: tuple[int, int, int] = sqlite3.sqlite_version_
         )
 
 
-def make_engine(db_path: Path, *, foreign_keys: bool = True, pooled: bool = True) -> Engine:
+def is_writable(db_path: Path) -> bool:
+    """Whether the catalog at *db_path* can be written: its directory (for the ``-wal``,
+    ``-shm`` and lock files) and the file itself, if it exists. False on a read-only
+    filesystem, for root too."""
+    directory = db_path.parent
+    if not os.access(directory, os.W_OK):
+        return False
+    return not db_path.exists() or os.access(db_path, os.W_OK)
+
+
+def sqlite_uri(db_path: Path, *, read_only: bool = False) -> str:
+    """The ``file:`` URI of *db_path* for :func:`sqlite3.connect` (``uri=True``).
+
+    Every character SQLite's URI parser treats specially (``?``, ``#``,
+    ``%``) is percent-encoded. *read_only* adds ``mode=ro``, and
+    ``immutable=1`` when the directory cannot be written and no ``-wal`` file
+    exists beside the database (see the module docstring): then no process
+    can be writing it.
+    """
+    uri = f"file:{quote(str(db_path.absolute()))}"
+    if not read_only:
+        return uri
+    wal = db_path.with_name(db_path.name + "-wal")
+    if wal.exists() or os.access(db_path.parent, os.W_OK):
+        return uri + "?mode=ro"  # SQLite can use (or create) the -shm file: see writers
+    return uri + "?mode=ro&immutable=1"  # nobody can write here: nothing to see
+
+
+def make_engine(
+    db_path: Path, *, foreign_keys: bool = True, pooled: bool = True, read_only: bool = False
+) -> Engine:
     """An engine for the catalog file at ``db_path`` with fedstore's pragmas.
 
     ``foreign_keys=False`` is only for migrations (table rebuilds); they check
     ``PRAGMA foreign_key_check`` before committing. ``pooled=False`` gives a
     NullPool engine (one connection per use, nothing kept open).
+    ``read_only=True`` opens the file read-only (module docstring): every
+    write fails.
     """
     check_sqlite_version()
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_MS / 1000}}
-    if not pooled:
-        kwargs["poolclass"] = NullPool
-    engine = create_engine(f"sqlite:///{db_path}", **kwargs)
+    uri = sqlite_uri(db_path, read_only=read_only)
+
+    def connect() -> sqlite3.Connection:
+        # the URI goes to sqlite3 as is: SQLAlchemy's URL parsing would cut it at "?"
+        return sqlite3.connect(
+            uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+
+    # the dialect's defaults for a file database: a QueuePool, threads share nothing else
+    engine = create_engine(
+        "sqlite:///catalog", creator=connect, poolclass=QueuePool if pooled else NullPool
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
@@ -75,8 +128,11 @@ def make_engine(db_path: Path, *, foreign_keys: bool = True, pooled: bool = True
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute("PRAGMA synchronous = FULL")
+            if read_only:
+                cur.execute("PRAGMA query_only = 1")
+            else:
+                cur.execute("PRAGMA journal_mode = WAL")
+                cur.execute("PRAGMA synchronous = FULL")
             cur.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         finally:
             cur.close()

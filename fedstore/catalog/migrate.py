@@ -14,8 +14,10 @@ catalog at once cannot both migrate it) it
   (SQLite backup API, consistent even in WAL mode), unless auto-upgrade is
   off (``auto_upgrade=False`` or ``FEDSTORE_CATALOG_AUTO_UPGRADE=0``): then it
   refuses with the exact ``fedstore db upgrade`` command to run;
-* refuses a catalog written by a newer fedstore (unknown revision) and a file
-  that is not a fedstore catalog.
+* refuses a catalog written by a newer fedstore (unknown revision), a file
+  that is not a fedstore catalog, a zero-length file (a truncated catalog:
+  ``fedstore db rebuild`` makes a new one from the round files) and a
+  directory it cannot write (read-only opens skip every step above).
 
 Each migration runs in one transaction (``BEGIN IMMEDIATE``) with foreign
 keys off, and ``PRAGMA foreign_key_check`` must be clean before it commits;
@@ -36,14 +38,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 
-from fedstore.catalog.engine import WRITE_OPTION, make_engine, translate_errors
+from fedstore.catalog.engine import (
+    WRITE_OPTION,
+    is_writable,
+    make_engine,
+    sqlite_uri,
+    translate_errors,
+)
 from fedstore.errors import CatalogError
 
 __all__ = [
@@ -53,6 +60,8 @@ __all__ = [
     "alembic_config",
     "backup_database",
     "catalog_lock",
+    "check_not_emptied",
+    "check_writable",
     "current_revision",
     "dump_schema",
     "ensure_schema",
@@ -114,8 +123,7 @@ def head_revision() -> str:
 
 
 def _ro_connect(db_path: Path) -> sqlite3.Connection:
-    uri = f"file:{quote(str(db_path.resolve()))}?mode=ro"
-    return sqlite3.connect(uri, uri=True)
+    return sqlite3.connect(sqlite_uri(db_path.resolve(), read_only=True), uri=True)
 
 
 def current_revision(db_path: Path) -> str | None:
@@ -267,8 +275,12 @@ def upgrade(db_path: Path, revision: str = "head", *, backup: bool = True) -> Up
     """Migrate the catalog at ``db_path`` to ``revision`` (under the catalog lock).
 
     An existing catalog with tables is backed up first when ``backup`` is true.
+    A zero-length catalog and a read-only directory are refused (as by
+    :func:`ensure_schema`).
     """
+    check_not_emptied(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(db_path)
     with catalog_lock(db_path):
         return _upgrade_locked(db_path, revision, backup=backup)
 
@@ -304,15 +316,62 @@ def _auto_upgrade_default() -> bool:
     return os.environ.get(AUTO_UPGRADE_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def ensure_schema(db_path: Path, *, auto_upgrade: bool | None = None) -> UpgradeResult:
+def check_not_emptied(db_path: Path) -> None:
+    """Refuse a zero-length catalog: CatalogError naming ``fedstore db rebuild``.
+
+    SQLite writes a new catalog's first page as soon as it opens it (the WAL
+    switch), so an empty file is a truncated catalog, not a new one: silently
+    creating a fresh schema there would lose its history while the round
+    files stay beside it as orphans.
+    """
+    try:
+        empty = db_path.stat().st_size == 0
+    except FileNotFoundError:
+        return
+    if empty:
+        raise CatalogError(
+            f"catalog {db_path} is empty (0 bytes): its history is lost. Rebuild it from the "
+            f"checkpoint files with: fedstore db rebuild --dir {_shell_dir(db_path)} "
+            "(or move it away to start a new catalog)"
+        )
+
+
+def check_writable(db_path: Path) -> None:
+    """CatalogError when the catalog (or its directory) cannot be written."""
+    if not is_writable(db_path):
+        raise CatalogError(
+            f"the data directory {db_path.parent} is read-only: commands that only read "
+            "(checkpoint ls/inspect/load/verify, catalog sql/rounds, db current) work; "
+            "saving, syncing and running a node need it writable"
+        )
+
+
+def ensure_schema(
+    db_path: Path, *, auto_upgrade: bool | None = None, read_only: bool = False
+) -> UpgradeResult:
     """Make the catalog at ``db_path`` usable: create, keep or upgrade its schema.
 
     See the module docstring for the rules. ``auto_upgrade=None`` reads
-    ``FEDSTORE_CATALOG_AUTO_UPGRADE`` (default on).
+    ``FEDSTORE_CATALOG_AUTO_UPGRADE`` (default on). A zero-length file is
+    refused (:func:`check_not_emptied`). With *read_only* nothing is
+    created, locked or changed: the catalog must exist at the head revision.
     """
+    check_not_emptied(db_path)
+    if read_only:
+        if not db_path.is_file():
+            raise CatalogError(f"no catalog at {db_path}")
+        state = schema_state(db_path)
+        if state.status != "current":
+            raise CatalogError(
+                f"catalog {db_path} is at schema revision {state.current or '(none)'}, this "
+                f"fedstore needs {state.head}, and it is read-only here: open it where it can "
+                "be written once (fedstore db upgrade)"
+            )
+        return UpgradeResult(state.current, state.head)
     if auto_upgrade is None:
         auto_upgrade = _auto_upgrade_default()
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(db_path)
     # Fast path without the lock: the usual case is an up-to-date catalog.
     if db_path.exists():
         state = schema_state(db_path)

@@ -39,6 +39,9 @@ from sqlalchemy.types import TypeDecorator
 from fedstore.catalog.records import (
     AnnouncementRecord,
     CheckpointRecord,
+    FailedClaimRecord,
+    FederationRoundRecord,
+    ManifestRecord,
     PeerRecord,
     PinRecord,
     RoundMetricRecord,
@@ -52,6 +55,9 @@ __all__ = [
     "Announcement",
     "Base",
     "Checkpoint",
+    "FailedClaim",
+    "FederationRound",
+    "Manifest",
     "Peer",
     "Pin",
     "RoundMetric",
@@ -73,6 +79,8 @@ NAMING_CONVENTION: dict[str, str] = {
 CHECKPOINT_STATUSES = ("ok", "missing", "corrupt")
 #: ``pins.state``.
 PIN_STATES = ("pending", "pinned", "failed")
+#: ``federation_rounds.status``: a global model built on, or refused.
+FEDERATION_ROUND_STATUSES = ("adopted", "refused")
 #: ``round_metrics.source``: combined trainer reports, the aggregator's
 #: evaluation, the strategy's own figures.
 METRIC_SOURCES = ("trainers", "evaluate", "strategy")
@@ -285,4 +293,121 @@ class RoundMetric(Base):
             name=self.name,
             value=self.value,
             recorded_at=self.recorded_at,
+        )
+
+
+class Manifest(Base):
+    """A signed federation manifest this node ran with (one row per manifest CID)."""
+
+    __tablename__ = "manifests"
+    __table_args__ = (UniqueConstraint("cid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cid: Mapped[str] = mapped_column(String(128), nullable=False)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    previous: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    members: Mapped[int] = mapped_column(Integer, nullable=False)
+    document: Mapped[str] = mapped_column(Text, nullable=False)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+
+    def to_record(self) -> ManifestRecord:
+        return ManifestRecord(
+            cid=self.cid,
+            name=self.name,
+            owner=self.owner,
+            previous=self.previous,
+            members=self.members,
+            document=self.document,
+            recorded_at=self.recorded_at,
+        )
+
+
+class FederationRound(Base):
+    """A global model of a federation run (manifest + session), adopted or refused here.
+
+    One row per (manifest, session, round, CID); recording it again replaces it.
+    """
+
+    __tablename__ = "federation_rounds"
+    __table_args__ = (
+        UniqueConstraint("manifest_cid", "session", "round", "cid"),
+        CheckConstraint("round >= 0", name="round_nonnegative"),
+        CheckConstraint("status IN ('adopted', 'refused')", name="status_valid"),
+        Index(None, "manifest_cid", "status", "round"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    manifest_cid: Mapped[str] = mapped_column(String(128), nullable=False)
+    session: Mapped[str] = mapped_column(String(64), nullable=False)
+    round: Mapped[int] = mapped_column(Integer, nullable=False)
+    cid: Mapped[str] = mapped_column(String(128), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    aggregator: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    how: Mapped[str] = mapped_column(String(16), nullable=False)
+    expected_cid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    participants: Mapped[int] = mapped_column(Integer, nullable=False)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: JSON object: updates and messages dropped in the round, by reason
+    rejections: Mapped[str | None] = mapped_column(Text, nullable=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+
+    def to_record(self) -> FederationRoundRecord:
+        try:
+            raw = json.loads(self.rejections) if self.rejections else {}
+            rejections = {str(k): int(v) for k, v in raw.items()}
+        except (ValueError, TypeError, AttributeError):
+            rejections = {}
+        return FederationRoundRecord(
+            manifest=self.manifest_cid,
+            session=self.session,
+            round=self.round,
+            cid=self.cid,
+            status=self.status,
+            aggregator=self.aggregator,
+            how=self.how,
+            expected=self.expected_cid,
+            participants=self.participants,
+            detail=self.detail or "",
+            rejections=rejections,
+            recorded_at=self.recorded_at,
+        )
+
+
+class FailedClaim(Base):
+    """A claim (round, CID) by *peer* that sync could not fetch from anyone.
+
+    One row per (round, CID, claiming peer); each further failed attempt bumps
+    ``attempts`` and ``last_failed_at``. Sync demotes and backs off from
+    these candidates and from peers with failed claims, across restarts
+    (:mod:`fedstore.p2p.sync`); rows older than the retention are pruned.
+    """
+
+    __tablename__ = "failed_claims"
+    __table_args__ = (
+        UniqueConstraint("round", "cid", "peer"),
+        CheckConstraint("round >= 0", name="round_nonnegative"),
+        CheckConstraint("attempts >= 1", name="attempts_positive"),
+        Index(None, "peer"),
+        Index(None, "last_failed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, nullable=False)
+    cid: Mapped[str] = mapped_column(String(128), nullable=False)
+    peer: Mapped[str] = mapped_column(String(128), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    def to_record(self) -> FailedClaimRecord:
+        return FailedClaimRecord(
+            round=self.round,
+            cid=self.cid,
+            peer=self.peer,
+            attempts=self.attempts,
+            first_failed_at=self.first_failed_at,
+            last_failed_at=self.last_failed_at,
+            last_error=self.last_error,
         )

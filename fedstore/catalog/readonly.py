@@ -34,8 +34,8 @@ import re
 import sqlite3
 import time
 from pathlib import Path
-from urllib.parse import quote
 
+from fedstore.catalog.engine import sqlite_uri
 from fedstore.catalog.records import QueryResult
 from fedstore.errors import CatalogError
 
@@ -184,7 +184,7 @@ def _verb(sql: str) -> str:
 
 
 def _ro_uri(db_path: Path) -> str:
-    return f"file:{quote(str(db_path.resolve()))}?mode=ro"
+    return sqlite_uri(db_path.resolve(), read_only=True)
 
 
 def copy_read_only(db_path: Path, dest: Path) -> None:

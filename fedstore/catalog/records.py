@@ -6,15 +6,18 @@ and to compare in tests. Timestamps are timezone-aware UTC.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 __all__ = [
     "AnnouncementRecord",
     "CheckpointRecord",
+    "FailedClaimRecord",
+    "FederationRoundRecord",
     "LatestAnnounced",
+    "ManifestRecord",
     "PeerRecord",
     "PinRecord",
     "QueryResult",
@@ -54,6 +57,19 @@ class AnnouncementRecord:
     received_at: datetime
     last_received_at: datetime
     times_heard: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailedClaimRecord:
+    """A claim of (round, CID) by *peer* that sync could not fetch, *attempts* times."""
+
+    round: int
+    cid: str
+    peer: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +138,45 @@ class RoundMetricRecord:
     name: str
     value: float
     recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    """A federation manifest this node ran with: a row of ``manifests``."""
+
+    cid: str
+    name: str
+    owner: str
+    previous: str | None
+    members: int
+    #: the signed manifest's bytes (canonical JSON), as stored under ``cid``
+    document: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FederationRoundRecord:
+    """A global model of a federation run as this node judged it: a row of ``federation_rounds``.
+
+    ``status`` is ``adopted`` (built on) or ``refused``; ``how`` says how it
+    was checked (``full``: recomputed from its signed updates, ``binding``:
+    verification off, ``own``: computed here, ``trusted``: read back from
+    this node's own store); ``expected`` is, for a refused model, the CID
+    recomputing the round gave.
+    """
+
+    manifest: str
+    session: str
+    round: int
+    cid: str
+    status: str
+    aggregator: str | None = None
+    how: str = "full"
+    expected: str | None = None
+    participants: int = 0
+    detail: str = ""
+    rejections: Mapping[str, int] = field(default_factory=dict)
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

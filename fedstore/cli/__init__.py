@@ -32,6 +32,7 @@ __all__ = ["main"]
 COMMAND_MODULES = [
     "fedstore.cli.demo_cmd",
     "fedstore.cli.node_cmd",
+    "fedstore.cli.federation_cmd",
     "fedstore.cli.checkpoint_cmd",
     "fedstore.cli.catalog_cmd",
     "fedstore.cli.db_cmd",

@@ -187,7 +187,7 @@ def cmd_rounds(args: argparse.Namespace) -> int:
     from fedstore.catalog import Catalog
 
     db = existing_catalog(data_dir(args))
-    with Catalog.open(db) as cat:
+    with Catalog.open(db, read_only=None) as cat:
         rows = cat.round_history(limit=args.limit)
     if args.json:
         for r in rows:

@@ -155,13 +155,18 @@ def _print_report(report: ReconcileReport) -> None:
         print(f"fedstore: reconcile: {line}", file=sys.stderr)
 
 
-def _open_store(args: argparse.Namespace, *, create: bool = False, **kw: object) -> LocalStore:
+def _open_store(
+    args: argparse.Namespace, *, create: bool = False, reads_only: bool = False, **kw: object
+) -> LocalStore:
+    """The store of ``--dir``; *reads_only* commands also work on a read-only directory."""
     from fedstore.store import LocalStore
 
     directory = data_dir(args)
     if not create:
         existing_catalog(directory)
-    return LocalStore(directory, **kw)  # type: ignore[arg-type]  # reconcile problems are logged
+    read_only = None if reads_only else False
+    # reconcile problems are logged
+    return LocalStore(directory, read_only=read_only, **kw)  # type: ignore[arg-type]
 
 
 def _console() -> Console:
@@ -219,7 +224,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():  # checked first: the write would fail naming its temp file instead
         raise ConfigError(f"cannot write {out}: it is a directory (give a file name)")
-    with _open_store(args) as store:
+    with _open_store(args, reads_only=True) as store:
         rec, data = store.read_verified(args.round)
     ckpt = fmt.decode(data)
     metadata = ckpt.metadata if out.suffix.lower() != ".npz" else None
@@ -252,7 +257,7 @@ def _record_json(r: CheckpointRecord) -> dict[str, object]:
 def cmd_ls(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    with _open_store(args) as store:
+    with _open_store(args, reads_only=True) as store:
         rows = store.list_checkpoints()
         latest = store.latest()
     if args.json:
@@ -306,7 +311,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from fedstore import format as fmt
 
-    with _open_store(args) as store:
+    with _open_store(args, reads_only=True) as store:
         rec, data = store.read_verified(args.round)
         path = store.dir / rec.path
     info = fmt.inspect(data)
@@ -348,7 +353,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with _open_store(args, verify_on_open=None) as store:
+    with _open_store(args, reads_only=True, verify_on_open=None) as store:
         report = store.reconcile("full")
     _print_report(report)
     print(

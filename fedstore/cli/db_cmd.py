@@ -1,4 +1,4 @@
-"""``fedstore db upgrade|current|history|schema``: the catalog's schema migrations."""
+"""``fedstore db upgrade|current|history|schema|rebuild``: the catalog's schema and recovery."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from fedstore.cli.checkpoint_cmd import add_dir_argument, data_dir, existing_catalog
+from fedstore.errors import CatalogError
 
 __all__ = ["register"]
 
@@ -63,6 +64,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_dir_argument(schema)
     schema.set_defaults(func=cmd_schema)
+
+    rebuild = cmds.add_parser(
+        "rebuild",
+        help="make a new catalog from the checkpoint files (after it was lost or emptied)",
+        description=(
+            "Record every file in --dir's rounds/ whose bytes match the CID in its name and "
+            "form a valid checkpoint, in a new catalog. The old catalog files are moved aside "
+            "(catalog.sqlite.lost-<time>), never deleted. Announcements, peers and pins "
+            "cannot be recovered. Refuses while a node runs on --dir, and replaces an intact "
+            "catalog only with --force."
+        ),
+    )
+    rebuild.add_argument(
+        "--force", action="store_true", help="rebuild even though the catalog is intact"
+    )
+    add_dir_argument(rebuild)
+    rebuild.set_defaults(func=cmd_rebuild)
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -121,3 +139,24 @@ def cmd_schema(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.write(migrate.dump_schema(existing_catalog(data_dir(args))))
     return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from fedstore.console import clean
+    from fedstore.store.rebuild import rebuild_catalog
+
+    directory = data_dir(args)
+    if not directory.is_dir():
+        raise CatalogError(f"no data directory at {directory}")
+    report = rebuild_catalog(directory, force=args.force)
+    for moved in report.moved:
+        print(f"moved aside: {clean(moved)}")
+    for rel, why in report.skipped:
+        print(f"skipped {clean(rel)}: {clean(why)}", file=sys.stderr)
+    rounds = ", ".join(str(r.round) for r in report.recorded) or "none"
+    print(
+        f"rebuilt catalog {clean(report.catalog)}: {len(report.recorded)} checkpoint(s) "
+        f"recorded (rounds {rounds}), {len(report.skipped)} file(s) skipped; announcements, "
+        "peers and pins are not recoverable"
+    )
+    return 1 if report.skipped else 0

@@ -397,6 +397,11 @@ async def _main(config: NodeConfig, out: Output, source: IO[str], prompt: bool) 
 
     failures = 0
     async with open_node(config, on_event=out.node_event, on_message=out.message) as node:
+        if config.federation:
+            from fedstore.federation.nodepeer import join_federation
+
+            membership = await join_federation(node)
+            out.event("FEDERATION", membership.cid)
         runner = CommandRunner(node, out)
         out.event("READY", node.peer_id)
         if not out.machine:
@@ -441,6 +446,7 @@ def run(args: argparse.Namespace) -> int:
         "FEDSTORE_BACKENDS": args.backends,
         "FEDSTORE_AUTO_SYNC": "true" if args.auto_sync else None,
         "FEDSTORE_REANNOUNCE_INTERVAL": args.reannounce,
+        "FEDSTORE_FEDERATION": args.federation,
     }
     config = load_node_config(flags, env_file=args.env_file, toml_file=args.config)
     # modules that read os.environ directly (catalog auto-upgrade, checkpoint size cap)
@@ -493,6 +499,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="peer to connect to at start (repeatable)",
     )
     p.add_argument("--backends", metavar="LIST", help="backend chain, e.g. kubo,filesystem")
+    p.add_argument(
+        "--federation",
+        metavar="FILE|CID",
+        help="federation manifest: take messages and heads from its members only",
+    )
     p.add_argument("--script", metavar="FILE", help="run the commands in FILE, then exit")
     p.add_argument(
         "--status", action="store_true", help="print KEY=value status lines even on a terminal"

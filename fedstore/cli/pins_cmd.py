@@ -85,7 +85,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from fedstore.config import load_settings
 
     settings = load_settings()
-    with Catalog.open(_catalog_path(args, settings)) as catalog:
+    with Catalog.open(_catalog_path(args, settings), read_only=None) as catalog:
         rows = catalog.pins(args.state)
     if args.json:
         for r in rows:

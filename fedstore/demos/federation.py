@@ -359,6 +359,11 @@ async def _main(args: argparse.Namespace) -> int:
         f"work dir {tmp}",
         highlight=False,
     )
+    console.print(
+        "membership: open (no manifest: any peer that connects could take part; "
+        "'fedstore federation init' makes one, see docs/FEDERATION.md)",
+        highlight=False,
+    )
     try:
         with trio.fail_after(args.timeout):
             if live_view:

@@ -53,7 +53,11 @@ def _read_line() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fedstore.demos.federation_worker")
-    p.add_argument("role", choices=["aggregator", "trainer"])
+    p.add_argument(
+        "role",
+        choices=["aggregator", "trainer", "member"],
+        help="member: both roles, in a federation with a manifest (--federation)",
+    )
     p.add_argument("--data-dir", required=True, help="this node's data directory")
     p.add_argument("--fs-root", help="shared root of the filesystem backend")
     p.add_argument("--backends", default="filesystem", help="comma-separated backend chain")
@@ -89,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--federation",
+        metavar="FILE|CID",
+        help="federation manifest: members only, verified aggregates (default: open)",
+    )
+    p.add_argument("--verify", choices=["full", "off"], default="full")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -125,9 +135,11 @@ async def _run(args: argparse.Namespace) -> int:
     from fedstore.federation.update_encoding import UpdateEncoding
     from fedstore.node import open_node
 
+    if args.role == "member" and not args.federation:
+        raise ConfigError("the member role needs a federation manifest (--federation)")
     strategy = (
         load_strategy(args.strategy, parse_settings(args.strategy_setting))
-        if args.role == "aggregator"
+        if args.role == "aggregator" and not args.federation
         else None
     )
     encoding = UpdateEncoding.parse(args.update_encoding)
@@ -160,6 +172,8 @@ async def _run(args: argparse.Namespace) -> int:
             }
         )
         peer = NodePeer(node)
+        if args.federation:
+            return await _run_member(args, node, task)
         if strategy is not None:
             meta = {
                 "fedstore.task": f"digits-{task.cfg.model_name}",
@@ -216,6 +230,52 @@ async def _run(args: argparse.Namespace) -> int:
             }
         )
         return 0 if tres.status == "complete" else 1
+
+
+async def _run_member(args: argparse.Namespace, node: Any, task: DigitsTask) -> int:
+    """This process's part in a federation with a manifest (its roles come from the manifest)."""
+    from fedstore.federation.member import MemberOptions, take_part
+    from fedstore.federation.nodepeer import NodePeer, join_federation
+
+    if args.bootstrap:
+        await node.wait_for_peers(1, timeout=30.0)
+    membership = await join_federation(node, args.federation)
+    peer = NodePeer(node)
+    roles = membership.manifest.roles_of(node.peer_id)
+    aggregates = "aggregator" in roles and args.role in ("aggregator", "member")
+    trains = "trainer" in roles and args.role in ("trainer", "member")
+    result = await take_part(
+        peer,
+        membership,
+        initial=task.initial_arrays() if aggregates else None,
+        train=task.trainer(args.index) if trains else None,
+        evaluate=task.evaluate if aggregates else None,
+        options=MemberOptions(verify=args.verify == "full", idle_timeout=args.idle_timeout),
+        metadata={
+            "fedstore.task": f"digits-{task.cfg.model_name}",
+            "fedstore.task_seed": str(task.cfg.seed),
+        },
+        inline_limit=min(peer.inline_limit, 1 << 20),
+        on_event=_event_sink,
+    )
+    head = await node.head()
+    _emit(
+        {
+            "event": "done",
+            "status": result.status,
+            "final_round": result.final_round,
+            "final_cid": result.final_cid,
+            "session": result.session,
+            "rounds_trained": list(result.rounds_trained),
+            "adopted": [list(a) for a in result.adopted],
+            "refused": [r.cid for r in result.refused],
+            "rejections": dict(result.rejections),
+            "dropped": dict(result.dropped),
+            "local_head": list(head) if head else None,
+            "reason": result.reason,
+        }
+    )
+    return 0 if result.status == "complete" else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

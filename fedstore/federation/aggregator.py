@@ -25,11 +25,19 @@ Round ``r``, as the aggregator runs it:
 4. After the last round it announces ``DONE`` with the final CID for
    ``linger`` seconds; trainers make sure they hold that checkpoint and stop.
 
-If the peer already knows a head (a restarted aggregator, or a network that
-ran before), the federation resumes from it, strategy state included (read
-from the head's metadata and state blob). Lost messages cost little: a
-trainer whose id is missing from a later ``ROUND`` announcement re-sends its
-update, and an identical re-sent update is recognised and ignored.
+If the peer holds a head locally (a restarted aggregator), the federation
+resumes from it, strategy state included (read from the head's metadata and
+state blob). The head is never taken from the network unless
+``settings.resume`` asks for it: a peer's claim is not this aggregator's
+history. Lost messages cost little: a trainer whose id is missing from a
+later ``ROUND`` announcement re-sends its update, and an identical re-sent
+update is recognised and ignored.
+
+Without a manifest this is an *open* federation: any peer that connects may
+send updates (a warning says so once). With ``settings.federation`` (a
+:class:`~fedstore.federation.membership.Membership`) the round protocol of
+:mod:`fedstore.federation.member` runs instead: members only, signed and
+verified aggregates, duty rotating among the aggregator-capable members.
 
 Progress is reported through an ``on_event`` callback with the dataclasses
 of :mod:`fedstore.federation.events`.
@@ -47,7 +55,7 @@ import numpy.typing as npt
 import trio
 
 from fedstore.errors import FedstoreError, FormatError, StrategyError
-from fedstore.federation.collect import Collector, collect_round
+from fedstore.federation.collect import Admission, Collector, collect_round
 from fedstore.federation.events import (
     EventSink,
     FederationResult,
@@ -91,10 +99,17 @@ from fedstore.federation.validation import (
     RoundValidator,
 )
 from fedstore.ipld import same_cid
+from fedstore.p2p.guard import DropCounters
 
-__all__ = ["EvaluateFn", "lead_rounds", "publish_round"]
+__all__ = ["OPEN_MODE_WARNING", "EvaluateFn", "lead_rounds", "publish_round"]
 
 log = logging.getLogger(__name__)
+
+#: said once when a federation runs without a manifest
+OPEN_MODE_WARNING = (
+    "open federation: no manifest, so any peer that connects may send updates and round "
+    "messages; run with --federation MANIFEST (FEDSTORE_FEDERATION) to admit members only"
+)
 
 NDArray = npt.NDArray[np.generic]
 #: ``evaluate(arrays) -> metrics`` of a global model (runs in a worker thread)
@@ -253,18 +268,30 @@ async def lead_rounds(
 ) -> FederationResult:
     """Run the federation's rounds as aggregator over ``peer``; see the module docstring.
 
-    If the peer already knows a head (a restarted aggregator, or a network
-    that ran before), the federation resumes from it: the head's arrays are
-    loaded by CID, the strategy's state from the head's metadata, and the
-    next round is ``head + 1``. Otherwise ``initial`` is saved as round 0.
+    If the peer holds a head locally (a restarted aggregator; with
+    ``settings.resume``, also one learned from the network), the federation
+    resumes from it: the head's arrays are loaded by CID, the strategy's
+    state from the head's metadata, and the next round is ``head + 1``.
+    Otherwise ``initial`` is saved as round 0. With ``settings.federation``
+    the members-only protocol of :mod:`fedstore.federation.member` runs.
     """
+    if settings.federation is not None:
+        from fedstore.federation.member import lead_federation
+
+        return await lead_federation(peer, initial, settings, evaluate=evaluate, on_event=on_event)
+    log.warning(OPEN_MODE_WARNING)
     strategy = settings.strategy
     spec = ModelSpec.of(initial)
     totals = RejectionCounter()
+    drops = DropCounters()
     history: list[RoundClosed] = []
     bytes_stored = 0
+    admission = Admission(
+        max_update_bytes=settings.max_update_bytes,
+        fetch_timeout=max(5.0, settings.round_timeout / 2),
+    )
     async with peer.messages() as inbox:
-        head = await peer.head()
+        head = await (peer.head() if settings.resume else peer.local_head())
         if head is None:
             rec = await peer.save_global(0, initial, {**settings.metadata, ROUND_KEY: "0"})
             base_round, base_cid = 0, rec.cid
@@ -292,18 +319,33 @@ async def lead_rounds(
             for attempt in range(1, settings.max_attempts + 1):
                 started = trio.current_time()
                 validator = RoundValidator(spec, rnd, totals=totals)
-                collector = Collector(peer, validator, base_cid, settings, on_event, base=base)
                 on_event(RoundOpened(rnd, attempt, base_cid, quorum, config))
-
-                await collect_round(
-                    peer,
-                    inbox,
-                    collector,
-                    _announcement(peer.peer_id, rnd, attempt, base_cid, quorum, validator, config),
-                    quorum,
-                    started + settings.round_timeout,
-                    settings.announce_interval,
-                )
+                # the updates still in work when the attempt ends are moot: cancelled
+                async with trio.open_nursery() as work:
+                    collector = Collector(
+                        peer,
+                        validator,
+                        base_cid,
+                        admission,
+                        on_event,
+                        work,
+                        drops=drops,
+                        base=base,
+                        encoding=settings.update_encoding,
+                    )
+                    await collect_round(
+                        peer,
+                        inbox,
+                        collector,
+                        _announcement(
+                            peer.peer_id, rnd, attempt, base_cid, quorum, validator, config
+                        ),
+                        quorum,
+                        started + settings.round_timeout,
+                        settings.announce_interval,
+                    )
+                    await collector.settle()
+                    work.cancel_scope.cancel()
                 got = len(validator.accepted)
                 if got < max(1, min(settings.min_updates, quorum)):
                     on_event(
@@ -370,14 +412,27 @@ async def lead_rounds(
                 )
                 await _announce_done(peer, rnd - 1, base_cid, "failed", reason, settings)
                 return FederationResult(
-                    "failed", rnd - 1, base_cid, tuple(history), dict(totals), reason
+                    "failed",
+                    rnd - 1,
+                    base_cid,
+                    tuple(history),
+                    dict(totals),
+                    reason,
+                    dropped=drops.snapshot(),
                 )
             history.append(closed)
             base_round, base_cid = rnd, closed.cid
             base, state = outcome.arrays, outcome.state
             rnd += 1
         await _announce_done(peer, base_round, base_cid, "complete", "", settings)
-    return FederationResult("complete", base_round, base_cid, tuple(history), dict(totals))
+    return FederationResult(
+        "complete",
+        base_round,
+        base_cid,
+        tuple(history),
+        dict(totals),
+        dropped=drops.snapshot(),
+    )
 
 
 async def _announce_done(

@@ -29,6 +29,17 @@ and any number of trainers, each on its own data::
 
     api.run_trainer(train, bootstrap=[addr], data_dir="trainer-1")
 
+**Members only.** Without a manifest a federation is *open*: any peer that
+connects may send updates (a warning says so). Give every node the
+federation's signed manifest (``federation="fed.json"`` or its CID, or the
+``FEDSTORE_FEDERATION`` setting; ``fedstore federation init`` makes one) and
+only its members take part: the manifest's strategy, rounds, quorum and
+round timeout apply (the corresponding arguments here are then ignored),
+aggregation duty rotates among its aggregator-capable members, and every
+member verifies every global model before adopting it (``verify=False`` /
+``FEDSTORE_VERIFY=off`` checks only what it is bound to). A member with both
+roles runs :func:`take_part` with both ``initial`` and ``train``.
+
 ``strategy`` is a registered name (``fedavg``, ``median``, ``trimmed-mean``,
 ``fedadam``, or any installed plugin's; ``strategy_settings`` are its
 settings, e.g. ``{"trim": 0.1}``) or a
@@ -52,6 +63,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
@@ -62,27 +74,39 @@ import trio
 
 from fedstore.errors import ConfigError
 from fedstore.federation.aggregator import EvaluateFn, lead_rounds
-from fedstore.federation.events import EventSink, FederationResult, TrainerResult, noop_sink
+from fedstore.federation.events import (
+    EventSink,
+    FederationResult,
+    MemberResult,
+    TrainerResult,
+    noop_sink,
+)
+from fedstore.federation.rounds import MemberOptions
 from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
 from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.registry import SettingValue, load_strategy
-from fedstore.federation.trainer import LegacyTrainFn, TrainFn, follow_rounds
+from fedstore.federation.trainer import LegacyTrainFn, TrainFn, as_train_fn, follow_rounds
 from fedstore.federation.update_encoding import UpdateEncoding
 
 if TYPE_CHECKING:
     from fedstore.config import NodeConfig
+    from fedstore.federation.membership import Membership
+    from fedstore.node import Node
 
 __all__ = [
     "EvaluateFn",
     "LegacyTrainFn",
+    "MemberOptions",
     "TorchTensor",
     "TrainFn",
     "aggregate",
     "arrays_from_state_dict",
     "make_node_config",
     "run_aggregator",
+    "run_member",
     "run_trainer",
     "state_dict_from_arrays",
+    "take_part",
     "train",
 ]
 
@@ -100,26 +124,97 @@ def make_node_config(
     backends: Sequence[str] | None = None,
     settings: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    federation: str | Path | None = None,
 ) -> NodeConfig:
     """A :class:`~fedstore.config.NodeConfig` from explicit values over the environment.
 
     Precedence as everywhere in fedstore: these arguments, then the
     environment (``environ``, default ``os.environ``), ``.env`` and
-    ``fedstore.toml``. ``settings`` adds variables (e.g. ``FEDSTORE_FS_ROOT``).
+    ``fedstore.toml``. ``settings`` adds variables at the arguments' rank
+    (e.g. ``FEDSTORE_FS_ROOT``, ``FEDSTORE_BACKENDS``, ``FEDSTORE_LISTEN``,
+    under their ``FEDSTORE_`` names or their aliases). A setting given both
+    as an argument (or twice in ``settings``, under a name and an alias)
+    with different values is a :class:`~fedstore.errors.ConfigError`, never
+    a silent choice.
     """
     from fedstore.config import load_node_config
 
-    flags: dict[str, str | None] = dict(settings or {})
-    flags.update(
-        {
-            "FEDSTORE_ROLE": role,
-            "CHECKPOINT_DIR": str(data_dir),
-            "BOOTSTRAP_ADDR": ",".join(bootstrap) if bootstrap else None,
-            "FEDSTORE_LISTEN": listen,
-            "FEDSTORE_BACKENDS": ",".join(backends) if backends else None,
-        }
-    )
+    explicit: dict[str, str | None] = {
+        "FEDSTORE_ROLE": role,
+        "FEDSTORE_DIR": str(data_dir),
+        "FEDSTORE_BOOTSTRAP": ",".join(bootstrap) if bootstrap else None,
+        "FEDSTORE_LISTEN": listen,
+        "FEDSTORE_BACKENDS": ",".join(backends) if backends else None,
+        "FEDSTORE_FEDERATION": str(federation) if federation is not None else None,
+    }
+    flags = _canonical_settings(settings or {})
+    for name, value in explicit.items():
+        if value is None:
+            continue
+        given = flags.get(name)
+        if given is not None and not _same_setting(name, given, value):
+            raise ConfigError(
+                f"{name} is given twice to make_node_config: {value!r} as an argument and "
+                f"{given!r} in settings; give it once"
+            )
+        flags[name] = value
     return load_node_config(flags, environ=environ)
+
+
+#: Settings whose value is a comma-separated list (compared item by item).
+_LIST_SETTINGS = frozenset({"FEDSTORE_BOOTSTRAP", "FEDSTORE_LISTEN", "FEDSTORE_BACKENDS"})
+
+
+def _canonical_settings(settings: Mapping[str, str]) -> dict[str, str | None]:
+    """*settings* with the core's aliases (``CHECKPOINT_DIR``...) under their canonical names."""
+    from fedstore.config import core_setting
+
+    out: dict[str, str | None] = {}
+    for key, value in settings.items():
+        try:
+            name = core_setting(key).name
+        except KeyError:
+            name = key
+        given = out.get(name)
+        if given is not None and not _same_setting(name, given, value):
+            raise ConfigError(
+                f"{name} is given twice in make_node_config's settings (once as {key}) with "
+                "different values; give it once"
+            )
+        out[name] = value
+    return out
+
+
+def _same_setting(name: str, a: str, b: str) -> bool:
+    if name in _LIST_SETTINGS:
+        return [p.strip() for p in a.split(",") if p.strip()] == [
+            p.strip() for p in b.split(",") if p.strip()
+        ]
+    if name == "FEDSTORE_ROLE":
+        return a.strip().lower() == b.strip().lower()
+    if name == "FEDSTORE_DIR":
+        return Path(a).expanduser() == Path(b).expanduser()
+    return a == b
+
+
+async def _membership(node: Node, federation: str | Path | Membership | None) -> Membership | None:
+    """The federation ``node`` takes part in: the argument, else its config; None: open."""
+    from fedstore.federation.membership import Membership
+    from fedstore.federation.nodepeer import join_federation
+
+    if isinstance(federation, Membership):
+        return await join_federation(node, federation)
+    source = str(federation) if federation is not None else node.config.federation
+    if not source:
+        return None
+    return await join_federation(node, source)
+
+
+def _options(options: MemberOptions | None, verify: bool | None, cfg: NodeConfig) -> MemberOptions:
+    from dataclasses import replace
+
+    opts = options or MemberOptions()
+    return replace(opts, verify=cfg.verify if verify is None else verify)
 
 
 def _quorum(q: int | str | QuorumSchedule) -> QuorumSchedule:
@@ -154,9 +249,19 @@ async def aggregate(
     on_event: EventSink = noop_sink,
     on_ready: Callable[[str], None] | None = None,
     metadata: Mapping[str, str] | None = None,
+    federation: str | Path | Membership | None = None,
+    verify: bool | None = None,
+    resume: bool = False,
+    options: MemberOptions | None = None,
     update_encoding: UpdateEncoding | str = "float32",
 ) -> FederationResult:
     """Run a node as the federation's aggregator (bootstrap role) for ``rounds`` rounds.
+
+    With a manifest (``federation``, or the node's ``FEDSTORE_FEDERATION``)
+    this member takes its share of aggregation duty under the manifest's
+    rules; ``verify`` (default: the node's ``FEDSTORE_VERIFY``) and
+    ``options`` tune it (:class:`MemberOptions`). ``resume`` lets it take the
+    federation's head from the network when it holds none itself.
 
     ``on_ready(multiaddr)`` is called once the node listens, with the
     address trainers should bootstrap from. ``quorum`` is a count, a
@@ -188,6 +293,16 @@ async def aggregate(
     )
     cfg = node or make_node_config(role="bootstrap", data_dir=data_dir, backends=backends)
     async with open_node(cfg) as n:
+        membership = await _membership(n, federation)
+        if membership is not None:
+            settings = replace(
+                settings,
+                resume=resume,
+                federation=membership,
+                member=replace(_options(options, verify, cfg), resume=resume),
+            )
+        else:
+            settings = replace(settings, resume=resume)
         if on_ready is not None:
             on_ready(n.addrs()[0])
         return await lead_rounds(
@@ -205,12 +320,20 @@ async def train(
     idle_timeout: float = 60.0,
     connect_timeout: float = 30.0,
     on_event: EventSink = noop_sink,
+    aggregator: str | None = None,
+    federation: str | Path | Membership | None = None,
+    verify: bool | None = None,
+    options: MemberOptions | None = None,
 ) -> TrainerResult:
     """Run a node as a trainer until the aggregator announces the end.
 
     Waits up to ``connect_timeout`` seconds for a first peer, syncs the
     network's head by CID, then runs ``train_fn(arrays, round, config)`` for
-    each round the aggregator opens.
+    each round the aggregator opens. ``aggregator`` (a peer id) pins an open
+    federation's aggregator: round messages from anyone else are ignored and
+    no head is taken from other peers. With a manifest (``federation``, or
+    the node's ``FEDSTORE_FEDERATION``) only its aggregator-capable members
+    are followed and every global model is verified before it is trained on.
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
@@ -222,11 +345,73 @@ async def train(
         raise ConfigError("a trainer needs at least one bootstrap address (the aggregator's)")
     async with open_node(cfg) as n:
         await n.wait_for_peers(1, timeout=connect_timeout)
+        membership = await _membership(n, federation)
         peer = NodePeer(n)
         settings = TrainerSettings(
-            idle_timeout=idle_timeout, inline_limit=min(peer.inline_limit, 1 << 20)
+            idle_timeout=idle_timeout,
+            inline_limit=min(peer.inline_limit, 1 << 20),
+            aggregator=aggregator,
+            federation=membership,
+            member=replace(_options(options, verify, cfg), idle_timeout=idle_timeout)
+            if membership is not None
+            else None,
         )
         return await follow_rounds(peer, train_fn, settings, on_event=on_event)
+
+
+async def take_part(
+    *,
+    federation: str | Path | Membership | None = None,
+    initial: Mapping[str, NDArray] | None = None,
+    train: TrainFn | LegacyTrainFn | None = None,
+    evaluate: EvaluateFn | None = None,
+    node: NodeConfig | None = None,
+    data_dir: str | Path = "checkpoints_member",
+    bootstrap: Sequence[str] = (),
+    backends: Sequence[str] | None = None,
+    verify: bool | None = None,
+    options: MemberOptions | None = None,
+    metadata: Mapping[str, str] | None = None,
+    on_event: EventSink = noop_sink,
+    on_ready: Callable[[str], None] | None = None,
+) -> MemberResult:
+    """Run a node as a member of a federation with a manifest, in every role it holds.
+
+    ``initial`` (starting weights) for aggregation duty, ``train`` for
+    training; a member with both roles usually gives both. Returns when the
+    member adopted the last round's model or gave up.
+    """
+    from fedstore.errors import ManifestError
+    from fedstore.federation.member import take_part as run_part
+    from fedstore.federation.nodepeer import NodePeer
+    from fedstore.node import open_node
+
+    cfg = node or make_node_config(
+        role="bootstrap" if not bootstrap else "trainer",
+        data_dir=data_dir,
+        bootstrap=bootstrap,
+        backends=backends,
+    )
+    async with open_node(cfg) as n:
+        if on_ready is not None:
+            on_ready(n.addrs()[0])
+        if cfg.bootstrap:
+            await n.wait_for_peers(1, timeout=30.0)
+        membership = await _membership(n, federation)
+        if membership is None:
+            raise ManifestError("take_part needs a federation manifest (federation=FILE|CID)")
+        peer = NodePeer(n)
+        return await run_part(
+            peer,
+            membership,
+            initial=initial,
+            train=as_train_fn(train) if train is not None else None,
+            evaluate=evaluate,
+            options=_options(options, verify, cfg),
+            metadata=metadata,
+            inline_limit=min(peer.inline_limit, 1 << 20),
+            on_event=on_event,
+        )
 
 
 def _blocking(fn: Callable[P, Awaitable[T]], name: str, doc: str) -> Callable[P, T]:
@@ -249,6 +434,15 @@ run_aggregator = _blocking(
     Returns the :class:`~fedstore.federation.events.FederationResult`. Not to
     be confused with :func:`fedstore.federation.aggregator.lead_rounds`, the
     round loop over a peer that this ends up running.
+    """,
+)
+
+run_member = _blocking(
+    take_part,
+    "run_member",
+    """Blocking :func:`take_part`: same parameters, runs its own trio loop until the end.
+
+    Returns the :class:`~fedstore.federation.events.MemberResult`.
     """,
 )
 

@@ -13,12 +13,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
+    "AggregationTakenOver",
     "Event",
     "EventSink",
     "FederationResult",
+    "MemberResult",
+    "ModelAdopted",
+    "ModelRefused",
     "RoundClosed",
     "RoundFailed",
     "RoundOpened",
+    "SessionJoined",
     "TrainerResult",
     "TrainerSynced",
     "TrainerUpdated",
@@ -69,6 +74,9 @@ class RoundClosed:
     trainer_metrics: Mapping[str, float] = field(default_factory=dict)
     #: the strategy's own figures for the round
     strategy_metrics: Mapping[str, float] = field(default_factory=dict)
+    #: who aggregated it (federations with a manifest), and whether it took the round over
+    aggregator: str = ""
+    takeover: bool = False
     kind: str = "round_closed"
 
 
@@ -102,7 +110,66 @@ class TrainerUpdated:
     kind: str = "trainer_updated"
 
 
-Event = RoundOpened | UpdateAccepted | RoundClosed | RoundFailed | TrainerSynced | TrainerUpdated
+@dataclass(frozen=True, slots=True)
+class SessionJoined:
+    """A member starts (``created``) or joins a federation run at ``round``'s model ``cid``."""
+
+    session: str
+    round: int
+    cid: str
+    created: bool
+    kind: str = "session_joined"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAdopted:
+    """A member adopts a round's global model, after checking it (``how``: full, binding, own)."""
+
+    round: int
+    cid: str
+    aggregator: str
+    how: str
+    #: seconds the check took (0 for a model this member computed)
+    seconds: float
+    participants: int
+    kind: str = "model_adopted"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRefused:
+    """A member refuses a round's global model: it is not the aggregate of its listed updates."""
+
+    round: int
+    cid: str
+    #: the CID recomputing the round gave (empty when it could not be recomputed)
+    expected: str
+    aggregator: str
+    reason: str
+    kind: str = "model_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationTakenOver:
+    """A standby aggregator aggregates a round the one before it did not deliver."""
+
+    round: int
+    position: int
+    replaced: str
+    kind: str = "aggregation_taken_over"
+
+
+Event = (
+    RoundOpened
+    | UpdateAccepted
+    | RoundClosed
+    | RoundFailed
+    | TrainerSynced
+    | TrainerUpdated
+    | SessionJoined
+    | ModelAdopted
+    | ModelRefused
+    | AggregationTakenOver
+)
 EventSink = Callable[[Event], None]
 
 
@@ -131,6 +198,9 @@ class FederationResult:
     history: tuple[RoundClosed, ...]
     rejections: Mapping[str, int]
     reason: str = ""
+    #: messages dropped before they could be updates, by ``topic:reason``
+    #: (e.g. ``fed-learn:foreign_control``: round control from another aggregator)
+    dropped: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,4 +209,24 @@ class TrainerResult:
     final_round: int
     final_cid: str
     rounds_trained: tuple[int, ...]
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberResult:
+    """How a member's part in a federation run (with a manifest) ended."""
+
+    status: str  # "complete" | "failed"
+    final_round: int
+    final_cid: str
+    session: str
+    #: rounds this member trained, and the rounds it aggregated (RoundClosed events)
+    rounds_trained: tuple[int, ...] = ()
+    history: tuple[RoundClosed, ...] = ()
+    #: (round, cid, aggregator, how) of each global model adopted, in order
+    adopted: tuple[tuple[int, str, str, str], ...] = ()
+    refused: tuple[ModelRefused, ...] = ()
+    #: updates refused while aggregating, and messages dropped, by reason
+    rejections: Mapping[str, int] = field(default_factory=dict)
+    dropped: Mapping[str, int] = field(default_factory=dict)
     reason: str = ""

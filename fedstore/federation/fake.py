@@ -20,6 +20,8 @@ import numpy.typing as npt
 import trio
 
 from fedstore.errors import NotFoundError, SizeLimitError
+from fedstore.federation.ledger import MemoryLedger
+from fedstore.federation.signing import KeySigner
 from fedstore.federation.transport import GlobalModel, RoundMetrics, SavedModel
 
 __all__ = ["FakeNetwork", "FakePeer"]
@@ -54,8 +56,31 @@ class FakeNetwork:
         default_factory=dict
     )
 
+    #: per peer id: its signer (signing peers) and its ledger (survives a "restart")
+    signers: dict[str, KeySigner] = field(default_factory=dict)
+    ledgers: dict[str, MemoryLedger] = field(default_factory=dict)
+    #: per peer id: what it keeps locally across restarts (round -> (cid, data))
+    kept: dict[str, dict[int, tuple[str, bytes]]] = field(default_factory=dict)
+
     def peer(self, peer_id: str) -> FakePeer:
         return FakePeer(self, peer_id)
+
+    def signing_peer(self, signer: KeySigner | None = None) -> FakePeer:
+        """A peer with a real Ed25519 identity (federations with a manifest need one).
+
+        Passing the signer of an earlier peer "restarts" it: same id, same
+        ledger and kept checkpoints, a fresh inbox.
+        """
+        if signer is None:
+            from libp2p.crypto.ed25519 import create_new_key_pair
+
+            signer = KeySigner(create_new_key_pair())
+        self.signers[signer.peer_id] = signer
+        return FakePeer(self, signer.peer_id)
+
+    def subscribed(self) -> set[str]:
+        """Peers with an open inbox."""
+        return {p for p, chans in self._subscribers.items() if chans}
 
     def deliver(self, sender: str, data: bytes) -> None:
         self.published += 1
@@ -116,6 +141,7 @@ class FakePeer:
         self.local[cid] = data
         self.network.blobs[cid] = data
         self.network.announced.append((round, cid))
+        self.network.kept.setdefault(self._peer_id, {})[round] = (cid, data)
         rec = SavedModel(round, cid, len(data))
         self.saved.append(rec)
         return rec
@@ -160,3 +186,40 @@ class FakePeer:
     async def record_round(self, metrics: RoundMetrics) -> None:
         await trio.lowlevel.checkpoint()
         self.recorded.append(metrics)
+
+    async def local_head(self) -> tuple[int, str] | None:
+        await trio.lowlevel.checkpoint()
+        kept = self.network.kept.get(self._peer_id, {})
+        return max((r, c) for r, (c, _) in kept.items()) if kept else None
+
+    async def fetch_global(self, cid: str) -> bytes:
+        data = self.local.get(cid)
+        if data is not None:
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.get_blob(cid, max_size=1 << 30)
+
+    async def keep_global(self, round: int, cid: str, data: bytes) -> None:
+        from fedstore.ipld.cid import verify_bytes
+
+        await trio.to_thread.run_sync(verify_bytes, cid, data)
+        self.local[cid] = data
+        self.network.blobs.setdefault(cid, data)
+        self.network.kept.setdefault(self._peer_id, {})[round] = (cid, data)
+
+    def present(self) -> set[str]:
+        return self.network.subscribed() - {self._peer_id}
+
+    @property
+    def signer(self) -> KeySigner:
+        signer = self.network.signers.get(self._peer_id)
+        if signer is None:
+            raise ValueError(f"fake peer {self._peer_id} has no key: use network.signing_peer()")
+        return signer
+
+    @property
+    def ledger(self) -> MemoryLedger:
+        return self.network.ledgers.setdefault(self._peer_id, MemoryLedger())
+
+    def drop_counts(self) -> Mapping[str, int]:
+        return {}

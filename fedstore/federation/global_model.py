@@ -18,6 +18,14 @@ Metadata of a global checkpoint (all values strings)::
                               {"values": {...}, "arrays": CID, "size": bytes}
     fedstore.round_config     canonical JSON of the config sent to trainers (if any)
 
+and, in a federation with a manifest (:class:`Binding`)::
+
+    fedstore.manifest         the manifest's CID
+    fedstore.session          the run's session id
+    fedstore.updates          canonical JSON list of [sender, payload CID, num_samples,
+                              sender's signature (, lossy encoding)] per aggregated
+                              update, sorted by sender
+
 plus the caller's own extra keys (``AggregatorSettings.metadata``). State
 arrays live in a separate checkpoint-format blob (:func:`encode_state`)
 stored through the backend chain under the CIDv1 the metadata names, so a
@@ -48,6 +56,12 @@ from fedstore.federation.validation import ModelSpec
 __all__ = [
     "BASE_CID_KEY",
     "CONFIG_KEY",
+    "MANIFEST_KEY",
+    "OWN_KEYS",
+    "SESSION_KEY",
+    "UPDATES_KEY",
+    "Binding",
+    "UpdateRef",
     "PARTICIPANTS_KEY",
     "ROUND_KEY",
     "SAMPLES_KEY",
@@ -63,6 +77,8 @@ __all__ = [
     "encode_global",
     "encode_state",
     "read_strategy_record",
+    "read_update_refs",
+    "round_zero_metadata",
 ]
 
 ROUND_KEY = "fedstore.round"
@@ -73,6 +89,25 @@ STRATEGY_KEY = "fedstore.strategy"
 SETTINGS_KEY = "fedstore.strategy.settings"
 STATE_KEY = "fedstore.strategy.state"
 CONFIG_KEY = "fedstore.round_config"
+MANIFEST_KEY = "fedstore.manifest"
+SESSION_KEY = "fedstore.session"
+UPDATES_KEY = "fedstore.updates"
+#: every key :func:`aggregate_round` writes itself (the rest are the caller's extras)
+OWN_KEYS = frozenset(
+    {
+        ROUND_KEY,
+        BASE_CID_KEY,
+        PARTICIPANTS_KEY,
+        SAMPLES_KEY,
+        STRATEGY_KEY,
+        SETTINGS_KEY,
+        STATE_KEY,
+        CONFIG_KEY,
+        MANIFEST_KEY,
+        SESSION_KEY,
+        UPDATES_KEY,
+    }
+)
 #: checkpoints written before strategies had their own key named them here
 _LEGACY_STRATEGY_KEY = "fedstore.aggregator"
 #: state blobs are addressed by CIDv1, like every blob the federation stores
@@ -85,6 +120,68 @@ def canonical_json(value: Mapping[str, object]) -> str:
     return json.dumps(
         dict(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The federation (manifest CID) and run (session id) a global model belongs to."""
+
+    manifest: str
+    session: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRef:
+    """How a global checkpoint lists one aggregated update: enough to fetch and check it."""
+
+    sender: str
+    payload_cid: str
+    num_samples: int
+    #: the sender's signature over its update claim, base64
+    sig: str
+    #: the payload's lossy encoding relative to the base model (None: float32 checkpoint)
+    encoding: str | None = None
+
+    def entry(self) -> list[object]:
+        entry: list[object] = [self.sender, self.payload_cid, self.num_samples, self.sig]
+        if self.encoding is not None:
+            entry.append(self.encoding)
+        return entry
+
+
+def round_zero_metadata(binding: Binding | None, extra: Mapping[str, str]) -> dict[str, str]:
+    """The metadata of a federation's starting checkpoint (round 0)."""
+    meta = dict(extra)
+    meta[ROUND_KEY] = "0"
+    if binding is not None:
+        meta[MANIFEST_KEY] = binding.manifest
+        meta[SESSION_KEY] = binding.session
+    return meta
+
+
+def read_update_refs(metadata: Mapping[str, str]) -> list[UpdateRef]:
+    """The updates a federated global checkpoint lists (FormatError if malformed)."""
+    text = metadata.get(UPDATES_KEY)
+    if text is None:
+        raise FormatError(f"checkpoint metadata has no {UPDATES_KEY}")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise FormatError(f"checkpoint metadata {UPDATES_KEY} is not JSON: {exc}") from exc
+    if not isinstance(value, list) or not value or len(value) > 100_000:
+        raise FormatError(f"checkpoint metadata {UPDATES_KEY} is not a non-empty list")
+    refs: list[UpdateRef] = []
+    for entry in value:
+        if (
+            not isinstance(entry, list)
+            or len(entry) not in (4, 5)
+            or not all(isinstance(x, str) for x in (entry[0], entry[1], entry[3], *entry[4:]))
+            or isinstance(entry[2], bool)
+            or not isinstance(entry[2], int)
+        ):
+            raise FormatError(f"checkpoint metadata {UPDATES_KEY}: bad entry {entry!r:.120}")
+        refs.append(UpdateRef(entry[0], entry[1], entry[2], entry[3], *entry[4:]))
+    return refs
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +305,10 @@ def _metadata(
     state: StrategyState,
     state_ref: tuple[str, int] | None,
     extra: Mapping[str, str],
+    binding: Binding | None,
+    refs: Mapping[str, UpdateRef] | None,
 ) -> dict[str, str]:
-    meta = dict(extra)
+    meta = {k: v for k, v in extra.items() if k not in OWN_KEYS}
     meta.update(
         {
             STRATEGY_KEY: strategy.name,
@@ -229,6 +328,19 @@ def _metadata(
         if state_ref is not None:
             doc["arrays"], doc["size"] = state_ref
         meta[STATE_KEY] = canonical_json(doc)
+    if binding is not None:
+        if refs is None:
+            raise ValueError("a federated round lists its updates: pass refs")
+        missing = [u.sender for u in updates if u.sender not in refs]
+        if missing:
+            raise ValueError(f"no update reference for {', '.join(missing)}")
+        meta[MANIFEST_KEY] = binding.manifest
+        meta[SESSION_KEY] = binding.session
+        meta[UPDATES_KEY] = json.dumps(
+            [refs[u.sender].entry() for u in sorted(updates, key=lambda u: u.sender)],
+            separators=(",", ":"),
+            ensure_ascii=True,
+        )
     return meta
 
 
@@ -240,10 +352,14 @@ def aggregate_round(
     *,
     config: RoundConfig | None = None,
     extra: Mapping[str, str] | None = None,
+    binding: Binding | None = None,
+    refs: Mapping[str, UpdateRef] | None = None,
 ) -> RoundOutcome:
     """Aggregate one round with ``strategy``: arrays, metadata, metrics, state. Deterministic.
 
     ``config`` is what the trainers were sent (recorded in the metadata).
+    In a federation with a manifest, ``binding`` names it and the run, and
+    ``refs`` (by sender) how each update is listed in the checkpoint.
     The strategy's arrays are checked against the base model (names, shapes,
     dtypes, finite values): a strategy breaking that contract raises
     :class:`~fedstore.errors.StrategyError` rather than publishing a model no
@@ -274,6 +390,8 @@ def aggregate_round(
         state,
         None if cid is None or blob is None else (cid, len(blob)),
         extra or {},
+        binding,
+        refs,
     )
     return RoundOutcome(
         arrays=dict(result.arrays),

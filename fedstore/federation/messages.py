@@ -32,6 +32,21 @@ depends on the kind. Three kinds exist:
 ``DONE`` (aggregator -> trainers)
     the federation ended at ``round`` with global model ``cid``;
     ``status`` is ``complete`` or ``failed`` (then ``reason`` says why).
+``RESULT`` (aggregator -> members; federations with a manifest only)
+    ``aggregator`` computed (or, leaderless, endorses) global model ``cid``
+    for ``round`` from base ``base_cid`` with ``participants`` updates.
+
+In a federation with a manifest (:mod:`fedstore.federation.manifest`) every
+message also carries ``federation`` (the manifest's CID) and ``session``
+(32 hex digits naming the run), so nothing from another federation or an
+earlier run is taken for this one. Then an ``UPDATE`` also carries
+``payload_cid`` (the CIDv1 of its tensor payload, inline or by reference)
+and ``sig``: the sender's Ed25519 signature over its update claim
+(:func:`update_claim`), which lets any member check an update listed in a
+global checkpoint without having heard it; a ``ROUND`` carries
+``deadline_at`` (the deadline as Unix time, so every member agrees on it)
+and ``position`` (the sender's place in the round's duty order); a ``DONE``
+carries ``at`` (Unix time it was sent: an old one replayed is stale).
 
 Parsing is strict and bounded: sizes are checked before anything is
 decoded, duplicate or unknown JSON keys, wrong types, out-of-range numbers,
@@ -60,6 +75,7 @@ from fedstore.rounds import MAX_ROUND
 
 __all__ = [
     "DEFAULT_INLINE_LIMIT",
+    "FEDERATED_VERSION",
     "MAGIC",
     "MAX_CONFIG",
     "MAX_CONFIG_TEXT",
@@ -72,8 +88,11 @@ __all__ = [
     "MessageError",
     "MessageKind",
     "RoundOpen",
+    "RoundResult",
     "UpdateMessage",
     "check_config",
+    "check_session",
+    "update_claim",
     "decode_message",
     "decode_tensors",
     "encode_tensors",
@@ -98,6 +117,11 @@ _PREFIX = struct.Struct(">4sBBH")
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 METRIC_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _CID_RE = re.compile(r"[A-Za-z0-9]{1,200}")
+_SESSION_RE = re.compile(r"[0-9a-f]{32}")
+#: Unix times in messages must lie in this range (years 2001-2286)
+_MIN_TIME, _MAX_TIME = 1e9, 1e10
+#: the marker of federated messages (federation + session) in docs and errors
+FEDERATED_VERSION = 1
 #: syntax of an update's ``encoding`` (its meaning: fedstore.federation.update_codec)
 _ENCODING_RE = re.compile(r"[a-z0-9]{1,16}(?::[0-9a-z.+-]{1,24})?")
 
@@ -114,6 +138,7 @@ class MessageKind(IntEnum):
     UPDATE = 1
     ROUND = 2
     DONE = 3
+    RESULT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +155,32 @@ class UpdateMessage:
     metrics: Mapping[str, float] = field(default_factory=dict)
     #: lossy encoding of the payload relative to ``base_cid``; None: a float32 checkpoint
     encoding: str | None = None
+    #: manifest CID and session (federations with a manifest; both or neither)
+    federation: str | None = None
+    session: str | None = None
+    #: CIDv1 of the tensor payload, and the sender's signature of the claim (base64)
+    payload_cid: str | None = None
+    sig: str | None = None
+
+    def claim(self) -> bytes:
+        """The statement :attr:`sig` signs (:func:`update_claim`); federated updates only."""
+        if (
+            self.federation is None
+            or self.session is None
+            or self.base_cid is None
+            or self.payload_cid is None
+        ):
+            raise MessageError("only a federated update with base and payload CIDs has a claim")
+        return update_claim(
+            self.federation,
+            self.session,
+            self.round,
+            self.base_cid,
+            self.sender,
+            self.num_samples,
+            self.payload_cid,
+            self.encoding,
+        )
 
     def encode(self) -> bytes:
         header: dict[str, Any] = {
@@ -137,6 +188,11 @@ class UpdateMessage:
             "sender": self.sender,
             "num_samples": self.num_samples,
         }
+        _bind(header, self.federation, self.session)
+        if self.payload_cid is not None:
+            header["payload_cid"] = self.payload_cid
+        if self.sig is not None:
+            header["sig"] = self.sig
         if self.encoding is not None:
             if self.base_cid is None:
                 raise MessageError("an encoded update names the base_cid it is relative to")
@@ -169,6 +225,11 @@ class RoundOpen:
     received: tuple[str, ...] = ()
     #: the strategy's config for this round (``train(arrays, round, config)``)
     config: Mapping[str, str | int | float] = field(default_factory=dict)
+    federation: str | None = None
+    session: str | None = None
+    #: the deadline as Unix time, and the sender's place in the duty order (federated)
+    deadline_at: float | None = None
+    position: int | None = None
 
     def encode(self) -> bytes:
         header: dict[str, Any] = {
@@ -181,6 +242,11 @@ class RoundOpen:
             "attempt": self.attempt,
             "received": sorted(self.received),
         }
+        _bind(header, self.federation, self.session)
+        if self.deadline_at is not None:
+            header["deadline_at"] = round(float(self.deadline_at), 3)
+        if self.position is not None:
+            header["position"] = self.position
         if self.config:
             header["config"] = check_config(self.config)
         return _encode(MessageKind.ROUND, header, b"")
@@ -195,19 +261,94 @@ class Done:
     aggregator: str
     status: str = "complete"
     reason: str = ""
+    federation: str | None = None
+    session: str | None = None
+    #: Unix time it was sent (federated)
+    at: float | None = None
 
     def encode(self) -> bytes:
-        header = {
+        header: dict[str, Any] = {
             "round": self.round,
             "cid": self.cid,
             "aggregator": self.aggregator,
             "status": self.status,
             "reason": self.reason,
         }
+        _bind(header, self.federation, self.session)
+        if self.at is not None:
+            header["at"] = round(float(self.at), 3)
         return _encode(MessageKind.DONE, header, b"")
 
 
-Message = UpdateMessage | RoundOpen | Done
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """An aggregator's global model for a round (federated): computed or endorsed."""
+
+    round: int
+    cid: str
+    base_cid: str
+    aggregator: str
+    participants: int
+    federation: str
+    session: str
+
+    def encode(self) -> bytes:
+        header: dict[str, Any] = {
+            "round": self.round,
+            "cid": self.cid,
+            "base_cid": self.base_cid,
+            "aggregator": self.aggregator,
+            "participants": self.participants,
+        }
+        _bind(header, self.federation, self.session)
+        return _encode(MessageKind.RESULT, header, b"")
+
+
+Message = UpdateMessage | RoundOpen | Done | RoundResult
+
+
+def update_claim(
+    federation: str,
+    session: str,
+    round: int,
+    base_cid: str,
+    sender: str,
+    num_samples: int,
+    payload_cid: str,
+    encoding: str | None = None,
+) -> bytes:
+    """The canonical statement a trainer signs for its update (domain ``fedstore/update/v1``).
+
+    It binds the update to the federation, the run, the round and the base
+    model it was trained from, and names the tensors by CID and how they are
+    encoded (``float32``, or a lossy encoding relative to the base), so the
+    signature stays checkable after the message is gone (the global
+    checkpoint lists each update's sender, payload CID, samples, sig and
+    encoding).
+    """
+    return json.dumps(
+        {
+            "base": base_cid,
+            "encoding": encoding or "float32",
+            "federation": federation,
+            "num_samples": num_samples,
+            "payload": payload_cid,
+            "round": round,
+            "sender": sender,
+            "session": session,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    ).encode("ascii")
+
+
+def _bind(header: dict[str, Any], federation: str | None, session: str | None) -> None:
+    if (federation is None) != (session is None):
+        raise MessageError("federation and session go together")
+    if federation is not None:
+        header["federation"] = federation
+        header["session"] = session
 
 
 def _encode(kind: MessageKind, header: Mapping[str, Any], payload: bytes) -> bytes:
@@ -378,14 +519,51 @@ def decode_message(data: bytes) -> Message:
         raise MessageError(f"{kind.name} messages carry no payload")
     if kind is MessageKind.ROUND:
         return _decode_round(header)
+    if kind is MessageKind.RESULT:
+        return _decode_result(header)
     return _decode_done(header)
+
+
+_BINDING = {"federation", "session"}
+
+
+def check_session(value: object, key: str = "session") -> str:
+    """``value`` if it is a session id (32 lowercase hex digits); MessageError otherwise."""
+    if not isinstance(value, str) or not _SESSION_RE.fullmatch(value):
+        raise MessageError(f"{key} is not a session id: {value!r:.40}", reason="bad_session")
+    return value
+
+
+def _binding(
+    h: Mapping[str, Any], needs: set[str], also: frozenset[str] = frozenset()
+) -> tuple[str | None, str | None]:
+    """The (federation, session) of a header; federated headers must have ``needs | also``.
+
+    ``needs`` are keys only federated messages may carry; ``also`` keys open
+    ones may carry too.
+    """
+    if ("federation" in h) != ("session" in h):
+        raise MessageError("federation and session go together")
+    if "federation" not in h:
+        present = sorted(needs & h.keys())
+        if present:
+            raise MessageError(f"{', '.join(present)} only go with federation and session")
+        return None, None
+    missing = (needs | also) - h.keys()
+    if missing:
+        raise MessageError(f"federated message lacks {', '.join(sorted(missing))}")
+    return check_cid(h["federation"], "federation"), check_session(h["session"])
+
+
+def _time(h: Mapping[str, Any], key: str) -> float:
+    return _float(h, key, _MIN_TIME, _MAX_TIME)
 
 
 def _decode_update(h: dict[str, Any], payload: bytes) -> UpdateMessage:
     _keys(
         h,
         {"round", "sender", "num_samples"},
-        {"metrics", "base_cid", "cid", "size", "encoding"},
+        {"metrics", "base_cid", "cid", "size", "encoding", "payload_cid", "sig"} | _BINDING,
     )
     rnd = _int(h, "round", 1, MAX_ROUND)
     sender = _peer_id(h, "sender")
@@ -395,6 +573,12 @@ def _decode_update(h: dict[str, Any], payload: bytes) -> UpdateMessage:
     encoding = _encoding(h["encoding"]) if "encoding" in h else None
     if encoding is not None and base is None:
         raise MessageError("an encoded update must name its base_cid", reason="bad_encoding")
+    federation, session = _binding(h, {"payload_cid", "sig"}, frozenset({"base_cid"}))
+    payload_cid = check_cid(h["payload_cid"], "payload_cid") if federation else None
+    sig = h.get("sig") if federation else None
+    if federation and (not isinstance(sig, str) or len(sig) != 88):
+        raise MessageError("sig must be a base64 Ed25519 signature", reason="bad_signature")
+    bound = {"federation": federation, "session": session, "payload_cid": payload_cid, "sig": sig}
     if ("cid" in h) != ("size" in h):
         raise MessageError("cid and size go together")
     if "cid" in h:
@@ -402,10 +586,12 @@ def _decode_update(h: dict[str, Any], payload: bytes) -> UpdateMessage:
             raise MessageError("an update by CID must not carry an inline payload")
         cid = check_cid(h["cid"])
         size = _int(h, "size", 1, MAX_REFERENCED_BYTES)
-        return UpdateMessage(rnd, sender, n, b"", cid, size, base, metrics, encoding)
+        if federation and cid != payload_cid:
+            raise MessageError("an update by CID names its payload by that CID")
+        return UpdateMessage(rnd, sender, n, b"", cid, size, base, metrics, encoding, **bound)
     if not payload:
         raise MessageError("inline update without payload")
-    return UpdateMessage(rnd, sender, n, payload, None, 0, base, metrics, encoding)
+    return UpdateMessage(rnd, sender, n, payload, None, 0, base, metrics, encoding, **bound)
 
 
 def _encoding(v: object) -> str:
@@ -427,8 +613,9 @@ def _decode_round(h: dict[str, Any]) -> RoundOpen:
             "attempt",
             "received",
         },
-        {"config"},
+        {"config", "deadline_at", "position"} | _BINDING,
     )
+    federation, session = _binding(h, {"deadline_at", "position"})
     rnd = _int(h, "round", 1, MAX_ROUND)
     base_round = _int(h, "base_round", 0, rnd - 1)
     received = h["received"]
@@ -445,11 +632,31 @@ def _decode_round(h: dict[str, Any]) -> RoundOpen:
         attempt=_int(h, "attempt", 1, 1_000_000),
         received=ids,
         config=check_config(h["config"]) if "config" in h else {},
+        federation=federation,
+        session=session,
+        deadline_at=_time(h, "deadline_at") if federation else None,
+        position=_int(h, "position", 0, 1_000_000) if federation else None,
+    )
+
+
+def _decode_result(h: dict[str, Any]) -> RoundResult:
+    _keys(h, {"round", "cid", "base_cid", "aggregator", "participants"} | _BINDING, set())
+    federation, session = _binding(h, set())
+    assert federation is not None and session is not None
+    return RoundResult(
+        round=_int(h, "round", 1, MAX_ROUND),
+        cid=check_cid(h["cid"]),
+        base_cid=check_cid(h["base_cid"], "base_cid"),
+        aggregator=_peer_id(h, "aggregator"),
+        participants=_int(h, "participants", 1, 1_000_000),
+        federation=federation,
+        session=session,
     )
 
 
 def _decode_done(h: dict[str, Any]) -> Done:
-    _keys(h, {"round", "cid", "aggregator", "status", "reason"}, set())
+    _keys(h, {"round", "cid", "aggregator", "status", "reason"}, {"at"} | _BINDING)
+    federation, session = _binding(h, {"at"})
     status = h["status"]
     if status not in ("complete", "failed"):
         raise MessageError(f"unknown status {status!r:.40}")
@@ -462,6 +669,9 @@ def _decode_done(h: dict[str, Any]) -> Done:
         aggregator=_peer_id(h, "aggregator"),
         status=status,
         reason=reason,
+        federation=federation,
+        session=session,
+        at=_time(h, "at") if federation else None,
     )
 
 

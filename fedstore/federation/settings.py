@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fedstore.federation.messages import DEFAULT_INLINE_LIMIT
 from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.builtin import FedAvg
 from fedstore.federation.update_encoding import FLOAT32, UpdateEncoding
+
+if TYPE_CHECKING:
+    from fedstore.federation.member import MemberOptions
+    from fedstore.federation.membership import Membership
 
 __all__ = ["AggregatorSettings", "QuorumSchedule", "TrainerSettings"]
 
@@ -68,6 +73,13 @@ class AggregatorSettings:
     linger: float = 1.5
     #: extra, deterministic metadata stored with every global checkpoint
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: take the head from the network if none is held locally (explicit resume)
+    resume: bool = False
+    #: run members-only under this manifest (strategy, rounds, quorum and
+    #: round timeout then come from the manifest; see fedstore.federation.member)
+    federation: Membership | None = None
+    #: the members-only protocol's own options (verification, fault hooks, ...)
+    member: MemberOptions | None = None
     #: how trainers encode their updates (sent in every ROUND's config when lossy);
     #: float32 updates are accepted whatever this says
     update_encoding: UpdateEncoding = FLOAT32
@@ -84,5 +96,9 @@ class TrainerSettings:
     aggregator: str | None = None
     #: seconds after sending before a missing acknowledgement triggers a re-send
     resend_after: float = 1.5
+    #: run members-only under this manifest: follow only its aggregators,
+    #: verify every global model (see fedstore.federation.member)
+    federation: Membership | None = None
+    member: MemberOptions | None = None
     #: with a lossy update encoding, carry what it dropped into the next update
     error_feedback: bool = True

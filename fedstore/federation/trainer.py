@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from fedstore.errors import FedstoreError
 from fedstore.federation.events import (
     EventSink,
     TrainerResult,
@@ -43,6 +44,7 @@ from fedstore.federation.messages import (
     Done,
     MessageError,
     RoundOpen,
+    RoundResult,
     UpdateMessage,
     decode_message,
     encode_tensors,
@@ -52,8 +54,16 @@ from fedstore.federation.strategies.base import RoundConfig
 from fedstore.federation.transport import Arrays, FederationPeer
 from fedstore.federation.update_codec import UpdateEncoder
 from fedstore.federation.update_encoding import split_round_config
+from fedstore.p2p.guard import DropCounters
 
-__all__ = ["LegacyTrainFn", "TrainFn", "TrainOutput", "as_train_fn", "follow_rounds"]
+__all__ = [
+    "LegacyTrainFn",
+    "TrainFn",
+    "TrainOutput",
+    "as_train_fn",
+    "clean_metrics",
+    "follow_rounds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,19 +140,32 @@ async def follow_rounds(
     """
     train_fn = as_train_fn(train)
     settings = settings or TrainerSettings()
+    if settings.federation is not None:
+        from fedstore.federation.member import follow_federation
+
+        return await follow_federation(peer, train_fn, settings, on_event=on_event)
+    from fedstore.federation.aggregator import OPEN_MODE_WARNING
+
+    log.warning(OPEN_MODE_WARNING)
     me = peer.peer_id
     aggregator = settings.aggregator
     trained: list[int] = []
     current: tuple[int, str] | None = None
     arrays: Arrays | None = None
     last: tuple[int, bytes, float, int] | None = None  # round, message, sent at, attempt
+    failures = DropCounters()
     encoder: UpdateEncoder | None = None  # the lossy encoding in use and its residuals
     async with peer.messages() as inbox:
-        head = await peer.head()
+        # a trainer pinned to its aggregator takes no head from other peers: it
+        # learns the base of each round from its aggregator's ROUND
+        head = await (peer.local_head() if aggregator is not None else peer.head())
         if head is not None:
-            arrays = (await peer.load_global(*head)).arrays
-            current = head
-            on_event(TrainerSynced(*head))
+            try:
+                arrays = (await peer.load_global(*head)).arrays
+                current = head
+                on_event(TrainerSynced(*head))
+            except FedstoreError as exc:
+                log.warning("cannot load the head (round %d, %s): %s", head[0], head[1], exc)
         while True:
             with trio.move_on_after(settings.idle_timeout) as idle:
                 sender, data = await inbox.receive()
@@ -162,8 +185,8 @@ async def follow_rounds(
             except MessageError as exc:
                 log.warning("dropping malformed message from %s: %s", sender, exc)
                 continue
-            if isinstance(msg, UpdateMessage):
-                continue
+            if isinstance(msg, UpdateMessage | RoundResult) or msg.federation is not None:
+                continue  # updates, and another protocol's round control
             if msg.aggregator != sender:
                 log.warning(
                     "dropping %s signed by %s on behalf of %s",
@@ -179,7 +202,11 @@ async def follow_rounds(
             if isinstance(msg, Done):
                 if msg.status == "complete" and (current is None or current[1] != msg.cid):
                     arrays = None  # free the old model before the new one arrives
-                    arrays = (await peer.load_global(msg.round, msg.cid)).arrays
+                    try:
+                        arrays = (await peer.load_global(msg.round, msg.cid)).arrays
+                    except FedstoreError as exc:
+                        failures.drop("fed-learn", "final_unavailable", sender, str(exc))
+                        continue
                     current = (msg.round, msg.cid)
                     on_event(TrainerSynced(msg.round, msg.cid))
                 return TrainerResult(msg.status, msg.round, msg.cid, tuple(trained), msg.reason)
@@ -196,7 +223,11 @@ async def follow_rounds(
                 continue
             if current is None or current[1] != msg.base_cid or arrays is None:
                 arrays = None  # free the old model before the new one arrives
-                arrays = (await peer.load_global(msg.base_round, msg.base_cid)).arrays
+                try:
+                    arrays = (await peer.load_global(msg.base_round, msg.base_cid)).arrays
+                except FedstoreError as exc:  # skip the round; its next announcement retries
+                    failures.drop("fed-learn", "base_unavailable", sender, f"{msg.base_cid}: {exc}")
+                    continue
                 current = (msg.base_round, msg.base_cid)
                 on_event(TrainerSynced(msg.base_round, msg.base_cid))
             base = arrays
@@ -228,6 +259,17 @@ async def follow_rounds(
             )
 
 
+def clean_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The metrics that can be sent: valid names, finite values, at most 32 (others logged)."""
+    clean: dict[str, float] = {}
+    for k, v in metrics.items():
+        if len(clean) < MAX_METRICS and METRIC_NAME_RE.fullmatch(k) and math.isfinite(float(v)):
+            clean[k] = float(v)
+        else:
+            log.debug("metric %r not sent (bad name, not finite, or too many)", k)
+    return clean
+
+
 async def _make_update(
     peer: FederationPeer,
     rnd: RoundOpen,
@@ -238,12 +280,7 @@ async def _make_update(
     base: Mapping[str, NDArray],
     encoder: UpdateEncoder | None,
 ) -> UpdateMessage:
-    clean: dict[str, float] = {}
-    for k, v in metrics.items():
-        if len(clean) < MAX_METRICS and METRIC_NAME_RE.fullmatch(k) and math.isfinite(float(v)):
-            clean[k] = float(v)
-        else:
-            log.debug("metric %r not sent (bad name, not finite, or too many)", k)
+    clean = clean_metrics(metrics)
     payload, encoding = await trio.to_thread.run_sync(_encode, dict(arrays), base, encoder)
     if len(payload) + MAX_HEADER_BYTES <= settings.inline_limit:
         return UpdateMessage(

@@ -13,10 +13,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from fedstore.federation.ledger import Ledger
+    from fedstore.federation.signing import Signer
 
 __all__ = ["METRIC_SOURCES", "FederationPeer", "GlobalModel", "Inbox", "RoundMetrics", "SavedModel"]
 
@@ -89,6 +93,19 @@ class FederationPeer(Protocol):
       the bytes and refuses more than ``max_size``.
     * ``record_round`` keeps a closed round's metrics where the peer's
       rounds are recorded (a node's catalog, table ``round_metrics``).
+    * ``local_head`` is the newest ``(round, cid)`` held locally, without
+      asking the network (what an aggregator resumes from).
+
+    Federations with a manifest also use:
+
+    * ``fetch_global`` returns a checkpoint's bytes by CID (verified), without
+      storing them: a model is kept only once it has been verified, with
+      ``keep_global``, which stores it locally as this member's copy of that
+      round (serving it to peers like any local checkpoint);
+    * ``present`` is the set of peers currently connected;
+    * ``signer`` signs as this peer (its identity key), ``ledger`` is where
+      its runs are remembered (a node's catalog), ``drop_counts`` what its
+      network layer dropped, by ``topic:reason``.
     """
 
     @property
@@ -111,3 +128,19 @@ class FederationPeer(Protocol):
     async def get_blob(self, cid: str, *, max_size: int) -> bytes: ...
 
     async def record_round(self, metrics: RoundMetrics) -> None: ...
+
+    async def local_head(self) -> tuple[int, str] | None: ...
+
+    async def fetch_global(self, cid: str) -> bytes: ...
+
+    async def keep_global(self, round: int, cid: str, data: bytes) -> None: ...
+
+    def present(self) -> set[str]: ...
+
+    @property
+    def signer(self) -> Signer: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    def drop_counts(self) -> Mapping[str, int]: ...

@@ -47,6 +47,11 @@ class RejectReason(StrEnum):
     WRONG_DTYPE = "wrong_dtype"
     NON_FINITE = "non_finite"  # NaN or Inf in a tensor
     FETCH_FAILED = "fetch_failed"  # an update by CID could not be fetched or verified
+    BUSY_SENDER = "busy_sender"  # the sender's previous update is still in work: dropped
+    # federations with a manifest
+    NOT_TRAINER = "not_trainer"  # the sender is not a member with the trainer role
+    WRONG_RUN = "wrong_run"  # another federation (manifest CID) or run (session)
+    BAD_SIGNATURE = "bad_signature"  # the sender's signature over its update claim is invalid
     BAD_ENCODING = "bad_encoding"  # a lossy encoding not in use, or a payload that does not decode
 
 
@@ -131,6 +136,12 @@ class RoundValidator:
     accepted: dict[str, Update] = field(default_factory=dict)
     rejections: Counter[str] = field(default_factory=Counter)
     log_rejections: list[Rejection] = field(default_factory=list)
+
+    def count(self, reason: RejectReason) -> None:
+        """Count a dropped update without a log line (floods are logged by the caller)."""
+        self.rejections[reason.value] += 1
+        if self.totals is not None:
+            self.totals[reason.value] += 1
 
     def reject(self, reason: RejectReason, sender: str, round: int, detail: str) -> Rejection:
         """Record a rejection (also usable for messages rejected before decoding)."""

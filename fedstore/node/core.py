@@ -19,6 +19,11 @@ Start one with ``async with open_node(config) as node:`` or
 * records every valid announcement heard on ``model-cids`` (event :class:`Heard`);
 * re-announces its own head every ``reannounce_interval`` seconds.
 
+With a peer filter (:meth:`Node.set_peer_filter`, e.g. a federation's
+membership), messages on every joined topic from peers it refuses are
+dropped inside the pubsub validator (counted as ``non_member``), and their
+head answers and announcements are neither asked for nor used by ``sync``.
+
 Events are the frozen dataclasses of :mod:`fedstore.node.events`, passed to
 an optional ``on_event(event)`` callback; ``fedstore node`` prints them as
 ``KEY=value`` status lines (:mod:`fedstore.node.status`, docs/NODE.md).
@@ -28,9 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +46,7 @@ import trio
 
 from fedstore.config import MAX_INLINE_LIMIT, NodeConfig
 from fedstore.errors import FedstoreError, NetworkError, ProtocolError, SizeLimitError
+from fedstore.node.catalog_writer import CatalogWriter
 from fedstore.node.events import (
     Announced,
     AutoSyncFailed,
@@ -71,7 +80,7 @@ from fedstore.p2p.messages import (
     encode_reference,
     format_announcement,
 )
-from fedstore.p2p.sync import Claim, Head, Syncer, SyncOutcome
+from fedstore.p2p.sync import Candidate, Claim, Failure, Head, Syncer, SyncOutcome
 from fedstore.p2p.topics import Subscription, TopicHub, check_topic
 
 if TYPE_CHECKING:
@@ -86,11 +95,29 @@ log = logging.getLogger(__name__)
 
 #: Called with (topic, sender, payload) for every validated message from another peer.
 MessageSink = Callable[[str, str, bytes], None]
+#: Which peers' messages and claims the node takes (peer id -> allowed).
+PeerFilter = Callable[[str], bool]
 #: Bootstrap dialling: first retry after this many seconds, doubling, for this long in total.
 _BOOTSTRAP_FIRST_RETRY = 0.25
 _BOOTSTRAP_GIVE_UP = 60.0
 #: seconds between prunings of old announcements from the catalog
 _PRUNE_INTERVAL = 60.0
+#: Failed sync claims are remembered this long (seconds) and at most this many rows.
+_FAILED_CLAIM_RETENTION = 7 * 86400.0
+_FAILED_CLAIMS_KEPT = 10_000
+#: Failed claims a sync reads back (the most recent ones).
+_FAILED_CLAIMS_READ = 2_000
+#: Claims per sender and in all that sync reads from the catalog.
+_CLAIMS_PER_SENDER = 3
+_CLAIMS_READ = 200
+#: Auto-sync: wait this long after a wake-up for more announcements before syncing
+#: (a burst costs one sync), at least this long between syncs, and twice as long
+#: after each sync that found only failures (up to the cap; a success resets it).
+AUTO_SYNC_SETTLE = 0.5
+AUTO_SYNC_MIN_INTERVAL = 2.0
+AUTO_SYNC_MAX_INTERVAL = 60.0
+#: (round, cid, sender) keys remembered to emit HEARD once per announcement.
+_HEARD_MEMORY = 8192
 
 
 def payload_digest(data: bytes) -> str:
@@ -168,10 +195,26 @@ class Node:
             known_claims=self._known_claims,
             fetch=lambda cid: self.chain.fetch_bytes(cid, max_size=config.max_fetch_size),
             store=self._store_fetched,
+            failures=self._failed_claims,
+            record_failure=self._record_failed_claim,
+            clear_failure=self._clear_failed_claim,
         )
+        #: the node's own catalog writes (announcements, heads, peers, pruning), batched
+        self.writer = CatalogWriter(
+            record=self.catalog.record_announcements,
+            upsert_peer=self.catalog.upsert_peer,
+            counters=self.counters,
+            drop_topic=ANNOUNCE_TOPIC,
+        )
+        self._heard_keys: OrderedDict[tuple[int, str, str], None] = OrderedDict()
+        self._head_round: int | None = None
         self._connected: set[str] = set()
         self._peers_changed = trio.Event()
         self._auto_sync_wanted = trio.Event()
+        self._auto_sync_trusted = False  # a claim from a peer without failures is waiting
+        #: auto-sync runs (tried something) and runs that fetched nothing
+        self.auto_syncs = 0
+        self.auto_syncs_failed = 0
 
     # -- identity and status -------------------------------------------------------------
     @property
@@ -192,6 +235,22 @@ class Node:
     def joined_topics(self) -> list[str]:
         return self.topics.joined()
 
+    @property
+    def peer_filter(self) -> PeerFilter | None:
+        return self.topics.peer_filter
+
+    def set_peer_filter(self, allowed: PeerFilter | None) -> None:
+        """Take messages, announcements and head answers only from peers ``allowed`` accepts.
+
+        Applies at once to every joined topic (in the pubsub validator, before
+        any decoding: reason ``non_member``) and to sync. None removes it.
+        """
+        self.topics.peer_filter = allowed
+
+    def _allowed(self, peer: str) -> bool:
+        allowed = self.topics.peer_filter
+        return allowed is None or allowed(peer)
+
     def _emit(self, event: NodeEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)
@@ -199,6 +258,7 @@ class Node:
     async def head(self) -> Head | None:
         """This node's latest local checkpoint, from the catalog."""
         rec = await self.store.latest()
+        self._head_round = None if rec is None else rec.round
         return None if rec is None else Head(rec.round, rec.cid)
 
     # -- peers -------------------------------------------------------------------------
@@ -268,14 +328,16 @@ class Node:
         return sorted(heads, key=lambda h: (-h.round, h.peer_id))
 
     async def _ask_head(self, peer: str) -> PeerHead | None:
+        if not self._allowed(peer):
+            return None
         try:
             head = await request_head(self.host.open_stream, peer, timeout=self.config.head_timeout)
         except (NetworkError, ProtocolError) as exc:
             log.info("no head from %s: %s", peer, exc)
             return None
         if head is not None:
-            await self.catalog.record_announcement(head.round, head.cid, peer, HEAD_PROTOCOL)
             self._emit(HeadReceived(head.round, head.cid, peer))
+            self.writer.announcement(head.round, head.cid, peer, HEAD_PROTOCOL)
         return head
 
     # -- topics ------------------------------------------------------------------------
@@ -362,17 +424,35 @@ class Node:
             self._nursery.start_soon(emit_later)
 
     async def _heard(self, sender: str, ann: Announcement) -> None:
-        rec = await self.catalog.record_announcement(ann.round, ann.cid, sender, ANNOUNCE_TOPIC)
-        if rec.times_heard == 1:
+        """A valid announcement: HEARD at once (the first time), recorded in the background."""
+        key = (ann.round, ann.cid, sender)
+        if key in self._heard_keys:
+            self._heard_keys.move_to_end(key)
+        else:
+            self._heard_keys[key] = None
+            if len(self._heard_keys) > _HEARD_MEMORY:
+                self._heard_keys.popitem(last=False)
             self._emit(Heard(ann.round, ann.cid, sender))
+        self.writer.announcement(ann.round, ann.cid, sender, ANNOUNCE_TOPIC)
         if self.config.auto_sync:
-            await self._want_sync(ann.round)
+            self._want_sync(ann.round, ann.cid, sender)
 
-    async def _want_sync(self, round: int) -> None:
-        """Wake the auto-sync task if *round* is newer than the local head."""
-        head = await self.head()
-        if head is None or round > head.round:
-            self._auto_sync_wanted.set()
+    async def recorded(self) -> None:
+        """Return once every announcement, head answer and peer heard so far is in the
+        catalog (they are recorded in the background, after their events)."""
+        await self.writer.wait_idle()
+
+    def _want_sync(self, round: int, cid: str, sender: str) -> None:
+        """Wake the auto-sync task if *round* is newer than the local head and the claim
+        is not in its failure back-off (no I/O: runs for every announcement). A claim
+        from a peer with no failed claim skips the back-off between failed syncs."""
+        if self._head_round is not None and round <= self._head_round:
+            return
+        if not self.syncer.worth_trying(round, cid):
+            return
+        if not self.syncer.suspect(sender):
+            self._auto_sync_trusted = True
+        self._auto_sync_wanted.set()
 
     async def _fetch_sized(self, cid: str, size: int) -> bytes:
         return await self.chain.fetch_bytes(cid, max_size=size)
@@ -433,6 +513,21 @@ class Node:
         )
         return Head(rec.round, rec.cid)
 
+    async def keep_checkpoint(self, round: int, data: bytes, cid: str) -> Head:
+        """Keep checkpoint bytes fetched elsewhere as this node's copy of ``round``.
+
+        The bytes are verified against ``cid`` first; another checkpoint held
+        for that round is replaced. Backends that serve peers (bitswap) get
+        their copy, so this node can serve what it keeps.
+        """
+        from fedstore.node.replication import keep_local_copies
+
+        rec = await self.store.save_encoded(round, data, cid, replace=True)
+        await keep_local_copies(
+            self.chain, self.store.dir / rec.path, rec.cid, self.catalog, missing_only=True
+        )
+        return Head(rec.round, rec.cid)
+
     async def _complete_local_copies(self, *, limit: int | None = None) -> None:
         """Give keep-local-copy backends (bitswap) the local checkpoints they lack.
 
@@ -454,24 +549,50 @@ class Node:
         return [(h.round, h.cid, h.peer_id) for h in await self.peer_heads()]
 
     async def _known_claims(self) -> list[Claim]:
+        """Claims recorded in the catalog, and those heard but not written yet (the catalog
+        may be busy: sync must not wait for it)."""
         local = await self.head()
-        anns = await self.catalog.announcements(limit=200)
+        above = None if local is None else local.round
+        pending = self.writer.pending_claims(above=above, per_sender=_CLAIMS_PER_SENDER)
+        recorded = await self.catalog.sync_claims(
+            above=above, per_sender=_CLAIMS_PER_SENDER, limit=_CLAIMS_READ
+        )
+        # a federation's node takes claims only from its members (the peer filter)
+        return [c for c in recorded + pending if self._allowed(c[2])]
+
+    async def _failed_claims(self) -> list[Failure]:
+        recs = await self.catalog.failed_claims(limit=_FAILED_CLAIMS_READ)
         return [
-            (a.round, a.cid, a.sender_peer) for a in anns if local is None or a.round > local.round
+            Failure(r.round, r.cid, r.peer, r.attempts, r.last_failed_at.timestamp()) for r in recs
         ]
 
-    async def sync(self) -> Head | None:
+    async def _record_failed_claim(self, cand: Candidate, error: str) -> None:
+        await self.catalog.record_failed_claim(cand.round, cand.cid, sorted(cand.peers), error)
+
+    async def _clear_failed_claim(self, cand: Candidate) -> None:
+        await self.catalog.clear_failed_claim(cand.round, cand.cid)
+
+    async def sync(self, *, ask_peers: bool = True) -> Head | None:
         """Fetch the network's latest checkpoint if newer than ours; return our head after.
 
+        Asks every connected peer for its head first unless *ask_peers* is
+        false (then only claims already recorded count). Candidates that
+        failed before are demoted and backed off from (:mod:`fedstore.p2p.sync`).
         Emits :class:`Synced` when the node holds the latest known round,
         :class:`SyncFailed` if newer rounds exist but none could be fetched.
         """
-        outcome: SyncOutcome = await self.syncer.sync()
+        outcome = await self._sync(ask_peers=ask_peers)
+        return outcome.head
+
+    async def _sync(self, *, ask_peers: bool) -> SyncOutcome:
+        outcome: SyncOutcome = await self.syncer.sync(ask_peers=ask_peers)
         if outcome.failures and not outcome.fetched:
             self._emit(SyncFailed(len(outcome.failures), outcome.failures[0]))
         elif outcome.head is not None:
             self._emit(Synced(outcome.head.round, outcome.head.cid))
-        return outcome.head
+        if outcome.head is not None:
+            self._head_round = outcome.head.round
+        return outcome
 
     # -- background tasks ---------------------------------------------------------------
     async def _watch_connections(self) -> None:
@@ -494,28 +615,34 @@ class Node:
     async def _greet(self, peer: str) -> None:
         """Record a newly connected peer and, if it speaks the head protocol, ask for its head."""
         try:
-            await self.catalog.upsert_peer(peer, self.host.peer_addrs(peer) or None)
+            self.writer.peer(peer, self.host.peer_addrs(peer) or None)
             if not await self.host.speaks(peer, HEAD_PROTOCOL, timeout=self.config.head_timeout):
                 log.debug("%s does not list %s; not asking for its head", peer, HEAD_PROTOCOL)
                 return
             head = await self._ask_head(peer)
             if head is not None and self.config.auto_sync:
-                await self._want_sync(head.round)
+                self._want_sync(head.round, head.cid, peer)
         except FedstoreError as exc:
             log.warning("could not record peer %s: %s", peer, exc)
         except Exception:  # one peer must never take the node down
             log.exception("greeting peer %s failed", peer)
 
     async def _prune_announcements(self) -> None:
-        """Bound the catalog: keep each peer's newest announcements only."""
+        """Bound the catalog: keep each peer's newest announcements only, and forget old
+        failed claims (through the writer, so pruning never holds a second catalog thread)."""
         while True:
             await trio.sleep(_PRUNE_INTERVAL)
-            try:
-                dropped = await self.catalog.prune_announcements(self.config.announcements_per_peer)
-                if dropped:
-                    log.info("pruned %d old announcements from the catalog", dropped)
-            except Exception as exc:  # try again next time
-                log.warning("pruning announcements failed: %s", exc)
+            self.writer.job(self._prune_once)
+
+    async def _prune_once(self) -> None:
+        try:
+            dropped = await self.catalog.prune_announcements(self.config.announcements_per_peer)
+            if dropped:
+                log.info("pruned %d old announcements from the catalog", dropped)
+            cutoff = datetime.fromtimestamp(time.time() - _FAILED_CLAIM_RETENTION, UTC)
+            await self.catalog.prune_failed_claims(older_than=cutoff, keep=_FAILED_CLAIMS_KEPT)
+        except Exception as exc:  # try again next time
+            log.warning("pruning the catalog failed: %s", exc)
 
     async def _reannounce(self) -> None:
         interval = self.config.reannounce_interval
@@ -532,13 +659,49 @@ class Node:
                 log.warning("re-announcement failed: %s", exc)
 
     async def _auto_sync(self) -> None:
+        """Sync when a newer claim arrives: debounced, from recorded claims only.
+
+        A burst of announcements costs one sync (:data:`AUTO_SYNC_SETTLE`),
+        syncs are at least :data:`AUTO_SYNC_MIN_INTERVAL` apart, and each sync
+        that only failed doubles that gap (up to :data:`AUTO_SYNC_MAX_INTERVAL`):
+        bogus claims cannot make the node sync in a loop. A claim from a peer
+        with no failed claim on record waits only the minimum gap, so an
+        honest peer's new round is not held up by an attacker's failures. Auto-sync never asks
+        peers for their heads (it acts on what it heard), so it never spends
+        the node's head-request allowance at its bootstrap peer.
+        """
+        interval = AUTO_SYNC_MIN_INTERVAL
+        last = -float("inf")
         while True:
             await self._auto_sync_wanted.wait()
+            while True:  # wait out the gap; a trusted peer's claim shortens it to the minimum
+                gap = AUTO_SYNC_MIN_INTERVAL if self._auto_sync_trusted else interval
+                wake = max(trio.current_time() + AUTO_SYNC_SETTLE, last + gap)
+                if self._auto_sync_trusted:
+                    await trio.sleep_until(wake)
+                    break
+                with trio.move_on_at(wake):
+                    while not self._auto_sync_trusted:
+                        self._auto_sync_wanted = trio.Event()
+                        await self._auto_sync_wanted.wait()
+                    continue
+                break
             self._auto_sync_wanted = trio.Event()
+            self._auto_sync_trusted = False
+            last = trio.current_time()
             try:
-                await self.sync()
+                outcome = await self._sync(ask_peers=False)
             except FedstoreError as exc:
                 self._emit(AutoSyncFailed(str(exc)))
+                interval = min(interval * 2, AUTO_SYNC_MAX_INTERVAL)
+                continue
+            if outcome.failures or outcome.skipped or outcome.fetched:
+                self.auto_syncs += 1
+            if outcome.failures and not outcome.fetched:
+                self.auto_syncs_failed += 1
+                interval = min(interval * 2, AUTO_SYNC_MAX_INTERVAL)
+            else:
+                interval = AUTO_SYNC_MIN_INTERVAL
 
     async def _dial_bootstrap(self, addr: str) -> None:
         delay, waited = _BOOTSTRAP_FIRST_RETRY, 0.0
@@ -566,6 +729,7 @@ class Node:
         for addr in self.addrs():
             self._emit(Listening(addr))
         await self.join(ANNOUNCE_TOPIC)
+        self._nursery.start_soon(self.writer.run)
         self._nursery.start_soon(self._watch_connections)
         self._nursery.start_soon(self._reannounce)
         self._nursery.start_soon(self._prune_announcements)
@@ -604,7 +768,10 @@ async def open_node(
 
     identity = await trio.to_thread.run_sync(load_or_create_identity, config.data_dir)
     async with AsyncExitStack() as stack:
-        store = await AsyncLocalStore.open(config.data_dir, peer_id=identity.peer_id)
+        # exclusive: a second node on this directory fails at once, naming our pid
+        store = await AsyncLocalStore.open(
+            config.data_dir, peer_id=identity.peer_id, exclusive=True
+        )
         stack.push_async_callback(store.aclose)
         settings = GossipSettings(heartbeat_interval=config.heartbeat_interval)
         host = await stack.enter_async_context(
@@ -618,6 +785,9 @@ async def open_node(
         try:
             yield node
         finally:
+            with trio.move_on_after(2) as flushing:  # what was heard but not yet recorded
+                flushing.shield = True
+                await node.writer.flush()
             nursery.cancel_scope.cancel()
 
 

@@ -63,7 +63,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from fedstore.errors import ConfigError, NetworkError
 from fedstore.logsetup import route_libp2p_logs
-from fedstore.p2p import libp2p_patches
+from fedstore.p2p import libp2p_patches, pubsub_patches
 from fedstore.p2p.identity import Identity
 
 #: The py-libp2p release this adapter was written and tested against.
@@ -538,6 +538,15 @@ def _check_port_free(maddr: multiaddr.Multiaddr) -> None:
             ) from exc
 
 
+#: seconds a stopping host may spend closing its connections
+_CLOSE_TIMEOUT = 5.0
+
+
+async def _close_shielded(host: Any) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+        await host.close()
+
+
 @asynccontextmanager
 async def open_host(
     identity: Identity,
@@ -556,6 +565,7 @@ async def open_host(
     route_libp2p_logs()
     _enlarge_subscription_queue()
     libp2p_patches.apply()  # Noise/yamux fixes (0.8.1 only; wire format unchanged)
+    pubsub_patches.apply()  # equivocation check keeps digests, not whole messages (0.8.1)
     settings = settings or GossipSettings()
     try:
         listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
@@ -610,8 +620,9 @@ async def open_host(
         # Leaving: close the connections first, while the swarm and pubsub still
         # run. py-libp2p's close() tears each socket down only while the swarm
         # runs (after host.run() has stopped it, dialled sockets are left to the
-        # garbage collector), and no stream arrives for a stopped pubsub.
-        stack.push_async_callback(host.close)
+        # garbage collector), and no stream arrives for a stopped pubsub. Shielded:
+        # a node stopped by cancellation closes its sockets too.
+        stack.push_async_callback(_close_shielded, host)
         await pubsub.wait_until_ready()
         try:
             yield P2PHost(host, pubsub, gossipsub, receive, peerstore)

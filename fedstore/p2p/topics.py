@@ -5,6 +5,9 @@ one it installs a validator that runs inside libp2p *before* a message is
 delivered or forwarded, so bad input never reaches fedstore's code and is
 never relayed to other peers:
 
+* a peer the :attr:`TopicHub.peer_filter` refuses (a non-member of the
+  node's federation) is dropped with reason ``non_member``, before anything
+  else is looked at;
 * a peer over its rate (:class:`~fedstore.p2p.guard.PeerGuard`) is dropped
   with reason ``rate_limited``;
 * ``model-cids`` messages must parse as ``CID:<round>:<cid>``;
@@ -21,6 +24,18 @@ counted as ``backlog_full``: however fast peers send, the hub holds at most
 ``workers + queue`` pieces of work of each kind. Subscribers each get a
 bounded queue; a subscriber that falls behind loses messages, counted as
 ``subscriber_overflow``.
+
+References cost a fetch each, so one peer must not be able to take them all:
+
+* a sender may have at most ``references_per_sender`` references queued or
+  being fetched at once; the excess is dropped, counted as ``reference_cap``
+  (a peer sending references at its full allowance, to CIDs a lying peer
+  claims to have, holds at most that many of the workers; an honest
+  reference from anyone else is fetched at once);
+* each fetch has its own deadline, counted from when a worker takes it, not
+  from when it was queued: ``reference_timeout`` plus one second per
+  ``reference_min_rate`` bytes announced; a fetch past it is abandoned,
+  counted as ``fetch_timeout``.
 """
 
 from __future__ import annotations
@@ -66,6 +81,12 @@ class Backlog:
 ANNOUNCEMENT_BACKLOG = Backlog(workers=4, queue=1024)
 #: Payloads sent by reference being fetched (one fetch per worker) and waiting to be.
 REFERENCE_BACKLOG = Backlog(workers=4, queue=64)
+#: References one sender may have queued or being fetched at once.
+REFERENCES_PER_SENDER = 2
+#: Deadline of one reference fetch: this many seconds, plus the announced size at
+#: :data:`REFERENCE_MIN_RATE` bytes per second (a 256 MiB update gets ~290 s).
+REFERENCE_TIMEOUT = 30.0
+REFERENCE_MIN_RATE = 1 << 20
 
 FetchFn = Callable[[str, int], Awaitable[bytes]]
 AnnouncementFn = Callable[[str, Announcement], Awaitable[None]]
@@ -155,7 +176,12 @@ class TopicHub:
         on_membership: Callable[[str, bool], None] | None = None,
         announcement_backlog: Backlog = ANNOUNCEMENT_BACKLOG,
         reference_backlog: Backlog = REFERENCE_BACKLOG,
+        references_per_sender: int = REFERENCES_PER_SENDER,
+        reference_timeout: float = REFERENCE_TIMEOUT,
+        reference_min_rate: float = REFERENCE_MIN_RATE,
     ) -> None:
+        if references_per_sender < 1 or reference_timeout <= 0 or reference_min_rate <= 0:
+            raise ValueError("references_per_sender, reference_timeout and min rate must be > 0")
         self._host = host
         self._nursery = nursery
         self._guard = guard
@@ -169,6 +195,13 @@ class TopicHub:
         self._on_membership = on_membership
         self._scopes: dict[str, trio.CancelScope] = {}
         self._subscribers: dict[str, list[trio.MemorySendChannel[TopicMessage]]] = {}
+        #: peer id -> whether its messages are taken at all (None: everyone's)
+        self.peer_filter: Callable[[str], bool] | None = None
+        self._references_per_sender = references_per_sender
+        self._reference_timeout = reference_timeout
+        self._reference_min_rate = reference_min_rate
+        #: sender -> references of its queued or being fetched
+        self._pending_references: dict[str, int] = {}
         self._announcements = self._pool(announcement_backlog, self._announce_safely)
         self._references = self._pool(reference_backlog, self._resolve)
 
@@ -240,6 +273,10 @@ class TopicHub:
 
     def _validator(self, topic: str) -> Callable[[str, str, bytes], bool]:
         def validate(sender: str, forwarder: str, data: bytes) -> bool:
+            allowed = self.peer_filter
+            if allowed is not None and not allowed(sender):
+                self._drop(topic, "non_member", sender)
+                return False
             if not self._guard.allow(sender):
                 self._drop(topic, "rate_limited", sender)
                 return False
@@ -290,13 +327,25 @@ class TopicHub:
             self._deliver(topic, TopicMessage(msg.sender, env.data))
         else:
             assert env.cid is not None
-            self._enqueue(self._references, _Work(topic, msg.sender, cid=env.cid, size=env.size))
+            pending = self._pending_references.get(msg.sender, 0)
+            if pending >= self._references_per_sender:
+                self._drop(topic, "reference_cap", msg.sender, env.cid)
+                return
+            work = _Work(topic, msg.sender, cid=env.cid, size=env.size)
+            if self._enqueue(self._references, work):
+                self._pending_references[msg.sender] = pending + 1
 
-    def _enqueue(self, queue: trio.MemorySendChannel[_Work], work: _Work) -> None:
+    def _enqueue(self, queue: trio.MemorySendChannel[_Work], work: _Work) -> bool:
         try:
             queue.send_nowait(work)
         except trio.WouldBlock:
             self._drop(work.topic, "backlog_full", work.sender)
+            return False
+        return True
+
+    def pending_references(self, sender: str) -> int:
+        """References of *sender* queued or being fetched now."""
+        return self._pending_references.get(sender, 0)
 
     async def _announce_safely(self, work: _Work) -> None:
         sender, ann = work.sender, work.announcement
@@ -311,9 +360,24 @@ class TopicHub:
             log.exception("handling announcement of round %d from %s failed", ann.round, sender)
 
     async def _resolve(self, work: _Work) -> None:
-        topic, sender, cid, size = work.topic, work.sender, work.cid, work.size
         try:
-            data = await self._fetch(cid, size)
+            await self._resolve_in_time(work)
+        finally:
+            left = self._pending_references.get(work.sender, 1) - 1
+            if left > 0:
+                self._pending_references[work.sender] = left
+            else:
+                self._pending_references.pop(work.sender, None)
+
+    async def _resolve_in_time(self, work: _Work) -> None:
+        topic, sender, cid, size = work.topic, work.sender, work.cid, work.size
+        deadline = self._reference_timeout + size / self._reference_min_rate
+        try:
+            with trio.move_on_after(deadline) as scope:
+                data = await self._fetch(cid, size)
+            if scope.cancelled_caught:
+                self._drop(topic, "fetch_timeout", sender, f"{cid}: none in {deadline:.0f} s")
+                return
         except FedstoreError as exc:
             self._drop(topic, "fetch_failed", sender, f"{cid}: {exc}")
             return

@@ -45,8 +45,14 @@ class AsyncLocalStore(ThreadFacade[LocalStore]):
         peer_id: str | None = None,
         cid_version: int = 0,
         verify_on_open: VerifyLevel | None = "latest",
+        exclusive: bool = False,
+        read_only: bool | None = False,
     ) -> Self:
-        """Open the store (catalog open/upgrade and reconcile) in a worker thread."""
+        """Open the store (catalog open/upgrade and reconcile) in a worker thread.
+
+        *exclusive* and *read_only* as for :class:`LocalStore` (a node opens
+        its store exclusive: one node per data directory).
+        """
         store = await trio.to_thread.run_sync(
             functools.partial(
                 LocalStore,
@@ -55,6 +61,8 @@ class AsyncLocalStore(ThreadFacade[LocalStore]):
                 peer_id=peer_id,
                 cid_version=cid_version,
                 verify_on_open=verify_on_open,
+                exclusive=exclusive,
+                read_only=read_only,
             )
         )
         return cls(store)
@@ -68,7 +76,10 @@ class AsyncLocalStore(ThreadFacade[LocalStore]):
         return self.sync.last_reconcile
 
     async def aclose(self) -> None:
-        await self.run_sync(self.sync.close)
+        """Close the store (idempotent) and release the data directory's lock."""
+        # shielded: closing while cancelled must still close (and release the data dir's lock)
+        with trio.CancelScope(shield=True):
+            await self.run_sync(self.sync.close)
 
     async def __aenter__(self) -> Self:
         return self

@@ -34,11 +34,18 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 import numpy as np
 
-from fedstore.catalog import Catalog, CheckpointRecord, RoundConflictError
-from fedstore.errors import CheckpointNotFoundError, IntegrityError
+from fedstore.catalog import Catalog, CheckpointRecord, RoundConflictError, resolve_db_path
+from fedstore.catalog.engine import is_writable
+from fedstore.errors import CatalogError, CheckpointNotFoundError, IntegrityError
 from fedstore.fsutil import fsync_dir, write_atomic
 from fedstore.rounds import MAX_ROUND
-from fedstore.store.paths import ROUNDS_DIR, TMP_DIR, checkpoint_filename
+from fedstore.store.dirlock import DataDirLock
+from fedstore.store.paths import (
+    CHECKPOINT_SUFFIX,
+    ROUNDS_DIR,
+    TMP_DIR,
+    checkpoint_filename,
+)
 from fedstore.store.reconcile import ReconcileReport, VerifyLevel, reconcile
 
 if TYPE_CHECKING:
@@ -53,7 +60,7 @@ LOCK_NAME = "store.lock"
 _Data = TypeVar("_Data", bytes, np.ndarray)
 
 
-def _describe(data: bytes) -> tuple[str, int]:
+def describe_checkpoint(data: bytes) -> tuple[str, int]:
     """``(codec, raw_size)`` of checkpoint bytes, e.g. ``("fsck2+zstd+shuffle", 8448)``.
 
     Raises FormatError if ``data`` is not a fedstore checkpoint, and
@@ -68,6 +75,30 @@ def _describe(data: bytes) -> tuple[str, int]:
     return codec, int(info.raw_size)
 
 
+def _refuse_lost_catalog(directory: Path) -> None:
+    """CatalogError when the catalog is gone (or empty) but round files are not."""
+    db = resolve_db_path(directory)
+    try:
+        missing = db.stat().st_size == 0
+    except FileNotFoundError:
+        missing = True
+    if not missing:
+        return
+    rounds = directory / ROUNDS_DIR
+    try:
+        with os.scandir(rounds) as it:
+            count = sum(1 for e in it if e.name.endswith(CHECKPOINT_SUFFIX))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if count:
+        what = "empty (0 bytes)" if db.exists() else "missing"
+        raise CatalogError(
+            f"the catalog {db} is {what} but {rounds} holds {count} checkpoint file(s): "
+            f"its history would be lost. Rebuild it from those files with: "
+            f"fedstore db rebuild --dir {directory}"
+        )
+
+
 class LocalStore:
     """Checkpoints of one node, in ``directory`` with its catalog.
 
@@ -76,6 +107,18 @@ class LocalStore:
     ``cid_version`` (0 or 1) is the CID version of saved checkpoints.
     ``verify_on_open`` runs :meth:`reconcile` at that level when the store
     opens (None: skip); its report is kept in :attr:`last_reconcile`.
+
+    ``exclusive`` holds the data directory's node lock
+    (:class:`~fedstore.store.dirlock.DataDirLock`) until :meth:`close`: a
+    second exclusive store (a second node) on the same directory fails at
+    once with a :class:`~fedstore.errors.ConfigError` naming the holder's
+    pid. ``read_only=True`` opens the catalog read-only and changes nothing
+    on disk (reconcile only reports; loads do not flag rows); ``None`` does
+    so when the directory cannot be written (commands that only read).
+
+    A store that opens its own catalog refuses a directory whose catalog is
+    missing or empty while ``rounds/`` holds checkpoint files: that history
+    would be lost silently (``fedstore db rebuild`` recovers it).
 
     Thread-safe; several processes may share a directory (SQLite and file
     locks arbitrate), though one writer per directory is the normal setup.
@@ -89,14 +132,29 @@ class LocalStore:
         peer_id: str | None = None,
         cid_version: int = 0,
         verify_on_open: VerifyLevel | None = "latest",
+        exclusive: bool = False,
+        read_only: bool | None = False,
     ) -> None:
         if cid_version not in (0, 1):
             raise ValueError(f"cid_version must be 0 or 1, got {cid_version}")
         self.dir = Path(directory).expanduser()
-        (self.dir / ROUNDS_DIR).mkdir(parents=True, exist_ok=True)
-        (self.dir / TMP_DIR).mkdir(exist_ok=True)
-        self._owns_catalog = catalog is None
-        self.catalog = catalog if catalog is not None else Catalog.open(self.dir)
+        if read_only is None:
+            read_only = self.dir.is_dir() and not is_writable(resolve_db_path(self.dir))
+        self.read_only = read_only
+        if not read_only:
+            (self.dir / ROUNDS_DIR).mkdir(parents=True, exist_ok=True)
+            (self.dir / TMP_DIR).mkdir(exist_ok=True)
+        self._dir_lock = DataDirLock(self.dir).acquire() if exclusive else None
+        try:
+            self._owns_catalog = catalog is None
+            if catalog is None:
+                _refuse_lost_catalog(self.dir)
+                catalog = Catalog.open(self.dir, read_only=read_only)
+            self.catalog = catalog
+        except BaseException:
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+            raise
         self.peer_id = peer_id
         self.cid_version = cid_version
         self._mutex = threading.RLock()
@@ -112,9 +170,11 @@ class LocalStore:
     # -- lifecycle ---------------------------------------------------------
 
     def close(self) -> None:
-        """Close the catalog if this store opened it. Safe to call twice."""
+        """Close the catalog if this store opened it; release the node lock. Safe twice."""
         if self._owns_catalog:
             self.catalog.close()
+        if self._dir_lock is not None:
+            self._dir_lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -128,6 +188,11 @@ class LocalStore:
     @contextmanager
     def _saving(self) -> Iterator[None]:
         """Shared store lock (many savers, excludes reconcile's temp cleanup) + thread mutex."""
+        if self.read_only:
+            raise CatalogError(
+                f"the data directory {self.dir} is open read-only: nothing can be saved or "
+                "deleted there"
+            )
         with self._mutex:
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -175,7 +240,7 @@ class LocalStore:
             raise ValueError(f"round must be >= 0, got {round}")
         if round > MAX_ROUND:  # peers could never be told of it (and SQLite's INTEGER ends)
             raise ValueError(f"round must be at most {MAX_ROUND}, the highest peers accept")
-        codec, raw_size = _describe(data)  # also rejects bytes that are not a checkpoint
+        codec, raw_size = describe_checkpoint(data)  # also rejects bytes that are not a checkpoint
         rel = f"{ROUNDS_DIR}/{checkpoint_filename(round, cid)}"
         with self._saving():
             existing = self.catalog.get_checkpoint(round)
@@ -307,23 +372,33 @@ class LocalStore:
         try:
             data = read(self.dir / rec.path)
         except FileNotFoundError:
-            self.catalog.mark_checkpoint_status(rec.round, "missing", cid=rec.cid)
+            self._mark(rec, "missing")
             raise CheckpointNotFoundError(
                 f"the file of round {rec.round} ({rec.path}) is missing from {self.dir}; "
-                "its catalog row is now flagged 'missing' (fetch CID "
-                f"{rec.cid} again, or delete the round)"
+                f"{self._flagged('missing')} (fetch CID {rec.cid} again, or delete the round)"
             ) from None
         try:
             verify_bytes(rec.cid, data if isinstance(data, bytes) else data.data)
         except IntegrityError as exc:
-            self.catalog.mark_checkpoint_status(rec.round, "corrupt", cid=rec.cid)
+            self._mark(rec, "corrupt")
             raise IntegrityError(
                 f"the file of round {rec.round} ({rec.path}) does not match its CID {rec.cid}; "
-                "its catalog row is now flagged 'corrupt' (fetch it again, or delete the round)"
+                f"{self._flagged('corrupt')} (fetch it again, or delete the round)"
             ) from exc
-        if rec.status != "ok" and self.catalog.mark_checkpoint_status(rec.round, "ok", cid=rec.cid):
+        if rec.status != "ok" and self._mark(rec, "ok"):
             rec = self.get(rec.round)
         return rec, data
+
+    def _flagged(self, status: str) -> str:
+        if self.read_only:
+            return f"it is {status} (not flagged: the catalog is read-only)"
+        return f"its catalog row is now flagged '{status}'"
+
+    def _mark(self, rec: CheckpointRecord, status: str) -> bool:
+        """Flag *rec*'s row (unless read-only); whether a row changed."""
+        if self.read_only:
+            return False
+        return self.catalog.mark_checkpoint_status(rec.round, status, cid=rec.cid)
 
     def load(self, round: int | None = None, *, max_decoded_size: int | None = None) -> Checkpoint:
         """Decode the checkpoint of ``round`` (latest when None) after verifying its CID.

@@ -11,6 +11,9 @@ Run when a :class:`~fedstore.store.LocalStore` opens (and on demand). It
   save killed after its rename but before its catalog row was committed).
   Orphans are only reported, never deleted.
 
+On a read-only catalog (a read-only data directory) it changes nothing:
+problems are reported, not flagged, and temp files are left alone.
+
 Verification levels: ``size`` checks existence and size of every file;
 ``latest`` (default) additionally hashes the newest ``ok`` checkpoint against
 its CID; ``full`` hashes every file. Loading a checkpoint always hashes it.
@@ -52,6 +55,8 @@ class ReconcileReport:
     #: Rows examined and files hashed.
     checked: int = 0
     hashed: int = 0
+    #: False when the catalog was read-only: problems were found, not flagged.
+    flagged: bool = True
 
     @property
     def clean(self) -> bool:
@@ -71,12 +76,13 @@ class ReconcileReport:
             out.append(f"removed {len(self.removed_temp_files)} stale temp file(s)")
         if self.temp_cleanup_skipped:
             out.append("left temp files alone: a save is in progress in another process")
+        flagged = "flagged " if self.flagged else "found (catalog read-only, not flagged) "
         if self.missing:
-            out.append(f"flagged missing (file gone): rounds {_rounds(self.missing)}")
+            out.append(f"{flagged}missing (file gone): rounds {_rounds(self.missing)}")
         if self.corrupt:
-            out.append(f"flagged corrupt (bytes do not match CID): rounds {_rounds(self.corrupt)}")
+            out.append(f"{flagged}corrupt (bytes do not match CID): rounds {_rounds(self.corrupt)}")
         if self.recovered:
-            out.append(f"file intact again, flagged ok: rounds {_rounds(self.recovered)}")
+            out.append(f"file intact again, {flagged}ok: rounds {_rounds(self.recovered)}")
         if self.orphans:
             out.append(
                 f"{len(self.orphans)} file(s) in {ROUNDS_DIR}/ not in the catalog (left in "
@@ -142,8 +148,9 @@ def reconcile(
     """Reconcile ``data_dir`` with ``catalog``; see the module docstring."""
     if verify not in ("size", "latest", "full"):
         raise ValueError(f"verify must be 'size', 'latest' or 'full', not {verify!r}")
-    report = ReconcileReport()
-    _clean_tmp(data_dir, lock_path, report)
+    report = ReconcileReport(flagged=not catalog.read_only)
+    if not catalog.read_only:
+        _clean_tmp(data_dir, lock_path, report)
 
     rows = catalog.list_checkpoints(descending=True)
     latest_ok_round = next((r.round for r in rows if r.status == "ok"), None)
@@ -157,7 +164,7 @@ def reconcile(
         if status == rec.status:
             continue
         # Conditional on the CID: a concurrent replace must not be flagged by mistake.
-        if not catalog.mark_checkpoint_status(rec.round, status, cid=rec.cid):
+        if report.flagged and not catalog.mark_checkpoint_status(rec.round, status, cid=rec.cid):
             continue
         if status == "missing":
             report.missing.append(rec.round)

@@ -4,6 +4,8 @@ Layout under the store's root (a node puts it in ``<data dir>/blocks``)::
 
     objects/<2 hex>/<64 hex>   one block, named by the sha2-256 of its bytes
     roots/<64 hex>             a complete file DAG is here: JSON {"cid", "size", "blocks"}
+    pins/<64 hex>              this file is kept: JSON {"cid", "digests"} (digests cached
+                               by the collector, :mod:`fedstore_bitswap.collect`)
     tmp/                       in-flight writes (same filesystem: rename is atomic)
 
 Blocks are keyed by digest, not by CID: a CIDv0 and a CIDv1 of the same
@@ -17,6 +19,12 @@ A ``roots`` mark is written only after every block of a file's DAG is present
 (:meth:`BlockStore.put_file` does it after writing them, a network fetch after
 the last block arrived): :meth:`BlockStore.has_file` answers from the mark
 alone. Partial DAGs are fine too: any block present can be served.
+
+A ``pins`` mark says the file is *kept* (the backend's ``add`` and ``pin``
+set it, ``unpin`` clears it); everything else (files fetched from peers,
+payloads added as transient, partial DAGs) is a cache the collector empties
+after a while and keeps under a byte budget. A store created before pins
+existed gets a pin for every complete file it holds when it is first opened.
 
 This module is synchronous and thread-safe (atomic renames, no shared mutable
 state apart from the filesystem); async callers run it in a worker thread.
@@ -76,8 +84,17 @@ class BlockStore:
         self._objects = self.root / "objects"
         self._roots = self.root / "roots"
         self._tmp = self.root / "tmp"
+        self._pins = self.root / "pins"
+        upgrade = self.root.is_dir() and not self._pins.is_dir()
         for d in (self._objects, self._roots, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
+        if upgrade:  # a store from before pins: keep everything it holds
+            tmp_pins = self.root / "pins.new"
+            tmp_pins.mkdir(exist_ok=True)
+            for mark in self.files():
+                (tmp_pins / digest_of(mark.cid).hex()).write_text(json.dumps({"cid": mark.cid}))
+            os.replace(tmp_pins, self._pins)
+        self._pins.mkdir(exist_ok=True)
         self._objects_str = str(self._objects)
         self._tmp_str = str(self._tmp)
         self._made_dirs: set[str] = set()
@@ -245,6 +262,50 @@ class BlockStore:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return out
+
+    # -- pins (kept files) -------------------------------------------------------------
+
+    def pin_file(self, cid: str) -> None:
+        """Keep *cid*'s file: the collector never removes its blocks. Idempotent."""
+        path = self._pins / digest_of(cid).hex()
+        if path.is_file():
+            return
+        body = json.dumps({"cid": cid}).encode()
+        write_atomic(
+            path,
+            lambda f: f.write(body),
+            tmp_dir=self._tmp,
+            prefix="pin-",
+            suffix="",
+            durable=False,
+        )
+
+    def unpin_file(self, cid: str) -> None:
+        """Stop keeping *cid*'s file (its blocks become collectable). Idempotent."""
+        self._unlink(self._pins / digest_of(cid).hex())
+
+    def is_pinned(self, cid: str) -> bool:
+        return (self._pins / digest_of(cid).hex()).is_file()
+
+    def pin_records(self) -> list[tuple[Path, dict[str, object]]]:
+        """Every pin mark and its JSON (the collector caches digests there)."""
+        out = []
+        for p in sorted(self._pins.iterdir()):
+            try:
+                info = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and isinstance(info.get("cid"), str):
+                out.append((p, info))
+        return out
+
+    def objects_dir(self) -> Path:
+        """Where the blocks are (``objects/<2 hex>/<64 hex>``), for the collector."""
+        return self._objects
+
+    def roots_dir(self) -> Path:
+        """Where the complete-file marks are, for the collector."""
+        return self._roots
 
     def iter_file(self, cid: str | ParsedCid) -> Iterator[bytes]:
         """Yield the file bytes of a locally complete DAG, in order (depth-first walk).

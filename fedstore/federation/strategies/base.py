@@ -55,6 +55,7 @@ __all__ = [
     "Update",
     "cast_back",
     "check_number",
+    "clip_updates",
     "ordered_updates",
     "stack_tensor",
     "weighted_mean_metrics",
@@ -273,6 +274,47 @@ def stack_tensor(ordered: Sequence[Update], name: str) -> npt.NDArray[np.float64
             raise ValueError(f"tensor {name!r} from {u.sender} has another shape or dtype")
         rows.append(arr.astype(np.float64))
     return np.stack(rows, axis=0)
+
+
+def clip_updates(
+    round: RoundContext, updates: Sequence[Update], clip: float
+) -> tuple[list[Update], int]:
+    """Bound every update's step from the base model to L2 norm ``clip``; deterministic.
+
+    The step of an update is ``update - base`` over its floating-point
+    tensors (integer and boolean tensors are left as they are); its norm is
+    accumulated in float64 over the tensors in name order (numpy's pairwise
+    sum within a tensor, not BLAS, so the bits are the same anywhere). A step
+    longer than ``clip`` is scaled down to exactly ``clip`` and the tensors
+    cast back to their dtype. Returns the updates (in the given order) and
+    how many were clipped. ``clip`` <= 0 returns them unchanged.
+    """
+    if clip <= 0:
+        return list(updates), 0
+    out: list[Update] = []
+    clipped = 0
+    for u in updates:
+        names = sorted(n for n in u.arrays if np.asarray(round.base[n]).dtype.kind in "fc")
+        deltas: dict[str, npt.NDArray[np.float64]] = {}
+        sq = 0.0
+        for n in names:
+            d = np.asarray(u.arrays[n]).astype(np.float64) - np.asarray(round.base[n]).astype(
+                np.float64
+            )
+            deltas[n] = d
+            sq += float(np.sum(d * d))
+        norm = math.sqrt(sq)
+        if norm <= clip or not math.isfinite(norm):
+            out.append(u)
+            continue
+        scale = clip / norm
+        arrays = dict(u.arrays)
+        for n in names:
+            base = np.asarray(round.base[n])
+            arrays[n] = cast_back(base.astype(np.float64) + deltas[n] * scale, base)
+        out.append(Update(u.sender, u.num_samples, arrays, u.metrics))
+        clipped += 1
+    return out, clipped
 
 
 def weighted_mean_metrics(updates: Sequence[Update]) -> dict[str, float]:

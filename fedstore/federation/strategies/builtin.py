@@ -35,6 +35,7 @@ from fedstore.federation.strategies.base import (
     Update,
     cast_back,
     check_number,
+    clip_updates,
     ordered_updates,
     stack_tensor,
 )
@@ -125,44 +126,78 @@ def trimmed_mean(updates: Sequence[Update], trim: float = 0.2) -> dict[str, NDAr
     return out
 
 
-class FedAvg(BaseStrategy):
-    """FedAvg (McMahan et al. 2017): the sample-weighted mean of the updates. No settings."""
+class _Clipping(BaseStrategy):
+    """A strategy with the ``clip`` setting: bound each update's step to that L2 norm first.
+
+    ``clip`` 0 (the default) clips nothing and is not recorded among the
+    settings, so checkpoints of strategies without clipping are unchanged.
+    """
+
+    def __init__(self, clip: float = 0.0) -> None:
+        self.clip = check_number("clip", clip, lo=0.0, hi=1e300)
+
+    def settings(self) -> Mapping[str, ConfigValue]:
+        return {"clip": self.clip} if self.clip > 0 else {}
+
+    def _clipped(
+        self, round: RoundContext, updates: Sequence[Update]
+    ) -> tuple[list[Update], dict[str, float]]:
+        if self.clip <= 0:
+            return list(updates), {}
+        out, n = clip_updates(round, ordered_updates(updates), self.clip)
+        return out, {"clipped": float(n)}
+
+
+class FedAvg(_Clipping):
+    """FedAvg (McMahan et al. 2017): the sample-weighted mean of the updates.
+
+    ``clip`` (default 0: off) bounds each update's step from the base model
+    to that L2 norm before averaging.
+    """
 
     name = "fedavg"
 
     def aggregate(
         self, round: RoundContext, updates: Sequence[Update], failures: Sequence[Failure]
     ) -> Aggregate:
-        return Aggregate(fedavg(updates))
+        kept, metrics = self._clipped(round, updates)
+        return Aggregate(fedavg(kept), metrics)
 
 
-class Median(BaseStrategy):
-    """Coordinate-wise median; one vote per trainer, robust to a minority of bad updates."""
+class Median(_Clipping):
+    """Coordinate-wise median; one vote per trainer, robust to a minority of bad updates.
+
+    ``clip`` (default 0: off) bounds each update's step first.
+    """
 
     name = "median"
 
     def aggregate(
         self, round: RoundContext, updates: Sequence[Update], failures: Sequence[Failure]
     ) -> Aggregate:
-        return Aggregate(median(updates))
+        kept, metrics = self._clipped(round, updates)
+        return Aggregate(median(kept), metrics)
 
 
-class TrimmedMean(BaseStrategy):
+class TrimmedMean(_Clipping):
     """Coordinate-wise trimmed mean.
 
     ``trim`` (default 0.2, in ``[0, 0.5)``) is the fraction of values dropped
     at each end of every coordinate: ``floor(trim * n)`` of ``n`` updates.
+    ``clip`` (default 0: off) bounds each update's step first.
     """
 
     name = "trimmed-mean"
 
-    def __init__(self, trim: float = 0.2) -> None:
+    def __init__(self, trim: float = 0.2, clip: float = 0.0) -> None:
+        super().__init__(clip)
         self.trim = check_number("trim", trim, lo=0.0, hi=0.5, hi_open=True)
 
     def settings(self) -> Mapping[str, ConfigValue]:
-        return {"trim": self.trim}
+        return {"trim": self.trim, **super().settings()}
 
     def aggregate(
         self, round: RoundContext, updates: Sequence[Update], failures: Sequence[Failure]
     ) -> Aggregate:
-        return Aggregate(trimmed_mean(updates, self.trim))
+        kept, metrics = self._clipped(round, updates)
+        return Aggregate(trimmed_mean(kept, self.trim), metrics)

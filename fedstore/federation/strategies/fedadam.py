@@ -39,6 +39,7 @@ from fedstore.federation.strategies.base import (
     Update,
     cast_back,
     check_number,
+    clip_updates,
     ordered_updates,
 )
 from fedstore.federation.strategies.builtin import weighted_mean64
@@ -54,26 +55,41 @@ class FedAdam(BaseStrategy):
     """Server-side Adam over the mean update; see the module docstring.
 
     Settings: ``lr`` (server learning rate, default 0.1), ``beta1`` (0.9),
-    ``beta2`` (0.99), ``tau`` (adaptivity, default 1e-3).
+    ``beta2`` (0.99), ``tau`` (adaptivity, default 1e-3), ``clip`` (default 0:
+    off; bounds each update's step from the base model to that L2 norm first).
     """
 
     name = "fedadam"
 
     def __init__(
-        self, lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+        self,
+        lr: float = 0.1,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        clip: float = 0.0,
     ) -> None:
+        self.clip = check_number("clip", clip, lo=0.0, hi=1e300)
         self.lr = check_number("lr", lr, lo=0.0, hi=1e3, lo_open=True)
         self.beta1 = check_number("beta1", beta1, lo=0.0, hi=1.0, hi_open=True)
         self.beta2 = check_number("beta2", beta2, lo=0.0, hi=1.0, hi_open=True)
         self.tau = check_number("tau", tau, lo=0.0, hi=1e3, lo_open=True)
 
     def settings(self) -> Mapping[str, ConfigValue]:
-        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau}
+        settings: dict[str, ConfigValue] = {
+            "lr": self.lr,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "tau": self.tau,
+        }
+        if self.clip > 0:
+            settings["clip"] = self.clip
+        return settings
 
     def aggregate(
         self, round: RoundContext, updates: Sequence[Update], failures: Sequence[Failure]
     ) -> Aggregate:
-        ordered = ordered_updates(updates)
+        ordered, clipped = clip_updates(round, ordered_updates(updates), self.clip)
         names = sorted(ordered[0].arrays)
         if sorted(round.base) != names:
             raise ValueError("the updates' tensor names differ from the base model's")
@@ -105,7 +121,10 @@ class FedAdam(BaseStrategy):
             moved = out[name].astype(np.float64) - base64
             sq_norm += float(np.sum(moved * moved))  # pairwise sum, not BLAS: same bits anywhere
         state = StrategyState({"step": step + 1}, moments)
-        return Aggregate(out, {"step_norm": math.sqrt(sq_norm)}, state)
+        metrics = {"step_norm": math.sqrt(sq_norm)}
+        if self.clip > 0:
+            metrics["clipped"] = float(clipped)
+        return Aggregate(out, metrics, state)
 
     @staticmethod
     def _moment(prior: Mapping[str, NDArray], key: str, base: NDArray) -> npt.NDArray[np.float64]:
