@@ -29,7 +29,7 @@ TINY = [
     "verify_rounds=3",
     "swarm_mb=0.5",
     "swarm_trainers=2",
-    "federation_mb=1",
+    "federation_mb=2",  # updates above the inline limit: by CID
     "federation_rounds=1",
     "federation_trainers=2",
 ]

@@ -308,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     from fedstore.federation import api
     from fedstore.federation.aggregator import lead_rounds
+    from fedstore.federation.events import TrainerUpdated
     from fedstore.federation.global_model import ROUND_KEY
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
@@ -365,7 +366,10 @@ async def _run(args: argparse.Namespace) -> int:
                 return out, 100, {}
 
             def trainer_sink(ev: Event) -> None:
-                _event_sink(ev)
+                now = time.monotonic()
+                _event_sink(ev, now)
+                if isinstance(ev, TrainerUpdated) and not ev.by_cid:  # small: sent inline
+                    phases.emit("encode", phases.marks.get("train_end", now), now, ev.round)
                 if ev.kind == "trainer_updated":
                     _emit({"event": "memory", "round": ev.round, **memory(), **sampler.window()})
 
