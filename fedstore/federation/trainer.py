@@ -201,7 +201,6 @@ async def follow_rounds(
                 continue
             if isinstance(msg, Done):
                 if msg.status == "complete" and (current is None or current[1] != msg.cid):
-                    arrays = None  # free the old model before the new one arrives
                     try:
                         arrays = (await peer.load_global(msg.round, msg.cid)).arrays
                     except FedstoreError as exc:
