@@ -45,13 +45,17 @@ from fedstore.errors import ConfigError
 
 __all__ = [
     "CORE_GROUPS",
+    "CORE_SECTIONS",
     "CORE_SETTINGS",
+    "FEDERATION_SETTINGS",
+    "FEDERATION_TABLE",
     "DEFAULT_LISTEN",
     "MAX_INLINE_LIMIT",
     "ROLES",
     "NodeConfig",
     "Setting",
     "core_setting",
+    "core_table",
     "load_node_config",
     "load_settings",
     "parse_bool",
@@ -220,6 +224,95 @@ BACKENDS = Setting(
     "detect their configuration ('fedstore backends' shows the chain and why)",
 )
 
+# -- [federation]: fedstore aggregate | train | simulate ----------------------------------
+APP = Setting(
+    "FEDSTORE_APP",
+    help="the app to run: MODULE:OBJ or path/to/file.py:OBJ (--app)",
+)
+APP_CONFIG = Setting(
+    "FEDSTORE_APP_CONFIG",
+    help="keyword arguments for an app factory, KEY=VALUE comma-separated (--app-config)",
+)
+ROUNDS = Setting(
+    "FEDSTORE_ROUNDS",
+    help="rounds to run (--rounds); default: the app's",
+    kind="int",
+    minimum=1,
+    maximum=1_000_000,
+)
+QUORUM = Setting(
+    "FEDSTORE_QUORUM",
+    help="updates that close a round: N, or N,ROUND:M (--quorum); default: the app's",
+)
+MIN_UPDATES = Setting(
+    "FEDSTORE_MIN_UPDATES",
+    help="fewest updates a round closes with after its timeout (--min-updates); default: the app's",
+    kind="int",
+    minimum=1,
+    maximum=1_000_000,
+)
+ROUND_TIMEOUT = Setting(
+    "FEDSTORE_ROUND_TIMEOUT",
+    help="seconds a round waits for its quorum (--round-timeout); default: the app's",
+    kind="duration",
+    minimum=0.1,
+    maximum=86400,
+)
+STRATEGY = Setting(
+    "FEDSTORE_STRATEGY",
+    help="aggregation strategy by name (--strategy); default: the app's",
+)
+STRATEGY_SETTINGS = Setting(
+    "FEDSTORE_STRATEGY_SETTINGS",
+    help="the strategy's settings, KEY=VALUE comma-separated (--strategy-setting)",
+)
+UPDATE_ENCODING = Setting(
+    "FEDSTORE_UPDATE_ENCODING",
+    help="how trainers send updates: float32, float16, int8[:BLOCK], topk:FRACTION "
+    "(--update-encoding); default: the app's",
+)
+TRAINERS = Setting(
+    "FEDSTORE_TRAINERS",
+    help="trainers in the federation: simulate starts this many; a trainer's app sees it "
+    "(--trainers)",
+    kind="int",
+    minimum=1,
+    maximum=10_000,
+)
+TRAINER_INDEX = Setting(
+    "FEDSTORE_TRAINER_INDEX",
+    "1",
+    "which trainer this is, 1..FEDSTORE_TRAINERS, for apps that split data (--trainer-index)",
+    kind="int",
+    minimum=1,
+    maximum=10_000,
+)
+IDLE_TIMEOUT = Setting(
+    "FEDSTORE_IDLE_TIMEOUT",
+    "60",
+    "a trainer gives up after this many seconds without a message from its aggregator",
+    kind="duration",
+    minimum=1,
+    maximum=86400,
+)
+
+#: fedstore.toml table of the federation settings (``[federation] rounds = 10``).
+FEDERATION_TABLE = "federation"
+FEDERATION_SETTINGS: tuple[Setting, ...] = (
+    APP,
+    APP_CONFIG,
+    ROUNDS,
+    QUORUM,
+    MIN_UPDATES,
+    ROUND_TIMEOUT,
+    STRATEGY,
+    STRATEGY_SETTINGS,
+    UPDATE_ENCODING,
+    TRAINERS,
+    TRAINER_INDEX,
+    IDLE_TIMEOUT,
+)
+
 #: The core's settings in groups, in the order ``.env.example`` lists them.
 CORE_GROUPS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
     (
@@ -250,7 +343,11 @@ CORE_GROUPS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
     ),
     ("store and catalog", (CATALOG_AUTO_UPGRADE, MAX_CHECKPOINT_BYTES)),
     ("backend chain", (BACKENDS,)),
+    ("federation", FEDERATION_SETTINGS),
 )
+#: Core settings kept in a ``fedstore.toml`` table of their own, by table name
+#: (the others are in ``[fedstore]``).
+CORE_SECTIONS: dict[str, tuple[Setting, ...]] = {FEDERATION_TABLE: FEDERATION_SETTINGS}
 #: Every setting the core reads (plugins declare theirs on their backend class).
 CORE_SETTINGS: tuple[Setting, ...] = tuple(s for _, group in CORE_GROUPS for s in group)
 
@@ -271,7 +368,7 @@ def _plugin_declarations() -> tuple[list[str], Callable[[str], Sequence[Setting]
 
 def settings_catalog() -> SettingsCatalog:
     """The core's settings plus every installed backend's (each plugin imported on demand)."""
-    return SettingsCatalog(CORE_SETTINGS, _plugin_declarations)
+    return SettingsCatalog(CORE_SETTINGS, _plugin_declarations, sections=CORE_SECTIONS)
 
 
 def resolve_settings(
@@ -467,3 +564,13 @@ def core_setting(name: str) -> Setting:
         if name == setting.name or name in setting.aliases:
             return setting
     raise KeyError(name)
+
+
+def core_table(setting: Setting) -> str:
+    """The ``fedstore.toml`` table a core setting lives in (``fedstore`` or its section)."""
+    from fedstore.config_sources import CORE_TABLE
+
+    for table, settings in CORE_SECTIONS.items():
+        if setting in settings:
+            return table
+    return CORE_TABLE

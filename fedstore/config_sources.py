@@ -13,7 +13,9 @@ core does not know, or a plugin's ``fedstore.toml`` table).
   one declares is reported with the closest known name.
 * ``fedstore.toml``: a top-level key is a setting's name, case-insensitive
   (``fedstore_role = "bootstrap"``); the ``[fedstore]`` table holds the core's
-  settings without their ``FEDSTORE_`` prefix (``[fedstore] backends = [...]``);
+  settings without their ``FEDSTORE_`` prefix (``[fedstore] backends = [...]``),
+  except those the core keeps in a table of their own (its *sections*:
+  ``[federation] rounds = 10`` is ``FEDSTORE_ROUNDS``);
   a table named after an installed backend holds that backend's settings by
   key (``[kubo] api = "..."`` is ``FEDSTORE_KUBO_API``, ``[pinata] jwt`` is
   ``PINATA_JWT``; a sub-table joins with ``_``: ``[pinata.gateway] url`` is
@@ -71,8 +73,12 @@ class SettingsCatalog:
         self,
         core: Sequence[Setting],
         plugins: PluginLoader | None = None,
+        *,
+        sections: Mapping[str, Sequence[Setting]] | None = None,
     ) -> None:
         self.core = tuple(core)
+        #: core settings kept in their own fedstore.toml table, by table name
+        self.sections = {name: tuple(s) for name, s in (sections or {}).items()}
         self._loader = plugins
         self._names: list[str] | None = None
         self._get: Callable[[str], Sequence[Setting]] | None = None
@@ -311,12 +317,15 @@ def toml_settings(
             continue
         table = key.lower()
         flat = _flatten_table(value, path, key)
+        sectioned = {s.name for settings in catalog.sections.values() for s in settings}
         if table == CORE_TABLE:
-            declared: Sequence[Setting] = catalog.core
+            declared: Sequence[Setting] = [s for s in catalog.core if s.name not in sectioned]
+        elif table in catalog.sections:
+            declared = catalog.sections[table]
         elif table in plugins:
             declared = catalog.plugin(table)
         else:
-            hint = closest(table, [CORE_TABLE, *plugins])
+            hint = closest(table, [CORE_TABLE, *catalog.sections, *plugins])
             warnings.append(_unknown(path, f"section [{key}]", f"[{hint}]" if hint else None))
             for sub, inner in flat.items():
                 values[f"{key}_{sub}".upper()] = _text(inner, path=path, where=f"[{key}] {sub}")

@@ -22,7 +22,16 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-__all__ = ["PIPE_WIDTH", "cell", "clean", "console", "table_console"]
+__all__ = [
+    "PIPE_WIDTH",
+    "cell",
+    "clean",
+    "console",
+    "metric_text",
+    "short_id",
+    "size_text",
+    "table_console",
+]
 
 #: Width used when stdout is not a terminal (a pipe, a file, a CI log): wide
 #: enough that a table of full CIDs is never squeezed into ellipses.
@@ -98,3 +107,27 @@ def cell(value: object, *, limit: int | None = None, style: str = "") -> Text:
     from rich.text import Text
 
     return Text(clean(value, limit=limit), style=style)
+
+
+# -- figures in progress lines and live views (fedstore aggregate/train/simulate) ----------
+
+
+def size_text(n: float) -> str:
+    """``n`` bytes for people: ``812 B``, ``12.3 KiB``, ``1.5 MiB``."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def metric_text(value: float) -> str:
+    """A metric for people: 4 decimals, or 4 significant digits when large or tiny."""
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.4f}"
+    return f"{value:.4g}"
+
+
+def short_id(text: str, keep: int = 8) -> str:
+    """A CID or peer id shortened for a line: ``head…tail``."""
+    return text if len(text) <= 2 * keep + 3 else f"{text[:keep]}…{text[-keep:]}"

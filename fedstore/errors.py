@@ -21,6 +21,7 @@ Callers classify errors with ``isinstance``, never by class name.
     FedstoreError
     ├── ConfigError                 bad or missing configuration
     │   ├── StrategyError           strategy unknown, plugin broken, or bad settings
+    │   ├── AppError                an app is missing, malformed, or its code failed
     │   └── ManifestError           a federation manifest is malformed or badly signed
     ├── FormatError                 checkpoint bytes are not a valid checkpoint
     │   └── SizeLimitError          ...or would decode to more than allowed
@@ -49,6 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AppError",
     "Attempt",
     "AuthError",
     "BackendError",
@@ -136,6 +138,15 @@ class StrategyError(ConfigError):
     def __init__(self, message: str, *, strategy: str | None = None) -> None:
         super().__init__(message)
         self.strategy = strategy
+
+
+class AppError(ConfigError):
+    """An app (:class:`fedstore.app.App`) cannot be loaded, is malformed, or its code failed.
+
+    The message names the app and the piece concerned (``App.train``, the
+    module tried, the round); a failure inside the app's own code keeps the
+    original exception as ``__cause__``.
+    """
 
 
 class ManifestError(ConfigError):

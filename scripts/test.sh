@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up and run fedstore's whole test suite: tox on Python 3.11, 3.12, 3.13 and lint,
-# side by side.
+# Set up and run fedstore's whole test suite: tox on Python 3.11, 3.12, 3.13, lint and the
+# PyTorch example (env torch: Python 3.11 with the CPU build of torch), side by side.
 #   bash scripts/test.sh            # interpreters this machine lacks are skipped
 #   bash scripts/test.sh --ci       # every interpreter must be present (what CI runs)
 #   bash scripts/test.sh -e py311   # extra arguments go to `tox run-parallel`
@@ -28,7 +28,7 @@ fi
 
 args=()
 if [ "$ci" = 1 ]; then args+=(--skip-missing-interpreters=false); fi
-if [ "$#" -eq 0 ]; then set -- -e py311,py312,py313,lint; fi
+if [ "$#" -eq 0 ]; then set -- -e py311,py312,py313,lint,torch; fi
 # Two interpreters' suites at a time: the tests wait on processes and sockets
 # for much of their run, so the second suite fills the gaps on a 2-core machine.
 # Each environment's output is printed whole when it ends.

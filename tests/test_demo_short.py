@@ -59,7 +59,8 @@ def test_short_federation_demo(tmp_path: Path) -> None:
         name: final for name in ("aggregator", "trainer-1", "trainer-2", "trainer-3")
     }
     assert summary["targets"]["all_peers_same_final_cid"]
-    assert len(summary["centralised_curve"]) == 3
+    assert len(summary["baseline_curve"]) == 3
+    assert summary["command"] == "demo" and summary["app"] == "digits"
     # report files: a PNG, a markdown summary, and the aggregator's catalog
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert final in (out / "summary.md").read_text()

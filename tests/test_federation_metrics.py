@@ -144,7 +144,7 @@ async def test_async_facade(tmp_path: Path) -> None:
 
 def _summary() -> RunSummary:
     rows = [
-        RoundRow(r, 2, acc, 0.5, 0.9, cid, 1000, 1000 * r, 0.1)
+        RoundRow(r, 2, {"accuracy": acc, "loss": 0.5}, 0.9, cid, 1000, 1000 * r, 0.1)
         for r, acc, cid in ((1, 0.6, CID1), (2, 0.8, CID2))
     ]
     return RunSummary(
@@ -155,7 +155,7 @@ def _summary() -> RunSummary:
         late_round=None,
         final_cid=CID2,
         peer_final_cids={"aggregator": CID2},
-        centralised_final=0.9,
+        baseline_final=0.9,
         wall_seconds=5.0,
     )
 
@@ -176,12 +176,10 @@ def test_report_shows_the_stored_trainer_metrics(tmp_path: Path) -> None:
         {"train_loss": 0.5},
     ]
     md = paths["summary_md"].read_text()
-    assert (
-        "| round | participants | accuracy | centralised | trainers: acc | trainers: train_loss |"
-        in md
-    )
-    assert f"| 1 | 2 | 0.6000 | 0.9000 | 0.5000 | 0.7500 | `{CID1}` |" in md
-    assert f"| 2 | 2 | 0.8000 | 0.9000 | - | 0.5000 | `{CID2}` |" in md
+    columns = ["round", "participants", "accuracy", "loss", "baseline", "trainers: acc"]
+    assert "| " + " | ".join([*columns, "trainers: train_loss"]) + " |" in md
+    assert f"| 1 | 2 | 0.6000 | 0.5000 | 0.9000 | 0.5000 | 0.7500 | `{CID1}` |" in md
+    assert f"| 2 | 2 | 0.8000 | 0.5000 | 0.9000 | - | 0.5000 | `{CID2}` |" in md
     # the copy is a whole, readable catalog
     with Catalog.open(paths["catalog"]) as copy:
         assert len(copy.round_metrics()) == 5

@@ -192,7 +192,12 @@ class Setting:
         return value
 
     def validate(self, settings: Mapping[str, str]) -> None:
-        """Check the current value by its kind (what the registry does before ``create``)."""
+        """Check the current value by its kind (what the registry does before ``create``).
+
+        An unset setting without a default has nothing to check.
+        """
+        if not self.raw(settings) and not self.default:
+            return
         if self.kind == "int":
             self.integer(settings)
         elif self.numeric:

@@ -31,6 +31,7 @@ __all__ = ["main"]
 #: Command modules, in the order their commands appear in ``--help``.
 COMMAND_MODULES = [
     "fedstore.cli.demo_cmd",
+    "fedstore.cli.federate_cmd",
     "fedstore.cli.node_cmd",
     "fedstore.cli.federation_cmd",
     "fedstore.cli.checkpoint_cmd",

@@ -186,14 +186,13 @@ def env_example_text(*, builtin_only: bool = False) -> str:
     backends of the ``fedstore`` distribution only.
     """
     from fedstore.backends.registry import available_backends, load_backend_class
-    from fedstore.config import CORE_GROUPS
-    from fedstore.config_sources import CORE_TABLE
+    from fedstore.config import CORE_GROUPS, core_table
 
     lines = [_HEADER]
     for title, group in CORE_GROUPS:
         lines.append(f"# --- {title} ---")
         for setting in group:
-            _entry(lines, setting, CORE_TABLE)
+            _entry(lines, setting, core_table(setting))
     listed: dict[str, str] = {}
     for name, info in available_backends().items():
         if builtin_only and info.distribution != "fedstore":

@@ -1,8 +1,10 @@
-"""What the federation demo knows about its processes and rounds, and how worker events update it.
+"""What a simulation knows about its processes and rounds, and how worker events update it.
 
 Each worker process (``python -m fedstore.demos.federation_worker``) prints JSON
 lines; :func:`apply_event` folds one into the :class:`DemoState` that the
-live view (:mod:`fedstore.demos.federation_view`) renders.
+live view (:mod:`fedstore.demos.federation_view`) renders. The same state
+serves ``fedstore simulate`` of any app and ``fedstore demo`` (the digits
+app): metrics are whatever the app's ``evaluate`` and ``train`` report.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedstore.console import metric_text
+
 if TYPE_CHECKING:  # trio loads when the demo runs, not for `fedstore --help`
     import trio
 
-__all__ = ["DemoState", "Proc", "RoundInfo", "apply_event", "short_cid"]
+__all__ = ["DemoState", "Proc", "RoundInfo", "apply_event", "primary_metric", "short_cid"]
 
 
 def _event() -> trio.Event:
@@ -50,8 +54,8 @@ class Proc:
 class RoundInfo:
     round: int
     participants: list[str]
-    accuracy: float
-    loss: float
+    #: the aggregator's evaluation of the round's global model (the app's ``evaluate``)
+    metrics: dict[str, float]
     cid: str
     size: int
     bytes_stored: int
@@ -61,17 +65,36 @@ class RoundInfo:
     trainer_metrics: dict[str, float] = field(default_factory=dict)
 
 
+def primary_metric(names: list[str] | set[str]) -> str:
+    """The evaluation metric a run is judged and drawn by: ``accuracy`` if there, else the first."""
+    if not names:
+        return ""
+    return "accuracy" if "accuracy" in names else sorted(names)[0]
+
+
 @dataclass
 class DemoState:
+    """Everything the live view and the report show.
+
+    ``args`` carries the run's settings as resolved (``strategy``,
+    ``rounds``, ``trainers``, ``update_encoding``, ``backends``, ...);
+    ``command`` is ``demo`` or ``simulate``; ``app`` the app's name.
+    """
+
     args: argparse.Namespace
     procs: dict[str, Proc]
     started: float
+    command: str = "simulate"
+    app: str = "app"
     rounds: list[RoundInfo] = field(default_factory=list)
     open_round: int = 0
     open_updates: int = 0
     open_quorum: int = 0
     failures: list[str] = field(default_factory=list)
-    centralised: list[float] = field(default_factory=list)
+    #: the app's baseline (non-federated reference) metrics, one dict per round
+    baseline: list[dict[str, float]] = field(default_factory=list)
+    #: False when the app has no baseline (nothing to wait for or show)
+    has_baseline: bool = True
     #: bytes of each update the trainers sent, by round
     update_sizes: dict[int, list[int]] = field(default_factory=dict)
 
@@ -79,6 +102,19 @@ class DemoState:
         """Mean bytes of the updates sent for ``round`` (None before any)."""
         sizes = self.update_sizes.get(round)
         return sum(sizes) / len(sizes) if sizes else None
+
+    @property
+    def metric(self) -> str:
+        """The primary evaluation metric (see :func:`primary_metric`), "" before any round."""
+        return primary_metric({k for r in self.rounds for k in r.metrics})
+
+    def baseline_value(self, round: int, metric: str | None = None) -> float | None:
+        """The baseline's ``metric`` (default: the primary one) after ``round``, if known."""
+        name = metric or self.metric
+        if len(self.baseline) >= round >= 1:
+            value = self.baseline[round - 1].get(name)
+            return None if value is None else float(value)
+        return None
 
     def name_of(self, peer_id: str) -> str:
         for p in self.procs.values():
@@ -115,8 +151,7 @@ def apply_event(
         info = RoundInfo(
             round=int(ev["round"]),
             participants=sorted(state.name_of(p) for p in ev["participants"]),
-            accuracy=float(ev["metrics"].get("accuracy", 0.0)),
-            loss=float(ev["metrics"].get("loss", 0.0)),
+            metrics={str(k): float(v) for k, v in dict(ev.get("metrics") or {}).items()},
             cid=str(ev["cid"]),
             size=int(ev["size"]),
             bytes_stored=int(ev["bytes_stored"]),
@@ -130,8 +165,11 @@ def apply_event(
         sent = state.update_bytes(info.round)
         plain(
             f"round {info.round:>2}: {len(info.participants)} participants "
-            f"({' '.join(info.participants)}), test accuracy {info.accuracy:.3f}, "
-            + "".join(f"{k} {v:.3f}, " for k, v in sorted(info.trainer_metrics.items()))
+            f"({' '.join(info.participants)}), "
+            + "".join(f"{k} {metric_text(v)}, " for k, v in sorted(info.metrics.items()))
+            + "".join(
+                f"trainers' {k} {metric_text(v)}, " for k, v in sorted(info.trainer_metrics.items())
+            )
             + (f"updates {sent:,.0f} B, " if sent is not None else "")
             + f"CID {info.cid}, {info.bytes_stored} bytes stored"
         )
@@ -153,5 +191,7 @@ def apply_event(
             state.failures.append(f"{proc.name}: local head {head} is not the final CID")
         proc.state = "done" if ev.get("status") == "complete" else "failed"
         proc.detail = f"round {ev.get('final_round')} {short_cid(proc.final_cid)}"
+    elif kind == "exported":
+        plain(f"final model written to {ev.get('path')} ({ev.get('parameters')} parameters)")
     elif kind == "error":
         proc.state, proc.detail = "failed", str(ev.get("message", ""))[:80]

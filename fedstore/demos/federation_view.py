@@ -1,4 +1,4 @@
-"""The federation demo's output: the Rich live view, the summary and the final report lines."""
+"""A simulation's output: the Rich live view, the summary and the final report lines."""
 
 from __future__ import annotations
 
@@ -6,17 +6,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedstore.console import metric_text, size_text
 from fedstore.demos.federation_state import DemoState, short_cid
 
 __all__ = ["finish", "render"]
 
+#: evaluation metrics shown as columns of the live view (the primary one first)
+MAX_EVAL_COLUMNS = 2
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+
+def _eval_columns(state: DemoState) -> list[str]:
+    names = sorted({k for r in state.rounds for k in r.metrics})
+    first = state.metric
+    ordered = ([first] if first else []) + [n for n in names if n != first]
+    return ordered[:MAX_EVAL_COLUMNS]
+
+
+def _trainer_column(state: DemoState) -> str | None:
+    names = sorted({k for r in state.rounds for k in r.trainer_metrics})
+    if "train_loss" in names:
+        return "train_loss"
+    return names[0] if names else None
 
 
 def render(state: DemoState) -> Any:
@@ -28,47 +38,39 @@ def render(state: DemoState) -> Any:
     a = state.args
     elapsed = time.monotonic() - state.started
     title = (
-        f"fedstore demo · digits · {a.aggregator} · {a.update_encoding} updates · "
+        f"fedstore {state.command} · {state.app} · {a.strategy} · {a.update_encoding} updates · "
         f"{a.trainers} trainers · {a.rounds} rounds · {elapsed:4.1f}s"
     )
+    evals = _eval_columns(state)
+    trainer_col = _trainer_column(state)
     rounds = Table(title=title, title_justify="left", expand=False)
-    for col, just in (
-        ("round", "right"),
-        ("participants", "left"),
-        ("test acc", "right"),
-        ("centralised", "right"),
-        ("train loss", "right"),
-        ("update", "right"),
-        ("CID", "left"),
-        ("stored", "right"),
-        ("time", "right"),
-    ):
+    columns = [("round", "right"), ("participants", "left")]
+    columns += [(name, "right") for name in evals]
+    columns += [("baseline", "right")] if state.has_baseline else []
+    columns += [(f"trainers' {trainer_col}", "right")] if trainer_col else []
+    columns += [("update", "right"), ("CID", "left"), ("stored", "right"), ("time", "right")]
+    for col, just in columns:
         rounds.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in state.rounds:
-        cen = state.centralised[r.round - 1] if len(state.centralised) >= r.round else None
-        rounds.add_row(
-            str(r.round),
-            " ".join(r.participants) + (" (partial)" if r.partial else ""),
-            f"{r.accuracy:.3f}",
-            f"{cen:.3f}" if cen is not None else "…",
-            f"{r.trainer_metrics['train_loss']:.3f}" if "train_loss" in r.trainer_metrics else "-",
-            _size(int(sent)) if (sent := state.update_bytes(r.round)) is not None else "-",
+        cells = [str(r.round), " ".join(r.participants) + (" (partial)" if r.partial else "")]
+        cells += [metric_text(r.metrics[n]) if n in r.metrics else "-" for n in evals]
+        if state.has_baseline:
+            base = state.baseline_value(r.round)
+            cells.append(metric_text(base) if base is not None else "…")
+        if trainer_col:
+            value = r.trainer_metrics.get(trainer_col)
+            cells.append(metric_text(value) if value is not None else "-")
+        sent = state.update_bytes(r.round)
+        cells += [
+            size_text(sent) if sent is not None else "-",
             short_cid(r.cid),
-            _size(r.bytes_stored),
+            size_text(r.bytes_stored),
             f"{r.seconds:.2f}s",
-        )
+        ]
+        rounds.add_row(*cells)
     if state.open_round and (not state.rounds or state.rounds[-1].round < state.open_round):
-        rounds.add_row(
-            str(state.open_round),
-            Text(f"{state.open_updates}/{state.open_quorum} updates…", style="dim"),
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-        )
+        waiting = Text(f"{state.open_updates}/{state.open_quorum} updates…", style="dim")
+        rounds.add_row(str(state.open_round), waiting, *[""] * (len(columns) - 2))
     peers = Table(show_header=True, expand=False, box=None)
     peers.add_column("process")
     peers.add_column("peer id")
@@ -106,11 +108,8 @@ def _summary(state: DemoState, tmp: Path, wall: float) -> Any:
         RoundRow(
             round=r.round,
             participants=len(r.participants),
-            accuracy=r.accuracy,
-            loss=r.loss,
-            centralised_accuracy=(
-                state.centralised[r.round - 1] if len(state.centralised) >= r.round else None
-            ),
+            metrics=dict(r.metrics),
+            baseline=state.baseline_value(r.round),
             cid=r.cid,
             size=r.size,
             bytes_stored=r.bytes_stored,
@@ -121,43 +120,52 @@ def _summary(state: DemoState, tmp: Path, wall: float) -> Any:
     ]
     done = agg.done or {}
     late = args.late_trainer if 1 <= args.late_trainer <= args.trainers else None
+    last = state.rounds[-1].round if state.rounds else 0
     return RunSummary(
         rounds=rows,
-        strategy=args.aggregator,
+        strategy=args.strategy,
         num_trainers=args.trainers,
         late_trainer=late,
         late_round=args.late_round if late else None,
         final_cid=str(done.get("final_cid", "")),
         peer_final_cids={p.name: p.final_cid for p in state.procs.values() if p.final_cid},
-        centralised_final=state.centralised[-1] if state.centralised else 0.0,
+        baseline_final=state.baseline_value(last) if last else None,
         wall_seconds=wall,
         status=str(done.get("status", "failed")),
         backends=[b for b in args.backends.split(",") if b],
         rejections=dict(done.get("rejections", {})),
         reason=str(done.get("reason", "")) or "; ".join(state.failures),
+        app=state.app,
+        command=state.command,
+        metric=state.metric,
+        minimums=dict(getattr(args, "targets", {}) or {}),
+        max_seconds=getattr(args, "max_seconds", None),
         config={
             "rounds": args.rounds,
-            "seed": args.seed,
+            "seed": getattr(args, "seed", None),
+            "app_config": dict(getattr(args, "app_config_values", {}) or {}),
             "round_timeout": args.round_timeout,
             "objects_bytes": _dir_size(tmp / "objects"),
             "update_encoding": args.update_encoding,
             "update_bytes_mean": _mean_update_bytes(state),
-            "task": "digits",
+            "task": state.app,
         },
     )
 
 
 def finish(state: DemoState, tmp: Path, wall: float, console: Any) -> int:
-    """Write the report directory, print the outcome; the demo's exit status (0: all good)."""
+    """Write the report directory, print the outcome; the run's exit status (0: all good)."""
     from fedstore.catalog import resolve_db_path
     from fedstore.demos.federation_report import write_report
 
     args = state.args
     summary = _summary(state, tmp, wall)
+    metric = summary.metric
+    curve = [m[metric] for m in state.baseline if metric in m] if metric else []
     paths = write_report(
         args.out,
         summary,
-        centralised_curve=state.centralised,
+        baseline_curve=curve,
         catalog=resolve_db_path(tmp / "aggregator"),
     )
     doc = summary.to_json()
@@ -167,14 +175,18 @@ def finish(state: DemoState, tmp: Path, wall: float, console: Any) -> int:
             ok = False
             console.print(f"[red]{p.name} failed[/red] ({p.detail}); log: {p.log_path}")
             args.keep = True
+    if summary.final_value is not None:
+        line = f"final {metric} {summary.final_value:.4f}"
+        if summary.baseline_final is not None and summary.gap is not None:
+            line += f", baseline {summary.baseline_final:.4f} (gap {summary.gap:+.4f})"
+        console.print(f"{line}; {wall:.1f} s", highlight=False)
+    else:
+        console.print(f"status {summary.status}; {wall:.1f} s", highlight=False)
+    agree = sorted(n for n, c in summary.peer_final_cids.items() if c == summary.final_cid)
     console.print(
-        f"final test accuracy {summary.final_accuracy:.4f}, centralised "
-        f"{summary.centralised_final:.4f} (gap {doc['gap_to_centralised']:+.4f}); "
-        f"{wall:.1f} s",
+        f"final CID {summary.final_cid or '-'}: same on {', '.join(agree) or 'no peer'}",
         highlight=False,
     )
-    agree = sorted(n for n, c in summary.peer_final_cids.items() if c == summary.final_cid)
-    console.print(f"final CID {summary.final_cid}: same on {', '.join(agree)}", highlight=False)
     missed = [k for k, v in doc["targets"].items() if not v]
     if missed:
         console.print(f"[yellow]targets not met:[/yellow] {', '.join(missed)}")

@@ -1,16 +1,22 @@
-"""One process of the digits demo: ``python -m fedstore.demos.federation_worker``.
+"""One process of ``fedstore simulate`` / ``demo``: ``python -m fedstore.demos.federation_worker``.
 
-The demo (:mod:`fedstore.demos.federation`) starts one aggregator and N
-trainers with this entry point. Each process runs a fedstore node and
-prints one JSON object per line on stdout (machine-readable progress; logs
-go to stderr):
+The simulation (:mod:`fedstore.demos.federation`) starts one aggregator and
+N trainers with this entry point (or, with a federation manifest, members:
+``member`` takes every role the manifest gives it), each running the same app (``--app
+MODULE:OBJ``, default the built-in digits app; ``--app-config KEY=VALUE`` for
+an app factory). Each process runs a fedstore node and prints one JSON
+object per line on stdout (machine-readable progress; logs go to stderr):
 
-* ``{"event": "waiting"}`` with ``--go-from-stdin``: data loaded, node not started yet
+* ``{"event": "waiting"}`` with ``--go-from-stdin``: app loaded, node not started yet
   (the process is offline until ``GO <bootstrap multiaddr>`` arrives on stdin);
 * ``{"event": "ready", "role": ..., "peer_id": ..., "addr": ...}`` once the node listens;
 * the round events of :mod:`fedstore.federation.events` (``"event"`` is their ``kind``);
+* ``{"event": "exported", "path": ..., "parameters": ...}`` (aggregator, ``--export``);
 * ``{"event": "done", "status": ..., "final_round": ..., "final_cid": ..., ...}`` at the end;
 * ``{"event": "error", "message": ...}`` if it fails (exit code 1).
+
+The options ``--hidden``, ``--epochs``, ``--lr``, ``--alpha`` and ``--seed``
+are app config entries of the same names (kept for the digits app).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -28,13 +35,19 @@ import trio
 from fedstore.errors import ConfigError, FedstoreError
 
 if TYPE_CHECKING:
-    from fedstore.demos.digits_task import DigitsTask
+    from fedstore.app import App
     from fedstore.federation.events import Event
 
-__all__ = ["build_parser", "main", "parse_settings"]
+__all__ = ["DEFAULT_APP", "build_parser", "emit", "main", "parse_settings"]
+
+#: The app a worker runs when none is named: the built-in digits task.
+DEFAULT_APP = "fedstore.demos.digits:make_app"
+#: Worker options that are app config entries (the digits app's settings).
+_APP_OPTIONS = ("hidden", "epochs", "lr", "alpha", "seed")
 
 
-def _emit(obj: dict[str, Any]) -> None:
+def emit(obj: dict[str, Any]) -> None:
+    """Print one JSON event line on stdout."""
     sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
 
@@ -44,7 +57,7 @@ def _event_sink(ev: Event) -> None:
 
     d = event_dict(ev)
     d["event"] = d.pop("kind")
-    _emit(d)
+    emit(d)
 
 
 def _read_line() -> str:
@@ -58,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["aggregator", "trainer", "member"],
         help="member: both roles, in a federation with a manifest (--federation)",
     )
+    p.add_argument("--app", default=DEFAULT_APP, help=f"MODULE:OBJ or FILE.py:OBJ ({DEFAULT_APP})")
+    p.add_argument(
+        "--app-config", action="append", default=[], metavar="KEY=VALUE", help="app factory setting"
+    )
     p.add_argument("--data-dir", required=True, help="this node's data directory")
     p.add_argument("--fs-root", help="shared root of the filesystem backend")
     p.add_argument("--backends", default="filesystem", help="comma-separated backend chain")
@@ -68,10 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stay offline (no node) until a line 'GO <bootstrap multiaddr>' arrives on stdin",
     )
-    p.add_argument("--trainers", type=int, default=3, help="size of the data split")
-    p.add_argument("--index", type=int, default=1, help="this trainer's data part (1-based)")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--aggregator", default="fedavg", dest="strategy", help="strategy name")
+    p.add_argument("--trainers", type=int, default=3, help="number of trainers (data split)")
+    p.add_argument("--index", type=int, default=1, help="this trainer's number (1-based)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default: the app's)")
+    p.add_argument(
+        "--strategy", "--aggregator", default=None, dest="strategy", help="strategy name"
+    )
     p.add_argument(
         "--strategy-setting",
         action="append",
@@ -79,20 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a setting of the strategy (repeatable), e.g. trim=0.1",
     )
-    p.add_argument(
-        "--update-encoding",
-        default="float32",
-        help="update encoding (aggregator): float32, float16, int8[:BLOCK], topk:FRACTION",
-    )
-    p.add_argument("--quorum", default="3", help="N or N,ROUND:M")
-    p.add_argument("--min-updates", type=int, default=1)
-    p.add_argument("--round-timeout", type=float, default=30.0)
+    p.add_argument("--update-encoding", default=None, help="update encoding (aggregator)")
+    p.add_argument("--quorum", default=None, help="N or N,ROUND:M (default: the app's)")
+    p.add_argument("--min-updates", type=int, default=None)
+    p.add_argument("--round-timeout", type=float, default=None)
     p.add_argument("--idle-timeout", type=float, default=60.0)
-    p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--alpha", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--export", type=Path, help="aggregator: write the final model to this file")
+    for name in _APP_OPTIONS:
+        p.add_argument(f"--{name}", default=None, help=f"app config {name}")
     p.add_argument(
         "--federation",
         metavar="FILE|CID",
@@ -103,163 +116,125 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _task(args: argparse.Namespace) -> DigitsTask:
-    from fedstore.demos.digits_task import DigitsConfig, DigitsTask
-
-    overrides = {
-        k: getattr(args, k)
-        for k in ("hidden", "epochs", "lr", "alpha", "seed")
-        if getattr(args, k) is not None
-    }
-    return DigitsTask(args.trainers, DigitsConfig(**overrides))
-
-
-def parse_settings(items: Sequence[str]) -> dict[str, str]:
+def parse_settings(items: Sequence[str], what: str = "strategy setting") -> dict[str, str]:
     """``["trim=0.1", ...]`` -> ``{"trim": "0.1"}``; ConfigError for an item without ``=``."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"strategy setting {item!r} is not KEY=VALUE")
+            raise ConfigError(f"{what} {item!r} is not KEY=VALUE")
         out[key.strip()] = value.strip()
     return out
 
 
-async def _run(args: argparse.Namespace) -> int:
+def load_worker_app(args: argparse.Namespace) -> App:
+    from fedstore.app import load_app
+
+    config = parse_settings(args.app_config, "app config")
+    for name in _APP_OPTIONS:
+        if getattr(args, name) is not None:
+            config[name] = str(getattr(args, name))
+    return load_app(args.app, config=config)
+
+
+async def _aggregate(args: argparse.Namespace, app: App, cfg: Any) -> int:
     from fedstore.federation import api
-    from fedstore.federation.aggregator import lead_rounds
-    from fedstore.federation.nodepeer import NodePeer
-    from fedstore.federation.settings import AggregatorSettings, QuorumSchedule, TrainerSettings
-    from fedstore.federation.strategies import load_strategy
-    from fedstore.federation.trainer import follow_rounds
-    from fedstore.federation.update_encoding import UpdateEncoding
-    from fedstore.node import open_node
+    from fedstore.federation.final_model import export_model, local_head
 
-    if args.role == "member" and not args.federation:
-        raise ConfigError("the member role needs a federation manifest (--federation)")
-    strategy = (
-        load_strategy(args.strategy, parse_settings(args.strategy_setting))
-        if args.role == "aggregator" and not args.federation
-        else None
-    )
-    encoding = UpdateEncoding.parse(args.update_encoding)
-    task = await trio.to_thread.run_sync(_task, args)
-    if args.go_from_stdin:
-        _emit({"event": "waiting", "role": args.role})
-        line = await trio.to_thread.run_sync(_read_line, abandon_on_cancel=True)
-        word, _, addr = line.strip().partition(" ")
-        if word != "GO":
-            _emit({"event": "error", "message": "stdin closed before GO"})
-            return 1
-        if addr:
-            args.bootstrap.append(addr)
-    settings = {"FEDSTORE_FS_ROOT": args.fs_root} if args.fs_root else {}
-    cfg = api.make_node_config(
-        role="bootstrap" if args.role == "aggregator" else "trainer",
-        data_dir=args.data_dir,
-        bootstrap=args.bootstrap,
-        listen=args.listen,
-        backends=[b for b in args.backends.split(",") if b],
-        settings=settings,
-    )
-    async with open_node(cfg) as node:
-        _emit(
-            {
-                "event": "ready",
-                "role": args.role,
-                "peer_id": node.peer_id,
-                "addr": node.addrs()[0] if node.addrs() else "",
-            }
-        )
-        peer = NodePeer(node)
-        if args.federation:
-            return await _run_member(args, node, task)
-        if strategy is not None:
-            meta = {
-                "fedstore.task": f"digits-{task.cfg.model_name}",
-                "fedstore.task_seed": str(task.cfg.seed),
-            }
-            result = await lead_rounds(
-                peer,
-                task.initial_arrays(),
-                AggregatorSettings(
-                    rounds=args.rounds,
-                    strategy=strategy,
-                    quorum=QuorumSchedule.parse(args.quorum),
-                    min_updates=args.min_updates,
-                    round_timeout=args.round_timeout,
-                    metadata=meta,
-                    update_encoding=encoding,
-                ),
-                evaluate=task.evaluate,
-                on_event=_event_sink,
-            )
-            head = await node.head()
-            _emit(
-                {
-                    "event": "done",
-                    "status": result.status,
-                    "final_round": result.final_round,
-                    "final_cid": result.final_cid,
-                    "rejections": dict(result.rejections),
-                    "local_head": list(head) if head else None,
-                    "reason": result.reason,
-                }
-            )
-            return 0 if result.status == "complete" else 1
-        await node.wait_for_peers(1, timeout=30.0)
-        tres = await follow_rounds(
-            peer,
-            task.trainer(args.index),
-            TrainerSettings(
-                idle_timeout=args.idle_timeout, inline_limit=min(peer.inline_limit, 1 << 20)
-            ),
-            on_event=_event_sink,
-        )
-        head = await node.head()
-        _emit(
-            {
-                "event": "done",
-                "status": tres.status,
-                "final_round": tres.final_round,
-                "final_cid": tres.final_cid,
-                "rounds_trained": list(tres.rounds_trained),
-                "local_head": list(head) if head else None,
-                "reason": tres.reason,
-                "class_counts": task.class_counts(args.index),
-            }
-        )
-        return 0 if tres.status == "complete" else 1
+    def ready(addr: str) -> None:
+        emit({"event": "ready", "role": "aggregator", "peer_id": addr.rsplit("/", 1)[-1],
+              "addr": addr})  # fmt: skip
 
-
-async def _run_member(args: argparse.Namespace, node: Any, task: DigitsTask) -> int:
-    """This process's part in a federation with a manifest (its roles come from the manifest)."""
-    from fedstore.federation.member import MemberOptions, take_part
-    from fedstore.federation.nodepeer import NodePeer, join_federation
-
-    if args.bootstrap:
-        await node.wait_for_peers(1, timeout=30.0)
-    membership = await join_federation(node, args.federation)
-    peer = NodePeer(node)
-    roles = membership.manifest.roles_of(node.peer_id)
-    aggregates = "aggregator" in roles and args.role in ("aggregator", "member")
-    trains = "trainer" in roles and args.role in ("trainer", "member")
-    result = await take_part(
-        peer,
-        membership,
-        initial=task.initial_arrays() if aggregates else None,
-        train=task.trainer(args.index) if trains else None,
-        evaluate=task.evaluate if aggregates else None,
-        options=MemberOptions(verify=args.verify == "full", idle_timeout=args.idle_timeout),
-        metadata={
-            "fedstore.task": f"digits-{task.cfg.model_name}",
-            "fedstore.task_seed": str(task.cfg.seed),
-        },
-        inline_limit=min(peer.inline_limit, 1 << 20),
+    result = await api.aggregate_app(
+        app,
+        rounds=args.rounds,
+        quorum=args.quorum,
+        min_updates=args.min_updates,
+        round_timeout=args.round_timeout,
+        strategy=args.strategy,
+        strategy_settings=parse_settings(args.strategy_setting),
+        update_encoding=args.update_encoding,
+        node=cfg,
         on_event=_event_sink,
+        on_ready=ready,
     )
-    head = await node.head()
-    _emit(
+    if result.status == "complete" and args.export is not None:
+        params = await trio.to_thread.run_sync(
+            export_model, cfg.data_dir, result.final_round, result.final_cid, args.export
+        )
+        emit({"event": "exported", "path": str(args.export), "parameters": params})
+    head = await trio.to_thread.run_sync(local_head, cfg.data_dir)
+    emit(
+        {
+            "event": "done",
+            "status": result.status,
+            "final_round": result.final_round,
+            "final_cid": result.final_cid,
+            "rejections": dict(result.rejections),
+            "local_head": list(head) if head else None,
+            "reason": result.reason,
+        }
+    )
+    return 0 if result.status == "complete" else 1
+
+
+async def _train(args: argparse.Namespace, app: App, cfg: Any, train_fn: Any) -> int:
+    from fedstore.federation import api
+    from fedstore.federation.final_model import local_head
+
+    def ready(addr: str) -> None:
+        emit({"event": "ready", "role": "trainer", "peer_id": addr.rsplit("/", 1)[-1],
+              "addr": addr})  # fmt: skip
+
+    result = await api.train(
+        train_fn,
+        node=cfg,
+        idle_timeout=args.idle_timeout,
+        connect_timeout=30.0,
+        on_event=_event_sink,
+        on_ready=ready,
+    )
+    head = await trio.to_thread.run_sync(local_head, cfg.data_dir)
+    emit(
+        {
+            "event": "done",
+            "status": result.status,
+            "final_round": result.final_round,
+            "final_cid": result.final_cid,
+            "rounds_trained": list(result.rounds_trained),
+            "local_head": list(head) if head else None,
+            "reason": result.reason,
+        }
+    )
+    return 0 if result.status == "complete" else 1
+
+
+async def _member(args: argparse.Namespace, app: App, cfg: Any, train_fn: Any) -> int:
+    """This process's part in a federation with a manifest (its roles come from the manifest;
+    ``aggregator`` or ``trainer`` limits it to that one)."""
+    from fedstore.federation import api
+    from fedstore.federation.final_model import local_head
+
+    def ready(addr: str) -> None:
+        emit({"event": "ready", "role": args.role, "peer_id": addr.rsplit("/", 1)[-1],
+              "addr": addr})  # fmt: skip
+
+    aggregates = args.role in ("aggregator", "member")
+    initial = await trio.to_thread.run_sync(app.initial_arrays) if aggregates else None
+    result = await api.take_part(
+        federation=args.federation,
+        initial=initial,
+        train=train_fn,
+        evaluate=app.evaluate_fn() if aggregates else None,
+        node=cfg,
+        verify=args.verify == "full",
+        options=api.MemberOptions(verify=args.verify == "full", idle_timeout=args.idle_timeout),
+        metadata=dict(app.metadata),
+        on_event=_event_sink,
+        on_ready=ready,
+    )
+    head = await trio.to_thread.run_sync(local_head, cfg.data_dir)
+    emit(
         {
             "event": "done",
             "status": result.status,
@@ -278,6 +253,42 @@ async def _run_member(args: argparse.Namespace, node: Any, task: DigitsTask) -> 
     return 0 if result.status == "complete" else 1
 
 
+async def _run(args: argparse.Namespace) -> int:
+    from fedstore.app import TrainerContext
+    from fedstore.federation import api
+
+    if args.role == "member" and not args.federation:
+        raise ConfigError("the member role needs a federation manifest (--federation)")
+    app = await trio.to_thread.run_sync(load_worker_app, args)
+    train_fn = None
+    if args.role in ("trainer", "member"):  # made before going online: data loading overlaps
+        context = TrainerContext(args.index, args.trainers, Path(args.data_dir))
+        train_fn = await trio.to_thread.run_sync(app.train_fn, context)
+    if args.go_from_stdin:
+        emit({"event": "waiting", "role": args.role})
+        line = await trio.to_thread.run_sync(_read_line, abandon_on_cancel=True)
+        word, _, addr = line.strip().partition(" ")
+        if word != "GO":
+            emit({"event": "error", "message": "stdin closed before GO"})
+            return 1
+        if addr:
+            args.bootstrap.append(addr)
+    settings = {"FEDSTORE_FS_ROOT": args.fs_root} if args.fs_root else {}
+    cfg = api.make_node_config(
+        role="bootstrap" if args.role == "aggregator" else "trainer",
+        data_dir=args.data_dir,
+        bootstrap=args.bootstrap,
+        listen=args.listen,
+        backends=[b for b in args.backends.split(",") if b],
+        settings=settings,
+    )
+    if args.federation:
+        return await _member(args, app, cfg, train_fn)
+    if train_fn is None:
+        return await _aggregate(args, app, cfg)
+    return await _train(args, app, cfg, train_fn)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from fedstore.logsetup import setup_logging
 
@@ -292,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err = _fedstore_error(exc)
         if err is None:
             raise
-        _emit({"event": "error", "message": str(err)})
+        emit({"event": "error", "message": " ".join(str(err).split())})
         print(f"fedstore worker: error: {err}", file=sys.stderr)
         return 1
 

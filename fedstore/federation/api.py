@@ -54,8 +54,16 @@ calls, blocking (they start their own trio loop); underneath,
 :func:`fedstore.federation.trainer.follow_rounds` run the round protocol over
 any :class:`~fedstore.federation.transport.FederationPeer`. Both entry points
 accept a ready :class:`~fedstore.config.NodeConfig` (``node=``) or the few
-fields the examples need. With PyTorch installed,
-:func:`arrays_from_state_dict` and :func:`state_dict_from_arrays` convert
+fields the examples need.
+
+An :class:`~fedstore.app.App` bundles all of the above (initial weights,
+``train``, ``evaluate``, strategy and round defaults): :func:`aggregate_app`
+and :func:`train_app` (blocking: :func:`run_app_aggregator`,
+:func:`run_app_trainer`) run one, as ``fedstore aggregate|train|simulate
+--app MODULE:OBJ`` do.
+
+With PyTorch installed, :func:`arrays_from_state_dict` and
+:func:`state_dict_from_arrays` (from :mod:`fedstore.torch_state`) convert
 between a ``state_dict`` and the arrays these functions exchange.
 """
 
@@ -65,8 +73,7 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -87,8 +94,10 @@ from fedstore.federation.strategies.base import Strategy
 from fedstore.federation.strategies.registry import SettingValue, load_strategy
 from fedstore.federation.trainer import LegacyTrainFn, TrainFn, as_train_fn, follow_rounds
 from fedstore.federation.update_encoding import UpdateEncoding
+from fedstore.torch_state import TorchTensor, arrays_from_state_dict, state_dict_from_arrays
 
 if TYPE_CHECKING:
+    from fedstore.app import App, TrainerContext
     from fedstore.config import NodeConfig
     from fedstore.federation.membership import Membership
     from fedstore.node import Node
@@ -100,14 +109,18 @@ __all__ = [
     "TorchTensor",
     "TrainFn",
     "aggregate",
+    "aggregate_app",
     "arrays_from_state_dict",
     "make_node_config",
     "run_aggregator",
+    "run_app_aggregator",
+    "run_app_trainer",
     "run_member",
     "run_trainer",
     "state_dict_from_arrays",
     "take_part",
     "train",
+    "train_app",
 ]
 
 NDArray = npt.NDArray[np.generic]
@@ -222,7 +235,10 @@ def _quorum(q: int | str | QuorumSchedule) -> QuorumSchedule:
         return q
     if isinstance(q, int):
         return QuorumSchedule(q)
-    return QuorumSchedule.parse(q)
+    try:
+        return QuorumSchedule.parse(q)
+    except ValueError as exc:
+        raise ConfigError(f"quorum: {exc}") from None
 
 
 def _strategy(strategy: Strategy | str, settings: Mapping[str, SettingValue] | None) -> Strategy:
@@ -320,6 +336,7 @@ async def train(
     idle_timeout: float = 60.0,
     connect_timeout: float = 30.0,
     on_event: EventSink = noop_sink,
+    on_ready: Callable[[str], None] | None = None,
     aggregator: str | None = None,
     federation: str | Path | Membership | None = None,
     verify: bool | None = None,
@@ -334,6 +351,8 @@ async def train(
     no head is taken from other peers. With a manifest (``federation``, or
     the node's ``FEDSTORE_FEDERATION``) only its aggregator-capable members
     are followed and every global model is verified before it is trained on.
+    ``on_ready(multiaddr)`` is called once the node listens, before it waits
+    for peers.
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
@@ -344,6 +363,8 @@ async def train(
     if not cfg.bootstrap:
         raise ConfigError("a trainer needs at least one bootstrap address (the aggregator's)")
     async with open_node(cfg) as n:
+        if on_ready is not None:
+            on_ready(n.addrs()[0])
         await n.wait_for_peers(1, timeout=connect_timeout)
         membership = await _membership(n, federation)
         peer = NodePeer(n)
@@ -357,6 +378,92 @@ async def train(
             else None,
         )
         return await follow_rounds(peer, train_fn, settings, on_event=on_event)
+
+
+# -- apps (fedstore.app.App) -------------------------------------------------------------
+
+
+async def aggregate_app(
+    app: App,
+    *,
+    rounds: int | None = None,
+    quorum: int | str | QuorumSchedule | None = None,
+    min_updates: int | None = None,
+    round_timeout: float | None = None,
+    strategy: str | Strategy | None = None,
+    strategy_settings: Mapping[str, SettingValue] | None = None,
+    update_encoding: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    node: NodeConfig | None = None,
+    data_dir: str | Path = "checkpoints_bootstrap",
+    backends: Sequence[str] | None = None,
+    on_event: EventSink = noop_sink,
+    on_ready: Callable[[str], None] | None = None,
+) -> FederationResult:
+    """:func:`aggregate` with an :class:`~fedstore.app.App`'s weights, evaluation and defaults.
+
+    Each argument given overrides the app's value: ``strategy`` by name or
+    instance (``strategy_settings`` without a name are added to the app's
+    strategy's own); ``metadata`` is added to the app's. The strategy is loaded and
+    the initial weights computed (in a worker thread) before the node starts,
+    so a bad app fails without touching the network.
+    """
+    chosen = (
+        _strategy(strategy, strategy_settings)
+        if isinstance(strategy, Strategy)
+        else app.load_strategy(strategy, strategy_settings)
+    )
+    initial = await trio.to_thread.run_sync(app.initial_arrays)
+    return await aggregate(
+        initial,
+        evaluate=app.evaluate_fn(),
+        rounds=app.rounds if rounds is None else rounds,
+        strategy=chosen,
+        quorum=app.quorum if quorum is None else quorum,
+        min_updates=app.min_updates if min_updates is None else min_updates,
+        round_timeout=app.round_timeout if round_timeout is None else round_timeout,
+        node=node,
+        data_dir=data_dir,
+        backends=backends,
+        on_event=on_event,
+        on_ready=on_ready,
+        metadata={**app.metadata, **(metadata or {})},
+        update_encoding=update_encoding or app.update_encoding,
+    )
+
+
+async def train_app(
+    app: App,
+    *,
+    context: TrainerContext | None = None,
+    node: NodeConfig | None = None,
+    data_dir: str | Path = "checkpoints_trainer",
+    bootstrap: Sequence[str] = (),
+    backends: Sequence[str] | None = None,
+    idle_timeout: float = 60.0,
+    connect_timeout: float = 30.0,
+    on_event: EventSink = noop_sink,
+    on_ready: Callable[[str], None] | None = None,
+) -> TrainerResult:
+    """:func:`train` with an :class:`~fedstore.app.App`'s training function.
+
+    ``context`` says which trainer this is (for an app with a ``trainer``
+    factory; default: 1 of 1). The training function is made (its data
+    loaded) in a worker thread before the node starts; its inputs and
+    outputs are checked every round (:meth:`fedstore.app.App.train_fn`).
+    """
+    fn = await trio.to_thread.run_sync(app.train_fn, context)
+    return await train(
+        fn,
+        node=node,
+        data_dir=data_dir,
+        bootstrap=bootstrap,
+        backends=backends,
+        idle_timeout=idle_timeout,
+        connect_timeout=connect_timeout,
+        on_event=on_event,
+        on_ready=on_ready,
+    )
 
 
 async def take_part(
@@ -455,55 +562,14 @@ run_trainer = _blocking(
     """,
 )
 
+run_app_aggregator = _blocking(
+    aggregate_app,
+    "run_app_aggregator",
+    """Blocking :func:`aggregate_app`: same parameters, runs its own trio loop until the end.""",
+)
 
-# -- PyTorch (optional) -----------------------------------------------------------
-
-
-class TorchTensor(Protocol):
-    """The part of ``torch.Tensor`` the converters use (fedstore does not import torch)."""
-
-    @property
-    def device(self) -> object: ...
-
-    @property
-    def dtype(self) -> object: ...
-
-    def detach(self) -> TorchTensor: ...
-
-    def cpu(self) -> TorchTensor: ...
-
-    def numpy(self) -> NDArray: ...
-
-    def to(self, *, device: object, dtype: object) -> TorchTensor: ...
-
-
-def _torch() -> ModuleType:
-    try:
-        import torch
-    except ImportError as exc:
-        raise ConfigError("PyTorch is not installed: pip install torch") from exc
-    mod: ModuleType = torch
-    return mod
-
-
-def arrays_from_state_dict(state_dict: Mapping[str, TorchTensor]) -> dict[str, NDArray]:
-    """A PyTorch ``state_dict`` as numpy arrays (copied to CPU, detached)."""
-    _torch()
-    return {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in state_dict.items()}
-
-
-def state_dict_from_arrays(
-    arrays: Mapping[str, NDArray], like: Mapping[str, TorchTensor] | None = None
-) -> dict[str, TorchTensor]:
-    """Numpy arrays as a ``state_dict`` of tensors (on ``like``'s devices and dtypes if given).
-
-    Load it with ``model.load_state_dict(state_dict_from_arrays(arrays, model.state_dict()))``.
-    """
-    torch = _torch()
-    out: dict[str, TorchTensor] = {}
-    for k, a in arrays.items():
-        t: TorchTensor = torch.from_numpy(np.array(a, copy=True))
-        if like is not None and k in like:
-            t = t.to(device=like[k].device, dtype=like[k].dtype)
-        out[k] = t
-    return out
+run_app_trainer = _blocking(
+    train_app,
+    "run_app_trainer",
+    """Blocking :func:`train_app`: same parameters, runs its own trio loop until the end.""",
+)
