@@ -540,6 +540,26 @@ async def _close_shielded(host: Any) -> None:
         await host.close()
 
 
+def _without_auto_connector(host: Any) -> None:
+    """Keep py-libp2p's auto-connector from dialling on this host's behalf.
+
+    Left running it re-dials every peer its peerstore ever saw, up to 150
+    at once, whenever connections drop: peers that only passed through,
+    hostile ones included (a Sybil fills the peerstore by connecting), and
+    dials still in flight at shutdown leave their sockets to the garbage
+    collector. A fedstore node dials its bootstrap peers (redialling those
+    that leave, :mod:`fedstore.node.bootstrap`) and whom it is told to.
+    """
+    auto = getattr(host.get_network(), "auto_connector", None)
+    if auto is None:
+        return
+
+    async def stay_stopped() -> None:  # start() would set _started; the loop then never runs
+        return None
+
+    auto.start = stay_stopped
+
+
 @asynccontextmanager
 async def open_host(
     identity: Identity,
@@ -582,6 +602,7 @@ async def open_host(
         listen_addrs=listen_addrs,
         addrs_factory=plan,
     )
+    _without_auto_connector(host)
     gossipsub = GossipSub(
         protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
         degree=settings.degree,
