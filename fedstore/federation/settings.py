@@ -70,7 +70,9 @@ class AggregatorSettings:
     max_attempts: int = 3
     #: largest update accepted by CID (inline ones are bounded by the message size)
     max_update_bytes: int = 1 << 30
-    linger: float = 1.5
+    #: seconds the aggregator keeps announcing DONE (and serving the final model) before it
+    #: stops: trainers fetch the final model after DONE, over the network, from it
+    linger: float = 5.0
     #: extra, deterministic metadata stored with every global checkpoint
     metadata: Mapping[str, str] = field(default_factory=dict)
     #: take the head from the network if none is held locally (explicit resume)
