@@ -427,6 +427,7 @@ async def test_encoded_updates_over_real_nodes_and_a_hostile_peer(tmp_path: Path
     int8 = UpdateEncoding.parse("int8")
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
+            agg_done = trio.Event()
 
             async def aggregator() -> None:
                 results["agg"] = await api.aggregate(
@@ -443,6 +444,7 @@ async def test_encoded_updates_over_real_nodes_and_a_hostile_peer(tmp_path: Path
                     on_ready=on_ready,
                     update_encoding="int8",
                 )
+                agg_done.set()
 
             nursery.start_soon(aggregator)
             await ready.wait()
@@ -484,7 +486,10 @@ async def test_encoded_updates_over_real_nodes_and_a_hostile_peer(tmp_path: Path
                                 ).encode()
                                 await peer.publish(wire)
                                 hostile_sent.set()
-                                return
+                                break
+                    # stay online until the aggregator is done: a node that leaves at once
+                    # may take its message with it on a loaded machine
+                    await agg_done.wait()
 
             async def trainer() -> None:
                 # starts once the hostile update is out
