@@ -1,0 +1,441 @@
+"""``fedstore simulate --fault ...``: a federation with a manifest, on loopback, with faults injected.
+
+Every process is a member (or the intruder) started at once on 127.0.0.1
+with a fixed port and its own data directory: ``agg-1..agg-A`` (aggregator
+role, each dialling the others), ``trainer-1..trainer-N`` (trainer role,
+dialling every aggregator), and for ``intruder`` a node outside the manifest
+dialling everyone. The faults (:mod:`fedstore.demos.faults`) are injected
+as the run goes: the round-R opener is SIGKILLed once it admitted an update
+(or 2 s after it opened the round), the liar and the poisoned trainer were
+told at start. When every honest member has exited, the hostile processes
+are stopped; the clean run (:mod:`fedstore.demos.fault_clean`) follows and
+:mod:`fedstore.demos.fault_report` writes the summary and decides the exit
+status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedstore.demos.faults import CRASH, FederationPlan
+
+if TYPE_CHECKING:
+    from fedstore.demos.federation_state import DemoState, Proc
+
+__all__ = ["FaultState", "federate_with_faults", "render_faults"]
+
+#: seconds after opening its round that the round-R aggregator is killed at the latest
+KILL_FALLBACK = 2.0
+#: seconds the hostile processes get to stop after a SIGTERM
+STOP_GRACE = 5.0
+
+
+@dataclass
+class FaultState:
+    """What the fault run saw, folded from the processes' JSON events (stamped on arrival)."""
+
+    demo: DemoState
+    plan: FederationPlan
+    #: every round_closed: round, cid, aggregator (name), takeover, metrics, participants (names)
+    closed: list[dict[str, Any]] = field(default_factory=list)
+    #: per process: model_adopted events (round, cid, aggregator name, how, at)
+    adopted: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    takeovers: list[dict[str, Any]] = field(default_factory=list)
+    #: round -> the process that opened it first
+    opened: dict[int, str] = field(default_factory=dict)
+    #: the SIGKILL of aggregator-crash: name, round, at (monotonic), when (which event)
+    killed: dict[str, Any] | None = None
+    intruder_sent: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def honest(self) -> list[str]:
+        """Members that are not hostile (the killed one included)."""
+        hostile = self.plan.hostile()
+        return [p.name for p in self.plan.members if p.name not in hostile]
+
+    def live_honest(self) -> list[str]:
+        gone = {self.killed["name"]} if self.killed else set()
+        return [n for n in self.honest() if n not in gone]
+
+
+def _note(state: FaultState, plain: Callable[[str], None], text: str) -> None:
+    state.notes.append(text)
+    plain(text)
+
+
+def _maybe_row(state: FaultState, rnd: int, plain: Callable[[str], None]) -> None:
+    """Add round ``rnd`` to the view once an honest member adopted a model whose maker we heard."""
+    from fedstore.console import metric_text
+    from fedstore.demos.federation_state import RoundInfo
+
+    demo = state.demo
+    if any(r.round == rnd for r in demo.rounds):
+        return
+    honest = set(state.honest())
+    cids = [a["cid"] for n, evs in state.adopted.items() if n in honest for a in evs
+            if a["round"] == rnd]  # fmt: skip
+    made = {c["cid"]: c for c in state.closed if c["round"] == rnd}
+    cid = next((c for c in cids if c in made), None)
+    if cid is None:
+        return
+    c = made[cid]
+    demo.rounds.append(
+        RoundInfo(
+            round=rnd,
+            participants=list(c["participants"]),
+            metrics=dict(c["metrics"]),
+            cid=cid,
+            size=int(c["size"]),
+            bytes_stored=int(c["bytes_stored"]),
+            seconds=float(c["seconds"]),
+            partial=bool(c["partial"]),
+            trainer_metrics=dict(c["trainer_metrics"]),
+        )
+    )
+    demo.rounds.sort(key=lambda r: r.round)
+    how = " (takeover)" if c["takeover"] else ""
+    plain(
+        f"round {rnd:>2}: aggregated by {c['aggregator']}{how}, {len(c['participants'])} "
+        f"updates, " + "".join(f"{k} {metric_text(v)}, " for k, v in sorted(c["metrics"].items()))
+        + f"CID {cid}"
+    )
+
+
+def on_event(
+    state: FaultState,
+    proc: Proc,
+    ev: dict[str, Any],
+    plain: Callable[[str], None],
+    kill: Callable[[Proc, str], None],
+) -> None:
+    """Fold one event of ``proc`` into ``state`` (and trigger the crash when it is due)."""
+    from fedstore.demos.federation_state import apply_event
+
+    kind = ev.get("event")
+    ev["at"] = time.monotonic()
+    name_of = state.plan.name_of
+    crash = state.plan.faults.get(CRASH)
+    if kind == "round_closed":
+        state.closed.append(
+            {
+                "round": int(ev["round"]),
+                "cid": str(ev["cid"]),
+                "aggregator": proc.name,
+                "takeover": bool(ev.get("takeover")),
+                "metrics": {str(k): float(v) for k, v in dict(ev.get("metrics") or {}).items()},
+                "trainer_metrics": dict(ev.get("trainer_metrics") or {}),
+                "participants": sorted(name_of(p) for p in ev.get("participants", [])),
+                "partial": bool(ev.get("partial")),
+                "size": int(ev.get("size", 0)),
+                "bytes_stored": int(ev.get("bytes_stored", 0)),
+                "seconds": float(ev.get("seconds", 0.0)),
+                "at": ev["at"],
+            }
+        )
+        _maybe_row(state, int(ev["round"]), plain)
+        return
+    if kind == "model_adopted":
+        state.adopted.setdefault(proc.name, []).append(
+            {
+                "round": int(ev["round"]),
+                "cid": str(ev["cid"]),
+                "aggregator": name_of(str(ev.get("aggregator", ""))),
+                "how": str(ev.get("how", "")),
+                "at": ev["at"],
+            }
+        )
+        proc.state, proc.detail = "adopted", f"round {ev['round']}"
+        _maybe_row(state, int(ev["round"]), plain)
+        return
+    if kind == "model_refused":
+        state.refused.append(
+            {
+                "by": proc.name,
+                "round": int(ev["round"]),
+                "cid": str(ev["cid"]),
+                "expected": str(ev.get("expected", "")),
+                "aggregator": name_of(str(ev.get("aggregator", ""))),
+                "reason": str(ev.get("reason", ""))[:200],
+            }
+        )
+        _note(state, plain, f"round {ev['round']}: {proc.name} refused {ev['cid']} from "
+              f"{name_of(str(ev.get('aggregator', '')))} (recomputed: {ev.get('expected') or '-'})")  # fmt: skip
+        return
+    if kind == "aggregation_taken_over":
+        state.takeovers.append(
+            {
+                "by": proc.name,
+                "round": int(ev["round"]),
+                "position": int(ev.get("position", 0)),
+                "replaced": name_of(str(ev.get("replaced", ""))),
+                "at": ev["at"],
+            }
+        )
+        _note(state, plain, f"round {ev['round']}: {proc.name} takes over from "
+              f"{name_of(str(ev.get('replaced', '')))}")  # fmt: skip
+        return
+    if kind == "intruder_sent":
+        state.intruder_sent = {
+            "updates": int(ev.get("updates", 0)),
+            "announcements": int(ev.get("announcements", 0)),
+            "rounds": state.intruder_sent.get("rounds", 0) + 1,
+        }
+        proc.state, proc.detail = "intruding", (
+            f"{state.intruder_sent['updates']} updates, "
+            f"{state.intruder_sent['announcements']} announcements sent"
+        )
+        return
+    if kind == "round_opened":
+        rnd = int(ev["round"])
+        state.opened.setdefault(rnd, proc.name)
+        if crash and rnd == crash.arg and state.opened[rnd] == proc.name and not state.killed:
+            state.demo.procs[proc.name].detail = f"round {rnd}"
+            kill(proc, "fallback")  # arms the fallback timer; kills at once on an update
+    if (
+        kind == "update_accepted"
+        and crash
+        and int(ev["round"]) == crash.arg
+        and state.opened.get(crash.arg) == proc.name
+        and not state.killed
+    ):
+        kill(proc, "update")
+    apply_event(state.demo, proc, ev, plain)
+
+
+def _argv(args: argparse.Namespace, plan: FederationPlan, name: str, tmp: Path) -> list[str]:
+    p = plan.procs[name]
+    aggs = [q for q in plan.procs.values() if q.role == "aggregator" and q.name != name]
+    dial = aggs if p.role != "intruder" else [q for q in plan.procs.values() if q.name != name]
+    common = [
+        "--app", args.app_spec,
+        *[f"--app-config={k}={v}" for k, v in args.app_config_values.items()],
+        "--data-dir", str(p.data_dir), "--fs-root", str(tmp / "objects"),
+        "--backends", args.backends, "--listen", f"/ip4/127.0.0.1/tcp/{p.port}",
+        "--log-level", "WARNING",
+        *[f"--bootstrap={q.addr}" for q in dial],
+    ]  # fmt: skip
+    if p.role == "intruder":
+        return [sys.executable, "-m", "fedstore.demos.intruder", *common]
+    argv = [sys.executable, "-m", "fedstore.demos.federation_worker", p.role, *common]
+    trainers = sum(1 for q in plan.procs.values() if q.role == "trainer")
+    idle = 4 * args.round_timeout + 30
+    argv += ["--federation", str(plan.manifest_path), "--trainers", str(trainers)]
+    argv += ["--index", str(max(1, p.index)), "--idle-timeout", f"{idle:g}"]
+    if name == plan.poisoned:
+        argv.append("--poison")
+    if name == plan.liar:
+        argv += ["--lie-round", str(plan.faults["lying-aggregator"].arg)]
+    return argv
+
+
+async def federate_with_faults(
+    state: FaultState, tmp: Path, plain: Callable[[str], None], refresh: Callable[[], None]
+) -> None:
+    """Run every process of the plan until the honest members are done (see the module doc)."""
+    import trio
+
+    from fedstore.demos.federation import _run_proc
+
+    args, plan, demo = state.demo.args, state.plan, state.demo
+
+    async with trio.open_nursery() as nursery:
+        armed: list[str] = []
+
+        def kill(proc: Proc, why: str) -> None:
+            if state.killed:
+                return
+            if why == "fallback":
+                if proc.name not in armed:
+                    armed.append(proc.name)
+                    nursery.start_soon(fallback, proc)
+                return
+            if proc.process is None or proc.process.returncode is not None:
+                return
+            os.kill(proc.process.pid, signal.SIGKILL)
+            crash_round = plan.faults[CRASH].arg
+            state.killed = {"name": proc.name, "round": crash_round, "at": time.monotonic(),
+                            "when": why}  # fmt: skip
+            _note(state, plain, f"round {crash_round}: SIGKILL to {proc.name}, the round's "
+                  f"aggregator ({'after it admitted an update' if why == 'update' else 'timer'})")  # fmt: skip
+
+        async def fallback(proc: Proc) -> None:
+            await trio.sleep(KILL_FALLBACK)
+            kill(proc, "timer")
+
+        def line(proc: Proc, ev: dict[str, Any]) -> None:
+            on_event(state, proc, ev, plain, kill)
+            refresh()
+
+        for name in plan.procs:
+            argv = _argv(args, plan, name, tmp)
+            demo.procs[name].went = True
+            nursery.start_soon(_run_proc, demo, demo.procs[name], argv, line)
+        for name in state.honest():
+            await demo.procs[name].exited.wait()
+        for name in sorted(plan.hostile()):  # the liar and the intruder never finish on their own
+            proc = demo.procs[name]
+            if proc.process is not None and proc.process.returncode is None:
+                proc.process.terminate()
+                with trio.move_on_after(STOP_GRACE):
+                    await proc.exited.wait()
+                if proc.process.returncode is None:
+                    proc.process.kill()
+            proc.detail = (proc.detail + " (stopped by the demo)").strip()
+        with trio.move_on_after(STOP_GRACE):
+            for name in plan.hostile():
+                await demo.procs[name].exited.wait()
+        if state.killed:
+            victim = demo.procs[state.killed["name"]]
+            victim.state, victim.detail = "killed", f"SIGKILL in round {state.killed['round']}"
+        nursery.cancel_scope.cancel()
+
+
+def render_faults(state: FaultState) -> Any:
+    """The live view: the simulation's rounds and processes, then what the faults did."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from fedstore.demos.federation_view import render
+
+    faults = ", ".join(f.text for f in state.plan.faults.values())
+    lines = [Text(f"faults: {faults}", style="bold")]
+    lines += [Text(n) for n in state.notes[-12:]]
+    if state.intruder_sent:
+        s = state.intruder_sent
+        lines.append(Text(f"intruder: {s['updates']} updates, {s['announcements']} announcements "
+                          "sent", style="dim"))  # fmt: skip
+    return Group(render(state.demo), *lines)
+
+
+async def _final_arrays(state: FaultState) -> dict[str, Any]:
+    """The final model as a live honest aggregator stored it ({} if none has it)."""
+    from fedstore.errors import FedstoreError
+    from fedstore.store import AsyncLocalStore
+
+    for name in state.live_honest():
+        done = state.demo.procs[name].done or {}
+        if state.plan.procs[name].role != "aggregator" or done.get("status") != "complete":
+            continue
+        try:
+            store = await AsyncLocalStore.open(state.plan.procs[name].data_dir)
+            try:
+                return dict((await store.load(int(done["final_round"]))).arrays)
+            finally:
+                await store.aclose()
+        except FedstoreError:
+            continue
+    return {}
+
+
+async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any) -> int:
+    """``fedstore simulate``/``demo`` with ``--fault``: plan, run, clean run, report, exit status."""
+    import shutil
+    import tempfile
+
+    import trio
+    from rich.live import Live
+
+    from fedstore.demos.fault_clean import clean_run
+    from fedstore.demos.fault_report import fault_summary, write_fault_report
+    from fedstore.demos.faults import plan_federation
+    from fedstore.demos.federation_state import DemoState, Proc
+
+    command = args.command_name
+    live_view = console.is_terminal and not args.plain
+    tmp = Path(tempfile.mkdtemp(prefix=f"fedstore-{command}-faults-"))
+    (tmp / "logs").mkdir()
+    strategy = app.load_strategy(args.strategy_asked, _settings(args))
+    initial = await trio.to_thread.run_sync(app.initial_arrays)
+    plan = plan_federation(
+        args.faults, work=tmp, out=args.out, aggregators=args.aggregators,
+        trainers=args.trainers, rounds=args.rounds, round_timeout=args.round_timeout,
+        quorum=args.fault_quorum, strategy=strategy.name,
+        strategy_settings=dict(strategy.settings()), update_encoding=args.update_encoding,
+        initial=initial, name=f"{app.label} fault demo",
+    )  # fmt: skip
+    procs = {
+        n: Proc(n, p.role, p.index, peer_id=p.peer_id, log_path=tmp / f"logs/{n}.log")
+        for n, p in plan.procs.items()
+    }
+    demo = DemoState(args, procs, time.monotonic(), command=command, app=app.label,
+                     has_baseline=False)  # fmt: skip
+    state = FaultState(demo, plan)
+
+    def plain(msg: str) -> None:
+        if not live_view:
+            console.print(msg, highlight=False, soft_wrap=True)
+
+    faults = ", ".join(f.text for f in plan.faults.values())
+    console.print(
+        f"fedstore {command} with faults ({faults}): app {app.label}, {args.aggregators} "
+        f"aggregators + {args.trainers} trainers" + (" + 1 intruder" if plan.intruder else "")
+        + f" on 127.0.0.1, {args.rounds} rounds, {strategy.name}, round deadline "
+        f"{args.round_timeout:g} s, work dir {tmp}",
+        highlight=False,
+    )
+    console.print(f"membership: manifest {plan.signed.cid} ({plan.manifest_path}; owner key "
+                  f"in {plan.owner_dir})", highlight=False)  # fmt: skip
+    try:
+        with trio.fail_after(args.timeout):
+            if live_view:
+                with Live(render_faults(state), console=console, refresh_per_second=8) as live:
+
+                    def refresh() -> None:
+                        live.update(render_faults(state))
+
+                    async with trio.open_nursery() as nursery:
+
+                        async def ticker() -> None:
+                            while True:
+                                await trio.sleep(0.25)
+                                refresh()
+
+                        nursery.start_soon(ticker)
+                        await federate_with_faults(state, tmp, plain, refresh)
+                        nursery.cancel_scope.cancel()
+                    refresh()
+            else:
+                await federate_with_faults(state, tmp, plain, lambda: None)
+            wall = time.monotonic() - demo.started
+            final = await _final_arrays(state)
+            console.print("clean run (same federation, no fault, in-process)...", highlight=False)
+            clean = await clean_run(plan, app, tmp)
+    except trio.TooSlowError:
+        console.print(f"[red]fedstore {command}: gave up after {args.timeout:g} s[/red]; "
+                      f"logs in {tmp}")  # fmt: skip
+        return 1
+    doc = fault_summary(state, clean, final, wall)
+    paths = write_fault_report(args.out, doc)
+    for t in doc["targets"]:
+        mark = "[green]met[/green]" if t["ok"] else "[red]MISSED[/red]"
+        console.print(f"{mark} {t['target']}: {t['measured']}", soft_wrap=True)
+    f, c = doc["final"], doc["clean_run"]
+    if f["value"] is not None:
+        line = f"final {f['metric']} {f['value']:.4f}"
+        if c["value"] is not None:
+            line += f", clean run {c['value']:.4f} (gap {doc['gap_to_clean']:+.4f})"
+        console.print(f"{line}; {wall:.1f} s", highlight=False)
+    console.print(f"report: {args.out.resolve()} ({', '.join(p.name for p in paths)})",
+                  highlight=False)  # fmt: skip
+    if not doc["ok"]:
+        args.keep = True
+        console.print(f"[red]fedstore {command}: the federation did not survive as designed: "
+                      f"{doc['reason']}[/red] (logs in {tmp})", soft_wrap=True)  # fmt: skip
+    elif not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if doc["ok"] else 1
+
+
+def _settings(args: argparse.Namespace) -> dict[str, str]:
+    from fedstore.demos.federation_worker import parse_settings
+
+    return parse_settings(args.strategy_setting)
