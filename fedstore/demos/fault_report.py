@@ -56,6 +56,7 @@ def _members(state: FaultState) -> dict[str, dict[str, Any]]:
         head = done.get("local_head")
         out[p.name] = {
             "peer_id": p.peer_id,
+            "addr": p.addr,
             "role": p.role,
             "member": p.role != "intruder",
             "hostile": p.name in state.plan.hostile()

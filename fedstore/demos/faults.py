@@ -210,11 +210,41 @@ class FederationPlan:
         return {n for n in (self.liar, self.intruder) if n}
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 free right now (the process binds it a moment later)."""
-    with socket.socket() as s:
+def _below_ephemeral() -> tuple[int, int]:
+    """A port range outside the kernel's ephemeral range (outgoing connections never take it)."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    high = max(2048, first)
+    return max(1024, high - 12000), high
+
+
+def free_port(taken: set[int]) -> int:
+    """A TCP port on 127.0.0.1 free right now, not in ``taken`` (the process binds it soon after).
+
+    Chosen below the ephemeral range: between this check and the process
+    binding it, no outgoing connection on the machine can be given it.
+    """
+    import random
+
+    low, high = _below_ephemeral()
+    for _ in range(200):
+        port = random.randrange(low, high)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: let the kernel pick one
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    taken.add(port)
+    return port
 
 
 def plan_federation(
@@ -252,6 +282,7 @@ def plan_federation(
     from fedstore.federation.signing import load_signer
 
     procs: dict[str, MemberProc] = {}
+    ports: set[int] = set()
     layout = [("aggregator", f"agg-{i}", i) for i in range(1, aggregators + 1)]
     layout += [("trainer", f"trainer-{i}", i) for i in range(1, trainers + 1)]
     if INTRUDER in faults:
@@ -259,7 +290,7 @@ def plan_federation(
     for role, pname, index in layout:
         data_dir = work / pname
         peer_id = load_signer(data_dir).peer_id
-        procs[pname] = MemberProc(pname, role, index, peer_id, free_port(), data_dir)
+        procs[pname] = MemberProc(pname, role, index, peer_id, free_port(ports), data_dir)
     fed_dir = out / "federation"
     owner_dir = fed_dir / "owner"
     owner = load_signer(owner_dir)
