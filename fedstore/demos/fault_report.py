@@ -59,8 +59,9 @@ def _members(state: FaultState) -> dict[str, dict[str, Any]]:
             "addr": p.addr,
             "role": p.role,
             "member": p.role != "intruder",
-            "hostile": p.name in state.plan.hostile()
-            or p.name == state.plan.poisoned,
+            # the liar and the intruder (a poisoned trainer is a live member all the same)
+            "hostile": p.name in state.plan.hostile(),
+            "poisoned": p.name == state.plan.poisoned,
             "killed": bool(state.killed and state.killed["name"] == p.name),
             "returncode": proc.returncode,
             "status": done.get("status"),
@@ -279,7 +280,8 @@ def _intruder(state: FaultState, rounds: list[dict[str, Any]]) -> tuple[dict[str
 
 def _refusals(state: FaultState) -> list[dict[str, Any]]:
     out: dict[tuple[int, str], dict[str, Any]] = {}
-    for r in state.refused:
+    hostile = state.plan.hostile()
+    for r in (r for r in state.refused if r["by"] not in hostile):
         row = out.setdefault(
             (r["round"], r["cid"]),
             {"round": r["round"], "cid": r["cid"], "expected": r["expected"],

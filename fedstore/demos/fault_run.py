@@ -212,16 +212,19 @@ def on_event(
 
 
 def _argv(args: argparse.Namespace, plan: FederationPlan, name: str, tmp: Path) -> list[str]:
+    """The process's command line: it waits offline for ``GO`` (py-libp2p remembers a peer
+    that could not be dialled for a while, so nobody dials a peer before it listens)."""
     p = plan.procs[name]
-    aggs = [q for q in plan.procs.values() if q.role == "aggregator" and q.name != name]
-    dial = aggs if p.role != "intruder" else [q for q in plan.procs.values() if q.name != name]
+    aggs = [q for q in plan.procs.values() if q.role == "aggregator"]
+    # aggregators go online in order, each dialling those before it; the others dial them all
+    dial = aggs[: aggs.index(p)] if p.role == "aggregator" else aggs
     common = [
         "--app", args.app_spec,
         *[f"--app-config={k}={v}" for k, v in args.app_config_values.items()],
         "--data-dir", str(p.data_dir), "--fs-root", str(tmp / "objects"),
         "--backends", args.backends, "--listen", f"/ip4/127.0.0.1/tcp/{p.port}",
-        "--log-level", "WARNING",
-        *[f"--bootstrap={q.addr}" for q in dial],
+        "--log-level", os.environ.get("FEDSTORE_FAULT_LOG_LEVEL", "WARNING"),
+        "--go-from-stdin", *[f"--bootstrap={q.addr}" for q in dial],
     ]  # fmt: skip
     if p.role == "intruder":
         return [sys.executable, "-m", "fedstore.demos.intruder", *common]
@@ -243,7 +246,7 @@ async def federate_with_faults(
     """Run every process of the plan until the honest members are done (see the module doc)."""
     import trio
 
-    from fedstore.demos.federation import _run_proc
+    from fedstore.demos.federation import _go, _run_proc
 
     args, plan, demo = state.demo.args, state.plan, state.demo
 
@@ -275,10 +278,16 @@ async def federate_with_faults(
             on_event(state, proc, ev, plain, kill)
             refresh()
 
-        for name in plan.procs:
+        for name in plan.procs:  # every interpreter starts at once: imports overlap
             argv = _argv(args, plan, name, tmp)
             demo.procs[name].went = True
             nursery.start_soon(_run_proc, demo, demo.procs[name], argv, line)
+        for p in plan.procs.values():  # online: aggregators one by one, then everyone else
+            if p.role == "aggregator":
+                await _online(demo.procs[p.name])
+        for p in plan.procs.values():
+            if p.role != "aggregator":
+                nursery.start_soon(_go, demo.procs[p.name], "")
         for name in state.honest():
             await demo.procs[name].exited.wait()
         for name in sorted(plan.hostile()):  # the liar and the intruder never finish on their own
@@ -297,6 +306,25 @@ async def federate_with_faults(
             victim = demo.procs[state.killed["name"]]
             victim.state, victim.detail = "killed", f"SIGKILL in round {state.killed['round']}"
         nursery.cancel_scope.cancel()
+
+
+async def _online(proc: Proc) -> None:
+    """Tell ``proc`` to go online and wait until it listens (ConfigError if it exits first)."""
+    import trio
+
+    from fedstore.demos.federation import _go
+    from fedstore.errors import ConfigError
+
+    await _go(proc, "")
+    async with trio.open_nursery() as wait:
+
+        async def died() -> None:
+            await proc.exited.wait()
+            raise ConfigError(f"{proc.name} exited before it was ready; see {proc.log_path}")
+
+        wait.start_soon(died)
+        await proc.ready.wait()
+        wait.cancel_scope.cancel()
 
 
 def render_faults(state: FaultState) -> Any:

@@ -492,6 +492,8 @@ def resolve_simulation(args: argparse.Namespace) -> App:
         raise ConfigError(f"app {app.label} has no train function: App(train=...) or trainer=...")
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
+    if args.fault:  # a fault run starts every member at once
+        args.late_trainer = 0
     if args.trainers == 1 and args.late_trainer == 1:
         raise ConfigError("a late trainer needs another trainer for the rounds before it joins")
     if args.late_trainer and args.late_round > args.rounds:

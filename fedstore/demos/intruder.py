@@ -57,6 +57,14 @@ async def _intrude(args: argparse.Namespace) -> int:
 
     app = await trio.to_thread.run_sync(load_worker_app, args)
     initial = await trio.to_thread.run_sync(app.initial_arrays)
+    if args.go_from_stdin:  # offline until told (the members must listen before it dials)
+        emit({"event": "waiting", "role": "intruder"})
+        line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        word, _, addr = line.strip().partition(" ")
+        if word != "GO":
+            return 1
+        if addr:
+            args.bootstrap.append(addr)
     cfg = api.make_node_config(
         role="trainer",
         data_dir=args.data_dir,
@@ -125,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="filesystem")
     p.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
     p.add_argument("--bootstrap", action="append", default=[])
+    p.add_argument("--go-from-stdin", action="store_true", help="wait for 'GO' on stdin first")
     p.add_argument("--log-level", default="WARNING")
     for name in ("hidden", "epochs", "lr", "alpha", "seed"):  # load_worker_app reads them
         p.add_argument(f"--{name}", default=None)
