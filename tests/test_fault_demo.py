@@ -21,15 +21,20 @@ import pytest
 from fedstore.demos.faults import Fault, check_faults, parse_fault
 from fedstore.errors import ConfigError
 
-SMALL = ["--app", "fedstore.demos.digits:make_app", "--app-config", "hidden=8",
-         "--app-config", "epochs=1"]  # fmt: skip
+SMALL = [
+    "--app",
+    "fedstore.demos.digits:make_app",
+    "--app-config",
+    "hidden=8",
+    "--app-config",
+    "epochs=1",
+]
 
 
 def run_cli(tmp_path: Path, *argv: str, timeout: float = 170) -> tuple[int, dict[str, Any], str]:
     out = tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedstore", *argv, "--plain", "--out", str(out),
-         "--timeout", "150"],  # fmt: skip
+        [sys.executable, "-m", "fedstore", *argv, "--plain", "--out", str(out), "--timeout", "150"],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -52,8 +57,11 @@ def assert_survived(rc: int, summary: dict[str, Any], text: str, rounds: int) ->
     assert summary["ok"] and summary["reason"] == "", text
     assert all(t["ok"] for t in summary["targets"]), summary["targets"]
     assert [r["round"] for r in summary["rounds"]] == list(range(1, rounds + 1))
-    live = [n for n, m in summary["members"].items()
-            if m["member"] and not m["killed"] and not m["hostile"]]  # fmt: skip
+    live = [
+        n
+        for n, m in summary["members"].items()
+        if m["member"] and not m["killed"] and not m["hostile"]
+    ]
     final = summary["final"]["cid"]
     assert final and sorted(summary["final"]["members_on_it"]) == sorted(live)
     for name in live:
@@ -109,8 +117,19 @@ def test_bad_fault_is_a_one_line_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_aggregator_crash_is_taken_over_within_a_round_deadline(tmp_path: Path) -> None:
-    rc, summary, text = run_cli(tmp_path, "simulate", *SMALL, "--rounds", "5", "--trainers", "3",
-                                "--round-timeout", "10", "--fault", "aggregator-crash@4")  # fmt: skip
+    rc, summary, text = run_cli(
+        tmp_path,
+        "simulate",
+        *SMALL,
+        "--rounds",
+        "5",
+        "--trainers",
+        "3",
+        "--round-timeout",
+        "10",
+        "--fault",
+        "aggregator-crash@4",
+    )
     assert_survived(rc, summary, text, 5)
     crash = summary["crash"]
     victim = crash["killed"]
@@ -130,15 +149,29 @@ def test_aggregator_crash_is_taken_over_within_a_round_deadline(tmp_path: Path) 
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_intruder_updates_are_never_aggregated(tmp_path: Path) -> None:
-    rc, summary, text = run_cli(tmp_path, "simulate", *SMALL, "--rounds", "3", "--trainers", "3",
-                                "--aggregators", "2", "--round-timeout", "10",
-                                "--fault", "intruder")  # fmt: skip
+    rc, summary, text = run_cli(
+        tmp_path,
+        "simulate",
+        *SMALL,
+        "--rounds",
+        "3",
+        "--trainers",
+        "3",
+        "--aggregators",
+        "2",
+        "--round-timeout",
+        "10",
+        "--fault",
+        "intruder",
+    )
     assert_survived(rc, summary, text, 3)
     intruder = summary["intruder"]
     assert intruder["updates_sent"] >= 3 and intruder["announcements_sent"] >= 3
     assert intruder["updates_aggregated"] == 0
-    assert all("intruder" not in r["participants"] and len(r["participants"]) == 3
-               for r in summary["rounds"])  # fmt: skip
+    assert all(
+        "intruder" not in r["participants"] and len(r["participants"]) == 3
+        for r in summary["rounds"]
+    )
     assert not summary["members"]["intruder"]["member"]
     # dropped in the members' pubsub validators, before anything was decoded
     assert summary["dropped_messages"].get("fed-learn:non_member", 0) >= intruder["updates_sent"]
@@ -149,11 +182,28 @@ def test_intruder_updates_are_never_aggregated(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_poisoned_member_is_bounded_by_the_median(tmp_path: Path) -> None:
-    rc, summary, text = run_cli(tmp_path, "simulate", "--app", "fedstore.demos.digits:make_app",
-                                "--app-config", "hidden=16", "--app-config", "epochs=2",
-                                "--rounds", "10", "--trainers", "4", "--aggregators", "1",
-                                "--strategy", "median", "--round-timeout", "10",
-                                "--fault", "poison:1")  # fmt: skip
+    rc, summary, text = run_cli(
+        tmp_path,
+        "simulate",
+        "--app",
+        "fedstore.demos.digits:make_app",
+        "--app-config",
+        "hidden=16",
+        "--app-config",
+        "epochs=2",
+        "--rounds",
+        "10",
+        "--trainers",
+        "4",
+        "--aggregators",
+        "1",
+        "--strategy",
+        "median",
+        "--round-timeout",
+        "10",
+        "--fault",
+        "poison:1",
+    )
     assert_survived(rc, summary, text, 10)
     poison = summary["poison"]
     # a member: its poisoned updates were admitted every round; the median bounded them
@@ -168,8 +218,18 @@ def test_poisoned_member_is_bounded_by_the_median(tmp_path: Path) -> None:
 @pytest.mark.multiprocess
 def test_lying_aggregator_is_refused_and_the_round_redone(tmp_path: Path) -> None:
     # `fedstore demo` (the digits app with the demo's defaults) takes --fault too
-    rc, summary, text = run_cli(tmp_path, "demo", "--rounds", "4", "--trainers", "3",
-                                "--round-timeout", "10", "--fault", "lying-aggregator@3")  # fmt: skip
+    rc, summary, text = run_cli(
+        tmp_path,
+        "demo",
+        "--rounds",
+        "4",
+        "--trainers",
+        "3",
+        "--round-timeout",
+        "10",
+        "--fault",
+        "lying-aggregator@3",
+    )
     assert_survived(rc, summary, text, 4)
     lie = summary["lie"]
     assert lie["adopted_by"] == []

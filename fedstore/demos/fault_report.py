@@ -119,8 +119,9 @@ def fault_summary(
     clean_value = clean.metrics.get(metric) if clean and clean.status == "complete" else None
     gap = None if final_value is None or clean_value is None else clean_value - final_value
     dones = [state.demo.procs[n].done or {} for n in state.honest()]
-    agg_dones = [d for n, d in zip(state.honest(), dones, strict=True) if plan.procs[n].role
-                 == "aggregator"]  # fmt: skip
+    agg_dones = [
+        d for n, d in zip(state.honest(), dones, strict=True) if plan.procs[n].role == "aggregator"
+    ]
     doc: dict[str, Any] = {
         "command": state.demo.command,
         "app": state.demo.app,
@@ -150,11 +151,18 @@ def fault_summary(
             [d.get("dropped", {}) for d in dones] + [d.get("node_dropped", {}) for d in dones]
         ),
         "refused_models": _refusals(state),
-        "final": {"cid": final_cid, "round": final_row["round"] if final_row else None,
-                  "members_on_it": sorted(n for n in live if members[n]["final_cid"] == final_cid
-                                          and members[n]["local_head"] == final_cid),
-                  "metric": metric, "value": final_value,
-                  "metrics": final_row["metrics"] if final_row else {}},  # fmt: skip
+        "final": {
+            "cid": final_cid,
+            "round": final_row["round"] if final_row else None,
+            "members_on_it": sorted(
+                n
+                for n in live
+                if members[n]["final_cid"] == final_cid and members[n]["local_head"] == final_cid
+            ),
+            "metric": metric,
+            "value": final_value,
+            "metrics": final_row["metrics"] if final_row else {},
+        },
         "clean_run": {
             "how": CLEAN_HOW,
             "status": clean.status if clean else "not run",
@@ -175,15 +183,25 @@ def fault_summary(
         doc["intruder"], t = _intruder(state, rounds)
         targets.append(t)
     if POISON in plan.faults:
-        doc["poison"] = {"trainer": plan.poisoned, "factor": POISON_FACTOR,
-                         "rounds_admitted": sum(plan.poisoned in r["participants"]
-                                                for r in rounds)}  # fmt: skip
+        doc["poison"] = {
+            "trainer": plan.poisoned,
+            "factor": POISON_FACTOR,
+            "rounds_admitted": sum(plan.poisoned in r["participants"] for r in rounds),
+        }
         ok = gap is not None and gap <= MAX_POISON_GAP
-        measured = (f"{metric} {final_value:.4f} vs clean {clean_value:.4f} (gap {gap:+.4f})"
-                    if gap is not None and final_value is not None and clean_value is not None
-                    else f"no comparison ({doc['clean_run']['reason'] or 'no final model'})")  # fmt: skip
-        targets.append(_target(POISON, f"final {metric} within {MAX_POISON_GAP} of the clean "
-                               f"run ({args.strategy})", ok, measured))  # fmt: skip
+        measured = (
+            f"{metric} {final_value:.4f} vs clean {clean_value:.4f} (gap {gap:+.4f})"
+            if gap is not None and final_value is not None and clean_value is not None
+            else f"no comparison ({doc['clean_run']['reason'] or 'no final model'})"
+        )
+        targets.append(
+            _target(
+                POISON,
+                f"final {metric} within {MAX_POISON_GAP} of the clean run ({args.strategy})",
+                ok,
+                measured,
+            )
+        )
     if LIE in plan.faults:
         doc["lie"], t = _lie(state, rounds)
         targets.append(t)
@@ -212,8 +230,10 @@ def _survived(
     ]
     if bad:
         m = members[bad[0]]
-        measured = (f"{bad[0]}: status {m['status']}, round {m['final_round']}, exit "
-                    f"{m['returncode']}" + (f" ({m['reason']})" if m["reason"] else ""))  # fmt: skip
+        measured = (
+            f"{bad[0]}: status {m['status']}, round {m['final_round']}, exit "
+            f"{m['returncode']}" + (f" ({m['reason']})" if m["reason"] else "")
+        )
     elif not final_cid:
         measured = "live members ended on different final CIDs"
     else:
@@ -221,8 +241,12 @@ def _survived(
     ok = not bad and bool(final_cid) and len(rounds) == want
     if ok is False and not bad and final_cid:
         measured = f"only {len(rounds)} of {want} rounds adopted"
-    return _target("all-rounds-one-cid", "every live member completes every round on the same "
-                   "final CID", ok, measured)  # fmt: skip
+    return _target(
+        "all-rounds-one-cid",
+        "every live member completes every round on the same final CID",
+        ok,
+        measured,
+    )
 
 
 def _crash(state: FaultState) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -230,14 +254,25 @@ def _crash(state: FaultState) -> tuple[dict[str, Any], dict[str, Any]]:
     timeout = float(state.demo.args.round_timeout)
     target = f"round {crash.arg}: a standby takes over in under one round deadline ({timeout:g} s)"
     if not state.killed:
-        return {"round": crash.arg}, _target(CRASH, target, False,
-                                             f"the round-{crash.arg} aggregator was never killed")  # fmt: skip
+        return {"round": crash.arg}, _target(
+            CRASH, target, False, f"the round-{crash.arg} aggregator was never killed"
+        )
     victim = state.killed["name"]
     took = [t for t in state.takeovers if t["round"] == crash.arg and t["replaced"] == victim]
-    adopted = [a["at"] for n in state.live_honest() for a in state.adopted.get(n, [])
-               if a["round"] == crash.arg]  # fmt: skip
-    everyone = len({n for n in state.live_honest() for a in state.adopted.get(n, [])
-                    if a["round"] == crash.arg}) == len(state.live_honest())  # fmt: skip
+    adopted = [
+        a["at"]
+        for n in state.live_honest()
+        for a in state.adopted.get(n, [])
+        if a["round"] == crash.arg
+    ]
+    everyone = len(
+        {
+            n
+            for n in state.live_honest()
+            for a in state.adopted.get(n, [])
+            if a["round"] == crash.arg
+        }
+    ) == len(state.live_honest())
     cost = max(adopted) - state.killed["at"] if adopted and everyone else None
     made = [c for c in state.closed if c["round"] == crash.arg and c["aggregator"] != victim]
     info = {
@@ -254,13 +289,17 @@ def _crash(state: FaultState) -> tuple[dict[str, Any], dict[str, Any]]:
     elif not took:
         measured = f"no takeover from {victim} was reported"
     else:
-        measured = (f"{victim} killed; {', '.join(info['aggregated_by']) or '?'} took over; every "
-                    f"live member held round {crash.arg} {cost:.2f} s after the kill")  # fmt: skip
+        measured = (
+            f"{victim} killed; {', '.join(info['aggregated_by']) or '?'} took over; every "
+            f"live member held round {crash.arg} {cost:.2f} s after the kill"
+        )
     ok = cost is not None and bool(took) and cost < timeout
     return info, _target(CRASH, target, ok, measured)
 
 
-def _intruder(state: FaultState, rounds: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _intruder(
+    state: FaultState, rounds: list[dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     name = state.plan.intruder or "intruder"
     aggregated = sum(name in c["participants"] for c in state.closed)
     sent = state.intruder_sent.get("updates", 0)
@@ -270,12 +309,15 @@ def _intruder(state: FaultState, rounds: list[dict[str, Any]]) -> tuple[dict[str
         "announcements_sent": state.intruder_sent.get("announcements", 0),
         "updates_aggregated": aggregated,
     }
-    measured = (f"{sent} updates and {info['announcements_sent']} announcements sent, "
-                f"{aggregated} aggregated")  # fmt: skip
+    measured = (
+        f"{sent} updates and {info['announcements_sent']} announcements sent, "
+        f"{aggregated} aggregated"
+    )
     if not sent:
         measured = "the intruder sent nothing (it heard no ROUND): not exercised"
-    return info, _target(INTRUDER, "zero intruder updates aggregated", sent > 0 and not aggregated,
-                         measured)  # fmt: skip
+    return info, _target(
+        INTRUDER, "zero intruder updates aggregated", sent > 0 and not aggregated, measured
+    )
 
 
 def _refusals(state: FaultState) -> list[dict[str, Any]]:
@@ -284,9 +326,15 @@ def _refusals(state: FaultState) -> list[dict[str, Any]]:
     for r in (r for r in state.refused if r["by"] not in hostile):
         row = out.setdefault(
             (r["round"], r["cid"]),
-            {"round": r["round"], "cid": r["cid"], "expected": r["expected"],
-             "aggregator": r["aggregator"], "refused_by": [], "reason": r["reason"]},
-        )  # fmt: skip
+            {
+                "round": r["round"],
+                "cid": r["cid"],
+                "expected": r["expected"],
+                "aggregator": r["aggregator"],
+                "refused_by": [],
+                "reason": r["reason"],
+            },
+        )
         row["refused_by"].append(r["by"])
     return [out[k] for k in sorted(out)]
 
@@ -298,11 +346,13 @@ def _lie(state: FaultState, rounds: list[dict[str, Any]]) -> tuple[dict[str, Any
     lies = [c for c in state.closed if c["round"] == lie_round and c["aggregator"] == liar]
     if not lies:
         info = {"round": lie_round, "liar": liar}
-        return info, _target(LIE, target, False, f"{liar} did not aggregate round {lie_round}: "
-                             "the lie was not told")  # fmt: skip
+        return info, _target(
+            LIE, target, False, f"{liar} did not aggregate round {lie_round}: the lie was not told"
+        )
     cid = lies[0]["cid"]
-    adopted_by = sorted(n for n in state.honest() for a in state.adopted.get(n, [])
-                        if a["cid"] == cid)  # fmt: skip
+    adopted_by = sorted(
+        n for n in state.honest() for a in state.adopted.get(n, []) if a["cid"] == cid
+    )
     refused_by = sorted({r["by"] for r in state.refused if r["cid"] == cid})
     expected = sorted({r["expected"] for r in state.refused if r["cid"] == cid and r["expected"]})
     row = next((r for r in rounds if r["round"] == lie_round), None)
@@ -324,40 +374,61 @@ def _lie(state: FaultState, rounds: list[dict[str, Any]]) -> tuple[dict[str, Any
     elif info["redone_by"] is None:
         measured = f"round {lie_round} was not redone"
     else:
-        measured = (f"lie {cid} refused by {len(refused_by)} members; round redone by "
-                    f"{info['redone_by']} as {info['redone_cid']}")  # fmt: skip
+        measured = (
+            f"lie {cid} refused by {len(refused_by)} members; round redone by "
+            f"{info['redone_by']} as {info['redone_cid']}"
+        )
     return info, _target(LIE, target, ok, measured)
 
 
 def _markdown(doc: dict[str, Any]) -> str:
     out = [f"# fedstore {doc['command']} with faults: {', '.join(doc['faults'])}", ""]
-    out.append(f"**{'survived as designed' if doc['ok'] else 'did NOT survive: ' + doc['reason']}**"
-               f" ({doc['wall_seconds']} s)")  # fmt: skip
+    out.append(
+        f"**{'survived as designed' if doc['ok'] else 'did NOT survive: ' + doc['reason']}**"
+        f" ({doc['wall_seconds']} s)"
+    )
     out += ["", "| target | measured | met |", "|---|---|---|"]
-    out += [f"| {t['target']} | {t['measured']} | {'yes' if t['ok'] else 'no'} |"
-            for t in doc["targets"]]  # fmt: skip
+    out += [
+        f"| {t['target']} | {t['measured']} | {'yes' if t['ok'] else 'no'} |"
+        for t in doc["targets"]
+    ]
     f, c = doc["final"], doc["clean_run"]
-    out += ["", f"Final {f['metric']}: {_num(f['value'])}; clean run: {_num(c['value'])} "
-            f"(gap {_num(doc['gap_to_clean'])}; same weights: {c['same_weights']})."]  # fmt: skip
+    out += [
+        "",
+        f"Final {f['metric']}: {_num(f['value'])}; clean run: {_num(c['value'])} "
+        f"(gap {_num(doc['gap_to_clean'])}; same weights: {c['same_weights']}).",
+    ]
     out += ["", f"Clean run: {c['how']}."]
-    out += ["", "| round | aggregator | takeover | participants | "
-            f"{f['metric']} | CID |", "|---|---|---|---|---|---|"]  # fmt: skip
+    out += [
+        "",
+        f"| round | aggregator | takeover | participants | {f['metric']} | CID |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in doc["rounds"]:
-        out.append(f"| {r['round']} | {r['aggregator']} | {'yes' if r['takeover'] else ''} | "
-                   f"{len(r['participants'])} | {_num(r['metrics'].get(f['metric']))} | "
-                   f"`{r['cid']}` |")  # fmt: skip
+        out.append(
+            f"| {r['round']} | {r['aggregator']} | {'yes' if r['takeover'] else ''} | "
+            f"{len(r['participants'])} | {_num(r['metrics'].get(f['metric']))} | "
+            f"`{r['cid']}` |"
+        )
     if doc["refused_models"]:
         out += ["", "Refused global models:", ""]
-        out += [f"* round {r['round']}: `{r['cid']}` from {r['aggregator']}, recomputed "
-                f"`{r['expected'] or '-'}`, refused by {', '.join(r['refused_by'])}"
-                for r in doc["refused_models"]]  # fmt: skip
-    for title, key in (("Rejected updates", "rejected_updates"),
-                       ("Dropped messages", "dropped_messages")):  # fmt: skip
+        out += [
+            f"* round {r['round']}: `{r['cid']}` from {r['aggregator']}, recomputed "
+            f"`{r['expected'] or '-'}`, refused by {', '.join(r['refused_by'])}"
+            for r in doc["refused_models"]
+        ]
+    for title, key in (
+        ("Rejected updates", "rejected_updates"),
+        ("Dropped messages", "dropped_messages"),
+    ):
         items = doc[key]
         text = ", ".join(f"{k} {v}" for k, v in items.items()) or "none"
         out += ["", f"{title} (by reason, all members): {text}"]
-    out += ["", f"Manifest `{doc['federation']['manifest_cid']}`: {doc['federation']['manifest']}",
-            ""]  # fmt: skip
+    out += [
+        "",
+        f"Manifest `{doc['federation']['manifest_cid']}`: {doc['federation']['manifest']}",
+        "",
+    ]
     return "\n".join(out)
 
 

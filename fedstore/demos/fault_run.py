@@ -1,4 +1,4 @@
-"""``fedstore simulate --fault ...``: a federation with a manifest, on loopback, with faults injected.
+"""``fedstore simulate --fault ...``: a members-only federation on loopback, faults injected.
 
 Every process is a member (or the intruder) started at once on 127.0.0.1
 with a fixed port and its own data directory: ``agg-1..agg-A`` (aggregator
@@ -81,8 +81,13 @@ def _maybe_row(state: FaultState, rnd: int, plain: Callable[[str], None]) -> Non
     if any(r.round == rnd for r in demo.rounds):
         return
     honest = set(state.honest())
-    cids = [a["cid"] for n, evs in state.adopted.items() if n in honest for a in evs
-            if a["round"] == rnd]  # fmt: skip
+    cids = [
+        a["cid"]
+        for n, evs in state.adopted.items()
+        if n in honest
+        for a in evs
+        if a["round"] == rnd
+    ]
     made = {c["cid"]: c for c in state.closed if c["round"] == rnd}
     cid = next((c for c in cids if c in made), None)
     if cid is None:
@@ -105,7 +110,8 @@ def _maybe_row(state: FaultState, rnd: int, plain: Callable[[str], None]) -> Non
     how = " (takeover)" if c["takeover"] else ""
     plain(
         f"round {rnd:>2}: aggregated by {c['aggregator']}{how}, {len(c['participants'])} "
-        f"updates, " + "".join(f"{k} {metric_text(v)}, " for k, v in sorted(c["metrics"].items()))
+        f"updates, "
+        + "".join(f"{k} {metric_text(v)}, " for k, v in sorted(c["metrics"].items()))
         + f"CID {cid}"
     )
 
@@ -167,8 +173,12 @@ def on_event(
                 "reason": str(ev.get("reason", ""))[:200],
             }
         )
-        _note(state, plain, f"round {ev['round']}: {proc.name} refused {ev['cid']} from "
-              f"{name_of(str(ev.get('aggregator', '')))} (recomputed: {ev.get('expected') or '-'})")  # fmt: skip
+        _note(
+            state,
+            plain,
+            f"round {ev['round']}: {proc.name} refused {ev['cid']} from "
+            f"{name_of(str(ev.get('aggregator', '')))} (recomputed: {ev.get('expected') or '-'})",
+        )
         return
     if kind == "aggregation_taken_over":
         state.takeovers.append(
@@ -180,8 +190,12 @@ def on_event(
                 "at": ev["at"],
             }
         )
-        _note(state, plain, f"round {ev['round']}: {proc.name} takes over from "
-              f"{name_of(str(ev.get('replaced', '')))}")  # fmt: skip
+        _note(
+            state,
+            plain,
+            f"round {ev['round']}: {proc.name} takes over from "
+            f"{name_of(str(ev.get('replaced', '')))}",
+        )
         return
     if kind == "intruder_sent":
         state.intruder_sent = {
@@ -189,9 +203,12 @@ def on_event(
             "announcements": int(ev.get("announcements", 0)),
             "rounds": state.intruder_sent.get("rounds", 0) + 1,
         }
-        proc.state, proc.detail = "intruding", (
-            f"{state.intruder_sent['updates']} updates, "
-            f"{state.intruder_sent['announcements']} announcements sent"
+        proc.state, proc.detail = (
+            "intruding",
+            (
+                f"{state.intruder_sent['updates']} updates, "
+                f"{state.intruder_sent['announcements']} announcements sent"
+            ),
         )
         return
     if kind == "round_opened":
@@ -219,13 +236,22 @@ def _argv(args: argparse.Namespace, plan: FederationPlan, name: str, tmp: Path) 
     # aggregators go online in order, each dialling those before it; the others dial them all
     dial = aggs[: aggs.index(p)] if p.role == "aggregator" else aggs
     common = [
-        "--app", args.app_spec,
+        "--app",
+        args.app_spec,
         *[f"--app-config={k}={v}" for k, v in args.app_config_values.items()],
-        "--data-dir", str(p.data_dir), "--fs-root", str(tmp / "objects"),
-        "--backends", args.backends, "--listen", f"/ip4/127.0.0.1/tcp/{p.port}",
-        "--log-level", os.environ.get("FEDSTORE_FAULT_LOG_LEVEL", "WARNING"),
-        "--go-from-stdin", *[f"--bootstrap={q.addr}" for q in dial],
-    ]  # fmt: skip
+        "--data-dir",
+        str(p.data_dir),
+        "--fs-root",
+        str(tmp / "objects"),
+        "--backends",
+        args.backends,
+        "--listen",
+        f"/ip4/127.0.0.1/tcp/{p.port}",
+        "--log-level",
+        os.environ.get("FEDSTORE_FAULT_LOG_LEVEL", "WARNING"),
+        "--go-from-stdin",
+        *[f"--bootstrap={q.addr}" for q in dial],
+    ]
     if p.role == "intruder":
         return [sys.executable, "-m", "fedstore.demos.intruder", *common]
     argv = [sys.executable, "-m", "fedstore.demos.federation_worker", p.role, *common]
@@ -265,10 +291,18 @@ async def federate_with_faults(
                 return
             os.kill(proc.process.pid, signal.SIGKILL)
             crash_round = plan.faults[CRASH].arg
-            state.killed = {"name": proc.name, "round": crash_round, "at": time.monotonic(),
-                            "when": why}  # fmt: skip
-            _note(state, plain, f"round {crash_round}: SIGKILL to {proc.name}, the round's "
-                  f"aggregator ({'after it admitted an update' if why == 'update' else 'timer'})")  # fmt: skip
+            state.killed = {
+                "name": proc.name,
+                "round": crash_round,
+                "at": time.monotonic(),
+                "when": why,
+            }
+            _note(
+                state,
+                plain,
+                f"round {crash_round}: SIGKILL to {proc.name}, the round's "
+                f"aggregator ({'after it admitted an update' if why == 'update' else 'timer'})",
+            )
 
         async def fallback(proc: Proc) -> None:
             await trio.sleep(KILL_FALLBACK)
@@ -339,8 +373,12 @@ def render_faults(state: FaultState) -> Any:
     lines += [Text(n) for n in state.notes[-12:]]
     if state.intruder_sent:
         s = state.intruder_sent
-        lines.append(Text(f"intruder: {s['updates']} updates, {s['announcements']} announcements "
-                          "sent", style="dim"))  # fmt: skip
+        lines.append(
+            Text(
+                f"intruder: {s['updates']} updates, {s['announcements']} announcements sent",
+                style="dim",
+            )
+        )
     return Group(render(state.demo), *lines)
 
 
@@ -365,7 +403,7 @@ async def _final_arrays(state: FaultState) -> dict[str, Any]:
 
 
 async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any) -> int:
-    """``fedstore simulate``/``demo`` with ``--fault``: plan, run, clean run, report, exit status."""
+    """``simulate``/``demo`` with ``--fault``: plan, run, clean run, report, exit status."""
     import shutil
     import tempfile
 
@@ -384,18 +422,27 @@ async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any)
     strategy = app.load_strategy(args.strategy_asked, _settings(args))
     initial = await trio.to_thread.run_sync(app.initial_arrays)
     plan = plan_federation(
-        args.faults, work=tmp, out=args.out, aggregators=args.aggregators,
-        trainers=args.trainers, rounds=args.rounds, round_timeout=args.round_timeout,
-        quorum=args.fault_quorum, strategy=strategy.name,
-        strategy_settings=dict(strategy.settings()), update_encoding=args.update_encoding,
-        initial=initial, name=f"{app.label} fault demo",
-    )  # fmt: skip
+        args.faults,
+        work=tmp,
+        out=args.out,
+        aggregators=args.aggregators,
+        trainers=args.trainers,
+        rounds=args.rounds,
+        round_timeout=args.round_timeout,
+        quorum=args.fault_quorum,
+        strategy=strategy.name,
+        strategy_settings=dict(strategy.settings()),
+        update_encoding=args.update_encoding,
+        initial=initial,
+        name=f"{app.label} fault demo",
+    )
     procs = {
         n: Proc(n, p.role, p.index, peer_id=p.peer_id, log_path=tmp / f"logs/{n}.log")
         for n, p in plan.procs.items()
     }
-    demo = DemoState(args, procs, time.monotonic(), command=command, app=app.label,
-                     has_baseline=False)  # fmt: skip
+    demo = DemoState(
+        args, procs, time.monotonic(), command=command, app=app.label, has_baseline=False
+    )
     state = FaultState(demo, plan)
 
     def plain(msg: str) -> None:
@@ -405,13 +452,17 @@ async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any)
     faults = ", ".join(f.text for f in plan.faults.values())
     console.print(
         f"fedstore {command} with faults ({faults}): app {app.label}, {args.aggregators} "
-        f"aggregators + {args.trainers} trainers" + (" + 1 intruder" if plan.intruder else "")
+        f"aggregators + {args.trainers} trainers"
+        + (" + 1 intruder" if plan.intruder else "")
         + f" on 127.0.0.1, {args.rounds} rounds, {strategy.name}, round deadline "
         f"{args.round_timeout:g} s, work dir {tmp}",
         highlight=False,
     )
-    console.print(f"membership: manifest {plan.signed.cid} ({plan.manifest_path}; owner key "
-                  f"in {plan.owner_dir})", highlight=False)  # fmt: skip
+    console.print(
+        f"membership: manifest {plan.signed.cid} ({plan.manifest_path}; owner key "
+        f"in {plan.owner_dir})",
+        highlight=False,
+    )
     try:
         with trio.fail_after(args.timeout):
             if live_view:
@@ -438,8 +489,9 @@ async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any)
             console.print("clean run (same federation, no fault, in-process)...", highlight=False)
             clean = await clean_run(plan, app, tmp)
     except trio.TooSlowError:
-        console.print(f"[red]fedstore {command}: gave up after {args.timeout:g} s[/red]; "
-                      f"logs in {tmp}")  # fmt: skip
+        console.print(
+            f"[red]fedstore {command}: gave up after {args.timeout:g} s[/red]; logs in {tmp}"
+        )
         return 1
     doc = fault_summary(state, clean, final, wall)
     paths = write_fault_report(args.out, doc)
@@ -452,12 +504,16 @@ async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any)
         if c["value"] is not None:
             line += f", clean run {c['value']:.4f} (gap {doc['gap_to_clean']:+.4f})"
         console.print(f"{line}; {wall:.1f} s", highlight=False)
-    console.print(f"report: {args.out.resolve()} ({', '.join(p.name for p in paths)})",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"report: {args.out.resolve()} ({', '.join(p.name for p in paths)})", highlight=False
+    )
     if not doc["ok"]:
         args.keep = True
-        console.print(f"[red]fedstore {command}: the federation did not survive as designed: "
-                      f"{doc['reason']}[/red] (logs in {tmp})", soft_wrap=True)  # fmt: skip
+        console.print(
+            f"[red]fedstore {command}: the federation did not survive as designed: "
+            f"{doc['reason']}[/red] (logs in {tmp})",
+            soft_wrap=True,
+        )
     elif not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if doc["ok"] else 1

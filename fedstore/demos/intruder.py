@@ -49,7 +49,12 @@ async def _intrude(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from fedstore.federation import api
-    from fedstore.federation.messages import RoundOpen, UpdateMessage, decode_message, encode_tensors
+    from fedstore.federation.messages import (
+        RoundOpen,
+        UpdateMessage,
+        decode_message,
+        encode_tensors,
+    )
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.federation.signing import UPDATE_DOMAIN, encode_signature
     from fedstore.ipld.cid import cid_of_bytes
@@ -85,7 +90,7 @@ async def _intrude(args: argparse.Namespace) -> int:
             async for _, data in sub:
                 try:
                     msg = decode_message(data)
-                except Exception:  # noqa: BLE001 (whatever it is, the intruder ignores it)
+                except Exception:  # noqa: BLE001, S112 (whatever it is, the intruder ignores it)
                     continue
                 if not isinstance(msg, RoundOpen) or msg.federation is None or not msg.session:
                     continue
