@@ -20,7 +20,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -235,6 +236,9 @@ def _argv(args: argparse.Namespace, plan: FederationPlan, name: str, tmp: Path) 
     aggs = [q for q in plan.procs.values() if q.role == "aggregator"]
     # aggregators go online in order, each dialling those before it; the others dial them all
     dial = aggs[: aggs.index(p)] if p.role == "aggregator" else aggs
+    # on namespace hosts every process has a disk of its own: objects travel over bitswap
+    fs_root = p.data_dir / "objects" if plan.netns else tmp / "objects"
+    backends = "filesystem,bitswap" if plan.netns else args.backends
     common = [
         "--app",
         args.app_spec,
@@ -242,19 +246,19 @@ def _argv(args: argparse.Namespace, plan: FederationPlan, name: str, tmp: Path) 
         "--data-dir",
         str(p.data_dir),
         "--fs-root",
-        str(tmp / "objects"),
+        str(fs_root),
         "--backends",
-        args.backends,
+        backends,
         "--listen",
-        f"/ip4/127.0.0.1/tcp/{p.port}",
+        f"/ip4/{p.host}/tcp/{p.port}",
         "--log-level",
         os.environ.get("FEDSTORE_FAULT_LOG_LEVEL", "WARNING"),
         "--go-from-stdin",
         *[f"--bootstrap={q.addr}" for q in dial],
     ]
     if p.role == "intruder":
-        return [sys.executable, "-m", "fedstore.demos.intruder", *common]
-    argv = [sys.executable, "-m", "fedstore.demos.federation_worker", p.role, *common]
+        return [*p.prefix, sys.executable, "-m", "fedstore.demos.intruder", *common]
+    argv = [*p.prefix, sys.executable, "-m", "fedstore.demos.federation_worker", p.role, *common]
     trainers = sum(1 for q in plan.procs.values() if q.role == "trainer")
     idle = 4 * args.round_timeout + 30
     argv += ["--federation", str(plan.manifest_path), "--trainers", str(trainers)]
@@ -324,18 +328,21 @@ async def federate_with_faults(
                 nursery.start_soon(_go, demo.procs[p.name], "")
         for name in state.honest():
             await demo.procs[name].exited.wait()
+        stopped = []
         for name in sorted(plan.hostile()):  # the liar and the intruder never finish on their own
             proc = demo.procs[name]
             if proc.process is not None and proc.process.returncode is None:
+                stopped.append(proc)
                 proc.process.terminate()
                 with trio.move_on_after(STOP_GRACE):
                     await proc.exited.wait()
                 if proc.process.returncode is None:
                     proc.process.kill()
-            proc.detail = (proc.detail + " (stopped by the demo)").strip()
         with trio.move_on_after(STOP_GRACE):
             for name in plan.hostile():
                 await demo.procs[name].exited.wait()
+        for proc in stopped:
+            proc.state, proc.detail = "stopped", "by the demo once the honest members were done"
         if state.killed:
             victim = demo.procs[state.killed["name"]]
             victim.state, victim.detail = "killed", f"SIGKILL in round {state.killed['round']}"
@@ -404,8 +411,42 @@ async def _final_arrays(state: FaultState) -> dict[str, Any]:
 
 async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any) -> int:
     """``simulate``/``demo`` with ``--fault``: plan, run, clean run, report, exit status."""
-    import shutil
     import tempfile
+
+    command = args.command_name
+    tmp = Path(tempfile.mkdtemp(prefix=f"fedstore-{command}-faults-"))
+    (tmp / "logs").mkdir()
+    with _hosts(args) as hosts:
+        return await _run_faults(args, app, console, tmp, hosts)
+
+
+@contextmanager
+def _hosts(args: argparse.Namespace) -> Iterator[dict[str, tuple[str, tuple[str, ...]]] | None]:
+    """With ``--netns``: a bridged LAN, one namespace host per process (removed on exit)."""
+    if not args.netns:
+        yield None
+        return
+    from fedstore.bench.netns import bridged_hosts, ns_argv, unavailable_reason
+    from fedstore.errors import ConfigError
+
+    why = unavailable_reason()
+    if why:
+        raise ConfigError(f"--netns: {why}")
+    names = [f"agg-{i}" for i in range(1, args.aggregators + 1)]
+    names += [f"trainer-{i}" for i in range(1, args.trainers + 1)]
+    names += ["intruder"] if "intruder" in args.faults else []
+    with bridged_hosts(names, rate=None) as lan:
+        yield {n: (lan.addrs[n], tuple(ns_argv(lan.namespaces[n]))) for n in names}
+
+
+async def _run_faults(
+    args: argparse.Namespace,
+    app: Any,
+    console: Any,
+    tmp: Path,
+    hosts: dict[str, tuple[str, tuple[str, ...]]] | None,
+) -> int:
+    import shutil
 
     import trio
     from rich.live import Live
@@ -417,8 +458,6 @@ async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any)
 
     command = args.command_name
     live_view = console.is_terminal and not args.plain
-    tmp = Path(tempfile.mkdtemp(prefix=f"fedstore-{command}-faults-"))
-    (tmp / "logs").mkdir()
     strategy = app.load_strategy(args.strategy_asked, _settings(args))
     initial = await trio.to_thread.run_sync(app.initial_arrays)
     plan = plan_federation(
@@ -435,6 +474,7 @@ async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any)
         update_encoding=args.update_encoding,
         initial=initial,
         name=f"{app.label} fault demo",
+        hosts=hosts,
     )
     procs = {
         n: Proc(n, p.role, p.index, peer_id=p.peer_id, log_path=tmp / f"logs/{n}.log")
@@ -454,7 +494,8 @@ async def run_fault_simulation(args: argparse.Namespace, app: Any, console: Any)
         f"fedstore {command} with faults ({faults}): app {app.label}, {args.aggregators} "
         f"aggregators + {args.trainers} trainers"
         + (" + 1 intruder" if plan.intruder else "")
-        + f" on 127.0.0.1, {args.rounds} rounds, {strategy.name}, round deadline "
+        + (" on network-namespace hosts (own disks, bitswap)" if plan.netns else " on 127.0.0.1")
+        + f", {args.rounds} rounds, {strategy.name}, round deadline "
         f"{args.round_timeout:g} s, work dir {tmp}",
         highlight=False,
     )

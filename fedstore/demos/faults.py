@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -168,10 +168,14 @@ class MemberProc:
     peer_id: str
     port: int
     data_dir: Path
+    #: the address it listens on (127.0.0.1, or its network-namespace host's)
+    host: str = "127.0.0.1"
+    #: the command prefix that runs it on its host (``ip netns exec NS``; none on loopback)
+    prefix: tuple[str, ...] = ()
 
     @property
     def addr(self) -> str:
-        return f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+        return f"/ip4/{self.host}/tcp/{self.port}/p2p/{self.peer_id}"
 
 
 @dataclass
@@ -187,7 +191,8 @@ class FederationPlan:
     liar: str | None = None
     poisoned: str | None = None
     intruder: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    #: each process on its own network-namespace host, with its own filesystem root
+    netns: bool = False
 
     @property
     def membership(self) -> Membership:
@@ -262,6 +267,7 @@ def plan_federation(
     update_encoding: str,
     initial: Mapping[str, npt.NDArray[np.generic]],
     name: str,
+    hosts: Mapping[str, tuple[str, tuple[str, ...]]] | None = None,
 ) -> FederationPlan:
     """Identities, ports and the signed manifest of a fault run.
 
@@ -269,7 +275,9 @@ def plan_federation(
     ``work`` (the node uses it); the owner's key and ``manifest.json`` go to
     ``out/federation``. Members: ``agg-1..agg-A`` (aggregator role) and
     ``trainer-1..trainer-N`` (trainer role); the intruder (``intruder``
-    fault) gets an identity that is not listed.
+    fault) gets an identity that is not listed. ``hosts`` (process name ->
+    address, command prefix) puts each process on a host of its own (network
+    namespaces), all listening on port 4001; otherwise they share 127.0.0.1.
     """
     from fedstore.federation.manifest import (
         Manifest,
@@ -290,7 +298,11 @@ def plan_federation(
     for role, pname, index in layout:
         data_dir = work / pname
         peer_id = load_signer(data_dir).peer_id
-        procs[pname] = MemberProc(pname, role, index, peer_id, free_port(ports), data_dir)
+        if hosts is not None:
+            host, prefix = hosts[pname]
+            procs[pname] = MemberProc(pname, role, index, peer_id, 4001, data_dir, host, prefix)
+        else:
+            procs[pname] = MemberProc(pname, role, index, peer_id, free_port(ports), data_dir)
     fed_dir = out / "federation"
     owner_dir = fed_dir / "owner"
     owner = load_signer(owner_dir)
@@ -319,7 +331,7 @@ def plan_federation(
     signed = sign_manifest(manifest, owner)
     path = fed_dir / "manifest.json"
     write_manifest_file(path, signed)
-    plan = FederationPlan(procs, signed, path, owner_dir, dict(faults))
+    plan = FederationPlan(procs, signed, path, owner_dir, dict(faults), netns=hosts is not None)
     if LIE in faults:
         first = Membership(signed).duty_order(faults[LIE].arg)[0]
         plan.liar = next(p.name for p in procs.values() if p.peer_id == first)

@@ -115,6 +115,13 @@ def _common(g: argparse._ArgumentGroup, *, demo: bool) -> None:
         metavar="N",
         help="with --fault: aggregator-capable members (default 3; aggregator-crash needs 3)",
     )
+    g.add_argument(
+        "--netns",
+        action="store_true",
+        help="with --fault: every process on a host of its own (a Linux network namespace on "
+        "a private bridge, 10.204.0.0/24; needs root) with its own filesystem root, objects "
+        "exchanged over bitswap",
+    )
     g.add_argument("--keep", action="store_true", help="keep the temporary node directories")
     g.add_argument("--plain", action="store_true", help="plain line output instead of a live view")
 
@@ -526,6 +533,8 @@ def _resolve_faults(args: argparse.Namespace) -> None:
         parsed, rounds=args.rounds, trainers=args.trainers, aggregators=args.aggregators
     )
     if not args.faults:
+        if args.netns:
+            raise ConfigError("--netns goes with --fault")
         return
     if args.backends != "filesystem":
         raise ConfigError("--fault runs use the filesystem backend (leave out --backends)")

@@ -116,6 +116,8 @@ log = logging.getLogger(__name__)
 
 NDArray = npt.NDArray[np.generic]
 _TOPIC = "fed-learn"
+#: checks of one model that may fail on unreachable updates before it is refused
+MAX_UNFETCHED = 4
 
 
 class Member:
@@ -173,6 +175,8 @@ class Member:
         self.refused_runs: set[tuple[str, str]] = set()
         #: models refused in this run (never checked again; who builds on them is suspect)
         self.refused_models: set[str] = set()
+        #: failed checks of a model whose listed updates could not be fetched, by CID
+        self.unfetched: Counter[str] = Counter()
         #: valid models of a round this member kept another model of (fork choice)
         self.forks: set[str] = set()
         self.last_result: bytes | None = None
@@ -770,6 +774,13 @@ class Member:
         try:
             model = await self.verifier.verify(rs.round, cid, rs.base)
         except VerificationError as exc:
+            if exc.unavailable and self.unfetched[cid] < MAX_UNFETCHED:
+                # listed updates not reachable yet (a slow or lost bitswap want): nothing shows
+                # a lie, so the next announcement tries again; a model they stay unreachable
+                # for is refused (an aggregator withholding them cannot stall the round)
+                self.unfetched[cid] += 1
+                log.warning("cannot check round %d model %s yet: %s", rs.round, cid, exc)
+                return
             rs.refused.add(cid)
             if announcer == rs.opener:
                 rs.opener_failed_at = self.now()
