@@ -244,3 +244,27 @@ def test_lying_aggregator_is_refused_and_the_round_redone(tmp_path: Path) -> Non
     ]
     assert summary["rounds"][2]["cid"] == lie["redone_cid"] != lie["cid"]
     assert summary["clean_run"]["same_weights"] is True
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_aggregator_crash_across_namespace_hosts_with_separate_disks(tmp_path: Path) -> None:
+    """The same crash with every process on its own network-namespace host and filesystem root:
+    models and updates travel over bitswap between hosts, nothing is shared on disk."""
+    from fedstore.bench.netns import unavailable_reason
+
+    why = unavailable_reason()
+    if why:
+        pytest.skip(why)
+    rc, summary, text = run_cli(
+        tmp_path, "simulate", *SMALL, "--rounds", "5", "--trainers", "3",
+        "--round-timeout", "10", "--fault", "aggregator-crash@4", "--netns",
+    )  # fmt: skip
+    assert_survived(rc, summary, text, 5)
+    hosts = {m["addr"].split("/")[2] for m in summary["members"].values()}
+    assert len(hosts) == 6 and "127.0.0.1" not in hosts
+    crash = summary["crash"]
+    assert crash["taken_over_by"] and 0 < crash["takeover_seconds"] < 10
+    assert summary["rounds"][3]["takeover"]
+    assert summary["clean_run"]["same_weights"] is True

@@ -263,6 +263,10 @@ def _argv(args: argparse.Namespace, plan: FederationPlan, name: str, tmp: Path) 
     idle = 4 * args.round_timeout + 30
     argv += ["--federation", str(plan.manifest_path), "--trainers", str(trainers)]
     argv += ["--index", str(max(1, p.index)), "--idle-timeout", f"{idle:g}"]
+    if plan.netns and p.role == "aggregator":
+        # separate disks: the last round's objects live on the aggregators alone; they stay
+        # a round deadline so members still checking that model can fetch what it lists
+        argv += ["--linger", f"{args.round_timeout:g}"]
     if name == plan.poisoned:
         argv.append("--poison")
     if name == plan.liar:

@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--poison",
         action="store_true",
         help="fault demo: send poisoned updates (the honest step sign-flipped and scaled)",
+    )
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=None,
+        metavar="S",
+        help="member: seconds an aggregator stays after the last round, announcing the end "
+        "and serving its objects (default 1.5)",
     )
     p.add_argument(
         "--lie-round",
@@ -235,6 +244,8 @@ async def _member(args: argparse.Namespace, app: App, cfg: Any, train_fn: Any) -
     options = MemberOptions(
         verify=args.verify == "full", idle_timeout=args.idle_timeout, tamper=_tamper(args)
     )
+    if args.linger is not None:
+        options = replace(options, linger=args.linger)
     async with open_node(cfg) as node:
         addr = node.addrs()[0]
         emit({"event": "ready", "role": args.role, "peer_id": addr.rsplit("/", 1)[-1],

@@ -802,6 +802,10 @@ class Member:
                 round, cid, lambda r, c: self.known.get((r, c))
             )
         except VerificationError as exc:
+            if exc.unavailable and self.unfetched[cid] < MAX_UNFETCHED:
+                self.unfetched[cid] += 1  # as in _verify: try again on the next announcement
+                log.warning("cannot catch up to round %d (%s) yet: %s", round, cid, exc)
+                return
             self._refuse(round, cid, via, exc)
             return
         except FedstoreError as exc:
