@@ -559,7 +559,7 @@ async def _main(args: argparse.Namespace) -> int:
     command = args.command_name
     console = pipe_safe_console(soft_wrap=True)  # a closed pipe: quiet exit 141, no traceback
     if args.faults:
-        from fedstore.demos.fault_run import run_fault_simulation
+        from fedstore.demos.fault_demo import run_fault_simulation
 
         return await run_fault_simulation(args, app, console)
     live_view = console.is_terminal and not args.plain
