@@ -51,7 +51,7 @@ class FaultState:
     adopted: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     refused: list[dict[str, Any]] = field(default_factory=list)
     takeovers: list[dict[str, Any]] = field(default_factory=list)
-    #: round -> the process that opened it first
+    #: round -> the honest process that opened it first (the round's aggregator)
     opened: dict[int, str] = field(default_factory=dict)
     #: the SIGKILL of aggregator-crash: name, round, at (monotonic), when (which event)
     killed: dict[str, Any] | None = None
@@ -214,8 +214,9 @@ def on_event(
         return
     if kind == "round_opened":
         rnd = int(ev["round"])
-        state.opened.setdefault(rnd, proc.name)
-        if crash and rnd == crash.arg and state.opened[rnd] == proc.name and not state.killed:
+        if proc.name not in state.plan.hostile():  # a liar opens rounds on its own fork
+            state.opened.setdefault(rnd, proc.name)
+        if crash and rnd == crash.arg and state.opened.get(rnd) == proc.name and not state.killed:
             state.demo.procs[proc.name].detail = f"round {rnd}"
             kill(proc, "fallback")  # arms the fallback timer; kills at once on an update
     if (
