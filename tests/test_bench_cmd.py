@@ -29,6 +29,9 @@ TINY = [
     "verify_rounds=3",
     "swarm_mb=0.5",
     "swarm_trainers=2",
+    "federation_mb=2",  # updates above the inline limit: by CID
+    "federation_rounds=1",
+    "federation_trainers=2",
 ]
 
 

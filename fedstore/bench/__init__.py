@@ -10,6 +10,7 @@ Sections (one module each; run in this order, each independent)::
     updates   lossy update encodings (float16, int8, top-k) vs float32: bytes, accuracy
     startup   `fedstore --help` and `--version` vs `python -c pass` (median wall time)
     swarm     N trainers fetch a new model over capped links: bitswap swarm vs star
+    federation-large  a 100 MB model's rounds over bitswap: time per step, peak memory
 
 Use::
 

@@ -72,6 +72,10 @@ class BenchSizes:
     #: Swarm: model size in MB and the largest number of trainers (N = 1, 2, 4, ... up to it).
     swarm_mb: float = 20.0
     swarm_trainers: int = 8
+    #: Large-model federation: model size in MB, rounds, trainer processes.
+    federation_mb: float = 100.0
+    federation_rounds: int = 3
+    federation_trainers: int = 3
 
     @classmethod
     def full(cls) -> BenchSizes:
@@ -96,6 +100,7 @@ class BenchSizes:
             verify_rounds=5,
             swarm_mb=5.0,
             swarm_trainers=4,
+            federation_mb=16.0,
         )
 
     def with_overrides(self, overrides: Mapping[str, str]) -> BenchSizes:

@@ -56,6 +56,7 @@ SECTIONS: dict[str, str] = {
     "verify": "fedstore.bench.verify_bench",
     "startup": "fedstore.bench.startup_bench",
     "swarm": "fedstore.bench.swarm_bench",
+    "federation-large": "fedstore.bench.federation_large_bench",
 }
 
 SectionFn = Callable[[BenchSizes, Path, SayFn], SectionResult]

@@ -371,6 +371,10 @@ async def lead_rounds(
                         extra=settings.metadata,
                     )
                 )
+                # the updates' arrays are not needed past aggregation: free them before the
+                # save and the next round (a large model's updates are most of the memory)
+                del updates
+                validator.accepted.clear()
                 if outcome.arrays is None:
                     on_event(
                         RoundFailed(
@@ -386,7 +390,7 @@ async def lead_rounds(
                 bytes_stored += rec.size + len(outcome.state_blob or b"")
                 closed = RoundClosed(
                     round=rnd,
-                    participants=tuple(validator.senders),
+                    participants=outcome.participants,
                     num_samples=outcome.num_samples,
                     cid=rec.cid,
                     size=rec.size,

@@ -7,8 +7,8 @@ Maps the federation's needs onto :class:`fedstore.node.Node`:
   backend chain with pin records, ``CID:<round>:<cid>`` announcement);
 * ``load_global`` reads the local store when it holds that CID for that
   round, otherwise fetches through the backend chain (verified against the
-  CID) and saves the bytes locally, so every trainer's catalog records the
-  rounds it used;
+  CID), saves the bytes locally (so every trainer's catalog records the
+  rounds it used) and decodes the fetched bytes, not a re-read of the file;
 * ``head`` is ``node.sync()`` (ask connected peers for their head, fetch it
   by CID if newer than ours);
 * large updates and strategy state are stored with ``chain.add`` (CIDv1)
@@ -42,6 +42,7 @@ from fedstore.p2p.messages import TRAINING_TOPIC
 if TYPE_CHECKING:
     from fedstore.catalog.aio import AsyncCatalog
     from fedstore.federation.membership import Membership
+    from fedstore.format import Checkpoint
     from fedstore.node import Node
 
 __all__ = ["CatalogLedger", "NodePeer", "join_federation"]
@@ -66,6 +67,12 @@ class _SubscriptionInbox:
         except StopAsyncIteration:
             raise trio.EndOfChannel from None
         return sender, data
+
+
+def _decode(data: bytes) -> Checkpoint:
+    from fedstore.format import decode
+
+    return decode(data)
 
 
 class NodePeer:
@@ -110,9 +117,13 @@ class NodePeer:
         except CheckpointNotFoundError:
             rec = None
         if rec is None or rec.cid != cid or rec.status != "ok":
-            data = await self.node.fetch(cid)
+            data = await self.node.fetch(cid)  # verified against the CID
             await store.save_encoded(round, data, cid, replace=True)
-        ckpt = await store.load(round)
+            # decode the bytes in hand: reading the file back would hash and hold them again
+            ckpt = await trio.to_thread.run_sync(_decode, data)
+            del data
+        else:
+            ckpt = await store.load(round)
         return GlobalModel(round, cid, dict(ckpt.arrays), dict(ckpt.metadata))
 
     async def head(self) -> tuple[int, str] | None:

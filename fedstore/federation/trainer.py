@@ -221,11 +221,11 @@ async def follow_rounds(
             if last is not None and msg.round < last[0]:
                 continue
             if current is None or current[1] != msg.base_cid or arrays is None:
+                arrays = None  # free the old model before the new one arrives
                 try:
                     arrays = (await peer.load_global(msg.base_round, msg.base_cid)).arrays
                 except FedstoreError as exc:  # skip the round; its next announcement retries
                     failures.drop("fed-learn", "base_unavailable", sender, f"{msg.base_cid}: {exc}")
-                    arrays = None
                     continue
                 current = (msg.base_round, msg.base_cid)
                 on_event(TrainerSynced(msg.base_round, msg.base_cid))
@@ -241,6 +241,7 @@ async def follow_rounds(
             out = await _make_update(
                 peer, msg, new, int(num_samples), metrics, settings, base, encoder
             )
+            del new, base  # the trained arrays are sent; the base stays in ``arrays``
             wire = out.encode()
             await peer.publish(wire)
             last = (msg.round, wire, trio.current_time(), msg.attempt)

@@ -64,13 +64,16 @@ def weighted_mean64(ordered: Sequence[Update], name: str) -> npt.NDArray[np.floa
         total += float(u.num_samples)
     ref = np.asarray(ordered[0].arrays[name])
     acc = np.zeros(ref.shape, dtype=np.float64)
+    term = np.empty(ref.shape, dtype=np.float64)  # one scratch buffer for every update
     for u in ordered:
         arr = np.asarray(u.arrays[name])
         if arr.shape != ref.shape or arr.dtype != ref.dtype:
             raise ValueError(f"tensor {name!r} from {u.sender} has another shape or dtype")
-        acc += arr.astype(np.float64) * float(u.num_samples)
-    out: npt.NDArray[np.float64] = acc / total
-    return out
+        # the bits of arr.astype(float64) * n, without two temporaries per update
+        np.multiply(arr, float(u.num_samples), out=term, dtype=np.float64, casting="unsafe")
+        acc += term
+    acc /= total
+    return acc
 
 
 def fedavg(updates: Sequence[Update]) -> dict[str, NDArray]:
