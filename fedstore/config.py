@@ -79,7 +79,7 @@ ROLE = Setting(
 )
 DIR = Setting(
     "FEDSTORE_DIR",
-    help="node data directory (--dir); default ./checkpoints_<role>",
+    help="data directory of the node and of every command (--dir); default ./fedstore-data",
     aliases=("CHECKPOINT_DIR",),
     kind="path",
 )
@@ -87,6 +87,12 @@ LISTEN = Setting(
     "FEDSTORE_LISTEN",
     DEFAULT_LISTEN,
     "listen multiaddr(s), comma-separated (--listen); tcp/0 picks a free port",
+)
+ANNOUNCE = Setting(
+    "FEDSTORE_ANNOUNCE",
+    help="multiaddr(s) peers should dial, comma-separated (--announce), e.g. "
+    "/ip4/203.0.113.7/tcp/4001 or /dns4/host.example (bound port added); default: the bound "
+    "addresses, 0.0.0.0 replaced by this host's interface addresses",
 )
 BOOTSTRAP = Setting(
     "FEDSTORE_BOOTSTRAP",
@@ -321,6 +327,7 @@ CORE_GROUPS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
             ROLE,
             DIR,
             LISTEN,
+            ANNOUNCE,
             BOOTSTRAP,
             IS_CLOUD,
             IP,
@@ -455,10 +462,12 @@ class NodeConfig:
     """
 
     role: str = "trainer"
-    data_dir: Path = Path("checkpoints_trainer")
+    data_dir: Path = Path("fedstore-data")
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     bootstrap: tuple[str, ...] = ()
     announce_ip: str | None = None
+    #: Multiaddrs to advertise instead of the bound ones (see fedstore.p2p.addresses).
+    announce: tuple[str, ...] = ()
     #: Backend names in order; None = the registry's default chain.
     backends: tuple[str, ...] | None = None
     heartbeat_interval: float = 0.5
@@ -522,10 +531,12 @@ def load_node_config(
     settings = resolved.values
     validate_core_settings(settings)
     role = ROLE.text(settings).lower()
-    base = Path.cwd() if cwd is None else cwd
-    data_dir = Path(DIR.text(settings) or f"checkpoints_{role}").expanduser()
-    if not data_dir.is_absolute():
-        data_dir = base / data_dir
+    from fedstore.store.paths import legacy_data_dir_hint, resolve_data_dir
+
+    data_dir = resolve_data_dir(DIR.text(settings) or None, {}, cwd=cwd)
+    hint = legacy_data_dir_hint(data_dir, cwd=cwd)
+    if hint:
+        log.warning("%s", hint)
     is_cloud = IS_CLOUD.flag(settings)
     ip = IP.text(settings) or None
     if is_cloud and not ip:
@@ -533,6 +544,16 @@ def load_node_config(
             "FEDSTORE_IS_CLOUD is true but FEDSTORE_IP is not set: set FEDSTORE_IP to the "
             "public address"
         )
+    announce = _split(ANNOUNCE.text(settings))
+    if announce and is_cloud:
+        raise ConfigError(
+            "FEDSTORE_ANNOUNCE and FEDSTORE_IS_CLOUD/FEDSTORE_IP both say what to advertise: "
+            "set one (FEDSTORE_ANNOUNCE=/ip4/<IP> is what FEDSTORE_IS_CLOUD did)"
+        )
+    if announce:
+        from fedstore.p2p.addresses import parse_announce
+
+        parse_announce(announce)  # a bad address is a one-line error before anything starts
     backends_text = BACKENDS.text(settings)
     return NodeConfig(
         role=role,
@@ -540,6 +561,7 @@ def load_node_config(
         listen=_split(LISTEN.text(settings)) or (DEFAULT_LISTEN,),
         bootstrap=_split(BOOTSTRAP.text(settings)),
         announce_ip=ip if is_cloud else None,
+        announce=announce,
         backends=_split(backends_text) if backends_text else None,
         heartbeat_interval=HEARTBEAT.number(settings),
         reannounce_interval=REANNOUNCE_INTERVAL.number(settings),

@@ -115,7 +115,7 @@ def test_default_dir_from_environment(
     f = tmp_path / "w.npz"
     save_weights_file(f, arrays(0))
     assert run(capsys, "checkpoint", "save", "--round", "0", "--weights", str(f))[0] == 0
-    assert (tmp_path / "checkpoints_node" / "catalog.sqlite").is_file()
+    assert (tmp_path / "fedstore-data" / "catalog.sqlite").is_file()
     monkeypatch.setenv("CHECKPOINT_DIR", str(tmp_path / "elsewhere"))
     assert run(capsys, "checkpoint", "save", "--round", "0", "--weights", str(f))[0] == 0
     assert (tmp_path / "elsewhere" / "catalog.sqlite").is_file()

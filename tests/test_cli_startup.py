@@ -28,6 +28,7 @@ FORBIDDEN = (
     "safetensors",
     "stevedore",
     "multiaddr",
+    "prompt_toolkit",
     "fedstore.catalog.catalog",
     "fedstore.node.core",
     "fedstore.p2p.host",

@@ -233,7 +233,7 @@ def test_cli_pins_ls_and_retry(
     monkeypatch.setattr(
         fedstore.backends,
         "build_chain",
-        lambda names, env: fake_chain(tmp_path, fake_pinata, fake_kubo),
+        lambda names, env, ctx=None: fake_chain(tmp_path, fake_pinata, fake_kubo),
     )
     assert main(["pins", "retry", "--dir", str(node), "--backends", "pinata"]) == 0
     out = capsys.readouterr().out

@@ -26,6 +26,7 @@ relay messages they heard. The findings, and what now stops each:
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -224,6 +225,11 @@ async def announce_forever(node: Node, round: int, cid: str) -> None:
         await trio.sleep(0.2)
 
 
+# Run 1 stops every node by cancellation; py-libp2p 0.8.1 can leave a socket of a dial cut
+# short there to the garbage collector. It is collected at the end of this test (below) so
+# the warning stays here instead of surfacing in whichever test runs when the GC does.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning")
 async def test_a_round_1e12_claim_becomes_nobodys_head(tmp_path: Path) -> None:
     """A member and a non-member announce round 10^12; a restarted run ignores both."""
     owner = new_signer()
@@ -297,6 +303,7 @@ async def test_a_round_1e12_claim_becomes_nobodys_head(tmp_path: Path) -> None:
     # the non-member's claim never even reached the catalog; the member's is only a claim
     assert ids["evil"] in announced_by
     assert all(p in set(ids.values()) for p in announced_by)
+    gc.collect()
 
 
 async def test_open_aggregator_takes_no_head_from_a_peer(tmp_path: Path) -> None:
@@ -421,8 +428,10 @@ async def test_one_peer_cannot_fail_every_round_with_updates_a_liar_has(
     bitswap = ("bitswap",)
     with trio.fail_after(150):
         async with (
-            HostilePeer.start("liar") as liar,
             running(tmp_path, "agg", fed, backends=bitswap) as agg,
+            # the liar closes the connection it dialled while the aggregator still runs
+            # (py-libp2p leaves a dialled socket to the collector once the far end is gone)
+            HostilePeer.start("liar") as liar,
         ):
             await liar.connect_to(agg.host.libp2p_host)
             boot = agg.addrs()[:1]

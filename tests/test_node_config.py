@@ -39,7 +39,7 @@ def test_precedence_flags_env_dotenv_toml(tmp_path: Path) -> None:
     assert cfg.head_timeout == 300.0  # env beats .env
     assert cfg.reannounce_interval == 1.5  # flag beats env
     assert cfg.backends == ("kubo", "filesystem")  # table flattened, list joined
-    assert cfg.data_dir == tmp_path / "checkpoints_bootstrap"  # None flag = unset
+    assert cfg.data_dir == tmp_path / "fedstore-data"  # None flag = unset: the one default
 
 
 def test_defaults_without_any_file(tmp_path: Path) -> None:

@@ -261,8 +261,8 @@ def test_checkpoint_names_and_default_dir() -> None:
     assert parse_checkpoint_filename("round_7_x.txt") is None
     with pytest.raises(ValueError):
         checkpoint_filename(1, "../etc")
-    assert default_checkpoint_dir(env={}) == Path("checkpoints_node")
-    assert default_checkpoint_dir("trainer", env={}) == Path("checkpoints_trainer")
+    assert default_checkpoint_dir(env={}) == Path("fedstore-data")
+    assert default_checkpoint_dir("trainer", env={}) == Path("fedstore-data")  # one rule
     assert default_checkpoint_dir(env={"CHECKPOINT_DIR": "/data/x"}) == Path("/data/x")
 
 

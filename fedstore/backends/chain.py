@@ -408,10 +408,17 @@ class BackendChain:
             return FetchResult(cid=cid, size=size, backend=backend.name, attempts=attempts)
         raise _fetch_failure(cid, attempts)
 
-    async def fetch_bytes(self, cid: str, *, max_size: int = DEFAULT_MAX_FETCH_BYTES) -> bytes:
+    async def fetch_bytes(
+        self,
+        cid: str,
+        *,
+        max_size: int = DEFAULT_MAX_FETCH_BYTES,
+        progress: ProgressFn | None = None,
+    ) -> bytes:
         """Fetch *cid* into memory, verified. Refuses more than *max_size* bytes.
 
-        Errors as for :meth:`fetch_to_file`.
+        *progress(bytes so far)* is called as verified data arrives (as for
+        :meth:`fetch_to_file`). Errors as for :meth:`fetch_to_file`.
         """
         from fedstore.ipld.cid import parse_cid
 
@@ -420,7 +427,7 @@ class BackendChain:
         for backend in self._backends:
             sink = _MemorySink()
             try:
-                await self._stream_verified(backend, cid, sink, max_size, None)
+                await self._stream_verified(backend, cid, sink, max_size, progress)
             except FedstoreError as exc:
                 self._log_fetch_failure(backend, cid, exc)
                 attempts.append(Attempt(backend.name, exc))

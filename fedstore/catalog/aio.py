@@ -121,6 +121,11 @@ class AsyncCatalog(ThreadFacade[Catalog]):
     record_federation_round = in_thread(Catalog.record_federation_round)
     federation_rounds = in_thread(Catalog.federation_rounds)
     last_adopted_round = in_thread(Catalog.last_adopted_round)
+    # node runs
+    record_node_start = in_thread(Catalog.record_node_start)
+    record_node_stop = in_thread(Catalog.record_node_stop)
+    node_runs = in_thread(Catalog.node_runs)
+    last_node_run = in_thread(Catalog.last_node_run)
     # queries
     round_history = in_thread(Catalog.round_history)
     read_only_query = in_thread(Catalog.read_only_query)

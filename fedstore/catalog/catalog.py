@@ -45,6 +45,7 @@ from fedstore.catalog.models import (
     Checkpoint,
     FederationRound,
     Manifest,
+    NodeRun,
     Peer,
     Pin,
     RoundMetric,
@@ -57,6 +58,7 @@ from fedstore.catalog.records import (
     FederationRoundRecord,
     LatestAnnounced,
     ManifestRecord,
+    NodeRunRecord,
     PeerRecord,
     PinRecord,
     QueryResult,
@@ -801,6 +803,57 @@ class Catalog(ClaimsMixin):
                 .limit(1)
             ).one()
             return row.to_record()
+
+    # -- node runs -----------------------------------------------------------
+
+    #: Node runs kept; older rows are deleted when a run starts.
+    NODE_RUNS_KEPT = 100
+
+    def record_node_start(
+        self,
+        *,
+        peer_id: str,
+        role: str,
+        backends: Sequence[str],
+        addrs: Sequence[str],
+        version: str,
+    ) -> int:
+        """Record that a node starts on this directory with this chain; returns the run id.
+
+        Only the newest :attr:`NODE_RUNS_KEPT` runs are kept.
+        """
+        if any("," in b for b in backends):
+            raise ValueError(f"backend names cannot contain ',': {list(backends)!r}")
+        with self._writing("record the node's start") as s:
+            run = NodeRun(
+                peer_id=peer_id,
+                role=role,
+                backends=",".join(backends),
+                addrs=json.dumps(list(addrs)),
+                version=version,
+                started_at=utcnow(),
+            )
+            s.add(run)
+            s.flush()
+            keep = select(NodeRun.id).order_by(NodeRun.id.desc()).limit(self.NODE_RUNS_KEPT)
+            s.execute(delete(NodeRun).where(NodeRun.id.not_in(keep.scalar_subquery())))
+            return int(run.id)
+
+    def record_node_stop(self, run_id: int) -> None:
+        """Record that run *run_id* stopped cleanly."""
+        with self._writing("record the node's stop") as s:
+            s.execute(update(NodeRun).where(NodeRun.id == run_id).values(stopped_at=utcnow()))
+
+    def node_runs(self, *, limit: int = 10) -> list[NodeRunRecord]:
+        """The newest node runs on this directory, newest first."""
+        with self._reading("list node runs") as s:
+            rows = s.scalars(select(NodeRun).order_by(NodeRun.id.desc()).limit(limit))
+            return [r.to_record() for r in rows]
+
+    def last_node_run(self) -> NodeRunRecord | None:
+        """The newest node run, or None if no node ever ran on this directory."""
+        runs = self.node_runs(limit=1)
+        return runs[0] if runs else None
 
     # -- views and ad-hoc SQL ------------------------------------------------
 

@@ -42,6 +42,7 @@ from fedstore.catalog.records import (
     FailedClaimRecord,
     FederationRoundRecord,
     ManifestRecord,
+    NodeRunRecord,
     PeerRecord,
     PinRecord,
     RoundMetricRecord,
@@ -58,6 +59,7 @@ __all__ = [
     "FailedClaim",
     "FederationRound",
     "Manifest",
+    "NodeRun",
     "Peer",
     "Pin",
     "RoundMetric",
@@ -410,4 +412,37 @@ class FailedClaim(Base):
             first_failed_at=self.first_failed_at,
             last_failed_at=self.last_failed_at,
             last_error=self.last_error,
+        )
+
+
+class NodeRun(Base):
+    """One run of a node on this data directory: what it ran with, when it started and stopped."""
+
+    __tablename__ = "node_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    peer_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    role: Mapped[str] = mapped_column(String(32), nullable=False)
+    #: the backend chain, comma-separated, in order
+    backends: Mapped[str] = mapped_column(Text, nullable=False)
+    #: JSON list of the advertised multiaddrs
+    addrs: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
+    version: Mapped[str] = mapped_column(String(32), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def to_record(self) -> NodeRunRecord:
+        try:
+            addrs = tuple(str(a) for a in json.loads(self.addrs))
+        except (ValueError, TypeError):
+            addrs = ()
+        return NodeRunRecord(
+            id=self.id,
+            peer_id=self.peer_id,
+            role=self.role,
+            backends=tuple(b for b in self.backends.split(",") if b),
+            addrs=addrs,
+            version=self.version,
+            started_at=self.started_at,
+            stopped_at=self.stopped_at,
         )

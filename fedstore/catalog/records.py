@@ -18,6 +18,7 @@ __all__ = [
     "FederationRoundRecord",
     "LatestAnnounced",
     "ManifestRecord",
+    "NodeRunRecord",
     "PeerRecord",
     "PinRecord",
     "QueryResult",
@@ -177,6 +178,25 @@ class FederationRoundRecord:
     detail: str = ""
     rejections: Mapping[str, int] = field(default_factory=dict)
     recorded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRunRecord:
+    """One run of a node on this data directory: a row of ``node_runs`` (see docs/CATALOG.md).
+
+    ``backends`` is the chain the node ran with, in order (what ``fedstore
+    pins retry`` retries without ``--backends``); ``addrs`` what it advertised;
+    ``stopped_at`` is None while it runs, or when it was killed.
+    """
+
+    id: int
+    peer_id: str
+    role: str
+    backends: tuple[str, ...]
+    addrs: tuple[str, ...]
+    version: str
+    started_at: datetime
+    stopped_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,8 @@ COMMAND_MODULES = [
     "fedstore.cli.demo_cmd",
     "fedstore.cli.federate_cmd",
     "fedstore.cli.node_cmd",
+    "fedstore.cli.daemon_cmd",
+    "fedstore.cli.ctl_cmd",
     "fedstore.cli.federation_cmd",
     "fedstore.cli.checkpoint_cmd",
     "fedstore.cli.catalog_cmd",
@@ -43,6 +45,7 @@ COMMAND_MODULES = [
     "fedstore.cli.cid_cmd",
     "fedstore.cli.selftest_cmd",
     "fedstore.cli.bench_cmd",
+    "fedstore.cli.completion_cmd",
 ]
 
 log = logging.getLogger("fedstore")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +15,11 @@ from fedstore.errors import FedstoreError
 
 if TYPE_CHECKING:
     from fedstore.backends import BackendContext
+    from fedstore.backends.chain import ChainAddResult, FetchResult
+    from fedstore.errors import Attempt
+
+#: Files smaller than this are stored without a progress line.
+_PROGRESS_MIN = 16 * 1024 * 1024
 
 __all__ = ["register"]
 
@@ -30,6 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     p.add_argument("--no-health", action="store_true", help="do not contact the backends")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser(
@@ -45,6 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--cid-version", type=int, choices=[0, 1], default=0, help="CID version (default 0)"
     )
+    p.add_argument("--json", action="store_true", help="print a JSON object (CID, copies)")
     p.set_defaults(func=cmd_put)
 
     p = sub.add_parser(
@@ -66,6 +75,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="where to write the data ('-' for stdout)",
     )
     _chain_args(p)
+    p.add_argument("--json", action="store_true", help="print a JSON object (size, backend)")
     p.set_defaults(func=cmd_get)
 
 
@@ -135,70 +145,135 @@ def cmd_backends(args: argparse.Namespace) -> int:
         finally:
             await backend.aclose()
 
+    declared: dict[str, tuple[Setting, ...]] = {}
+    rows: list[dict[str, object]] = []
+    for name, info in installed.items():
+        row: dict[str, object] = {"name": name, "origin": info.origin, "default": name in default}
+        try:
+            declared[name] = load_backend_class(name).settings
+        except FedstoreError as exc:
+            rows.append({**row, "health": f"broken: {exc}", "settings": []})
+            continue
+        health = None if args.no_health else trio.run(probe, name)
+        row["health"] = health
+        row["settings"] = [
+            {
+                "name": setting.name,
+                "toml": f"[{name}] {setting.toml_key(name)}",
+                "default": setting.default,
+                "source": str(resolved.origin(setting)) if setting.is_set(settings) else "default",
+                "secret": setting.secret,
+                "help": setting.help,
+            }
+            for setting in declared[name]
+        ]
+        rows.append(row)
+    why = BACKENDS_SETTING if explicit else "; ".join(f"{m.name}: {m.reason}" for m in members)
+    if args.json:
+        print(json.dumps({"backends": rows, "default_chain": default, "why": why}, indent=2))
+        return 0
+
     table = Table(title="fedstore backends")
     table.add_column("name")
     table.add_column("provided by")
     table.add_column("health")
-    declared: dict[str, tuple[Setting, ...]] = {}
-    for name, info in installed.items():
-        try:
-            declared[name] = load_backend_class(name).settings
-        except FedstoreError as exc:
-            table.add_row(escape(name), escape(info.origin), escape(f"broken: {exc}"))
-            continue
-        health = "(not checked)" if args.no_health else trio.run(probe, name)
-        mark = " *" if name in default else ""
-        table.add_row(escape(name + mark), escape(info.origin), escape(health))
+    for row in rows:
+        mark = " *" if row["default"] else ""
+        health = "(not checked)" if row["health"] is None else str(row["health"])
+        table.add_row(escape(f"{row['name']}{mark}"), escape(str(row["origin"])), escape(health))
     console = table_console()
     console.print(table)
 
-    for name, owned in declared.items():
-        sub = Table(title=f"{name} settings", title_justify="left")
+    for row in rows:
+        owned = row["settings"]
+        assert isinstance(owned, list)
+        if str(row["name"]) not in declared:
+            continue
+        sub = Table(title=f"{row['name']} settings", title_justify="left")
         sub.add_column("setting", no_wrap=True)
         sub.add_column("fedstore.toml")
         sub.add_column("default")
         sub.add_column("now from")
         sub.add_column("meaning")
-        for setting in owned:
-            origin = str(resolved.origin(setting)) if setting.is_set(settings) else "default"
-            secret = " (secret)" if setting.secret else ""
+        for item in owned:
+            secret = " (secret)" if item["secret"] else ""
             sub.add_row(
-                escape(setting.name),
-                escape(f"[{name}] {setting.toml_key(name)}"),
-                escape(setting.default or "-"),
-                escape(origin),
-                escape(setting.help + secret),
+                escape(item["name"]),
+                escape(item["toml"]),
+                escape(item["default"] or "-"),
+                escape(item["source"]),
+                escape(item["help"] + secret),
             )
         if owned:
             console.print(sub)
         else:
-            console.print(f"{name}: no settings")
+            console.print(f"{row['name']}: no settings")
 
     if explicit:
         print(f"default chain (*): {','.join(default)} (from {BACKENDS_SETTING})")
     else:
-        why = "; ".join(f"{m.name}: {m.reason}" for m in members)
         print(f"default chain (*): {','.join(default)} ({why})")
     return 0
 
 
+class _StoreProgress:
+    """A chain write observer that names the backend being written on the progress line."""
+
+    def __init__(self, describe: Callable[[str], None]) -> None:
+        self._describe = describe
+
+    async def attempt_started(self, cid: str, backend: str) -> None:
+        self._describe(f"storing on {backend}")
+
+    async def attempt_finished(self, cid: str, attempt: Attempt) -> None:
+        self._describe("stored" if attempt.ok else f"{attempt.backend} failed")
+
+
 def cmd_put(args: argparse.Namespace) -> int:
+    import functools
+
     import trio
 
     from fedstore.backends import build_chain
+    from fedstore.cli.progress import byte_progress, on_terminal
+    from fedstore.console import console
+    from fedstore.ipld.cid import cid_of_file
 
     path = Path(args.path)
     if not path.is_file():
         print(f"fedstore: error: {path}: no such file", file=sys.stderr)
         return 1
+    size = path.stat().st_size
 
-    async def run() -> str:
+    async def run() -> ChainAddResult:
         settings = _settings()
         async with build_chain(_names(args), settings, _context(settings)) as chain:
-            result = await chain.add(path, cid_version=args.cid_version, name=path.name)
-            return result.cid
+            with byte_progress(f"hashing {path.name}", size) as hashed:
+                hash_file = functools.partial(cid_of_file, path, args.cid_version, progress=hashed)
+                cid = await trio.to_thread.run_sync(hash_file)
+            if on_terminal() and size >= _PROGRESS_MIN:
+                err = console(stderr=True)
+                with err.status(f"storing {path.name} ({size:,} bytes)") as status:
+                    notes = _StoreProgress(lambda text: status.update(f"{text}: {path.name}"))
+                    return await chain.add(
+                        path, cid_version=args.cid_version, name=path.name, expected_cid=cid,
+                        observer=notes,
+                    )  # fmt: skip
+            return await chain.add(
+                path, cid_version=args.cid_version, name=path.name, expected_cid=cid
+            )
 
-    print(trio.run(run))
+    result = trio.run(run)
+    if args.json:
+        doc = {"cid": result.cid, "size": result.size, "stored_on": result.stored_on}
+        doc["copies"] = result.copies
+        doc["attempts"] = [
+            {"backend": a.backend, "ok": a.ok, "error": None if a.ok else a.describe()}
+            for a in result.attempts
+        ]
+        print(json.dumps(doc))
+        return 0
+    print(result.cid)
     return 0
 
 
@@ -206,8 +281,14 @@ def cmd_get(args: argparse.Namespace) -> int:
     import trio
 
     from fedstore.backends import build_chain
+    from fedstore.cli.progress import byte_progress
 
     if args.output == "-":
+        if args.json:
+            print(
+                "fedstore: error: --json prints to stdout; it cannot go with -o -", file=sys.stderr
+            )
+            return 2
         return _get_to_stdout(args)
     out = Path(args.output)
     if out.is_dir():
@@ -217,14 +298,19 @@ def cmd_get(args: argparse.Namespace) -> int:
         print(f"fedstore: error: directory {out.parent} does not exist", file=sys.stderr)
         return 1
 
-    async def run() -> None:
+    async def run() -> FetchResult:
         settings = _settings()
         async with build_chain(_names(args), settings, _context(settings)) as chain:
-            result = await chain.fetch_to_file(args.cid, out)
-            print(f"{result.size} bytes from {result.backend}, verified", file=sys.stderr)
+            with byte_progress(f"fetching {args.cid[:12]}…") as fetched:
+                return await chain.fetch_to_file(args.cid, out, progress=fetched)
 
-    trio.run(run)
+    result = trio.run(run)
     assert os.path.exists(out)
+    if args.json:
+        doc = {"cid": result.cid, "size": result.size, "backend": result.backend}
+        print(json.dumps({**doc, "path": str(out), "verified": True}))
+    else:
+        print(f"{result.size} bytes from {result.backend}, verified", file=sys.stderr)
     return 0
 
 
@@ -236,13 +322,15 @@ def _get_to_stdout(args: argparse.Namespace) -> int:
     import trio
 
     from fedstore.backends import build_chain
+    from fedstore.cli.progress import byte_progress
 
     with tempfile.TemporaryDirectory(prefix="fedstore-get-") as tmp:
         part = Path(tmp) / "data"
 
         async def run() -> None:
             async with build_chain(_names(args), _settings()) as chain:
-                result = await chain.fetch_to_file(args.cid, part)
+                with byte_progress(f"fetching {args.cid[:12]}…") as fetched:
+                    result = await chain.fetch_to_file(args.cid, part, progress=fetched)
                 print(f"{result.size} bytes from {result.backend}, verified", file=sys.stderr)
 
         trio.run(run)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedstore.cli.datadir import add_dir_argument, data_dir
 from fedstore.errors import CatalogError, ConfigError
 
 if TYPE_CHECKING:
@@ -29,25 +30,6 @@ def round_number(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_dir_argument(p: argparse.ArgumentParser) -> None:
-    """The ``--dir`` option shared by checkpoint, catalog and db commands."""
-    p.add_argument(
-        "--dir",
-        metavar="DIR",
-        help="node data directory (default: $CHECKPOINT_DIR, else ./checkpoints_node)",
-    )
-
-
-def data_dir(args: argparse.Namespace) -> Path:
-    """``--dir``, else CHECKPOINT_DIR from the environment/.env/fedstore.toml, else the default."""
-    if getattr(args, "dir", None):
-        return Path(args.dir).expanduser()
-    from fedstore.config import load_settings
-    from fedstore.store import default_checkpoint_dir
-
-    return default_checkpoint_dir("node", load_settings())
-
-
 def existing_catalog(directory: Path) -> Path:
     """The catalog file in ``directory``; CatalogError if there is none (never creates one)."""
     from fedstore.catalog import resolve_db_path
@@ -55,7 +37,7 @@ def existing_catalog(directory: Path) -> Path:
     db = resolve_db_path(directory)
     if not db.is_file():
         raise CatalogError(
-            f"no catalog at {db}: pass --dir with a node's data directory (or set CHECKPOINT_DIR)"
+            f"no catalog at {db}: pass --dir with a node's data directory (or set FEDSTORE_DIR)"
         )
     return db
 
@@ -98,6 +80,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="replace a different checkpoint already stored for this round",
     )
     add_dir_argument(save)
+    save.add_argument("--json", action="store_true", help="print a JSON object")
     save.set_defaults(func=cmd_save)
 
     load = cmds.add_parser(
@@ -110,6 +93,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--out", required=True, metavar="FILE", help="output file: .npz, .safetensors or .fsck"
     )
     add_dir_argument(load)
+    load.add_argument("--json", action="store_true", help="print a JSON object")
     load.set_defaults(func=cmd_load)
 
     ls = cmds.add_parser("ls", help="list stored rounds", description="List stored rounds.")
@@ -124,6 +108,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     prune.add_argument("--keep", type=int, required=True, metavar="N", help="rounds to keep")
     add_dir_argument(prune)
+    prune.add_argument("--json", action="store_true", help="print a JSON object")
     prune.set_defaults(func=cmd_prune)
 
     inspect = cmds.add_parser(
@@ -147,6 +132,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     add_dir_argument(verify)
+    verify.add_argument("--json", action="store_true", help="print a JSON object")
     verify.set_defaults(func=cmd_verify)
 
 
@@ -210,6 +196,9 @@ def cmd_save(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot read {args.weights}: {exc.strerror or exc}") from exc
     with _open_store(args, create=True, cid_version=args.cid_version) as store:
         rec = store.save(args.round, arrays, meta, replace=args.replace)
+        if args.json:
+            print(json.dumps({**_record_json(rec), "path": str(store.dir / rec.path)}))
+            return 0
         print(
             f"saved round {rec.round}: {rec.cid} ({_size(rec.stored_size)} stored, "
             f"{_size(rec.raw_size)} raw) -> {store.dir / rec.path}"
@@ -232,6 +221,11 @@ def cmd_load(args: argparse.Namespace) -> int:
         save_weights_file(out, ckpt.arrays, metadata=metadata)
     except OSError as exc:  # the atomic write names its temp file: report the user's path
         raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    if args.json:
+        doc = {"round": rec.round, "cid": rec.cid, "verified": True, "out": str(out)}
+        doc.update({"arrays": len(ckpt.arrays), "parameters": ckpt.parameter_count})
+        print(json.dumps(doc))
+        return 0
     print(
         f"round {rec.round} ({rec.cid}, verified): {len(ckpt.arrays)} arrays, "
         f"{ckpt.parameter_count:,} parameters -> {out}"
@@ -298,6 +292,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         deleted = store.prune(args.keep)
         kept = store.list_rounds()
+    if args.json:
+        print(json.dumps({"deleted": [r.round for r in deleted], "kept": kept}))
+        return 0
     if deleted:
         print(f"deleted rounds {', '.join(str(r.round) for r in deleted)}")
     else:
@@ -355,6 +352,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     with _open_store(args, reads_only=True, verify_on_open=None) as store:
         report = store.reconcile("full")
+    bad = bool(report.missing or report.corrupt)
+    if args.json:
+        doc = {
+            "checked": report.checked,
+            "hashed": report.hashed,
+            "missing": report.missing,
+            "corrupt": report.corrupt,
+            "recovered": report.recovered,
+            "orphans": report.orphans,
+            "removed_temp_files": report.removed_temp_files,
+            "intact": not bad,
+        }
+        print(json.dumps(doc))
+        return 1 if bad else 0
     _print_report(report)
     print(
         f"checked {report.checked} checkpoint(s), hashed {report.hashed}: "

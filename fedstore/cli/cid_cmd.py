@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="kubo",
         help="DAG layout profile (default: kubo)",
     )
+    p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=run)
 
 
@@ -59,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"fedstore: error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if args.json:
+        import json
+
+        doc = {"cid": cid, "path": path, "size": size, "cid_version": params.cid_version}
+        print(json.dumps({**doc, "profile": args.profile}))
+        return 0
     print(cid)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.add_argument("--revision", default="head", help="target revision (default: head)")
     up.add_argument("--no-backup", action="store_true", help="do not back up the catalog first")
+    up.add_argument("--json", action="store_true", help="print a JSON object")
     add_dir_argument(up)
     up.set_defaults(func=cmd_upgrade)
 
@@ -46,9 +48,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Print the revision stamped in the catalog and the newest one known.",
     )
     add_dir_argument(cur)
+    cur.add_argument("--json", action="store_true", help="print a JSON object")
     cur.set_defaults(func=cmd_current)
 
     hist = cmds.add_parser("history", help="list the schema revisions fedstore ships")
+    hist.add_argument("--json", action="store_true", help="one JSON object per revision")
     hist.set_defaults(func=cmd_history)
 
     schema = cmds.add_parser(
@@ -79,6 +83,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rebuild.add_argument(
         "--force", action="store_true", help="rebuild even though the catalog is intact"
     )
+    rebuild.add_argument("--json", action="store_true", help="print the report as JSON")
     add_dir_argument(rebuild)
     rebuild.set_defaults(func=cmd_rebuild)
 
@@ -88,6 +93,16 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
     db = resolve_db_path(data_dir(args))
     result = migrate.upgrade(db, args.revision, backup=not args.no_backup)
+    if args.json:
+        doc = {
+            "catalog": str(db),
+            "changed": result.changed,
+            "from": result.from_revision,
+            "to": result.to_revision,
+            "backup": None if result.backup is None else str(result.backup),
+        }
+        print(json.dumps(doc))
+        return 0
     if not result.changed:
         print(f"catalog {db} is already at revision {result.to_revision}")
         return 0
@@ -109,6 +124,10 @@ def cmd_current(args: argparse.Namespace) -> int:
         "fresh": "empty: it gets the schema when first opened",
         "foreign": "not a fedstore catalog",
     }[state.status]
+    if args.json:
+        doc = {"catalog": str(db), "revision": state.current, "head": state.head}
+        print(json.dumps({**doc, "status": state.status, "meaning": explain}))
+        return 0
     print(f"catalog:  {db}")
     print(f"revision: {state.current or '(none)'}")
     print(f"head:     {state.head}")
@@ -123,8 +142,13 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     script = ScriptDirectory.from_config(migrate.alembic_config())
     for rev in script.walk_revisions():
+        title = rev.doc.splitlines()[0] if rev.doc else ""
+        if args.json:
+            doc = {"revision": rev.revision, "down_revision": rev.down_revision}
+            print(json.dumps({**doc, "head": rev.is_head, "title": title}))
+            continue
         head = " (head)" if rev.is_head else ""
-        print(f"{rev.revision}{head}  {rev.doc.splitlines()[0] if rev.doc else ''}")
+        print(f"{rev.revision}{head}  {title}")
     return 0
 
 
@@ -149,6 +173,20 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise CatalogError(f"no data directory at {directory}")
     report = rebuild_catalog(directory, force=args.force)
+    if args.json:
+        import json
+
+        print(
+            json.dumps(
+                {
+                    "catalog": str(report.catalog),
+                    "recorded": [{"round": r.round, "cid": r.cid} for r in report.recorded],
+                    "skipped": [{"path": rel, "reason": why} for rel, why in report.skipped],
+                    "moved": [str(m) for m in report.moved],
+                }
+            )
+        )
+        return 1 if report.skipped else 0
     for moved in report.moved:
         print(f"moved aside: {clean(moved)}")
     for rel, why in report.skipped:

@@ -138,7 +138,9 @@ def _app_arguments(p: argparse.ArgumentParser) -> None:
 
 def _node_arguments(p: argparse.ArgumentParser, role: str) -> None:
     g = p.add_argument_group("node")
-    g.add_argument("--dir", metavar="DIR", help=f"data directory (default ./checkpoints_{role})")
+    g.add_argument(
+        "--dir", metavar="DIR", help="data directory (default FEDSTORE_DIR, else ./fedstore-data)"
+    )
     g.add_argument("--listen", metavar="MULTIADDR", help="listen address (default 127.0.0.1)")
     g.add_argument(
         "--announce",

@@ -187,8 +187,9 @@ def _load(source: str, data_dir: str | None) -> Any:
         return load_manifest_file(value)
     from fedstore.catalog import Catalog
     from fedstore.ipld import same_cid
+    from fedstore.store.paths import resolve_data_dir
 
-    directory = Path(data_dir or "checkpoints_node")
+    directory = resolve_data_dir(data_dir)
     if not directory.is_dir():
         raise ManifestError(
             f"manifest {value}: no file of that name and no node directory {directory}"

@@ -6,8 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedstore.errors import CatalogError
+from fedstore.cli.datadir import add_dir_argument, data_dir
+
+if TYPE_CHECKING:
+    from fedstore.backends.chain import BackendChain
+    from fedstore.node.replication import PinOutcome
 
 __all__ = ["register"]
 
@@ -53,39 +58,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     retry.add_argument(
         "--backends",
         metavar="LIST",
-        help="comma-separated backends whose failed pins to retry (default: all configured)",
+        help="comma-separated backends whose failed pins to retry (default: those of the chain "
+        "the node last ran with on this data directory)",
     )
+    retry.add_argument("--json", action="store_true", help="one JSON object per attempt")
     retry.set_defaults(func=cmd_retry)
 
 
 def _dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dir",
-        metavar="DIR",
-        help="node data directory holding catalog.sqlite (default: $FEDSTORE_DIR, "
-        "else ./checkpoints_node)",
-    )
+    add_dir_argument(p)
 
 
-def _catalog_path(args: argparse.Namespace, settings: dict[str, str]) -> Path:
-    from fedstore.catalog import resolve_db_path
-    from fedstore.store.paths import default_checkpoint_dir
+def _catalog_path(args: argparse.Namespace) -> Path:
+    from fedstore.cli.checkpoint_cmd import existing_catalog
 
-    location = Path(args.dir) if args.dir else default_checkpoint_dir("node", settings)
-    db = resolve_db_path(location)
-    if not db.is_file():
-        raise CatalogError(f"no catalog at {db}: pass --dir with a node's data directory")
-    return db
+    return existing_catalog(data_dir(args))
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from fedstore.catalog import Catalog
-    from fedstore.config import load_settings
 
-    settings = load_settings()
-    with Catalog.open(_catalog_path(args, settings), read_only=None) as catalog:
+    with Catalog.open(_catalog_path(args), read_only=None) as catalog:
         rows = catalog.pins(args.state)
     if args.json:
         for r in rows:
@@ -132,27 +127,59 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retry_chain(args: argparse.Namespace, db: Path, settings: dict[str, str]) -> BackendChain:
+    """The chain to retry with: ``--backends`` added to the default chain, else the chain the
+    node last ran with on this data directory (``node_runs``), else the default chain.
+
+    Backends that only work inside a running node (bitswap) are left out with a log line:
+    the node completes their copies itself when it starts.
+    """
+    import fedstore.backends as registry
+    from fedstore.backends import BackendContext, default_backend_names, parse_backend_list
+    from fedstore.catalog import Catalog
+
+    ctx = BackendContext(data_dir=db.parent)
+    if args.backends:
+        names = default_backend_names(settings, ctx)
+        names += [n for n in parse_backend_list(args.backends) if n not in names]
+    else:
+        with Catalog.open(db) as catalog:
+            run = catalog.last_node_run()
+        if run is not None and run.backends:
+            names = list(run.backends)
+            print(
+                f"retrying with the chain the node last ran with here: {','.join(names)}",
+                file=sys.stderr,
+            )
+        else:
+            names = default_backend_names(settings, ctx)
+    return registry.build_chain(names, settings, ctx)  # unusable ones: skipped, logged
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
     import trio
 
-    from fedstore.backends import build_chain, default_backend_names, parse_backend_list
+    from fedstore.backends import parse_backend_list
     from fedstore.catalog import AsyncCatalog, Catalog
     from fedstore.config import load_settings
     from fedstore.console import clean
-    from fedstore.node.replication import PinOutcome, retry_failed_pins
+    from fedstore.node.replication import retry_failed_pins
 
     settings = load_settings()
     wanted = parse_backend_list(args.backends) if args.backends else None
-    names = default_backend_names(settings)
-    names += [n for n in wanted or [] if n not in names]
-    db = _catalog_path(args, settings)
+    db = _catalog_path(args)
+    chain = _retry_chain(args, db, settings)
 
     async def run() -> list[PinOutcome]:
         catalog = AsyncCatalog(await trio.to_thread.run_sync(Catalog.open, db))
-        async with catalog, build_chain(names, settings) as chain:
+        async with catalog, chain:
             return await retry_failed_pins(chain, catalog, backends=wanted)
 
     outcomes = trio.run(run)
+    if args.json:
+        for o in outcomes:
+            print(json.dumps(_outcome_json(o)))
+        return 1 if any(o.state == "failed" for o in outcomes) else 0
     if not outcomes:
         print("nothing to retry: no failed, pending or missing pins", file=sys.stderr)
         return 0
@@ -160,3 +187,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
         detail = o.backend_ref or "" if o.state == "pinned" else o.error or ""
         print(clean(f"{o.cid}  {o.backend:<12} {o.state:<8} {detail}".rstrip()))
     return 1 if any(o.state == "failed" for o in outcomes) else 0
+
+
+def _outcome_json(o: PinOutcome) -> dict[str, object]:
+    return {
+        "cid": o.cid,
+        "backend": o.backend,
+        "state": o.state,
+        "backend_ref": o.backend_ref,
+        "error": o.error,
+    }

@@ -48,8 +48,11 @@ class Checks:
     passed: int = 0
     failed: list[str] = field(default_factory=list)
     quiet: bool = False
+    #: every check as (name, ok, detail), for --json
+    results: list[tuple[str, bool, str]] = field(default_factory=list)
 
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.results.append((name, ok, "" if ok else detail))
         if ok:
             self.passed += 1
         else:
@@ -79,7 +82,7 @@ class _Recorder(Output):
         super().__init__(machine=True, stream=io.StringIO())
         self.events: list[tuple[str, str]] = []
 
-    def event(self, key: str, value: object) -> None:
+    def event(self, key: str, value: object, human: str | None = None) -> None:
         self.events.append((key, str(value)))
 
     def since(self, mark: int, key: str) -> list[str]:
@@ -321,27 +324,43 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     base = Path(tempfile.mkdtemp(prefix="fedstore-selftest-"))
-    checks = Checks()
+    checks = Checks(quiet=args.json)
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, flush=True)
+
     started = time.monotonic()
     try:
         if args.part in ("A", "all"):
-            print("Part A: one node, every runner command", flush=True)
+            say("Part A: one node, every runner command")
             try:
                 trio.run(_part_a, base, checks)
             except Exception as exc:
                 checks.check("part A ran to the end", False, f"{type(exc).__name__}: {exc}")
         if args.part in ("B", "all"):
-            print("Part B: bootstrap and trainer processes on loopback", flush=True)
+            say("Part B: bootstrap and trainer processes on loopback")
             try:
                 _part_b(base, checks)
             except Exception as exc:
                 checks.check("part B ran to the end", False, f"{type(exc).__name__}: {exc}")
     finally:
         if args.keep:
-            print(f"kept {base}")
+            say(f"kept {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
     rate = 100.0 * checks.passed / checks.total if checks.total else 0.0
+    if args.json:
+        import json
+
+        doc = {
+            "passed": checks.passed,
+            "total": checks.total,
+            "seconds": round(time.monotonic() - started, 1),
+            "checks": [{"name": n, "ok": ok, "detail": d} for n, ok, d in checks.results],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0 if not checks.failed else 1
     print(
         f"\nPassed {checks.passed}/{checks.total} checks ({rate:.1f}%) "
         f"in {time.monotonic() - started:.1f} s"
@@ -359,4 +378,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--part", choices=["A", "B", "all"], default="all", help="which part to run")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--json", action="store_true", help="print the checks as one JSON object")
     p.set_defaults(func=run)

@@ -133,17 +133,23 @@ def make_node_config(
     role: str,
     data_dir: str | Path,
     bootstrap: Sequence[str] = (),
-    listen: str | None = None,
+    listen: str | Sequence[str] | None = None,
     backends: Sequence[str] | None = None,
     settings: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    announce: str | Sequence[str] | None = None,
     federation: str | Path | None = None,
 ) -> NodeConfig:
     """A :class:`~fedstore.config.NodeConfig` from explicit values over the environment.
 
     Precedence as everywhere in fedstore: these arguments, then the
     environment (``environ``, default ``os.environ``), ``.env`` and
-    ``fedstore.toml``. ``settings`` adds variables at the arguments' rank
+    ``fedstore.toml``. ``listen`` is what the node binds (``/ip4/0.0.0.0/tcp/4001`` to be
+    reachable from other hosts; default ``FEDSTORE_LISTEN``, else a free
+    loopback port); ``announce`` what it tells peers to dial (default:
+    the bound addresses, ``0.0.0.0`` replaced by this host's interface
+    addresses; see :mod:`fedstore.p2p.addresses`). ``settings`` adds
+    variables at the arguments' rank
     (e.g. ``FEDSTORE_FS_ROOT``, ``FEDSTORE_BACKENDS``, ``FEDSTORE_LISTEN``,
     under their ``FEDSTORE_`` names or their aliases). A setting given both
     as an argument (or twice in ``settings``, under a name and an alias)
@@ -156,7 +162,8 @@ def make_node_config(
         "FEDSTORE_ROLE": role,
         "FEDSTORE_DIR": str(data_dir),
         "FEDSTORE_BOOTSTRAP": ",".join(bootstrap) if bootstrap else None,
-        "FEDSTORE_LISTEN": listen,
+        "FEDSTORE_LISTEN": _joined(listen),
+        "FEDSTORE_ANNOUNCE": _joined(announce),
         "FEDSTORE_BACKENDS": ",".join(backends) if backends else None,
         "FEDSTORE_FEDERATION": str(federation) if federation is not None else None,
     }
@@ -175,7 +182,9 @@ def make_node_config(
 
 
 #: Settings whose value is a comma-separated list (compared item by item).
-_LIST_SETTINGS = frozenset({"FEDSTORE_BOOTSTRAP", "FEDSTORE_LISTEN", "FEDSTORE_BACKENDS"})
+_LIST_SETTINGS = frozenset(
+    {"FEDSTORE_BOOTSTRAP", "FEDSTORE_LISTEN", "FEDSTORE_ANNOUNCE", "FEDSTORE_BACKENDS"}
+)
 
 
 def _canonical_settings(settings: Mapping[str, str]) -> dict[str, str | None]:
@@ -208,6 +217,12 @@ def _same_setting(name: str, a: str, b: str) -> bool:
     if name == "FEDSTORE_DIR":
         return Path(a).expanduser() == Path(b).expanduser()
     return a == b
+
+
+def _joined(value: str | Sequence[str] | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return ",".join(value) or None
 
 
 async def _membership(node: Node, federation: str | Path | Membership | None) -> Membership | None:
@@ -270,6 +285,8 @@ async def aggregate(
     resume: bool = False,
     options: MemberOptions | None = None,
     update_encoding: UpdateEncoding | str = "float32",
+    listen: str | Sequence[str] | None = None,
+    announce: str | Sequence[str] | None = None,
 ) -> FederationResult:
     """Run a node as the federation's aggregator (bootstrap role) for ``rounds`` rounds.
 
@@ -288,6 +305,9 @@ async def aggregate(
     ``update_encoding`` (``float32``, ``float16``, ``int8``, ``int8:BLOCK``,
     ``topk:FRACTION``; see :mod:`fedstore.federation.update_codec`) is how
     trainers are asked to encode their updates; a bad one is a ConfigError.
+    ``listen``/``announce`` as in :func:`make_node_config` (ignored with
+    ``node=``): trainers on other hosts need ``listen="/ip4/0.0.0.0/tcp/4001"``
+    (or another address they can reach).
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
@@ -307,7 +327,9 @@ async def aggregate(
             else UpdateEncoding.parse(update_encoding)
         ),
     )
-    cfg = node or make_node_config(role="bootstrap", data_dir=data_dir, backends=backends)
+    cfg = node or make_node_config(
+        role="bootstrap", data_dir=data_dir, backends=backends, listen=listen, announce=announce
+    )
     async with open_node(cfg) as n:
         membership = await _membership(n, federation)
         if membership is not None:
@@ -336,6 +358,8 @@ async def train(
     idle_timeout: float = 60.0,
     connect_timeout: float = 30.0,
     on_event: EventSink = noop_sink,
+    listen: str | Sequence[str] | None = None,
+    announce: str | Sequence[str] | None = None,
     on_ready: Callable[[str], None] | None = None,
     aggregator: str | None = None,
     federation: str | Path | Membership | None = None,
@@ -344,28 +368,35 @@ async def train(
 ) -> TrainerResult:
     """Run a node as a trainer until the aggregator announces the end.
 
-    Waits up to ``connect_timeout`` seconds for a first peer, syncs the
-    network's head by CID, then runs ``train_fn(arrays, round, config)`` for
-    each round the aggregator opens. ``aggregator`` (a peer id) pins an open
-    federation's aggregator: round messages from anyone else are ignored and
-    no head is taken from other peers. With a manifest (``federation``, or
-    the node's ``FEDSTORE_FEDERATION``) only its aggregator-capable members
-    are followed and every global model is verified before it is trained on.
-    ``on_ready(multiaddr)`` is called once the node listens, before it waits
-    for peers.
+    Waits up to ``connect_timeout`` seconds for a bootstrap peer (else a
+    :class:`~fedstore.errors.NetworkError` naming the address tried and what
+    to check), syncs the network's head by CID, then runs
+    ``train_fn(arrays, round, config)`` for each round the aggregator opens.
+    ``listen``/``announce`` as in :func:`make_node_config`. ``aggregator`` (a
+    peer id) pins an open federation's aggregator: round messages from anyone
+    else are ignored and no head is taken from other peers. With a manifest
+    (``federation``, or the node's ``FEDSTORE_FEDERATION``) only its
+    aggregator-capable members are followed and every global model is
+    verified before it is trained on. ``on_ready(multiaddr)`` is called once
+    the node listens, before it waits for peers.
     """
     from fedstore.federation.nodepeer import NodePeer
     from fedstore.node import open_node
 
     cfg = node or make_node_config(
-        role="trainer", data_dir=data_dir, bootstrap=bootstrap, backends=backends
+        role="trainer",
+        data_dir=data_dir,
+        bootstrap=bootstrap,
+        backends=backends,
+        listen=listen,
+        announce=announce,
     )
     if not cfg.bootstrap:
         raise ConfigError("a trainer needs at least one bootstrap address (the aggregator's)")
     async with open_node(cfg) as n:
         if on_ready is not None:
             on_ready(n.addrs()[0])
-        await n.wait_for_peers(1, timeout=connect_timeout)
+        await n.wait_for_bootstrap(connect_timeout)
         membership = await _membership(n, federation)
         peer = NodePeer(n)
         settings = TrainerSettings(
@@ -503,7 +534,7 @@ async def take_part(
         if on_ready is not None:
             on_ready(n.addrs()[0])
         if cfg.bootstrap:
-            await n.wait_for_peers(1, timeout=30.0)
+            await n.wait_for_bootstrap(30.0)
         membership = await _membership(n, federation)
         if membership is None:
             raise ManifestError("take_part needs a federation manifest (federation=FILE|CID)")

@@ -31,6 +31,7 @@ an optional ``on_event(event)`` callback; ``fedstore node`` prints them as
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import time
@@ -45,7 +46,14 @@ import numpy as np
 import trio
 
 from fedstore.config import MAX_INLINE_LIMIT, NodeConfig
-from fedstore.errors import FedstoreError, NetworkError, ProtocolError, SizeLimitError
+from fedstore.errors import (
+    ConfigError,
+    FedstoreError,
+    NetworkError,
+    ProtocolError,
+    SizeLimitError,
+)
+from fedstore.node.bootstrap import BootstrapDialer
 from fedstore.node.catalog_writer import CatalogWriter
 from fedstore.node.events import (
     Announced,
@@ -89,7 +97,7 @@ if TYPE_CHECKING:
     from fedstore.format import Checkpoint
     from fedstore.store import AsyncLocalStore
 
-__all__ = ["Head", "Node", "PublishResult", "open_node", "serve_node"]
+__all__ = ["SYNC_PROGRESS", "Head", "Node", "PublishResult", "open_node", "serve_node"]
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +105,12 @@ log = logging.getLogger(__name__)
 MessageSink = Callable[[str, str, bytes], None]
 #: Which peers' messages and claims the node takes (peer id -> allowed).
 PeerFilter = Callable[[str], bool]
-#: Bootstrap dialling: first retry after this many seconds, doubling, for this long in total.
-_BOOTSTRAP_FIRST_RETRY = 0.25
-_BOOTSTRAP_GIVE_UP = 60.0
+#: Set by a caller of :meth:`Node.sync` (the ``sync`` command) to hear how many verified
+#: bytes of the checkpoint being fetched have arrived; a context variable, so it applies
+#: to that call only.
+SYNC_PROGRESS: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "fedstore_sync_progress", default=None
+)
 #: seconds between prunings of old announcements from the catalog
 _PRUNE_INTERVAL = 60.0
 #: Failed sync claims are remembered this long (seconds) and at most this many rows.
@@ -193,7 +204,9 @@ class Node:
             local_head=self.head,
             ask_peers=self._ask_peers,
             known_claims=self._known_claims,
-            fetch=lambda cid: self.chain.fetch_bytes(cid, max_size=config.max_fetch_size),
+            fetch=lambda cid: self.chain.fetch_bytes(
+                cid, max_size=config.max_fetch_size, progress=SYNC_PROGRESS.get()
+            ),
             store=self._store_fetched,
             failures=self._failed_claims,
             record_failure=self._record_failed_claim,
@@ -209,7 +222,14 @@ class Node:
         self._heard_keys: OrderedDict[tuple[int, str, str], None] = OrderedDict()
         self._head_round: int | None = None
         self._connected: set[str] = set()
-        self._peers_changed = trio.Event()
+        self._peers_changed = trio.Event()  # set at the next new connection
+        self._membership_changed = trio.Event()  # set at the next connection or disconnection
+        self._bootstrap = BootstrapDialer(
+            self.connect,
+            self.host.connected_peers,
+            lambda: self._membership_changed,
+            lambda addr, reason: self._emit(BootstrapFailed(addr, reason)),
+        )
         self._auto_sync_wanted = trio.Event()
         self._auto_sync_trusted = False  # a claim from a peer without failures is waiting
         #: auto-sync runs (tried something) and runs that fetched nothing
@@ -284,6 +304,27 @@ class Node:
         except trio.TooSlowError:
             what = f"in the {topic} mesh" if topic else "connected"
             raise NetworkError(f"fewer than {count} peer(s) {what} after {timeout:g} s") from None
+
+    async def wait_for_bootstrap(self, timeout: float = 30.0) -> str:
+        """Wait until one configured bootstrap peer is connected; return its peer id.
+
+        Raises :class:`NetworkError` after *timeout* seconds with one line
+        naming the address tried, why it failed and what to check
+        (:func:`fedstore.node.bootstrap.explain`); :class:`ConfigError` if no
+        bootstrap address is configured.
+        """
+        from fedstore.p2p.host import parse_peer_multiaddr
+
+        if not self.config.bootstrap:
+            raise ConfigError("no bootstrap address configured (--bootstrap, FEDSTORE_BOOTSTRAP)")
+        wanted = {parse_peer_multiaddr(a)[0] for a in self.config.bootstrap}
+        with trio.move_on_after(timeout):
+            while True:
+                found = sorted(wanted & set(self.host.connected_peers()))
+                if found:
+                    return found[0]
+                await self._membership_changed.wait()
+        raise self._bootstrap.error(self.config.bootstrap, timeout)
 
     async def _wait_for_change(self, topic: str | None, have: set[str]) -> None:
         """Return when a peer connects or (with *topic*) a connected peer enters the mesh."""
@@ -604,6 +645,7 @@ class Node:
                 self._nursery.start_soon(self._greet, peer)
                 self._peers_changed.set()
                 self._peers_changed = trio.Event()
+                self._changed_membership()
             elif (
                 event.kind == "disconnected"
                 and peer in self._connected
@@ -611,6 +653,11 @@ class Node:
             ):
                 self._connected.discard(peer)
                 self._emit(PeerDisconnected(peer))
+                self._changed_membership()
+
+    def _changed_membership(self) -> None:
+        event, self._membership_changed = self._membership_changed, trio.Event()
+        event.set()
 
     async def _greet(self, peer: str) -> None:
         """Record a newly connected peer and, if it speaks the head protocol, ask for its head."""
@@ -703,24 +750,6 @@ class Node:
             else:
                 interval = AUTO_SYNC_MIN_INTERVAL
 
-    async def _dial_bootstrap(self, addr: str) -> None:
-        delay, waited = _BOOTSTRAP_FIRST_RETRY, 0.0
-        while True:
-            try:
-                await self.connect(addr)
-                return
-            except NetworkError as exc:
-                if waited >= _BOOTSTRAP_GIVE_UP:
-                    self._emit(BootstrapFailed(addr, str(exc)))
-                    return
-                log.info("bootstrap %s not reachable yet (%s); retrying", addr, exc)
-            except FedstoreError as exc:
-                self._emit(BootstrapFailed(addr, str(exc)))
-                return
-            await trio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0)
-
     async def _start(self) -> None:
         # the head must be servable before any peer can ask for it; older rounds follow
         await self._complete_local_copies(limit=1)
@@ -741,7 +770,7 @@ class Node:
             log.info("Resumed from local checkpoint round %d", head.round)
             self._emit(Resumed(head.round))
         for addr in self.config.bootstrap:
-            self._nursery.start_soon(self._dial_bootstrap, addr)
+            self._nursery.start_soon(self._bootstrap.keep, addr)
 
 
 @asynccontextmanager
@@ -762,33 +791,99 @@ async def open_node(
     it (``async with chain:`` around the node does both). Otherwise the chain
     is built in the node's context (data directory, host) and runs for the
     node's lifetime. Leaving the block stops every background task, the
-    chain, the host, the store and the catalog.
+    chain, the host, the store and the catalog. One node per data directory:
+    a :class:`~fedstore.errors.ConfigError` names the process holding it
+    (:mod:`fedstore.store.dirlock`). An exception raised in the block comes out
+    as raised, not wrapped in an exception group by the node's nurseries.
     """
     from fedstore.store import AsyncLocalStore
 
     identity = await trio.to_thread.run_sync(load_or_create_identity, config.data_dir)
-    async with AsyncExitStack() as stack:
-        # exclusive: a second node on this directory fails at once, naming our pid
-        store = await AsyncLocalStore.open(
-            config.data_dir, peer_id=identity.peer_id, exclusive=True
-        )
-        stack.push_async_callback(store.aclose)
-        settings = GossipSettings(heartbeat_interval=config.heartbeat_interval)
-        host = await stack.enter_async_context(
-            open_host(identity, config.listen, announce_ip=config.announce_ip, settings=settings)
-        )
-        if chain is None:
-            chain = await _open_chain(config, host, stack)
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        node = Node(config, host, store, chain, nursery, on_event=on_event, on_message=on_message)
-        await node._start()
-        try:
-            yield node
-        finally:
-            with trio.move_on_after(2) as flushing:  # what was heard but not yet recorded
-                flushing.shield = True
-                await node.writer.flush()
-            nursery.cancel_scope.cancel()
+    raised: list[BaseException] = []
+    try:
+        async with AsyncExitStack() as stack:
+            # exclusive: a second node on this directory fails at once, naming our pid
+            # (released when the store closes, the last thing to close)
+            store = await AsyncLocalStore.open(
+                config.data_dir, peer_id=identity.peer_id, exclusive=True
+            )
+            stack.push_async_callback(store.aclose)
+            settings = GossipSettings(heartbeat_interval=config.heartbeat_interval)
+            host = await stack.enter_async_context(
+                open_host(
+                    identity,
+                    config.listen,
+                    announce=config.announce,
+                    announce_ip=config.announce_ip,
+                    settings=settings,
+                )
+            )
+            if chain is None:
+                chain = await _open_chain(config, host, stack)
+            await _record_run(store, config, host, chain, stack)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            node = Node(
+                config, host, store, chain, nursery, on_event=on_event, on_message=on_message
+            )
+            await node._start()
+            try:
+                yield node
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+            finally:
+                with trio.move_on_after(2) as flushing:  # what was heard but not yet recorded
+                    flushing.shield = True
+                    await node.writer.flush()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the caller's own exception, wrapped by the node's nurseries on its way out:
+        # give it back as it was raised (one error, not a group around it)
+        if raised and _sole_leaf(group) is raised[0]:
+            raise raised[0] from None
+        raise
+
+
+async def _record_run(
+    store: AsyncLocalStore,
+    config: NodeConfig,
+    host: P2PHost,
+    chain: BackendChain,
+    stack: AsyncExitStack,
+) -> None:
+    """Record this run in the catalog (``node_runs``: chain, role, addresses), and its
+    clean stop when the node closes."""
+    from fedstore import __version__
+
+    run_id = await store.catalog.record_node_start(
+        peer_id=host.peer_id,
+        role=config.role,
+        backends=chain.names,
+        addrs=host.addrs(),
+        version=__version__,
+    )
+
+    async def stopped() -> None:
+        with trio.CancelScope(shield=True):  # a stop by signal still records it
+            try:
+                await store.catalog.record_node_stop(run_id)
+            except FedstoreError as exc:
+                log.warning("could not record the node's stop: %s", exc)
+
+    stack.push_async_callback(stopped)
+
+
+def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside *group* besides trio's Cancelled, or None."""
+    found: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending and len(found) < 2:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            found.append(exc)
+    return found[0] if len(found) == 1 else None
 
 
 async def _open_chain(config: NodeConfig, host: P2PHost, stack: AsyncExitStack) -> BackendChain:

@@ -62,7 +62,13 @@ class StatusLine:
 
 
 class NodeProcess:
-    """One ``python -m fedstore node`` subprocess with piped stdin/stdout."""
+    """One ``python -m fedstore node`` subprocess with piped stdin/stdout.
+
+    With ``command="daemon"`` it runs ``fedstore daemon`` instead: stdin is
+    ``/dev/null``, commands go through the control socket
+    (``fedstore.cli.control.call(node.data_dir(), [...])``), and :meth:`stop`
+    sends SIGTERM.
+    """
 
     def __init__(
         self,
@@ -72,9 +78,11 @@ class NodeProcess:
         *,
         python: str = sys.executable,
         global_args: Sequence[str] = (),
+        command: str = "node",
     ) -> None:
         self.name = name
-        self.argv = [python, "-m", "fedstore", *global_args, "node", "--status", *args]
+        self.command = command
+        self.argv = [python, "-m", "fedstore", *global_args, command, "--status", *args]
         self.env = dict(os.environ if env is None else env)
         self.lines: list[StatusLine] = []
         self._cond = threading.Condition()
@@ -88,7 +96,7 @@ class NodeProcess:
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 (closed in stop)
         self._proc = subprocess.Popen(
             self.argv,
-            stdin=subprocess.PIPE,
+            stdin=subprocess.PIPE if self.command == "node" else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=self.env,
@@ -130,18 +138,30 @@ class NodeProcess:
         return code
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """Close stdin (the node exits at end of input); kill it if it does not."""
+        """Ask the node to stop (``exit``, then SIGTERM); kill it if it does not.
+
+        End of input alone no longer stops a node (it keeps running, as a
+        service would), so the driver says ``exit`` and closes stdin.
+        """
         if self._proc is None:
             return None
-        if self._proc.poll() is None:
+        if self._proc.poll() is None and self._proc.stdin is not None:
             with contextlib.suppress(OSError, ValueError):
-                assert self._proc.stdin is not None
+                self._proc.stdin.write("exit\n")
+                self._proc.stdin.flush()
+            with contextlib.suppress(OSError, ValueError):
                 self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=DEFAULT_TIMEOUT)
+        if self._proc.poll() is None:
+            first = None if self._proc.stdin is not None else signal.SIGTERM
+            for sig in (first, signal.SIGTERM, signal.SIGKILL):
+                if sig is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        self._proc.send_signal(sig)
+                try:
+                    self._proc.wait(timeout=timeout if sig != signal.SIGKILL else DEFAULT_TIMEOUT)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         self._join_reader()
         if self._proc.stdin is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -267,6 +287,11 @@ class NodeProcess:
         return [e for ln in lines if isinstance(e := ln.event(), kind)]
 
     # -- commands --------------------------------------------------------------------------
+    def data_dir(self) -> Path:
+        """The ``--dir`` this node was started with."""
+        i = self.argv.index("--dir")
+        return Path(self.argv[i + 1])
+
     def send(self, command: str) -> int:
         """Write one command line; returns the output position before it."""
         assert self._proc is not None and self._proc.stdin is not None

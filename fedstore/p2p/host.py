@@ -64,6 +64,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from fedstore.errors import ConfigError, NetworkError
 from fedstore.logsetup import route_libp2p_logs
 from fedstore.p2p import libp2p_patches, pubsub_patches
+from fedstore.p2p.addresses import AddressPlan, parse_announce
 from fedstore.p2p.identity import Identity
 
 #: The py-libp2p release this adapter was written and tested against.
@@ -308,6 +309,11 @@ class P2PHost:
         if peer_id == self.peer_id:
             raise ConfigError("refusing to connect to this node's own address")
         info = info_from_p2p_addr(maddr)
+        # py-libp2p refuses to dial a peer for 60 s after all its addresses failed once; an
+        # explicit dial (a bootstrap retry, the connect command) is a reason to try again
+        unblock = getattr(self._host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(info.peer_id)
         try:
             with trio.fail_after(timeout):
                 await self._host.connect(info)
@@ -450,34 +456,21 @@ async def _reset_quietly(stream: Any) -> None:
         log.debug("stream reset failed", exc_info=True)
 
 
-def _announce_factory(
-    announce_ip: str | None,
-) -> Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]] | None:
-    """Rewrite the IP of every advertised TCP address to *announce_ip* (IS_CLOUD)."""
-    if not announce_ip:
-        return None
-    proto = "ip6" if ":" in announce_ip else "ip4"
-    try:
-        multiaddr.Multiaddr(f"/{proto}/{announce_ip}")
-    except Exception as exc:
-        raise ConfigError(f"IP={announce_ip!r} is not an IP address") from exc
+def _address_plan(announce: Sequence[str], announce_ip: str | None) -> AddressPlan:
+    """The advertised-address rules of :mod:`fedstore.p2p.addresses` for this host.
 
-    def factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
-        out: list[multiaddr.Multiaddr] = []
-        seen: set[str] = set()
-        for addr in candidates:
-            try:
-                port = addr.value_for_protocol("tcp")
-            except Exception:  # not a TCP address (e.g. QUIC): nothing to rewrite
-                log.debug("not advertising %s: no tcp port", addr)
-                continue
-            text = f"/{proto}/{announce_ip}/tcp/{port}"
-            if text not in seen:
-                seen.add(text)
-                out.append(multiaddr.Multiaddr(text))
-        return out
-
-    return factory
+    *announce_ip* (``IS_CLOUD``/``IP``) means ``/ip4/<IP>`` (``/ip6`` for an
+    IPv6 address) with the bound port.
+    """
+    texts = list(announce)
+    if announce_ip:
+        proto = "ip6" if ":" in announce_ip else "ip4"
+        try:
+            multiaddr.Multiaddr(f"/{proto}/{announce_ip}")
+        except Exception as exc:
+            raise ConfigError(f"IP={announce_ip!r} is not an IP address") from exc
+        texts.insert(0, f"/{proto}/{announce_ip}")
+    return AddressPlan(parse_announce(texts))
 
 
 def _enlarge_subscription_queue() -> None:
@@ -547,20 +540,43 @@ async def _close_shielded(host: Any) -> None:
         await host.close()
 
 
+def _without_auto_connector(host: Any) -> None:
+    """Keep py-libp2p's auto-connector from dialling on this host's behalf.
+
+    Left running it re-dials every peer its peerstore ever saw, up to 150
+    at once, whenever connections drop: peers that only passed through,
+    hostile ones included (a Sybil fills the peerstore by connecting), and
+    dials still in flight at shutdown leave their sockets to the garbage
+    collector. A fedstore node dials its bootstrap peers (redialling those
+    that leave, :mod:`fedstore.node.bootstrap`) and whom it is told to.
+    """
+    auto = getattr(host.get_network(), "auto_connector", None)
+    if auto is None:
+        return
+
+    async def stay_stopped() -> None:  # start() would set _started; the loop then never runs
+        return None
+
+    auto.start = stay_stopped
+
+
 @asynccontextmanager
 async def open_host(
     identity: Identity,
     listen: Sequence[str],
     *,
+    announce: Sequence[str] = (),
     announce_ip: str | None = None,
     settings: GossipSettings | None = None,
 ) -> AsyncIterator[P2PHost]:
     """Start a host listening on *listen* with Pubsub + GossipSub; stop it on exit.
 
-    *announce_ip* replaces the IP of the advertised addresses (the original
-    design's ``IS_CLOUD``/``IP``); otherwise the bound addresses are
-    advertised. Raises :class:`ConfigError` for bad addresses and
-    :class:`NetworkError` if the host cannot listen.
+    What it advertises follows :mod:`fedstore.p2p.addresses`: the *announce*
+    multiaddrs if any (*announce_ip*, the original design's
+    ``IS_CLOUD``/``IP``, is one more: ``/ip4/<IP>`` with the bound port);
+    else the bound addresses, a wildcard (``0.0.0.0``, ``::``) replaced by
+    the host's dialable interface addresses. Raises :class:`ConfigError`
+    for bad addresses and :class:`NetworkError` if the host cannot listen.
     """
     route_libp2p_logs()
     _enlarge_subscription_queue()
@@ -575,6 +591,7 @@ async def open_host(
         raise ConfigError("no listen address configured")
     for maddr in listen_addrs:
         _check_port_free(maddr)
+    plan = _address_plan(announce, announce_ip)
     key_pair = identity.key_pair
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     peerstore = _WatchedPeerStore()
@@ -583,8 +600,9 @@ async def open_host(
         peerstore_opt=peerstore,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         listen_addrs=listen_addrs,
-        addrs_factory=_announce_factory(announce_ip),
+        addrs_factory=plan,
     )
+    _without_auto_connector(host)
     gossipsub = GossipSub(
         protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
         degree=settings.degree,

@@ -2,7 +2,7 @@
 
 ::
 
-    store = LocalStore(default_checkpoint_dir("trainer"), peer_id=my_peer_id)
+    store = LocalStore(resolve_data_dir(), peer_id=my_peer_id)  # --dir rule, see paths
     rec = store.save(5, {"fc.weight": w}, {"task": "digits"})   # -> CheckpointRecord
     ckpt = store.load()                                         # latest, CID-verified
     store.prune(keep_last=3)
@@ -19,6 +19,7 @@ from fedstore.store.paths import (
     checkpoint_filename,
     default_checkpoint_dir,
     parse_checkpoint_filename,
+    resolve_data_dir,
 )
 from fedstore.store.reconcile import ReconcileReport, VerifyLevel
 
@@ -34,4 +35,5 @@ __all__ = [
     "checkpoint_filename",
     "default_checkpoint_dir",
     "parse_checkpoint_filename",
+    "resolve_data_dir",
 ]
