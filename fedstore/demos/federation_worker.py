@@ -251,7 +251,7 @@ async def _member(args: argparse.Namespace, app: App, cfg: Any, train_fn: Any) -
         emit({"event": "ready", "role": args.role, "peer_id": addr.rsplit("/", 1)[-1],
               "addr": addr})  # fmt: skip
         if cfg.bootstrap:
-            await node.wait_for_peers(1, timeout=30.0)
+            await node.wait_for_bootstrap(30.0)
         membership = await join_federation(node, args.federation)
         peer = NodePeer(node)
         result = await take_part(

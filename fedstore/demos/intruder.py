@@ -84,7 +84,7 @@ async def _intrude(args: argparse.Namespace) -> int:
         addr = node.addrs()[0]
         emit({"event": "ready", "role": "intruder", "peer_id": node.peer_id, "addr": addr})
         if cfg.bootstrap:
-            await node.wait_for_peers(1, timeout=30.0)
+            await node.wait_for_bootstrap(30.0)
         signer = NodePeer(node).signer
         async with node.subscribe(TOPIC) as sub:
             async for _, data in sub:
