@@ -19,6 +19,10 @@ the aggregator's catalog, ``summary.json`` and ``summary.md``; ``--export
 FILE`` writes the final model as a weights file. Exit status 0 means the
 federation completed and every peer ended on the aggregator's final CID.
 
+With ``--fault`` the run is a federation with a manifest instead, with the
+faults injected (:mod:`fedstore.demos.fault_demo`): exit status 0 means it
+survived them as designed.
+
 Settings (``simulate``): flags > environment > ``.env`` > the
 ``[federation]`` table of ``fedstore.toml`` > the app's defaults. ``demo``
 takes its flags only (it always runs the digits app).
