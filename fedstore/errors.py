@@ -174,11 +174,21 @@ class VerificationError(IntegrityError):
 
     ``cid`` is the announced model, ``expected`` the CID the verifier computed
     (None when it could not recompute, e.g. a listed update failed its checks).
+    ``unavailable``: it could not be recomputed because listed updates could
+    not be fetched (nothing shows a lie yet; a member may try again).
     """
 
-    def __init__(self, message: str, *, cid: str | None = None, expected: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        cid: str | None = None,
+        expected: str | None = None,
+        unavailable: bool = False,
+    ):
         super().__init__(message, cid=cid)
         self.expected = expected
+        self.unavailable = unavailable
 
 
 class CatalogError(FedstoreError):

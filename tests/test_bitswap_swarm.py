@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fedstore.bench.common import MB
-from fedstore.bench.netns import unavailable_reason
+from fedstore.netns import unavailable_reason
 from fedstore.bench.swarm_bench import swarm_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fedstore.bench.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
+from fedstore.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
 from fedstore.cli.control import Reply, call
 from fedstore.node.driver import NodeProcess, python_env
 

@@ -42,7 +42,7 @@ from typing import IO, Any
 
 import pytest
 
-from fedstore.bench.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
+from fedstore.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
 from fedstore.catalog import Catalog
 from fedstore.node.driver import python_env
 

@@ -4,7 +4,7 @@ An aggregator and up to ``swarm_trainers`` trainers, each a ``fedstore node``
 process with ``--backends bitswap`` in its own Linux network namespace (own
 data directory and filesystem root), on one bridge; every host's link is
 capped at ``swarm_rate`` in each direction with ``tc tbf``
-(:mod:`fedstore.bench.netns`). The aggregator saves a new model of
+(:mod:`fedstore.netns`). The aggregator saves a new model of
 ``swarm_mb`` MB; N = 1, 2, 4, 8 trainers run ``checkpoint_fetch <cid>`` at
 the same moment. Measured per run:
 
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from fedstore.bench.common import MB, BenchSizes, Row, SayFn, SectionResult, Target
-from fedstore.bench.netns import Lan, bridged_hosts, ns_argv, tx_bytes, unavailable_reason
+from fedstore.netns import Lan, bridged_hosts, ns_argv, tx_bytes, unavailable_reason
 from fedstore.node.driver import NodeProcess, python_env
 
 __all__ = [

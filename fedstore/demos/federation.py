@@ -19,6 +19,10 @@ the aggregator's catalog, ``summary.json`` and ``summary.md``; ``--export
 FILE`` writes the final model as a weights file. Exit status 0 means the
 federation completed and every peer ended on the aggregator's final CID.
 
+With ``--fault`` the run is a federation with a manifest instead, with the
+faults injected (:mod:`fedstore.demos.fault_demo`): exit status 0 means it
+survived them as designed.
+
 Settings (``simulate``): flags > environment > ``.env`` > the
 ``[federation]`` table of ``fedstore.toml`` > the app's defaults. ``demo``
 takes its flags only (it always runs the digits app).
@@ -95,6 +99,33 @@ def _common(g: argparse._ArgumentGroup, *, demo: bool) -> None:
         help="write the final model to FILE (.safetensors, .npz or .fsck)",
     )
     g.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    g.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="FAULT",
+        help="inject a fault, repeatable (one of each kind): aggregator-crash@R (SIGKILL of the "
+        "process aggregating round R), intruder (a peer outside the manifest sends updates and "
+        "CID announcements), poison:N (trainer N sends sign-flipped updates scaled by 10), "
+        "lying-aggregator@R (round R's aggregator announces a model that is not the aggregate). "
+        "The run becomes a federation with a manifest (written to OUT/federation), nobody starts "
+        "late, a clean run is computed in-process for comparison, and the exit status is 0 only "
+        "if the federation survived as designed (see docs/FEDERATION.md, Fault demo)",
+    )
+    g.add_argument(
+        "--aggregators",
+        type=int,
+        default=3,
+        metavar="N",
+        help="with --fault: aggregator-capable members (default 3; aggregator-crash needs 3)",
+    )
+    g.add_argument(
+        "--netns",
+        action="store_true",
+        help="with --fault: every process on a host of its own (a Linux network namespace on "
+        "a private bridge, 10.204.0.0/24; needs root) with its own filesystem root, objects "
+        "exchanged over bitswap",
+    )
     g.add_argument("--keep", action="store_true", help="keep the temporary node directories")
     g.add_argument("--plain", action="store_true", help="plain line output instead of a live view")
 
@@ -472,6 +503,8 @@ def resolve_simulation(args: argparse.Namespace) -> App:
         raise ConfigError(f"app {app.label} has no train function: App(train=...) or trainer=...")
     if args.rounds < 1 or args.trainers < 1:
         raise ConfigError("--rounds and --trainers must be at least 1")
+    if args.fault:  # a fault run starts every member at once
+        args.late_trainer = 0
     if args.trainers == 1 and args.late_trainer == 1:
         raise ConfigError("a late trainer needs another trainer for the rounds before it joins")
     if args.late_trainer and args.late_round > args.rounds:
@@ -491,7 +524,31 @@ def resolve_simulation(args: argparse.Namespace) -> App:
     args.strategy = strategy.name
     args.update_encoding = UpdateEncoding.parse(args.update_encoding).text
     args.targets = dict(app.targets)
+    _resolve_faults(args)
     return app
+
+
+def _resolve_faults(args: argparse.Namespace) -> None:
+    """Parse and check ``--fault`` values (one-line ConfigErrors); set ``args.faults``."""
+    from fedstore.demos.faults import check_faults, parse_fault
+
+    parsed = [parse_fault(text) for text in args.fault]
+    args.faults = check_faults(
+        parsed, rounds=args.rounds, trainers=args.trainers, aggregators=args.aggregators
+    )
+    if not args.faults:
+        if args.netns:
+            raise ConfigError("--netns goes with --fault")
+        return
+    if args.backends != "filesystem":
+        raise ConfigError("--fault runs use the filesystem backend (leave out --backends)")
+    quorum = args.quorum or str(args.trainers)
+    if not quorum.isdigit() or not 1 <= int(quorum) <= args.trainers:
+        raise ConfigError(
+            f"--quorum {quorum}: with --fault the quorum is a number of trainers, 1-{args.trainers}"
+        )
+    args.fault_quorum = int(quorum)
+    args.late_trainer = 0
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -505,6 +562,10 @@ async def _main(args: argparse.Namespace) -> int:
     app = resolve_simulation(args)
     command = args.command_name
     console = pipe_safe_console(soft_wrap=True)  # a closed pipe: quiet exit 141, no traceback
+    if args.faults:
+        from fedstore.demos.fault_demo import run_fault_simulation
+
+        return await run_fault_simulation(args, app, console)
     live_view = console.is_terminal and not args.plain
     tmp = Path(tempfile.mkdtemp(prefix=f"fedstore-{command}-"))
     (tmp / "logs").mkdir()

@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="federation manifest: members only, verified aggregates (default: open)",
     )
     p.add_argument("--verify", choices=["full", "off"], default="full")
+    p.add_argument(
+        "--poison",
+        action="store_true",
+        help="fault demo: send poisoned updates (the honest step sign-flipped and scaled)",
+    )
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=None,
+        metavar="S",
+        help="member: seconds an aggregator stays after the last round, announcing the end "
+        "and serving its objects (default 1.5)",
+    )
+    p.add_argument(
+        "--lie-round",
+        type=int,
+        default=0,
+        metavar="R",
+        help="fault demo (member): announce a global model of round R that is not the aggregate",
+    )
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -212,27 +233,39 @@ async def _train(args: argparse.Namespace, app: App, cfg: Any, train_fn: Any) ->
 async def _member(args: argparse.Namespace, app: App, cfg: Any, train_fn: Any) -> int:
     """This process's part in a federation with a manifest (its roles come from the manifest;
     ``aggregator`` or ``trainer`` limits it to that one)."""
-    from fedstore.federation import api
+    from fedstore.federation.api import MemberOptions
     from fedstore.federation.final_model import local_head
-
-    def ready(addr: str) -> None:
-        emit({"event": "ready", "role": args.role, "peer_id": addr.rsplit("/", 1)[-1],
-              "addr": addr})  # fmt: skip
+    from fedstore.federation.member import take_part
+    from fedstore.federation.nodepeer import NodePeer, join_federation
+    from fedstore.node import open_node
 
     aggregates = args.role in ("aggregator", "member")
     initial = await trio.to_thread.run_sync(app.initial_arrays) if aggregates else None
-    result = await api.take_part(
-        federation=args.federation,
-        initial=initial,
-        train=train_fn,
-        evaluate=app.evaluate_fn() if aggregates else None,
-        node=cfg,
-        verify=args.verify == "full",
-        options=api.MemberOptions(verify=args.verify == "full", idle_timeout=args.idle_timeout),
-        metadata=dict(app.metadata),
-        on_event=_event_sink,
-        on_ready=ready,
+    options = MemberOptions(
+        verify=args.verify == "full", idle_timeout=args.idle_timeout, tamper=_tamper(args)
     )
+    if args.linger is not None:
+        options = replace(options, linger=args.linger)
+    async with open_node(cfg) as node:
+        addr = node.addrs()[0]
+        emit({"event": "ready", "role": args.role, "peer_id": addr.rsplit("/", 1)[-1],
+              "addr": addr})  # fmt: skip
+        if cfg.bootstrap:
+            await node.wait_for_bootstrap(30.0)
+        membership = await join_federation(node, args.federation)
+        peer = NodePeer(node)
+        result = await take_part(
+            peer,
+            membership,
+            initial=initial,
+            train=train_fn,
+            evaluate=app.evaluate_fn() if aggregates else None,
+            options=options,
+            metadata=dict(app.metadata),
+            inline_limit=min(peer.inline_limit, 1 << 20),
+            on_event=_event_sink,
+        )
+        node_dropped = dict(node.counters.snapshot())
     head = await trio.to_thread.run_sync(local_head, cfg.data_dir)
     emit(
         {
@@ -246,11 +279,38 @@ async def _member(args: argparse.Namespace, app: App, cfg: Any, train_fn: Any) -
             "refused": [r.cid for r in result.refused],
             "rejections": dict(result.rejections),
             "dropped": dict(result.dropped),
+            # dropped by the node before the member saw them (non-members: the pubsub validator)
+            "node_dropped": node_dropped,
             "local_head": list(head) if head else None,
             "reason": result.reason,
         }
     )
     return 0 if result.status == "complete" else 1
+
+
+def _tamper(args: argparse.Namespace) -> Any:
+    """The fault demo's lie (``--lie-round R``): the aggregate of round R, shifted."""
+    if not args.lie_round:
+        return None
+    from fedstore.demos.faults import lie_arrays
+
+    lie_round = args.lie_round
+
+    def tamper(round: int, arrays: Any) -> Any:
+        return lie_arrays(arrays) if round == lie_round else arrays
+
+    return tamper
+
+
+def _poisoned(train_fn: Any) -> Any:
+    """The fault demo's poisoned trainer (``--poison``): its honest step, sign-flipped, scaled."""
+    from fedstore.demos.faults import poison_arrays
+
+    def train(arrays: Any, round: int, config: Any) -> Any:
+        new, samples, metrics = train_fn(arrays, round, config)
+        return poison_arrays(arrays, new), samples, metrics
+
+    return train
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -264,6 +324,8 @@ async def _run(args: argparse.Namespace) -> int:
     if args.role in ("trainer", "member"):  # made before going online: data loading overlaps
         context = TrainerContext(args.index, args.trainers, Path(args.data_dir))
         train_fn = await trio.to_thread.run_sync(app.train_fn, context)
+        if args.poison:
+            train_fn = _poisoned(train_fn)
     if args.go_from_stdin:
         emit({"event": "waiting", "role": args.role})
         line = await trio.to_thread.run_sync(_read_line, abandon_on_cancel=True)

@@ -173,6 +173,8 @@ class Member:
         self.refused_runs: set[tuple[str, str]] = set()
         #: models refused in this run (never checked again; who builds on them is suspect)
         self.refused_models: set[str] = set()
+        #: when a model's listed updates first could not be fetched, by CID
+        self.unfetched: dict[str, float] = {}
         #: valid models of a round this member kept another model of (fork choice)
         self.forks: set[str] = set()
         self.last_result: bytes | None = None
@@ -695,6 +697,8 @@ class Member:
             await self.peer.keep_global(model.round, model.cid, model.data)
         if model.state_blob is not None:
             await self.peer.put_blob(model.state_blob)
+        if self.aggregates and model.how != "own":
+            await self._keep_payloads(model)
         await self._record(model, aggregator, session=session)
         self.adopted.append((model.round, model.cid, aggregator, model.how))
         base_cid = model.metadata.get(BASE_CID_KEY)
@@ -721,6 +725,22 @@ class Member:
             )
         )
 
+    async def _keep_payloads(self, model: VerifiedModel) -> None:
+        """Store the payloads of the updates ``model`` lists that this member holds.
+
+        Then members checking the model can fetch them from any aggregator-capable
+        member, not only from the one that aggregated it (which may be gone, or not
+        connected to them); the round's aggregator stored them before announcing.
+        """
+        try:
+            refs = read_update_refs(model.metadata)
+        except FormatError:  # round 0 lists no updates
+            return
+        for ref in refs:
+            data = self.pool.get(ref.payload_cid)
+            if data is not None:
+                await self.peer.put_blob(data)
+
     async def _record(self, model: VerifiedModel, aggregator: str, *, session: str | None) -> None:
         rs = self.rs
         rejected = dict(rs.validator.rejections) if rs and rs.validator else {}
@@ -740,6 +760,11 @@ class Member:
                 rejections=rejected,
             )
         )
+
+    def _may_retry(self, cid: str) -> bool:
+        """True while ``cid``'s listed updates have been unreachable for under a round timeout."""
+        first = self.unfetched.setdefault(cid, self.now())
+        return self.now() - first < self.manifest.round_timeout
 
     def _refuse(self, round: int, cid: str, announcer: str, exc: VerificationError) -> None:
         self.refused_models.add(exc.cid or cid)
@@ -770,6 +795,12 @@ class Member:
         try:
             model = await self.verifier.verify(rs.round, cid, rs.base)
         except VerificationError as exc:
+            if exc.unavailable and self._may_retry(cid):
+                # listed updates not reachable yet (a slow or lost bitswap want): nothing shows
+                # a lie, so the next announcement tries again; a model they stay unreachable
+                # for a round timeout is refused (withholding them cannot stall the round)
+                log.warning("cannot check round %d model %s yet: %s", rs.round, cid, exc)
+                return
             rs.refused.add(cid)
             if announcer == rs.opener:
                 rs.opener_failed_at = self.now()
@@ -791,6 +822,9 @@ class Member:
                 round, cid, lambda r, c: self.known.get((r, c))
             )
         except VerificationError as exc:
+            if exc.unavailable and self._may_retry(cid):  # as in _verify: try again later
+                log.warning("cannot catch up to round %d (%s) yet: %s", round, cid, exc)
+                return
             self._refuse(round, cid, via, exc)
             return
         except FedstoreError as exc:

@@ -294,6 +294,7 @@ class Verifier:
                 f"cannot check model {cid}: {failures[0]}"
                 + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""),
                 cid=cid,
+                unavailable=True,
             )
         return [d for d in out if d is not None]
 
