@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from fedstore.bench.common import MB
-from fedstore.netns import unavailable_reason
 from fedstore.bench.swarm_bench import swarm_lab
+from fedstore.netns import unavailable_reason
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

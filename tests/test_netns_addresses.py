@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from fedstore.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
 from fedstore.cli.control import Reply, call
+from fedstore.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
 from fedstore.node.driver import NodeProcess, python_env
 
 

@@ -42,8 +42,8 @@ from typing import IO, Any
 
 import pytest
 
-from fedstore.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
 from fedstore.catalog import Catalog
+from fedstore.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
 from fedstore.node.driver import python_env
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.multiprocess]

@@ -79,8 +79,8 @@ def _hosts(args: argparse.Namespace) -> Iterator[dict[str, tuple[str, tuple[str,
     if not args.netns:
         yield None
         return
-    from fedstore.netns import bridged_hosts, ns_argv, unavailable_reason
     from fedstore.errors import ConfigError
+    from fedstore.netns import bridged_hosts, ns_argv, unavailable_reason
 
     why = unavailable_reason()
     if why:
