@@ -76,7 +76,11 @@ def _members(state: FaultState) -> dict[str, dict[str, Any]]:
 def _rounds(state: FaultState) -> list[dict[str, Any]]:
     rows = []
     for r in state.demo.rounds:
-        made = next(c for c in state.closed if c["cid"] == r.cid)
+        # the same updates give the same CID whoever aggregates: when a standby took the
+        # round over, its closing is the one to report (the crashed opener may have closed
+        # it too, an instant before the kill)
+        made_by = [c for c in state.closed if c["cid"] == r.cid]
+        made = next((c for c in made_by if c["takeover"]), made_by[0])
         rows.append(
             {
                 "round": r.round,
