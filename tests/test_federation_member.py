@@ -342,17 +342,19 @@ async def test_a_late_aggregator_that_started_its_own_run_switches_to_the_one_fu
         if type(e).__name__ == "ModelAdopted" and getattr(e, "round", 0) == 1:
             first_round.set()
 
-    deaf_until = [float("inf")]
+    # it hears nothing (a slow mesh) until it has started a run of its own; deafness ends on
+    # that event, not on a clock, so a slow machine cannot let it hear the other run first
+    deaf = [True]
     late_id = fed.peers[2].peer_id
-    fed.net.drop = lambda sender, receiver, data: (
-        receiver == late_id and (time.monotonic() < deaf_until[0])
-    )
+    fed.net.drop = lambda sender, receiver, data: receiver == late_id and deaf[0]
+
+    def hear_once_started(e: Event) -> None:
+        if type(e).__name__ == "SessionJoined" and getattr(e, "created", False):
+            deaf[0] = False
 
     async def late() -> None:
         await first_round.wait()
-        # it hears nothing for a second (a slow mesh): it starts a run of its own at once
-        deaf_until[0] = time.monotonic() + 1.0
-        await fed.member(2, options=hasty)
+        await fed.member(2, options=hasty, on_event=hear_once_started)
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:

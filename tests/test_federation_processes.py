@@ -151,5 +151,11 @@ async def test_members_survive_a_sigkilled_round_aggregator(tmp_path: Path) -> N
     ]
     assert len(adopted) == len(survivors)
     cost = max(adopted) - killed[0]
-    print(f"takeover: round {CRASH_ROUND} adopted by every survivor {cost:.2f} s after the kill")
-    assert cost < fed.manifest.round_timeout
+    deadline = fed.manifest.round_timeout
+    print(
+        f"takeover: round {CRASH_ROUND} adopted by every survivor {cost:.2f} s after the kill "
+        f"(target < {deadline:g} s)"
+    )
+    # a standby acts at the deadline plus a grace: the target (under one deadline) is a figure
+    # for `fedstore simulate --fault`; here a second deadline's worth of delay means a hang
+    assert cost < 2 * deadline

@@ -95,7 +95,9 @@ async def test_a_reference_flood_with_a_liar_does_not_starve_an_honest_reference
             f"liar saw {liar.stats.wants} wants"
         )
         assert got.size == MIB
-        assert took < 5.0
+        # starved, it would wait out the 60 s flood; the figure above is what to quote, this
+        # bound (well under the flood, over a loaded machine's worst) only catches starvation
+        assert took < 15.0
         assert "reference_cap" in reasons  # the excess was refused and counted
         assert victim.topics.pending_references(writer.peer_id) <= 2
 
