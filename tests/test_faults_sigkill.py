@@ -9,13 +9,9 @@ covered by test_store_crash.py and test_node_multiprocess.py.)
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+from _json_lines import JsonLinesProcess
 from fedstore_filesystem import FilesystemBackend
 
 from fedstore.catalog import Catalog
@@ -90,88 +87,12 @@ def test_sigkill_during_sync_then_restart_completes_it(tmp_path: Path) -> None:
 # -- federation ---------------------------------------------------------------------------
 
 
-class Worker:
+def Worker(  # noqa: N802 - reads as the process it starts
+    name: str, args: list[str], *, on_event: Callable[[dict[str, Any]], None] | None = None
+) -> JsonLinesProcess:
     """A ``fedstore.demos.federation_worker`` process; its JSON event lines are collected."""
-
-    def __init__(
-        self,
-        name: str,
-        args: list[str],
-        *,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
-    ) -> None:
-        self.name = name
-        self.events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self._on_event = on_event
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fedstore.demos.federation_worker", *args]
-            + ["--log-level", "ERROR"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            env=python_env(),
-        )
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if self._on_event is not None:
-                self._on_event(event)
-            with self._cond:
-                self.events.append(event)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def wait(
-        self, pred: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for event in self.events:
-                    if pred(event):
-                        return event
-                left = deadline - time.monotonic()
-                if self._eof or left <= 0:
-                    break
-                self._cond.wait(left)
-        self._stderr.seek(0)
-        raise AssertionError(
-            f"{self.name}: no matching event ({'exited' if self._eof else 'timeout'}); "
-            f"events: {self.events[-8:]}\nstderr: {self._stderr.read()[-2000:]}"
-        )
-
-    def event(self, kind: str, **fields: object) -> dict[str, Any]:
-        return self.wait(
-            lambda e: e.get("event") == kind and all(e.get(k) == v for k, v in fields.items())
-        )
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._reader.join(timeout=10)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        self._reader.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
+    argv = [sys.executable, "-m", "fedstore.demos.federation_worker", *args, "--log-level", "ERROR"]
+    return JsonLinesProcess(name, argv, env=python_env(), timeout=TIMEOUT, on_event=on_event)
 
 
 def test_trainer_leaves_mid_round_and_aggregator_sigkilled_while_aggregating(
@@ -183,7 +104,7 @@ def test_trainer_leaves_mid_round_and_aggregator_sigkilled_while_aggregating(
         "aggregator", "--data-dir", str(tmp_path / "agg"), *common, "--rounds", "3",
         "--quorum", "2", "--min-updates", "2", "--round-timeout", "45",
     ]  # fmt: skip
-    workers: list[Worker] = []
+    workers: list[JsonLinesProcess] = []
     accepted_round2: list[str] = []
 
     def kill_when_aggregating(event: dict[str, Any]) -> None:

@@ -1,46 +1,43 @@
-"""A federation across three hosts (Linux network namespaces), surviving a killed trainer and
-a restarted aggregator.
+"""A federation across three hosts (Linux network namespaces), run with the commands a user
+types: ``fedstore aggregate`` and ``fedstore train`` with the numpy example app
+(``examples/numpy_linear/app.py``), surviving a killed trainer and a restarted aggregator.
 
     ns agg (10.208.0.1) ──veth──┐
     ns t1  (10.208.0.2) ──veth──┼── bridge
     ns t2  (10.208.0.3) ──veth──┘
 
 Each host is its own process with its own data directory and filesystem root;
-the only storage backend is bitswap, so every global model and every update
-(1 MB, above the inline limit, so sent by CID) moves between hosts over the
-(namespaced) network. The aggregator listens on 0.0.0.0 and the trainers
-dial the address it printed. The story:
+the only storage backend is bitswap, so every global model moves between hosts
+over the (namespaced) network. The aggregator listens on 0.0.0.0 and the
+trainers dial the address it printed (``--log-json`` events on stdout). The
+story:
 
 1. rounds 1-2 with both trainers;
-2. trainer 1's host is killed (SIGKILL) while round 3 waits for it, and
-   restarted on the same data directory: it rejoins, round 3 closes;
-3. the aggregator is stopped with SIGTERM after round 3 (a clean stop, exit
-   0) and restarted: it resumes from its catalog at round 4, the trainers
-   reconnect by themselves, and rounds 4-5 run;
-4. every host ends on the same final CID, and holds that checkpoint, byte
-   for byte, in its own data directory.
+2. trainer 1's host is killed (SIGKILL) as round 2 closes and restarted on the
+   same data directory: the rounds that follow need its update (quorum 2 of 2
+   trainers), so the federation goes on only once it has rejoined;
+3. the aggregator is stopped with SIGTERM after round 4 (a clean stop: a
+   ``stopped`` event, exit 0, the run's end in its catalog) and restarted: it
+   resumes from its catalog at the round after the last one it recorded, the
+   trainers reconnect by themselves, and the remaining rounds run;
+4. every host ends on the same final CID, and holds that checkpoint, byte for
+   byte, in its own data directory.
 
-The hosts run the federation Python API (tests/_federation_host.py): the
-``fedstore aggregate``/``fedstore train`` commands come from another branch
-(issue 12 item 1); this topology is theirs to run once they land. Skipped
-with the reason when namespaces cannot be built (not root, no ``ip``).
+Skipped with the reason when namespaces cannot be built (not root, no ``ip``).
 """
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
+from _json_lines import JsonLinesProcess
 
 from fedstore.catalog import Catalog
 from fedstore.netns import Lan, bridged_hosts, ns_argv, unavailable_reason
@@ -48,73 +45,10 @@ from fedstore.node.driver import python_env
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.multiprocess]
 
-HOST_SCRIPT = Path(__file__).with_name("_federation_host.py")
+FEDSTORE = [sys.executable, "-m", "fedstore"]
+APP = str(Path(__file__).resolve().parents[1] / "examples" / "numpy_linear" / "app.py") + ":app"
 TIMEOUT = 60.0
-ROUNDS = 5
-
-
-class Host:
-    """One host process; its JSON event lines are collected as they arrive."""
-
-    def __init__(self, name: str, lan: Lan, argv: list[str], data: Path) -> None:
-        self.name = name
-        self.data = data
-        self.events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self._stderr: IO[str] = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed below)
-        env = python_env({"FEDSTORE_REANNOUNCE_INTERVAL": "2"}, root=data.parent / "fsroot")
-        self.proc = subprocess.Popen(
-            [*ns_argv(lan.namespaces[name]), sys.executable, str(HOST_SCRIPT), *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            env=env,
-        )
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            with self._cond:
-                self.events.append(event)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def wait(self, pred: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + TIMEOUT
-        with self._cond:
-            while True:
-                for e in self.events:
-                    if pred(e):
-                        return e
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        self._stderr.seek(0)
-        tail = "".join(self._stderr.readlines()[-25:])
-        raise AssertionError(f"{self.name}: no {what}; events {self.events[-8:]}\n{tail}")
-
-    def result(self) -> dict[str, Any]:
-        return self.wait(lambda e: e["event"] == "result", "result")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=TIMEOUT)
-        self._reader.join(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
+ROUNDS = 12  # rounds take a fraction of a second: enough to stop the aggregator mid-run
 
 
 @pytest.fixture(scope="module")
@@ -134,55 +68,70 @@ def test_federation_across_hosts_survives_a_killed_trainer_and_a_restarted_aggre
     lan: Lan, tmp_path: Path
 ) -> None:
     started = time.monotonic()
+    common = ["--app", APP, "--backends", "bitswap", "--log-json"]
     with ExitStack() as stack:
 
-        def host(name: str, *argv: str) -> Host:
+        def host(name: str, role: str, *argv: str) -> JsonLinesProcess:
             data = tmp_path / name / "data"
-            h = Host(name, lan, [*argv, "--dir", str(data)], data)
+            env = python_env({"FEDSTORE_REANNOUNCE_INTERVAL": "2"}, root=data.parent / "fsroot")
+            cmd = [*ns_argv(lan.namespaces[name]), *FEDSTORE, role, *common, *argv]
+            h = JsonLinesProcess(name, [*cmd, "--dir", str(data)], env=env, timeout=TIMEOUT)
             stack.callback(h.close)
             return h
 
-        agg = host("agg", "aggregator", "--rounds", str(ROUNDS))
+        def aggregator() -> JsonLinesProcess:
+            listen = "/ip4/0.0.0.0/tcp/4001"
+            return host("agg", "aggregate", "--rounds", str(ROUNDS), "--listen", listen)
+
+        def trainer(index: int) -> JsonLinesProcess:
+            where = ["--bootstrap", addr, "--listen", "/ip4/0.0.0.0/tcp/4001"]
+            split = ["--trainer-index", str(index), "--trainers", "2"]
+            return host(f"t{index}", "train", *where, *split)
+
+        agg = aggregator()
         addr = agg.wait(lambda e: e["event"] == "ready", "ready")["addr"]
         assert addr.startswith(f"/ip4/{lan.addrs['agg']}/tcp/4001/p2p/")  # dialable, printed
-        t1 = host("t1", "trainer", "--bootstrap", addr, "--index", "1")
-        t2 = host("t2", "trainer", "--bootstrap", addr, "--index", "2")
+        t1, t2 = trainer(1), trainer(2)
 
         # 1. two rounds with both trainers
         agg.wait(closed(2), "round 2 closed")
         assert {len(e["participants"]) for e in agg.events if e["event"] == "round_closed"} == {2}
 
-        # 2. trainer 1's host dies while round 3 waits for its update, and comes back
-        agg.wait(lambda e: e["event"] == "round_opened" and e["round"] == 3, "round 3 opened")
-        t1.proc.send_signal(signal.SIGKILL)
-        t1.proc.wait(timeout=TIMEOUT)
-        t1 = host("t1", "trainer", "--bootstrap", addr, "--index", "1")
-        r3 = agg.wait(closed(3), "round 3 closed with the restarted trainer")
-        assert len(r3["participants"]) == 2
+        # 2. trainer 1's host dies and comes back on the same data directory
+        t1.kill()
+        killed_after = max(e["round"] for e in agg.events if e["event"] == "round_closed")
+        t1 = trainer(1)
+        rejoined = t1.wait(lambda e: e["event"] == "trainer_updated", "an update after the restart")
+        agg.wait(closed(rejoined["round"]), f"round {rejoined['round']} closed")
+        assert rejoined["round"] > 2
+        assert all(
+            len(e["participants"]) == 2
+            for e in agg.events
+            if e["event"] == "round_closed" and e["round"] > killed_after
+        )
 
-        # 3. the aggregator stops cleanly (SIGTERM) while the trainers train round 4 on
-        #    round 3's model (which they hold), and resumes from its catalog
-        for t in (t1, t2):
-            t.wait(lambda e: e["event"] == "trainer_synced" and e["round"] == 3, "round 3 model")
-        agg.proc.send_signal(signal.SIGTERM)
-        assert agg.proc.wait(timeout=TIMEOUT) == 0
-        assert any(e["event"] == "stopped" for e in agg.events)
-        with Catalog.open(agg.data) as cat:
+        # 3. the aggregator stops cleanly (SIGTERM) mid-run, and resumes from its catalog
+        agg.wait(closed(rejoined["round"] + 1), "a round after the rejoin")
+        assert agg.signal(signal.SIGTERM) == 0
+        stop = agg.event("stopped")
+        with Catalog.open(tmp_path / "agg" / "data") as cat:
             saved = cat.latest_round()
             assert cat.last_node_run().stopped_at is not None  # type: ignore[union-attr]
-        assert saved == 3
-        agg = host("agg", "aggregator", "--rounds", str(ROUNDS))
+        assert saved is not None and rejoined["round"] < saved < ROUNDS
+        assert stop["local_head"][0] == saved
+        agg = aggregator()
         assert agg.wait(lambda e: e["event"] == "ready", "ready again")["addr"] == addr
         first = agg.wait(lambda e: e["event"] == "round_opened", "a round after the restart")
         assert first["round"] == saved + 1  # resumed from the catalog, not started over
 
         # 4. the end: one final CID everywhere, the same bytes on every host
-        final = agg.result()
+        final = agg.event("done")
         assert final["status"] == "complete" and final["final_round"] == ROUNDS
-        for trainer in (t1, t2):
-            res = trainer.result()
+        for t in (t1, t2):
+            res = t.event("done")
             assert (res["status"], res["final_cid"]) == ("complete", final["final_cid"])
-        agg.proc.wait(timeout=TIMEOUT)
+            assert res["local_head"] == [ROUNDS, final["final_cid"]]
+        assert agg.proc.wait(timeout=TIMEOUT) == 0
 
     cid = final["final_cid"]
     copies = {name: list((tmp_path / name / "data" / "rounds").glob(f"round_*_{cid}.*"))

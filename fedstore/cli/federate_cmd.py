@@ -18,8 +18,13 @@ Settings: flags > environment > ``.env`` > ``fedstore.toml`` (federation
 settings in its ``[federation]`` table, node settings as for ``fedstore
 node``) > the app's defaults. Progress: Rich on a terminal, one line per
 event otherwise, JSON lines with ``--log-json`` (:mod:`fedstore.cli.federate_progress`).
-Exit status 0 when the federation completed, 1 when it failed or on an error
-(one line on stderr), 130 on Ctrl-C.
+Both run as services too: SIGTERM or SIGHUP stops the role cleanly (a
+``stopped`` event, the catalog closed with the run's end recorded, exit
+status 0), and the same command on the same data directory resumes from the
+catalog: the aggregator at the round after the last one it recorded, a
+trainer from the last global model it holds.
+Exit status 0 when the federation completed or was stopped by a signal, 1
+when it failed or on an error (one line on stderr), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +50,8 @@ __all__ = ["announce_flags", "register"]
 NO_APP = "no app: give --app MODULE:OBJ (or set FEDSTORE_APP, or [federation] app)"
 #: Module of the simulation (loopback processes, live view, report).
 SIMULATION = "fedstore.demos.federation"
+#: Signals that stop ``aggregate`` / ``train`` cleanly (Ctrl-C stays 130).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -315,12 +323,31 @@ def _done(progress: Progress, role: str, result: Any, head: tuple[int, str] | No
     return 0
 
 
+def _stopped(progress: Progress, role: str, head: tuple[int, str] | None) -> int:
+    """A signal stopped the role: say what the catalog holds and how to resume; exit 0."""
+    progress.emit({"event": "stopped", "role": role, "local_head": list(head) if head else None})
+    held = f"round {head[0]} ({head[1]})" if head else "no round yet"
+    progress.say(f"stopped; the catalog holds {held}: run the same command to resume")
+    return 0
+
+
+def _run(main: Any) -> Any:
+    """Run *main* (an async callable) under trio until it ends or a stop signal arrives."""
+    import trio
+
+    from fedstore.cli.node_service import stopped, until_stopped
+
+    try:
+        return trio.run(until_stopped, main, STOP_SIGNALS)
+    finally:
+        stopped(STOP_SIGNALS)
+
+
 # -- aggregate ----------------------------------------------------------------------------
 
 
 def run_aggregate(args: argparse.Namespace) -> int:
-    import trio
-
+    from fedstore.cli.node_service import exit_cleanly_on
     from fedstore.config import (
         MIN_UPDATES,
         QUORUM,
@@ -335,6 +362,7 @@ def run_aggregate(args: argparse.Namespace) -> int:
     from fedstore.federation.final_model import export_model, local_head
     from fedstore.federation.update_encoding import UpdateEncoding
 
+    exit_cleanly_on(STOP_SIGNALS)
     cfg, settings = _configure(args, "bootstrap")
     app, spec = _load(settings, args.app_config)
     items = [i.strip() for i in STRATEGY_SETTINGS.text(settings).split(",") if i.strip()]
@@ -364,7 +392,7 @@ def run_aggregate(args: argparse.Namespace) -> int:
         progress.say(f"trainers join with:\n  {join}")
 
     with progress:
-        result = trio.run(
+        result = _run(
             functools.partial(
                 api.aggregate_app,
                 app,
@@ -381,6 +409,8 @@ def run_aggregate(args: argparse.Namespace) -> int:
                 on_ready=ready,
             )
         )
+    if result is None:
+        return _stopped(progress, "aggregator", local_head(cfg.data_dir))
     if result.status == "complete" and args.export is not None:
         params = export_model(cfg.data_dir, result.final_round, result.final_cid, args.export)
         progress.emit({"event": "exported", "path": str(args.export), "parameters": params})
@@ -391,13 +421,13 @@ def run_aggregate(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import trio
-
     from fedstore.app import TrainerContext
+    from fedstore.cli.node_service import exit_cleanly_on
     from fedstore.config import IDLE_TIMEOUT, TRAINER_INDEX, TRAINERS
     from fedstore.federation import api
     from fedstore.federation.final_model import local_head
 
+    exit_cleanly_on(STOP_SIGNALS)
     cfg, settings = _configure(args, "trainer")
     if not cfg.bootstrap:
         raise ConfigError(
@@ -415,7 +445,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"data dir {cfg.data_dir}, aggregator {', '.join(cfg.bootstrap)}"
     )
     with progress:
-        result = trio.run(
+        result = _run(
             functools.partial(
                 api.train_app,
                 app,
@@ -427,4 +457,6 @@ def run_train(args: argparse.Namespace) -> int:
                 on_ready=lambda addr: progress.emit(_ready("trainer", addr)),
             )
         )
+    if result is None:
+        return _stopped(progress, "trainer", local_head(cfg.data_dir))
     return _done(progress, "trainer", result, local_head(cfg.data_dir))

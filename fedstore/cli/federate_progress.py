@@ -45,6 +45,10 @@ def describe(ev: Mapping[str, Any]) -> str:
     if kind == "ready":
         who = f"{ev.get('role', 'node')} {short(str(ev.get('peer_id', '')))}"
         return f"{who} listening on {ev['addr']}"
+    if kind == "stopped":
+        head = ev.get("local_head")
+        held = f"round {head[0]}" if head else "no round yet"
+        return f"{ev.get('role', 'node')} stopped by a signal (catalog holds {held})"
     if kind == "exported":
         return f"final model written to {ev['path']} ({ev['parameters']:,} parameters)"
     if kind == "round_opened":

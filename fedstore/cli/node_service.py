@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Protocol, TypeVar
 
 from fedstore.cli.node_commands import EventRouter, Session
 from fedstore.cli.node_output import Output
@@ -39,7 +39,10 @@ __all__ = [
     "exit_cleanly_on",
     "run_node",
     "stopped",
+    "until_stopped",
 ]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +187,31 @@ async def _stop_on(signals: AsyncIterator[int], scope: trio.CancelScope) -> None
         log.info("%s received: stopping", signal.Signals(signum).name)
         scope.cancel()
         return
+
+
+async def until_stopped(main: Callable[[], Awaitable[T]], stop_signals: Sequence[int]) -> T | None:
+    """Run *main* to its end (its result) or until one of *stop_signals* arrives (None).
+
+    A signal cancels *main*, whose cleanup then runs as on any cancellation
+    (the node closes its catalog and records the run's end); call
+    :func:`exit_cleanly_on` first so a signal during start-up is not a kill.
+    How ``fedstore aggregate`` and ``fedstore train`` run as services.
+    """
+    import trio
+
+    result: list[T] = []
+    with trio.open_signal_receiver(*map(signal.Signals, stop_signals)) as signals:
+        async with trio.open_nursery() as top:
+            top.start_soon(_stop_on, signals, top.cancel_scope)
+            if _early_stop:  # arrived before the receiver was in place
+                top.cancel_scope.cancel()
+
+            async def run() -> None:
+                result.append(await main())
+                top.cancel_scope.cancel()
+
+            top.start_soon(run)
+    return result[0] if result else None
 
 
 async def run_node(
