@@ -184,9 +184,10 @@ def test_trainer_started_before_its_bootstrap_connects_when_it_comes_up(tmp_path
     with NodeProcess("boot0", ["--dir", str(tmp_path / "b"), "--role", "bootstrap"], env) as b:
         boot_id = b.expect("PEER_ID", timeout=TIMEOUT)  # learn its id, then stop it
     addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{boot_id}"
-    with NodeProcess("t", ["--dir", str(tmp_path / "t"), "--bootstrap", addr], env) as t:
+    trainer_argv = ["--dir", str(tmp_path / "t"), "--bootstrap", addr, "--log-level", "INFO"]
+    with NodeProcess("t", trainer_argv, env) as t:
         t.expect("READY", timeout=TIMEOUT)
-        time.sleep(2)  # the trainer has failed a few dials by now
+        t.wait_stderr("not reachable yet", count=3, timeout=TIMEOUT)  # a few dials failed
         listen = f"/ip4/127.0.0.1/tcp/{port}"
         with NodeProcess("boot", ["--dir", str(tmp_path / "b"), "--listen", listen], env) as b:
             b.expect("READY", timeout=TIMEOUT)

@@ -178,7 +178,10 @@ def test_ctrl_c_stops_the_demo_without_a_traceback(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert _read_line(proc, 60).startswith(b"fedstore demo:")
-    time.sleep(2)  # let the worker processes start (Ctrl-C reaches them too)
+    # the worker processes run (Ctrl-C reaches them too): a round has closed
+    deadline = time.monotonic() + 120
+    while not _read_line(proc, max(0.1, deadline - time.monotonic())).startswith(b"round "):
+        assert time.monotonic() < deadline and proc.poll() is None, "no round within 120 s"
     rc, err = _interrupt(proc)
     assert "Traceback" not in err, err
     assert rc == EXIT_INTERRUPTED

@@ -15,12 +15,12 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _waiting import wait_until
 
 from fedstore.cli.control import MAX_CLIENTS, Reply, call, socket_path
 from fedstore.cli.node_commands import COMMANDS
@@ -58,17 +58,6 @@ def _ctl(
     )
 
 
-def _wait_for_line(log: Path, prefix: str, proc: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith(prefix):
-                return line
-        assert proc.poll() is None, f"daemon exited early:\n{log.read_text()}"
-        time.sleep(0.05)
-    raise AssertionError(f"no {prefix} line within {TIMEOUT} s:\n{log.read_text()}")
-
-
 @pytest.fixture
 def daemon_shell(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """``setsid fedstore daemon --dir d < /dev/null > log 2>&1 &``, exactly as a user would."""
@@ -94,10 +83,11 @@ def test_daemon_started_with_setsid_serves_ctl_and_stops_on_sigterm(
     daemon_shell: tuple[Path, Path], tmp_path: Path
 ) -> None:
     data, log = daemon_shell
-    deadline = time.monotonic() + TIMEOUT
-    while not (data / "node.lock").exists() or "READY=" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    wait_until(
+        lambda: (data / "node.lock").exists() and "READY=" in log.read_text(),
+        f"the daemon ready (log: {log})",
+        timeout=TIMEOUT,
+    )
     pid = int((data / "node.lock").read_text().split()[0])
     peer_id = next(
         ln.split("=", 1)[1] for ln in log.read_text().splitlines() if ln.startswith("PEER_ID=")
@@ -128,10 +118,7 @@ def test_daemon_started_with_setsid_serves_ctl_and_stops_on_sigterm(
     assert status["head"]["round"] == 4 and status["role"] == "bootstrap"
 
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + TIMEOUT
-    while _alive(pid):
-        assert time.monotonic() < deadline, "daemon did not stop on SIGTERM"
-        time.sleep(0.05)
+    wait_until(lambda: not _alive(pid), "the daemon stopped on SIGTERM", timeout=TIMEOUT)
     text = log.read_text()
     assert "Traceback" not in text, text
     assert text.splitlines()[-1] == "EXIT=0"
@@ -241,26 +228,27 @@ def test_control_socket_bounds(daemon: NodeProcess) -> None:
         s.sendall(b'{"v": 1, "command": "wait_peers", "args": ["5", "model-cids", "600"]}\n')
         holders.append(s)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:  # until the node has taken all of them in
+
+        def refused() -> bool:  # once the node has taken all of them in
             try:
                 call(data, ["peers"], timeout=5)
-            except Exception as exc:  # noqa: BLE001 - asserting on the refusal below
+            except Exception as exc:  # noqa: BLE001 - asserting on the refusal
                 assert "busy" in str(exc)
-                break
-            assert time.monotonic() < deadline, "slots never filled"
-            time.sleep(0.05)
+                return True
+            return False
+
+        wait_until(refused, "every slot taken", timeout=TIMEOUT)
     finally:
         for s in holders:
             s.close()  # a client that leaves cancels its command and frees its slot
-    deadline = time.monotonic() + TIMEOUT
-    while True:
+
+    def served() -> bool:
         try:
-            assert call(data, ["peers"], timeout=5).ok
-            break
+            return call(data, ["peers"], timeout=5).ok
         except Exception:  # noqa: BLE001 - still busy for a moment
-            assert time.monotonic() < deadline, "slots were not freed"
-            time.sleep(0.05)
+            return False
+
+    wait_until(served, "the slots freed", timeout=TIMEOUT)
 
 
 def test_long_data_directory_paths_still_get_a_socket(tmp_path: Path) -> None:
@@ -330,7 +318,14 @@ def test_sync_through_ctl_streams_progress_before_its_reply(tmp_path: Path) -> N
     assert sizes == sorted(sizes) and 0 < sizes[-1] <= weights.stat().st_size * 2
 
 
-def test_ctl_into_a_closed_pipe_and_ctrl_c_are_quiet(daemon: NodeProcess, tmp_path: Path) -> None:
+def test_ctl_into_a_closed_pipe_and_ctrl_c_are_quiet(tmp_path: Path) -> None:
+    argv = ["--dir", str(tmp_path / "d"), "--log-level", "DEBUG"]  # logs each control request
+    with NodeProcess("d", argv, _env(tmp_path), command="daemon") as daemon:
+        daemon.expect("READY", timeout=TIMEOUT)
+        _closed_pipe_and_ctrl_c(daemon, tmp_path)
+
+
+def _closed_pipe_and_ctrl_c(daemon: NodeProcess, tmp_path: Path) -> None:
     data = daemon.data_dir()
     proc = subprocess.Popen(
         [*FEDSTORE, "ctl", "--dir", str(data), "help"],
@@ -353,11 +348,7 @@ def test_ctl_into_a_closed_pipe_and_ctrl_c_are_quiet(daemon: NodeProcess, tmp_pa
         env=_env(tmp_path),
         stdin=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + TIMEOUT
-    while not any(p.name.startswith("control") for p in data.iterdir()):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(2)  # the request reached the node
+    daemon.wait_stderr("control: running wait_peers", timeout=TIMEOUT)  # it reached the node
     waiting.send_signal(signal.SIGINT)
     out, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 130

@@ -16,6 +16,7 @@ from fedstore.federation.events import (
     Event,
     RoundClosed,
     RoundFailed,
+    RoundOpened,
     TrainerSynced,
     UpdateAccepted,
 )
@@ -211,13 +212,20 @@ async def test_bad_updates_are_rejected_and_counted() -> None:
         junk = net.peer("junk")
         spoof = UpdateMessage(1, "good1", 10, b"not a checkpoint").encode()
 
+        opened = trio.Event()
+
+        def sink(e: Event) -> None:
+            events.append(e)
+            if isinstance(e, RoundOpened):
+                opened.set()
+
         async def noise() -> None:
-            await trio.sleep(0.1)
+            await opened.wait()  # while the round is open
             await junk.publish(b"FSFL garbage")
             await junk.publish(spoof)
 
         nursery.start_soon(noise)
-        result = await lead_rounds(net.peer("agg"), MODEL, settings, on_event=events.append)
+        result = await lead_rounds(net.peer("agg"), MODEL, settings, on_event=sink)
     closed = next(e for e in events if isinstance(e, RoundClosed))
     assert closed.participants == ("good1", "good2") and closed.partial
     assert result.rejections.get("non_finite") == 1

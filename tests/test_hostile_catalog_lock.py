@@ -50,10 +50,7 @@ print("RELEASED", flush=True)
 
 def wait_lines(node: NodeProcess, key: str, count: int, timeout: float = 30.0) -> int:
     """Block (bounded) until *node* printed *count* ``KEY=`` lines; how many it did."""
-    deadline = time.monotonic() + timeout
-    while len(node.values(key)) < count and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return len(node.values(key))
+    return node.wait_count(key, count, timeout=timeout)
 
 
 def count_announcements(db: Path) -> int:

@@ -17,7 +17,6 @@ side by side in one run; both figures are printed.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -43,10 +42,7 @@ def vm_rss(pid: int) -> int:
 
 def wait_delivered(victim: NodeProcess, count: int) -> int:
     """Wait (bounded) until *count* RECEIVED lines arrived; how many did."""
-    deadline = time.monotonic() + 60
-    while len(victim.values("RECEIVED")) < count and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return len(victim.values("RECEIVED"))
+    return victim.wait_count("RECEIVED", count, timeout=60)
 
 
 def flood_victim(tmp_path: Path, name: str, patches: str) -> tuple[int, int, int, int]:

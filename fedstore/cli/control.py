@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import uuid
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedstore.errors import ConfigError, FedstoreError, NetworkError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import trio
@@ -202,6 +205,7 @@ async def _serve_one(session: Session, stream: trio.SocketStream, slots: Any) ->
                 reason = "no request within 10 s" if isinstance(exc, trio.TooSlowError) else exc
                 await _send(stream, {"v": PROTOCOL, "ok": False, "error": str(reason)})
                 return
+            log.debug("control: running %s (%d argument(s))", name, len(args))  # args unlogged
             frames_in, frames_out = trio.open_memory_channel[tuple[str, int]](1)
 
             def on_progress(label: str, done: int) -> None:

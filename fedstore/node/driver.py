@@ -188,6 +188,30 @@ class NodeProcess:
         self._stderr.seek(0)
         return "".join(self._stderr.readlines()[-n:])
 
+    def wait_stderr(
+        self, text: str, *, count: int = 1, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:  # fmt: skip
+        """Block until *text* appears *count* times in the node's stderr (its log).
+
+        Polls the captured stderr file (the log has no reader thread); raises
+        NodeTimeout with the tail if it does not appear in time or the node exits.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._stderr is not None:
+                self._stderr.flush()
+                self._stderr.seek(0)
+                if self._stderr.read().count(text) >= count:
+                    return
+            ended = self._proc is None or self._proc.poll() is not None
+            if ended or time.monotonic() >= deadline:
+                why = "exited" if ended else f"timed out after {timeout:g} s"
+                raise NodeTimeout(
+                    f"node {self.name}: {text!r} not {count}x in its log ({why}); "
+                    f"stderr tail:\n{self.stderr_tail()}"
+                )
+            time.sleep(0.05)
+
     # -- reading ---------------------------------------------------------------------------
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -210,6 +234,17 @@ class NodeProcess:
     def values(self, key: str, since: int = 0) -> list[str]:
         with self._cond:
             return [ln.value for ln in self.lines[since:] if ln.key == key]
+
+    def wait_count(self, key: str, count: int, *, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Wait (bounded) until *count* ``KEY=`` lines arrived; how many did (no error)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                seen = sum(1 for ln in self.lines if ln.key == key)
+                remaining = deadline - time.monotonic()
+                if seen >= count or self._eof or remaining <= 0:
+                    return seen
+                self._cond.wait(remaining)
 
     def wait_line(
         self,
