@@ -25,6 +25,8 @@ from fedstore.errors import NotFoundError, UnavailableError
 from fedstore.ipld.blocks import write_dag_blocks
 from fedstore.ipld.cid import DagParams
 
+pytestmark = pytest.mark.slow  # liars and stallers are waited out against real deadlines
+
 MIB = 1024 * 1024
 #: The old behaviour needed >= 15 s (one block timeout); the target is < 5 s.
 OLD_BLOCK_TIMEOUT = 15.0

@@ -65,6 +65,8 @@ from fedstore.federation.nodepeer import NodePeer, join_federation
 from fedstore.node import Node, open_node
 from fedstore.store import AsyncLocalStore
 
+pytestmark = pytest.mark.slow  # real nodes on loopback; several wait out deadlines
+
 QUICK = MemberOptions(announce_interval=0.1, linger=0.5, listen_first=0.5)
 TOPIC = "fed-learn"
 

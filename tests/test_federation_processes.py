@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
 import trio
 from _federation import BOTH, make_membership, new_signer
 
 from fedstore.federation.manifest import write_manifest_file
 from fedstore.federation.signing import load_signer
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 ROUNDS = 4
 CRASH_ROUND = 2
