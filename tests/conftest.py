@@ -40,6 +40,11 @@ Rules for new tests:
   ``SLOW_HINT_SECONDS`` (setup + call + teardown), as a hint to mark them.
   It is a hint, not a failure: a loaded machine stretches every test.
 
+Reruns: with ``FEDSTORE_RERUNS=N`` (tox sets 1) a failed test of the
+``slow``, ``multiprocess`` or ``netns`` tiers runs again up to N times
+(pytest-rerunfailures), and the end of the run lists each one that needed it
+with its first error, as a flake to investigate (:class:`_Reruns`).
+
 Hypothesis profiles: ``dev`` (the default) and ``ci`` (selected by
 ``HYPOTHESIS_PROFILE=ci``, which tox sets): CI keeps no example database in
 its throw-away clone and prints the blob that reproduces a failure.
@@ -62,12 +67,21 @@ settings.register_profile("ci", database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+#: Reruns of a failed ``slow``/``multiprocess``/``netns`` test (FEDSTORE_RERUNS; tox sets 1).
+RERUNS = int(os.environ.get("FEDSTORE_RERUNS", "0") or 0)
+#: The tiers whose tests wait on other processes, sockets and the OS scheduler.
+SCHEDULED_TIERS = ("slow", "multiprocess", "netns")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_TimingHint(), "fedstore-timing-hint")
+    config.pluginmanager.register(_Reruns(), "fedstore-reruns")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Add the implied tiers: ``netns`` -> ``slow``; ``kubo``/``pinata`` -> ``live``."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Add the implied tiers: ``netns`` -> ``slow``; ``kubo``/``pinata`` -> ``live``; and, with
+    ``FEDSTORE_RERUNS``, the reruns of the scheduled tiers (see :class:`_Reruns`)."""
+    rerun = RERUNS > 0 and config.pluginmanager.hasplugin("rerunfailures")
     for item in items:
         if item.get_closest_marker("netns") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
@@ -75,6 +89,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.get_closest_marker("kubo") or item.get_closest_marker("pinata")
         ) and not item.get_closest_marker("live"):
             item.add_marker(pytest.mark.live)
+        if rerun and any(item.get_closest_marker(m) for m in SCHEDULED_TIERS):
+            item.add_marker(pytest.mark.flaky(reruns=RERUNS, reruns_delay=2))
+
+
+class _Reruns:
+    """Names, at the end of a run, every test that failed and then passed on a rerun.
+
+    Tests of the scheduled tiers run real processes and sockets on a shared
+    2-core machine; under tox (``FEDSTORE_RERUNS=1``) a failure there is run
+    once more. It is never hidden: each first failure is listed here with its
+    error's last line, as a flake to investigate, and a test that fails twice
+    fails the run. Plain ``pytest`` runs rerun nothing.
+    """
+
+    def __init__(self) -> None:
+        self.first_failures: dict[str, str] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.outcome == "rerun":
+            crash = getattr(report.longrepr, "reprcrash", None)
+            text = str(report.longrepr or "").strip().splitlines()
+            what = crash.message.splitlines()[0] if crash and crash.message else "".join(text[-1:])
+            self.first_failures.setdefault(report.nodeid, str(what)[:300])
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.first_failures:
+            return
+        terminalreporter.section("failed once, then passed on a rerun (flakes to investigate)")
+        for nodeid, last in self.first_failures.items():
+            terminalreporter.line(f"  {nodeid}: {last}")
 
 
 class _TimingHint:

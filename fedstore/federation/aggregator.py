@@ -101,7 +101,7 @@ from fedstore.federation.validation import (
 from fedstore.ipld import same_cid
 from fedstore.p2p.guard import DropCounters
 
-__all__ = ["OPEN_MODE_WARNING", "EvaluateFn", "lead_rounds", "publish_round"]
+__all__ = ["OPEN_MODE_WARNING", "EvaluateFn", "lead_rounds", "publish_round", "warn_open_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,17 @@ OPEN_MODE_WARNING = (
     "open federation: no manifest, so any peer that connects may send updates and round "
     "messages; run with --federation MANIFEST (FEDSTORE_FEDERATION) to admit members only"
 )
+
+_open_mode_warned: list[bool] = []
+
+
+def warn_open_mode(logger: logging.Logger) -> None:
+    """Log :data:`OPEN_MODE_WARNING` once per process: a process that runs many open
+    federations (a simulation, a benchmark, a node that aggregates and trains) says it once."""
+    if not _open_mode_warned:
+        _open_mode_warned.append(True)
+        logger.warning(OPEN_MODE_WARNING)
+
 
 NDArray = npt.NDArray[np.generic]
 #: ``evaluate(arrays) -> metrics`` of a global model (runs in a worker thread)
@@ -279,7 +290,7 @@ async def lead_rounds(
         from fedstore.federation.member import lead_federation
 
         return await lead_federation(peer, initial, settings, evaluate=evaluate, on_event=on_event)
-    log.warning(OPEN_MODE_WARNING)
+    warn_open_mode(log)
     strategy = settings.strategy
     spec = ModelSpec.of(initial)
     totals = RejectionCounter()

@@ -144,9 +144,9 @@ async def follow_rounds(
         from fedstore.federation.member import follow_federation
 
         return await follow_federation(peer, train_fn, settings, on_event=on_event)
-    from fedstore.federation.aggregator import OPEN_MODE_WARNING
+    from fedstore.federation.aggregator import warn_open_mode
 
-    log.warning(OPEN_MODE_WARNING)
+    warn_open_mode(log)
     me = peer.peer_id
     aggregator = settings.aggregator
     trained: list[int] = []
