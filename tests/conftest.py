@@ -54,7 +54,9 @@ Per-test ``@settings`` (example counts, deadlines) apply under both.
 from __future__ import annotations
 
 import os
+import traceback
 from collections import defaultdict
+from collections.abc import Generator
 
 import pytest
 from hypothesis import settings
@@ -91,6 +93,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.live)
         if rerun and any(item.get_closest_marker(m) for m in SCHEDULED_TIERS):
             item.add_marker(pytest.mark.flaky(reruns=RERUNS, reruns_delay=2))
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failure inside (nested) trio nurseries arrives wrapped in exception groups: name its
+    root errors first, with where each was raised, and put the first in the summary line."""
+    report = yield
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if not report.failed or not isinstance(exc, BaseExceptionGroup):
+        return report
+    lines = []
+    for leaf in _leaves(exc)[:5]:
+        where = traceback.extract_tb(leaf.__traceback__)[-1:] if leaf.__traceback__ else []
+        at = f" (at {where[0].filename}:{where[0].lineno} in {where[0].name})" if where else ""
+        lines.append(f"{type(leaf).__name__}: {leaf}{at}")
+    report.sections.insert(0, ("root errors, inside the exception groups", "\n".join(lines)))
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None and lines:
+        crash.message = lines[0]
+    return report
 
 
 class _Reruns:
