@@ -156,7 +156,7 @@ def test_aggregator_crash_is_taken_over_within_a_round_deadline(tmp_path: Path) 
     assert victim not in crash["aggregated_by"] and crash["round_deadline_seconds"] == 10
     assert_taken_over(crash)
     round4 = summary["rounds"][3]
-    assert round4["takeover"] and round4["aggregator"] != victim
+    assert round4["takeover"] and round4["aggregator"] != victim, (round4, summary["takeovers"])
     assert [t["round"] for t in summary["takeovers"] if t["replaced"] == victim] == [4] * len(
         crash["taken_over_by"]
     )
@@ -285,5 +285,5 @@ def test_aggregator_crash_across_namespace_hosts_with_separate_disks(tmp_path: P
     assert len(hosts) == 6 and "127.0.0.1" not in hosts
     crash = summary["crash"]
     assert_taken_over(crash)
-    assert summary["rounds"][3]["takeover"]
+    assert summary["rounds"][3]["takeover"], (summary["rounds"][3], summary["takeovers"], crash)
     assert summary["clean_run"]["same_weights"] is True

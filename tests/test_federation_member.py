@@ -37,6 +37,8 @@ from fedstore.federation.membership import Membership
 from fedstore.federation.messages import RoundOpen, encode_tensors
 from fedstore.format import decode
 
+pytestmark = pytest.mark.slow  # whole federations with round deadlines, in-process
+
 FAST = MemberOptions(announce_interval=0.05, linger=0.2, listen_first=0.2)
 CID = "bafkreibnoelefnzgwbcacyt4vh52ymxvzbjq7mmqhtcnwarfq4lzegsiqe"
 

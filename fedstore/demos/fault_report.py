@@ -78,15 +78,20 @@ def _rounds(state: FaultState) -> list[dict[str, Any]]:
     for r in state.demo.rounds:
         # the same updates give the same CID whoever aggregates: when a standby took the
         # round over, its closing is the one to report (the crashed opener may have closed
-        # it too, an instant before the kill)
+        # it too, an instant before the kill, and then died with the only copy); else a
+        # live member's closing before a killed one's
         made_by = [c for c in state.closed if c["cid"] == r.cid]
-        made = next((c for c in made_by if c["takeover"]), made_by[0])
+        live = set(state.live_honest())
+        made = next((c for c in made_by if c["takeover"]), None) or next(
+            (c for c in made_by if c["aggregator"] in live), made_by[0]
+        )
+        took = any(t["round"] == r.round and t["by"] == made["aggregator"] for t in state.takeovers)
         rows.append(
             {
                 "round": r.round,
                 "cid": r.cid,
                 "aggregator": made["aggregator"],
-                "takeover": made["takeover"],
+                "takeover": made["takeover"] or took,
                 "participants": list(r.participants),
                 "metrics": dict(r.metrics),
             }

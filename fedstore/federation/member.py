@@ -508,6 +508,7 @@ class Member:
             if now < rs.entered + mine * grace:
                 return
             if mine > 0:  # the members before this one in the duty order did not open it
+                rs.taken_over = True
                 self.on_event(AggregationTakenOver(rs.round, mine, order[0]))
                 self.suspects.update(order[:mine])
             self._open(rs)
@@ -515,7 +516,7 @@ class Member:
             await self.peer.publish(self._round_message(rs))
             if not rs.aggregating and self._should_close(rs, now):
                 rs.aggregating = True
-                self._spawn(self._aggregate, rs, False)
+                self._spawn(self._aggregate, rs, rs.taken_over)
             return
         assert rs.deadline_at is not None and rs.opener_pos is not None
         # who takes over, and when, follows the manifest's order alone (not this member's
@@ -529,7 +530,7 @@ class Member:
         if rs.opener_seen_at is not None:
             since = min(since, rs.opener_seen_at + self._silence)
         if behind > 0 and not rs.verified and not rs.aggregating and now >= since + behind * grace:
-            rs.aggregating = True
+            rs.aggregating = rs.taken_over = True
             self.on_event(AggregationTakenOver(rs.round, behind, rs.opener or ""))
             if rs.opener is not None:
                 self.suspects.add(rs.opener)

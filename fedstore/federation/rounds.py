@@ -76,6 +76,9 @@ class RoundState:
     opener_failed_at: float | None = None
     #: Unix time the opener's ROUND was last heard (it repeats it while the round is open)
     opener_seen_at: float | None = None
+    #: this member took the round over from the duty order's earlier members (its model,
+    #: whether it aggregates at once or re-opens the round first, is a takeover)
+    taken_over: bool = False
     # -- collecting and aggregating (aggregator-capable members) --
     validator: RoundValidator | None = None
     collector: Collector | None = None
