@@ -132,11 +132,11 @@ def test_trainer_leaves_mid_round_and_aggregator_sigkilled_while_aggregating(
 
         # trainer 3 leaves in the middle of round 1: it has the base model; its update may or
         # may not have gone out before the SIGKILL (training the digits task takes
-        # milliseconds), so round 1 closes with trainers 1 and 2, and perhaps 3
+        # milliseconds), so round 1 closes at its quorum (2) with any of the three
         t3.event("trainer_synced", round=1)
         t3.kill()
         closed1 = agg.event("round_closed", round=1)
-        assert {ids["trainer-1"], ids["trainer-2"]} <= set(closed1["participants"]), closed1
+        assert len(closed1["participants"]) >= 2, closed1
 
         # the aggregator is SIGKILLed as round 2 reaches its quorum
         agg.proc.wait(timeout=TIMEOUT)
