@@ -118,23 +118,25 @@ def test_trainer_leaves_mid_round_and_aggregator_sigkilled_while_aggregating(
         agg = Worker("aggregator", agg_args, on_event=kill_when_aggregating)
         workers.append(agg)
         addr = agg.event("ready")["addr"]
-        trainers = []
-        for i in (1, 2, 3):
+
+        def trainer(i: int) -> JsonLinesProcess:
             t = Worker(
                 f"trainer-{i}",
                 ["trainer", "--data-dir", str(tmp_path / f"t{i}"), *common, "--index", str(i),
                  "--bootstrap", addr, "--idle-timeout", "90"],
             )  # fmt: skip
             workers.append(t)
-            trainers.append(t)
-        t1, t2, t3 = trainers
-        ids = {t.name: t.event("ready")["peer_id"] for t in trainers}
+            return t
 
-        # trainer 3 leaves in the middle of round 1: it has the base model; its update may or
-        # may not have gone out before the SIGKILL (training the digits task takes
-        # milliseconds), so round 1 closes at its quorum (2) with any of the three
-        t3.event("trainer_synced", round=1)
+        # trainer 3 joins first and leaves in the middle of round 1, right after sending its
+        # update. Trainers 1 and 2 start only then, so the round cannot close before it left
+        # (the quorum is 2); it closes at its quorum (trainer 3's update counts only if it
+        # reached the aggregator before the SIGKILL).
+        t3 = trainer(3)
+        t3.event("trainer_updated", round=1)
         t3.kill()
+        t1, t2 = trainer(1), trainer(2)
+        ids = {t.name: t.event("ready")["peer_id"] for t in (t1, t2, t3)}
         closed1 = agg.event("round_closed", round=1)
         assert len(closed1["participants"]) >= 2, closed1
 
