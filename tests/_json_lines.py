@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO, Any
 
 Event = dict[str, Any]
@@ -31,11 +32,13 @@ class JsonLinesProcess:
         argv: list[str],
         *,
         env: Mapping[str, str],
+        cwd: Path | None = None,
         timeout: float = 60.0,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.name = name
         self.timeout = timeout
+        self.lines: list[str] = []  # every stdout line, JSON or not
         self.events: list[Event] = []
         self._cond = threading.Condition()
         self._on_event = on_event
@@ -48,6 +51,7 @@ class JsonLinesProcess:
             stderr=self._stderr,
             text=True,
             env=dict(env),
+            cwd=cwd,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -58,13 +62,13 @@ class JsonLinesProcess:
             try:
                 event = json.loads(line)
             except ValueError:
-                continue
-            if not isinstance(event, dict):
-                continue
-            if self._on_event is not None:
+                event = None
+            if isinstance(event, dict) and self._on_event is not None:
                 self._on_event(event)
             with self._cond:
-                self.events.append(event)
+                self.lines.append(line.rstrip("\n"))
+                if isinstance(event, dict):
+                    self.events.append(event)
                 self._cond.notify_all()
         with self._cond:
             self._eof = True
@@ -102,10 +106,21 @@ class JsonLinesProcess:
         with self._cond:
             return [e for e in self.events if e.get("event") == kind]
 
-    def stderr_tail(self, chars: int = 2000) -> str:
+    @property
+    def stderr(self) -> str:
+        """Everything the process wrote on stderr so far."""
         self._stderr.flush()
         self._stderr.seek(0)
-        return self._stderr.read()[-chars:]
+        return self._stderr.read()
+
+    def stderr_tail(self, chars: int = 2000) -> str:
+        return self.stderr[-chars:]
+
+    def finish(self, timeout: float | None = None) -> int:
+        """Wait (bounded) for the process to end on its own; its exit status."""
+        rc = self.proc.wait(timeout=self.timeout if timeout is None else timeout)
+        self._reader.join(timeout=10)
+        return rc
 
     def signal(self, signum: int) -> int:
         """Send *signum* and wait (bounded) for the exit status."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _waiting import wait_until
 
 from fedstore.catalog import Catalog
 from fedstore.node.driver import NodeProcess, python_env
@@ -48,10 +49,12 @@ def block_files(data_dir: Path) -> list[Path]:
 
 def wait_for_first_block(data_dir: Path, deadline: float) -> None:
     """Return as soon as bitswap's copy has put a block on disk (bounded by *deadline*)."""
-    while not block_files(data_dir):
-        if time.monotonic() > deadline:
-            raise AssertionError("the bitswap copy never started")
-        time.sleep(0.002)
+    wait_until(
+        lambda: block_files(data_dir),
+        "the bitswap copy's first block",
+        timeout=max(0.0, deadline - time.monotonic()),
+        interval=0.002,
+    )
 
 
 def test_sigkill_mid_bitswap_copy_then_restart_serves_the_round(tmp_path: Path) -> None:

@@ -13,16 +13,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import safetensors.numpy
+from _json_lines import JsonLinesProcess
 
 from fedstore.cli import main
 from fedstore.cli.federate_cmd import _check_announce_port, announce_flags
@@ -48,77 +44,13 @@ def fedstore(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: 
     )
 
 
-class Proc:
+def Proc(  # noqa: N802 - reads as the process it starts
+    name: str, args: list[str], *, cwd: Path, env: dict[str, str]
+) -> JsonLinesProcess:
     """A ``fedstore`` process; its stdout lines are collected (JSON ones parsed)."""
-
-    def __init__(self, name: str, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.lines: list[str] = []
-        self.events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fedstore", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            cwd=cwd,
-            env=env,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    ev = None
-                if isinstance(ev, dict):
-                    self.events.append(ev)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def wait_for(self, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        deadline = time.monotonic() + TIMEOUT
-        with self._cond:
-            while True:
-                for ev in self.events:
-                    if pred(ev):
-                        return ev
-                left = deadline - time.monotonic()
-                if self._eof or left <= 0:
-                    break
-                self._cond.wait(left)
-        raise AssertionError(
-            f"{self.name}: no such event; stdout: {self.lines[-10:]}\n{self.stderr}"
-        )
-
-    def finish(self, timeout: float = TIMEOUT) -> int:
-        rc = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return rc
-
-    @property
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        self._reader.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
+    return JsonLinesProcess(
+        name, [sys.executable, "-m", "fedstore", *args], env=env, cwd=cwd, timeout=TIMEOUT
+    )
 
 
 # -- simulate -------------------------------------------------------------------------------
@@ -184,7 +116,7 @@ def test_aggregate_and_train_from_federation_settings(tmp_path: Path) -> None:
             env=env,
         )
         procs.append(agg)
-        addr = agg.wait_for(lambda e: e.get("event") == "ready")["addr"]
+        addr = agg.wait(lambda e: e.get("event") == "ready")["addr"]
         assert addr.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/12D3KooW" in addr
         t1 = Proc(
             "trainer-1",
@@ -200,15 +132,15 @@ def test_aggregate_and_train_from_federation_settings(tmp_path: Path) -> None:
         )
         procs += [t1, t2]
         assert [p.finish() for p in procs] == [0, 0, 0], [p.stderr for p in procs]
-        done = agg.wait_for(lambda e: e.get("event") == "done")
+        done = agg.wait(lambda e: e.get("event") == "done")
         assert done["status"] == "complete" and done["final_round"] == 2
         final = done["final_cid"]
         assert done["local_head"] == [2, final]
         closed = [e for e in agg.events if e["event"] == "round_closed"]
         assert [(e["round"], len(e["participants"])) for e in closed] == [(1, 2), (2, 2)]
         assert set(closed[-1]["metrics"]) == {"mse", "r2"}
-        assert agg.wait_for(lambda e: e.get("event") == "exported")["parameters"] == 9
-        t2_done = t2.wait_for(lambda e: e.get("event") == "done")
+        assert agg.wait(lambda e: e.get("event") == "exported")["parameters"] == 9
+        t2_done = t2.wait(lambda e: e.get("event") == "done")
         assert (t2_done["final_cid"], t2_done["rounds_trained"]) == (final, [1, 2])
         # a person reads the other trainer's lines
         text = "\n".join(t1.lines)
@@ -248,7 +180,7 @@ def test_ctrl_c_stops_the_aggregator_quietly(tmp_path: Path) -> None:
     env = python_env({"FEDSTORE_BACKENDS": "filesystem"}, root=tmp_path / "objects")
     agg = Proc("aggregator", ["aggregate", "--app", NUMPY_APP, "--log-json"], cwd=tmp_path, env=env)
     try:
-        agg.wait_for(lambda e: e.get("event") == "ready")
+        agg.wait(lambda e: e.get("event") == "ready")
         agg.proc.send_signal(signal.SIGINT)
         assert agg.finish(timeout=30) == 130
         # JSON log records (--log-json: the open-federation notice) aside, one line
@@ -281,7 +213,7 @@ def test_an_error_in_the_apps_train_ends_the_trainer_in_one_line(tmp_path: Path)
         env=env,
     )
     try:
-        addr = agg.wait_for(lambda e: e.get("event") == "ready")["addr"]
+        addr = agg.wait(lambda e: e.get("event") == "ready")["addr"]
         tr = fedstore(
             "train", "--app", "bad_train:app", "--bootstrap", addr, "--dir", "t1", "--plain",
             cwd=tmp_path, env=env, timeout=TIMEOUT,

@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _waiting import wait_until
 
 from fedstore.node.driver import NodeProcess, python_env
 
@@ -218,11 +218,12 @@ def test_three_hosts_sync_over_bitswap_and_survive_a_dying_peer(tmp_path: Path) 
         total4 = -(-a_file.stat().st_size // 262144)  # leaf blocks of round 4
         before = block_count(tmp_path / "C")
         pos = c.send("sync")
-        deadline = time.monotonic() + TIMEOUT
-        while block_count(tmp_path / "C") < before + total4 // 5:  # ~20% arrived
-            assert time.monotonic() < deadline, "C's transfer of round 4 did not start"
+
+        def fifth_arrived() -> bool:  # ~20% of round 4's blocks, C still running
             assert c.returncode is None
-            time.sleep(0.02)
+            return block_count(tmp_path / "C") >= before + total4 // 5
+
+        wait_until(fifth_arrived, "C's transfer of round 4", timeout=TIMEOUT, interval=0.02)
         at_kill = block_count(tmp_path / "C") - before
         a.kill(signal.SIGKILL)
         assert at_kill < total4, "the transfer finished before A was killed"
